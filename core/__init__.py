@@ -1,0 +1,5 @@
+"""Transfer Learning Lab core: data, models, training, run directories and prediction (no UI)."""
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise for users of the Lab.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,214 @@
+"""python -m core train | predict | compare | runs | demo: what a workshop host types."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from core.config import (ARTICLE_BATCH_SIZE, ARTICLE_IMAGE_SIZE, ARTICLE_LEARNING_RATE, DEFAULT_SOURCE,
+                         MOBILENET_V2_HANDLE, DataConfig, ModelKind, TrainConfig)
+from core.errors import LabError, StopRequested
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {value})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.paths import runs_dir
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="Transfer Learning Lab: train, "
+                                     "predict and compare the article's baseline CNN and MobileNetV2 transfer model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one model and write a run directory")
+    train.add_argument("--model", choices=[k.value for k in ModelKind], default=ModelKind.MOBILENET_V2.value)
+    train.add_argument("--data", default=DEFAULT_SOURCE, help="tfds:NAME or folder:PATH (default %(default)s)")
+    train.add_argument("--epochs", type=_positive_int, help="default: the article's (15 baseline, 3 transfer)")
+    train.add_argument("--batch-size", type=_positive_int, default=ARTICLE_BATCH_SIZE)
+    train.add_argument("--learning-rate", type=_learning_rate, default=ARTICLE_LEARNING_RATE)
+    train.add_argument("--image-size", type=_positive_int, default=ARTICLE_IMAGE_SIZE)
+    train.add_argument("--limit", type=_positive_int, help="training images to use (validation cut 80/20 to match)")
+    train.add_argument("--handle", default=MOBILENET_V2_HANDLE, help="hub URL, Kaggle handle or SavedModel folder")
+    train.add_argument("--no-feature-cache", action="store_true",
+                       help="push every image through the frozen backbone in every epoch, as the article does")
+    train.add_argument("--runs-dir", type=Path, default=runs_dir())
+    train.add_argument("--seed", type=int, default=42)
+
+    predict = sub.add_parser("predict", help="classify images with a saved run or .h5 model")
+    predict.add_argument("--model", required=True, help="a run directory or an .h5 file")
+    predict.add_argument("images", nargs="+", type=Path)
+
+    compare = sub.add_parser("compare", help="a table comparing run directories")
+    compare.add_argument("runs", nargs="+", type=Path)
+
+    runs = sub.add_parser("runs", help="list the runs in a runs folder")
+    runs.add_argument("--runs-dir", type=Path, default=runs_dir())
+
+    demo = sub.add_parser("demo", help="write an offline demo dataset and a small SavedModel backbone")
+    demo.add_argument("folder", type=Path)
+    demo.add_argument("--per-class", type=_positive_int, default=100)
+    return parser
+
+
+class ProgressLine:
+    """A one-line progress bar within each epoch, only when stderr is a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.active = stream.isatty()
+
+    def batch(self, report) -> None:
+        if not self.active:
+            return
+        width = 30
+        done = int(width * report.step / report.steps)
+        rate = report.seconds_in_epoch / report.step
+        eta = rate * (report.steps - report.step)
+        self.stream.write(f"\rEpoch {report.epoch}/{report.epochs} [{'=' * done}{'.' * (width - done)}] "
+                          f"{report.step}/{report.steps}  ETA {eta:4.0f}s ")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.active:
+            self.stream.write("\r" + " " * 78 + "\r")
+            self.stream.flush()
+
+
+def cmd_train(args) -> int:
+    from core.train import Callbacks, run_experiment
+
+    data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
+                      limit=args.limit, seed=args.seed)
+    train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
+                        handle=args.handle, cache_features=not args.no_feature_cache)
+    bar = ProgressLine()
+
+    def on_epoch(r) -> None:
+        bar.clear()
+        m = r.metrics
+        print(f"Epoch {r.epoch}/{r.epochs}  loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f}  "
+              f"val_loss {m['val_loss']:.4f}  val_accuracy {m['val_accuracy']:.4f}  {r.seconds:.1f}s", flush=True)
+
+    def on_status(msg: str) -> None:
+        if bar.active:
+            bar.clear()
+            sys.stderr.write(msg[:78] + "\r")
+            sys.stderr.flush()
+        elif not msg.startswith("Features for"):
+            print(msg, file=sys.stderr, flush=True)
+
+    run_dir = run_experiment(data, train, args.runs_dir,
+                             Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status))
+    bar.clear()
+    print(run_dir)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from core.predict import PredictionError, load_for_prediction, predict_bytes
+
+    loaded = load_for_prediction(args.model)
+    files, failed = [], 0
+    for path in args.images:
+        try:
+            files.append((str(path), path.read_bytes()))
+        except OSError as exc:
+            print(f"{path}: error: cannot read the file ({exc.strerror})")
+            failed += 1
+    for result in predict_bytes(loaded, files) if files else []:
+        if isinstance(result, PredictionError):
+            print(f"{result.name}: error: {result.message.removeprefix(result.name + ': ')}")
+            failed += 1
+        else:
+            probs = "  ".join(f"{k} {v:.4f}" for k, v in result.probabilities.items())
+            print(f"{result.name}: {result.label}  ({probs})")
+    return 1 if failed else 0
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def compare_rows(records) -> tuple[list[str], list[list[str]]]:
+    from core.artifacts import file_size_mb
+
+    headers = ["run", "model", "epochs", "total params", "trainable", "s/epoch", "best val acc",
+               "final val acc", "model MB"]
+    rows = []
+    for r in records:
+        m = r.metrics
+        pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"  # noqa: E731
+        rows.append([r.run_id, r.model_kind, str(len(r.history)), f"{m.get('total_params', 0):,}",
+                     f"{m.get('trainable_params', 0):,}", f"{m.get('seconds_per_epoch', float('nan')):.1f}",
+                     pct(m.get("best_val_accuracy")), pct(m.get("final_val_accuracy")),
+                     f"{file_size_mb(r.model_path):.1f}"])
+    return headers, rows
+
+
+def cmd_compare(args) -> int:
+    from core.artifacts import open_run
+
+    print(format_table(*compare_rows([open_run(p) for p in args.runs])))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from core.artifacts import list_runs
+
+    listing = list_runs(args.runs_dir)
+    if not listing.runs:
+        print(f"No finished runs in {args.runs_dir}.")
+    else:
+        print(format_table(*compare_rows(listing.runs)))
+    for path in listing.incomplete:
+        print(f"incomplete (not shown): {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from core.synthetic import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+
+    data = make_demo_folder(args.folder / "shapes", per_class=args.per_class, classes=tuple(DEMO_CLASSES),
+                            size=(160, 160))
+    backbone = make_demo_backbone(args.folder / "backbone")
+    print(f"Dataset: folder:{data}\nHub handle: {backbone}")
+    print(f"Try: python -m core train --data folder:{data} --handle {backbone} --limit 200")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StopRequested:
+        print("Stopped before the first epoch finished; nothing was saved.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nInterrupted; no run directory was written for the unfinished run.", file=sys.stderr)
+        return 130

@@ -1,0 +1,66 @@
+"""TF Hub handles: URL, Kaggle handle or local SavedModel folder, checked before anything downloads."""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from core.errors import ModelFileError, OfflineError
+
+KAGGLE_PREFIX = "https://www.kaggle.com/models/"
+# owner/model/framework/variation[/version], as Kaggle Models writes it
+_KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(/\d+)?$")
+
+
+def normalise_handle(handle: str) -> str:
+    """A URL or an absolute local path that hub.KerasLayer accepts."""
+    handle = (handle or "").strip()
+    if not handle:
+        raise ModelFileError("The hub handle is empty: give a TF Hub URL, a Kaggle handle or a SavedModel folder.")
+    if handle.startswith(("http://", "https://", "gs://")):
+        return handle
+    path = Path(handle).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if _KAGGLE_HANDLE.match(handle) and not handle.startswith((".", "/", "~")):
+        return KAGGLE_PREFIX + handle
+    raise ModelFileError(
+        f"Hub handle '{handle}' is neither a URL nor an existing folder. Give a TF Hub URL "
+        "(e.g. https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4), a Kaggle handle, "
+        "or the path of a SavedModel folder."
+    )
+
+
+def is_local(handle: str) -> bool:
+    return not handle.startswith(("http://", "https://", "gs://"))
+
+
+def cached_module_dir(handle: str) -> Path:
+    """Where tensorflow_hub keeps a downloaded module: the cache folder plus sha1 of the handle."""
+    from core.paths import hub_cache_dir
+
+    return hub_cache_dir() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def is_cached(handle: str) -> bool:
+    return (cached_module_dir(handle) / "saved_model.pb").is_file()
+
+
+def check_available(handle: str) -> str:
+    """Normalise the handle and make sure loading it will not hang on a dead network.
+
+    Local folders must hold a SavedModel; URLs must be in the hub cache or the network must be up.
+    """
+    from core.network import is_online, offline_message
+    from core.paths import hub_cache_dir
+
+    handle = normalise_handle(handle)
+    if is_local(handle):
+        if not (Path(handle) / "saved_model.pb").is_file():
+            raise ModelFileError(f"'{handle}' is not a SavedModel folder (it has no saved_model.pb).")
+        return handle
+    if not is_cached(handle) and not is_online():
+        raise OfflineError(
+            offline_message(f"the hub module '{handle}' (looked for in {hub_cache_dir()})")
+        )
+    return handle

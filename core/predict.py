@@ -1,0 +1,95 @@
+"""Bytes in, class probabilities out: checked decoding, the training preprocessing, one batched call."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ImageError, LabError
+
+
+@dataclass(frozen=True)
+class Prediction:
+    name: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]  # class name -> probability, in class order
+
+
+@dataclass(frozen=True)
+class PredictionError:
+    name: str
+    message: str
+
+
+@dataclass
+class LoadedModel:
+    """A reloaded model with what prediction needs; read-only after construction, safe to share."""
+    model: object
+    class_names: list[str]
+    image_size: int
+    softmax_output: bool
+    path: Path
+    load_seconds: float
+
+    def __post_init__(self):
+        import tensorflow as tf
+
+        size, model, already_probs = self.image_size, self.model, self.softmax_output
+
+        # A compiled function skips model.predict's per-call set-up (it builds a tf.data pipeline each
+        # call); a fixed signature means one trace for any batch size.
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def probabilities(x):
+            out = model(x, training=False)
+            return out if already_probs else tf.nn.softmax(out)
+
+        self._call = probabilities
+
+    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """Class probabilities for decoded uint8 RGB images, in one batched call."""
+        import tensorflow as tf
+
+        from core.data import preprocess
+
+        batch = tf.stack([preprocess(img, self.image_size) for img in images])
+        return self._call(batch).numpy()
+
+
+def load_for_prediction(path: str | Path, allowed_handle=None) -> LoadedModel:
+    """Reload an .h5 (or a run folder's model.h5) the article's way, after the safety inspection."""
+    from core.modelfile import load_model
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "model.h5"
+    start = time.perf_counter()
+    model, info = load_model(path, allowed_handle=allowed_handle)
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise LabError(f"'{path.name}' expects input of shape {shape}; the Lab needs square RGB images.")
+    classes = model.output_shape[-1]
+    names = info.class_names if len(info.class_names) == classes else [f"class {i}" for i in range(classes)]
+    return LoadedModel(model, names, int(shape[1]), info.softmax_output, path, time.perf_counter() - start)
+
+
+def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> list[Prediction | PredictionError]:
+    """Classify named image files; a bad file becomes a PredictionError and the others still run."""
+    from core.images import decode_image
+
+    decoded: list[tuple[int, np.ndarray]] = []
+    results: list[Prediction | PredictionError | None] = [None] * len(files)
+    for i, (name, data) in enumerate(files):
+        try:
+            decoded.append((i, decode_image(data, name, min_side=loaded.image_size)))
+        except ImageError as exc:
+            results[i] = PredictionError(name, str(exc))
+    if decoded:
+        probs = loaded.probabilities([img for _, img in decoded])
+        for (i, _), p in zip(decoded, probs):
+            k = int(np.argmax(p))
+            results[i] = Prediction(files[i][0], loaded.class_names[k], float(p[k]),
+                                    {n: float(v) for n, v in zip(loaded.class_names, p)})
+    return results  # type: ignore[return-value]

@@ -1,0 +1,100 @@
+"""Offline stand-ins for the article's downloads: a learnable image-folder dataset and small backbones.
+
+Used by the tests and benchmarks, and by workshop hosts without a network (`python -m core demo`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Each class: a shape of a characteristic colour on a noisy background, at a random place and size.
+DEMO_CLASSES = {
+    "circles": ((220, 60, 40), "ellipse"),
+    "squares": ((40, 90, 220), "rectangle"),
+    "triangles": ((40, 180, 60), "polygon"),
+}
+
+
+def demo_image(class_name: str, rng: np.random.Generator, size: tuple[int, int] = (96, 96)) -> Image.Image:
+    colour, shape = DEMO_CLASSES[class_name]
+    w, h = size
+    background = rng.integers(90, 166, size=(h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(background)
+    draw = ImageDraw.Draw(img)
+    side = int(min(w, h) * rng.uniform(0.45, 0.7))
+    x0 = int(rng.integers(0, w - side + 1))
+    y0 = int(rng.integers(0, h - side + 1))
+    jitter = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+    if shape == "ellipse":
+        draw.ellipse([x0, y0, x0 + side, y0 + side], fill=jitter)
+    elif shape == "rectangle":
+        draw.rectangle([x0, y0, x0 + side, y0 + side], fill=jitter)
+    else:
+        draw.polygon([(x0, y0 + side), (x0 + side, y0 + side), (x0 + side // 2, y0)], fill=jitter)
+    return img
+
+
+def make_demo_folder(root: str | Path, per_class: int = 40, classes: tuple[str, ...] = ("circles", "squares"),
+                     size: tuple[int, int] = (96, 96), seed: int = 0, fmt: str = "JPEG") -> Path:
+    """Write root/<class>/<n>.jpg images; returns root."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ext = {"JPEG": "jpg", "PNG": "png"}[fmt]
+    for name in classes:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            demo_image(name, rng, size).save(folder / f"{name}_{i:04d}.{ext}", fmt, quality=90)
+    return root
+
+
+def make_demo_backbone(path: str | Path, features: int = 32, seed: int = 0) -> Path:
+    """Save a tiny SavedModel feature extractor that hub.KerasLayer can load like the real module.
+
+    Fixed random 5x5 conv filters, ReLU, global average and max pooling: outputs that separate images by
+    colour and shape, so a Dense head on them learns, unlike an untrained MobileNetV2's (~1e-12) features.
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    kernel = tf.constant(rng.normal(0, 0.5, size=(5, 5, 3, features)).astype(np.float32))
+    bias = tf.constant(rng.normal(0, 0.2, size=(features,)).astype(np.float32))
+
+    class Extractor(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.kernel = tf.Variable(kernel, trainable=True, name="kernel")
+            self.bias = tf.Variable(bias, trainable=True, name="bias")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        def __call__(self, images):
+            x = tf.nn.conv2d(images - 0.5, self.kernel, strides=2, padding="SAME") + self.bias
+            x = tf.nn.relu(x)
+            return tf.concat([tf.reduce_mean(x, axis=[1, 2]), tf.reduce_max(x, axis=[1, 2])], axis=-1)
+
+    module = Extractor()
+    tf.saved_model.save(module, str(path))
+    return Path(path)
+
+
+def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
+    """A MobileNetV2 feature extractor with random weights: the real module's shape and speed, offline."""
+    import tensorflow as tf
+    import tf_keras
+
+    net = tf_keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
+                                            input_shape=(image_size, image_size, 3))
+
+    class Wrapper(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+        def __call__(self, images):
+            return self.net(images, training=False)
+
+    tf.saved_model.save(Wrapper(), str(path))
+    return Path(path)
