@@ -1,0 +1,61 @@
+"""Shared fixtures: generated data, a local SavedModel standing in for TF Hub, and isolated folders.
+
+Nothing here downloads: the cache folder is a temporary one and the network check is forced offline
+unless a test says otherwise.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TEST_IMAGE_SIZE = 64  # small images keep the suite fast; the article's 224 is exercised in shape tests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("lab-cache")
+    os.environ["LAB_CACHE_DIR"] = str(cache)
+    os.environ["TFHUB_CACHE_DIR"] = str(cache / "tfhub")
+    os.environ["LAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("default-runs"))
+    yield cache
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """The machines have no internet; make the check instant and deterministic everywhere."""
+    import core.network
+
+    monkeypatch.setattr(core.network, "can_reach", lambda host, port=443, timeout=3.0: False)
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory) -> Path:
+    """Two learnable classes (red circles, blue squares on noise), 60 images each."""
+    from core.synthetic import make_demo_folder
+
+    return make_demo_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=60, size=(80, 80))
+
+
+@pytest.fixture(scope="session")
+def demo_backbone(tmp_path_factory) -> Path:
+    from core.synthetic import make_demo_backbone
+
+    return make_demo_backbone(tmp_path_factory.mktemp("hub") / "backbone")
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path]:
+    """One finished run per model on the demo folder, shared by prediction, CLI and page tests."""
+    from core.config import DataConfig, ModelKind, TrainConfig
+    from core.train import run_experiment
+
+    runs = tmp_path_factory.mktemp("runs")
+    data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16)
+    out = {}
+    for kind, epochs, lr in ((ModelKind.BASELINE, 3, 1e-3), (ModelKind.MOBILENET_V2, 8, 1e-2)):
+        out[kind.value] = run_experiment(
+            data, TrainConfig(model=kind, epochs=epochs, learning_rate=lr, handle=str(demo_backbone)), runs)
+    out["dir"] = runs
+    return out
