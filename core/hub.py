@@ -64,3 +64,25 @@ def check_available(handle: str) -> str:
             offline_message(f"the hub module '{handle}' (looked for in {hub_cache_dir()})")
         )
     return handle
+
+
+TRUSTED_HUB_PREFIXES = ("https://tfhub.dev/", "https://www.kaggle.com/models/", "https://kaggle.com/models/")
+
+
+def web_upload_handle_allowed(handle: str) -> bool:
+    """Whether a model uploaded through the web page may point its KerasLayer at this handle.
+
+    A hosted dashboard must not let a stranger's file make the server load an arbitrary SavedModel from its
+    disk (or fetch one from an arbitrary host): only TF Hub / Kaggle URLs and folders the Lab itself owns.
+    """
+    from core.paths import cache_dir, runs_dir
+
+    if handle.startswith(TRUSTED_HUB_PREFIXES):
+        return ".." not in handle
+    if not is_local(handle):
+        return False
+    try:
+        path = Path(handle).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(path.is_relative_to(root.expanduser().resolve()) for root in (cache_dir(), runs_dir()))
