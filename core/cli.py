@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -199,8 +200,30 @@ def cmd_demo(args) -> int:
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo}
 
 
+def _start_tensorflow_quietly() -> None:
+    """Import TensorFlow with native stderr muted: its C++ start-up lines (CUDA probing, CPU features)
+    would bury the CLI's own output. Python-level warnings and errors are untouched."""
+    fd = sys.stderr.fileno()
+    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, fd)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, fd)
+        os.close(devnull)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("compare", "runs") and not os.environ.get("LAB_VERBOSE"):
+        try:
+            _start_tensorflow_quietly()
+        except (OSError, ValueError):  # no real stderr file descriptor (e.g. captured in tests)
+            pass
     try:
         return COMMANDS[args.command](args)
     except LabError as exc:
