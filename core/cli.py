@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="write an offline demo dataset and a small SavedModel backbone")
     demo.add_argument("folder", type=Path)
     demo.add_argument("--per-class", type=_positive_int, default=100)
+
+    evaluate = sub.add_parser("evaluate", help="confusion matrix and per-class metrics of a run's validation split")
+    evaluate.add_argument("run", type=Path, help="a run directory")
+    evaluate.add_argument("--wrong", type=int, default=12, metavar="N",
+                          help="thumbnails of the N most confidently wrong images to keep (default %(default)s)")
+
+    export = sub.add_parser("export", help="export a run's model as .h5, SavedModel or TFLite")
+    export.add_argument("run", type=Path, help="a run directory")
+    export.add_argument("--format", required=True, choices=["h5", "savedmodel", "tflite", "tflite-int8"])
+    export.add_argument("--out", type=Path, help="file or folder to write (default: RUN/exports/; a SavedModel "
+                        "is zipped when this ends in .zip)")
     return parser
 
 
@@ -197,7 +208,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo}
+def cmd_evaluate(args) -> int:
+    from core.evaluate import evaluate_run, format_report
+
+    if args.wrong < 0:
+        raise LabError(f"--wrong must be 0 or more (got {args.wrong}).")
+    print(format_report(evaluate_run(args.run, max_wrong=args.wrong)))
+    print(f"Saved {args.run / 'evaluation.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.export import FORMATS, export_run
+
+    result = export_run(args.run, args.format, args.out)
+    info = FORMATS[result.format]
+    print(f"{info.label}, {result.size_bytes / 1e6:.2f} MB, written in {result.seconds:.1f}s. Use: {info.use}.")
+    print(result.path)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
+            "evaluate": cmd_evaluate, "export": cmd_export}
 
 
 def _start_tensorflow_quietly() -> None:
