@@ -20,6 +20,8 @@ ARTICLE_EPOCHS = {ModelKind.BASELINE: 15, ModelKind.MOBILENET_V2: 3}
 ARTICLE_BATCH_SIZE = 32
 ARTICLE_IMAGE_SIZE = 224
 ARTICLE_LEARNING_RATE = 1e-3  # adam's default, which the article uses
+# Four valid 3x3 convolutions, each followed by a 2x2 pool, leave at least one pixel from 46 up.
+BASELINE_MIN_IMAGE_SIZE = 46
 MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.MOBILENET_V2: "MobileNetV2 transfer"}
 
 
@@ -60,8 +62,9 @@ def validate(data: DataConfig, train: TrainConfig) -> None:
         raise LabError(f"Image size must be between 16 and 1024 pixels (got {data.image_size}).")
     if not 0 < train.learning_rate < 1:
         raise LabError(f"Learning rate must be between 0 and 1 (got {train.learning_rate}).")
-    if train.model is ModelKind.BASELINE and data.image_size < 32:
-        raise LabError("The baseline CNN needs images of at least 32x32 (four conv/pool stages).")
+    if train.model is ModelKind.BASELINE and data.image_size < BASELINE_MIN_IMAGE_SIZE:
+        raise LabError(f"The baseline CNN needs images of at least {BASELINE_MIN_IMAGE_SIZE}x{BASELINE_MIN_IMAGE_SIZE} "
+                       f"(four 3x3 conv + 2x2 pool stages; got {data.image_size}).")
 
 
 def to_dict(obj) -> dict:

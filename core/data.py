@@ -178,6 +178,11 @@ class FolderSource:
         """Images whose header read fine but whose pixel data failed to decode during training."""
         return self._runtime_skipped
 
+    def note_skipped(self, n: int) -> None:
+        """Count images found corrupt earlier, when their stored backbone features are reused."""
+        with self._lock:
+            self._runtime_skipped += n
+
     def examples(self, split: str, shuffle_seed: int | None = None, min_side: int | None = None):
         """(uint8 HxWx3 image, int64 label) examples, decoded in parallel; corrupt files are dropped."""
         import tensorflow as tf
@@ -203,7 +208,8 @@ class FolderSource:
             image.set_shape([None, None, 3])
             return image, label
 
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=shuffle_seed is not None)
+        # Ordered output costs nothing measurable here and keeps a seed's runs (and cached features) identical.
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.filter(lambda image, _: tf.shape(image)[0] > 0)
 
     def samples(self, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
@@ -302,7 +308,7 @@ class TfdsSource:
         import tensorflow as tf
 
         cache = self.data_dir / f"{self.name}.lab-counts.json"
-        key = json.dumps([self.split_specs, self.limits])
+        key = json.dumps([str(self.builder.info.version), self.split_specs, self.limits])
         if cache.is_file():
             stored = json.loads(cache.read_text())
             if stored.get("key") == key:
@@ -315,14 +321,29 @@ class TfdsSource:
                 tally.update(batch.tolist())
             counts[split] = {n: int(tally.get(i, 0)) for i, n in enumerate(self.class_names)}
         if self.builder.is_prepared():
-            cache.write_text(json.dumps({"key": key, "counts": counts}))
+            # Counting reads the whole dataset once; a cache folder that cannot be written only costs speed.
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps({"key": key, "counts": counts}))
+            except OSError:
+                logger.warning("Could not cache TFDS counts in %s", cache)
         return counts
 
     def examples(self, split: str, shuffle_seed: int | None = None, min_side: int | None = None):
         import tensorflow as tf
 
         ds = self._limited(self._raw(split, shuffle_files=shuffle_seed is not None), split)
-        return ds.map(lambda x, y: (x, tf.cast(y, tf.int64)))
+        channels = self.builder.info.features["image"].shape[-1]
+
+        def to_rgb(x, y):
+            # The models take RGB: grayscale datasets (mnist, ...) and RGBA ones are converted here.
+            if channels == 1:
+                x = tf.image.grayscale_to_rgb(x)
+            elif channels == 4:
+                x = x[..., :3]
+            return x, tf.cast(y, tf.int64)
+
+        return ds.map(to_rgb)
 
     def samples(self, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
         ds = self.examples(VALIDATION).shuffle(256, seed=seed).take(n)

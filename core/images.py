@@ -19,7 +19,7 @@ from core.errors import ImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 64_000_000  # 8000x8000; a real 8000x6000 photo fits, a 30000x30000 bomb does not
 MAX_BYTES = 50 * 1024 * 1024
-MAX_ASPECT = 1000  # a 5000x2 strip is fine; a 1e6x1 strip is not an image anyone means
+MAX_ASPECT = 10_000  # a 5000x2 strip (2500:1) is fine; a 1e6x1 strip is not an image anyone means
 
 # PIL's own bomb check warns at a lower limit and raises only at twice it; ours is explicit instead.
 Image.MAX_IMAGE_PIXELS = None

@@ -39,6 +39,25 @@ def _walk_layers(config: dict):
             yield from _walk_layers(layer)
 
 
+def _nested_dicts(node):
+    """Every dict anywhere inside a JSON value, the value itself included."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _nested_dicts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nested_dicts(value)
+
+
+def _holds_bytecode(node: dict) -> bool:
+    """Keras marks marshalled Python functions as type "lambda" (Lambda's function_type, RNN cell
+    wrappers' residual_fn_type, ...) or as class "__lambda__"; loading those runs them."""
+    if node.get("class_name") == "__lambda__":
+        return True
+    return any(isinstance(k, str) and k.endswith("_type") and v == "lambda" for k, v in node.items())
+
+
 def _allowed_layer_names() -> set[str]:
     import tf_keras
 
@@ -65,14 +84,16 @@ def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
             names_raw = f.attrs.get(CLASS_NAMES_ATTR)
-            if "model_weights" not in f:
-                raise ModelFileError(f"'{path.name}' has no model weights; save it with model.save('x.h5').")
+            if raw is None and "layer_names" in f.attrs:
+                raise ModelFileError(f"'{path.name}' holds weights only (model.save_weights), not a whole model; "
+                                     "save the model with model.save('x.h5').")
+            if raw is None or "model_weights" not in f:
+                raise ModelFileError(f"'{path.name}' is an HDF5 file but not a saved Keras model; "
+                                     "save one with model.save('x.h5').")
     except LabError:
         raise
     except Exception as exc:
         raise ModelFileError(f"'{path.name}' is damaged or truncated ({exc.__class__.__name__}).") from None
-    if raw is None:
-        raise ModelFileError(f"'{path.name}' holds weights only, not a whole model (no model_config).")
     try:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ValueError:
@@ -81,30 +102,37 @@ def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
         raise ModelFileError(f"'{path.name}' holds a '{config.get('class_name')}', not a Keras model the Lab can load.")
     allowed = _allowed_layer_names()
     layers = list(_walk_layers(config))
-    handles = []
+    # Wrappers (TimeDistributed, Bidirectional, RNN cells) nest layer configs under keys that
+    # _walk_layers does not follow, so the checks guarding against stored code look at every level.
+    nested = [node for node in _nested_dicts(config) if isinstance(node.get("class_name"), str)]
+    for node in nested:
+        if node["class_name"] in REFUSED_LAYERS:
+            raise ModelFileError(
+                f"'{path.name}' contains a {node['class_name']} layer, which runs stored Python code when "
+                "loaded; refusing to load it."
+            )
+    if any(_holds_bytecode(node) for node in _nested_dicts(config)):
+        raise ModelFileError(f"'{path.name}' stores a Python function that would run when loaded; refusing to load it.")
     for layer in layers:
         cls = layer.get("class_name", "?")
-        if cls in REFUSED_LAYERS:
-            raise ModelFileError(
-                f"'{path.name}' contains a {cls} layer, which runs stored Python code when loaded; "
-                "refusing to load it."
-            )
         if cls not in allowed:
             raise ModelFileError(
                 f"'{path.name}' uses a custom layer '{cls}'; only built-in Keras layers and hub.KerasLayer "
                 "can be loaded."
             )
-        layer_config = layer.get("config", {})
-        if cls == "KerasLayer":
-            handle = layer_config.get("handle")
-            if not isinstance(handle, str):
-                raise ModelFileError(f"'{path.name}' has a KerasLayer without a handle string.")
-            if allowed_handle is not None and not allowed_handle(handle):
-                raise ModelFileError(
-                    f"'{path.name}' points its KerasLayer at '{handle}', which uploaded models may not use: "
-                    "only TF Hub / Kaggle URLs and folders inside the Lab's cache or runs folder."
-                )
-            handles.append(handle)
+    handles = []
+    for node in nested:
+        if node["class_name"] != "KerasLayer":
+            continue
+        handle = node.get("config", {}).get("handle") if isinstance(node.get("config"), dict) else None
+        if not isinstance(handle, str):
+            raise ModelFileError(f"'{path.name}' has a KerasLayer without a handle string.")
+        if allowed_handle is not None and not allowed_handle(handle):
+            raise ModelFileError(
+                f"'{path.name}' points its KerasLayer at '{handle}', which uploaded models may not use: "
+                "only TF Hub / Kaggle URLs and folders inside the Lab's cache or runs folder."
+            )
+        handles.append(handle)
     input_size = num_outputs = None
     try:
         first = layers[0]["config"]

@@ -75,8 +75,24 @@ def make_demo_backbone(path: str | Path, features: int = 32, seed: int = 0) -> P
             return tf.concat([tf.reduce_mean(x, axis=[1, 2]), tf.reduce_max(x, axis=[1, 2])], axis=-1)
 
     module = Extractor()
-    tf.saved_model.save(module, str(path))
+    tf.saved_model.save(_reusable(module, [module.kernel, module.bias], [module.kernel, module.bias]), str(path))
     return Path(path)
+
+
+def _reusable(module, variables, trainable_variables):
+    """Wrap a module as TF Hub publishes one (the Reusable SavedModel API).
+
+    hub.KerasLayer takes its weights from these attributes: without them a model built on the module
+    would count none of the backbone's parameters and have nothing for trainable=False to freeze.
+    """
+    import tensorflow as tf
+
+    root = tf.train.Checkpoint(module=module)
+    root.__call__ = module.__call__
+    root.variables = list(variables)
+    root.trainable_variables = list(trainable_variables)
+    root.regularization_losses = []
+    return root
 
 
 def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
@@ -96,5 +112,5 @@ def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
         def __call__(self, images):
             return self.net(images, training=False)
 
-    tf.saved_model.save(Wrapper(), str(path))
+    tf.saved_model.save(_reusable(Wrapper(), net.variables, net.trainable_variables), str(path))
     return Path(path)

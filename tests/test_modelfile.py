@@ -1,0 +1,251 @@
+"""Saving and reloading .h5 models: an exact round trip, and files that must be refused before loading."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from core.config import DataConfig, ModelKind, TrainConfig
+from core.errors import ModelFileError
+from core.modelfile import inspect_model_file, load_model, save_model
+
+ARTICLE_URL = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
+
+
+@pytest.fixture(scope="module")
+def fitted(demo_folder, demo_backbone):
+    """Both models after a short fit on the demo folder, in memory, with a batch of validation images."""
+    from core.data import VALIDATION, make_pipeline, open_source
+    from core.train import fit
+
+    data = DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=16, limit=48)
+    source = open_source(data)
+    x, _ = next(iter(make_pipeline(source, VALIDATION, data, training=False)))
+    out = {"x": x.numpy(), "class_names": source.info.class_names}
+    for kind, lr in ((ModelKind.BASELINE, 1e-3), (ModelKind.MOBILENET_V2, 1e-2)):
+        out[kind] = fit(source, data, TrainConfig(model=kind, epochs=1, learning_rate=lr,
+                                                  handle=str(demo_backbone))).model
+    return out
+
+
+@pytest.mark.parametrize("kind", [ModelKind.BASELINE, ModelKind.MOBILENET_V2])
+def test_h5_round_trip_is_exact(fitted, kind, tmp_path):
+    model, x = fitted[kind], fitted["x"]
+    path = tmp_path / "model.h5"
+    save_model(model, path, fitted["class_names"])
+    reloaded, info = load_model(path)
+
+    assert np.max(np.abs(model.predict(x, verbose=0) - reloaded.predict(x, verbose=0))) == 0.0
+    assert info.class_names == fitted["class_names"]
+    assert info.input_size == 48 and info.num_outputs == 2
+    # compile settings and optimizer state come back, so training could go on where it stopped
+    assert int(reloaded.optimizer.iterations) == int(model.optimizer.iterations) > 0
+    assert float(reloaded.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
+    assert type(reloaded.loss).__name__ == "SparseCategoricalCrossentropy"
+    assert reloaded.loss.get_config()["from_logits"] is True
+    for a, b in zip(model.optimizer.variables(), reloaded.optimizer.variables()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_transfer_h5_records_the_hub_handle(fitted, demo_backbone, tmp_path):
+    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    info = inspect_model_file(tmp_path / "t.h5")
+    assert info.hub_handles == [str(Path(demo_backbone).resolve())]
+
+
+# ---------------------------------------------------------------- files that must be refused
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "nope.h5")
+
+
+def test_not_an_hdf5_file(tmp_path):
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 20)
+    with pytest.raises(ModelFileError, match="not an HDF5"):
+        load_model(path)
+
+
+def test_truncated_h5(fitted, tmp_path):
+    whole = tmp_path / "whole.h5"
+    save_model(fitted[ModelKind.BASELINE], whole, ["a", "b"])
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ModelFileError, match="damaged or truncated"):
+        load_model(cut)
+
+
+def test_hdf5_that_is_not_a_model(tmp_path):
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as f:
+        f["table"] = np.arange(10)
+    with pytest.raises(ModelFileError, match="not a saved Keras model"):
+        load_model(path)
+
+
+def test_weights_only_file(tmp_path):
+    from core.models import build_baseline
+
+    path = tmp_path / "weights.h5"
+    build_baseline(2, 48).save_weights(str(path))
+    with pytest.raises(ModelFileError, match="weights only"):
+        load_model(path)
+
+
+def _lambda_model_file(tmp_path: Path, wrapped: bool = False) -> tuple[Path, Path]:
+    """An .h5 whose Lambda layer writes a marker file whenever its stored code runs.
+
+    wrapped puts the Lambda inside TimeDistributed, where it sits in the wrapper's config, not in the
+    model's layer list.
+    """
+    import tf_keras
+
+    marker = tmp_path / "lambda-ran.txt"
+    # Built from source so the stored bytecode holds the marker path as a constant, not a closure.
+    fn = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+    if wrapped:
+        layers = [tf_keras.Input(shape=(3, 8)), tf_keras.layers.TimeDistributed(tf_keras.layers.Lambda(fn)),
+                  tf_keras.layers.Flatten()]
+    else:
+        layers = [tf_keras.layers.Lambda(fn, input_shape=(8,))]
+    model = tf_keras.Sequential(layers + [tf_keras.layers.Dense(2)])
+    path = tmp_path / "lambda.h5"
+    model.save(str(path), save_format="h5")
+    marker.unlink(missing_ok=True)  # building and saving ran it; only a later load may not
+    return path, marker
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["top-level", "inside-TimeDistributed"])
+def test_lambda_layer_is_refused_without_running_it(tmp_path, wrapped):
+    path, marker = _lambda_model_file(tmp_path, wrapped)
+    with pytest.raises(ModelFileError, match="Lambda layer"):
+        load_model(path)
+    assert not marker.exists()
+    with pytest.raises(ModelFileError, match="Lambda layer"):
+        inspect_model_file(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["top-level", "inside-TimeDistributed"])
+def test_plain_keras_load_does_run_the_lambda(tmp_path, wrapped):
+    """The threat the refusal guards against is real: Keras's own loader executes the stored code."""
+    import tf_keras
+
+    path, marker = _lambda_model_file(tmp_path, wrapped)
+    tf_keras.models.load_model(str(path))
+    assert marker.read_text() == "ran"
+
+
+def _edit_config(src: Path, dst: Path, edit) -> Path:
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "a") as f:
+        config = json.loads(f.attrs["model_config"])
+        edit(config)
+        f.attrs["model_config"] = json.dumps(config)
+    return dst
+
+
+@pytest.mark.parametrize("marker", [{"residual_fn": "4wEAAA==", "residual_fn_type": "lambda"},
+                                    {"activation": {"class_name": "__lambda__", "config": {"value": "4wEAAA=="}}}])
+def test_marshalled_functions_anywhere_in_the_config_are_refused(fitted, tmp_path, marker):
+    save_model(fitted[ModelKind.BASELINE], tmp_path / "ok.h5", ["a", "b"])
+    path = _edit_config(tmp_path / "ok.h5", tmp_path / "bad.h5",
+                        lambda config: config["config"]["layers"][-1]["config"].update(marker))
+    with pytest.raises(ModelFileError, match="Python function that would run"):
+        inspect_model_file(path)
+
+
+def test_unknown_custom_layer_is_refused(tmp_path):
+    import tf_keras
+
+    class Scale(tf_keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    model = tf_keras.Sequential([tf_keras.Input(shape=(4,)), Scale(), tf_keras.layers.Dense(2)])
+    path = tmp_path / "custom.h5"
+    model.save(str(path), save_format="h5")
+    with pytest.raises(ModelFileError, match="custom layer 'Scale'"):
+        load_model(path)
+
+
+def _with_handle(src: Path, dst: Path, handle: str) -> Path:
+    """A copy of a transfer model's .h5 whose KerasLayer points at another handle."""
+    def edit(config):
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "KerasLayer":
+                layer["config"]["handle"] = handle
+
+    return _edit_config(src, dst, edit)
+
+
+def test_hub_handle_unresolvable_offline_names_handle_and_cache(fitted, tmp_path):
+    from core.paths import hub_cache_dir
+
+    saved = tmp_path / "t.h5"
+    save_model(fitted[ModelKind.MOBILENET_V2], saved, ["a", "b"])
+    path = _with_handle(saved, tmp_path / "online.h5", ARTICLE_URL)
+    with pytest.raises(ModelFileError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert ARTICLE_URL in message
+    assert str(hub_cache_dir()) in message
+    assert "folder:" in message and "SavedModel" in message
+
+
+def test_hub_handle_folder_gone_names_the_handle(fitted, tmp_path):
+    saved = tmp_path / "t.h5"
+    save_model(fitted[ModelKind.MOBILENET_V2], saved, ["a", "b"])
+    gone = str(tmp_path / "moved-away-backbone")
+    with pytest.raises(ModelFileError, match="moved-away-backbone"):
+        load_model(_with_handle(saved, tmp_path / "gone.h5", gone))
+
+
+def test_handle_refused_by_the_callers_policy(fitted, tmp_path):
+    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    with pytest.raises(ModelFileError, match="may not use"):
+        load_model(tmp_path / "t.h5", allowed_handle=lambda handle: False)
+
+    def hide_in_wrapper(config):
+        layers = config["config"]["layers"]
+        layers[0] = {"class_name": "TimeDistributed", "config": {"name": "td", "layer": layers[0]}}
+
+    hidden = _edit_config(tmp_path / "t.h5", tmp_path / "hidden.h5", hide_in_wrapper)
+    with pytest.raises(ModelFileError, match="may not use"):
+        inspect_model_file(hidden, allowed_handle=lambda handle: False)
+
+
+def test_other_input_size_and_class_count_are_read_from_the_file(tmp_path):
+    from PIL import Image
+
+    from core.models import build_baseline, compile_model
+    from core.predict import load_for_prediction, predict_bytes
+
+    model = build_baseline(num_classes=4, image_size=56)
+    compile_model(model, 1e-3)
+    save_model(model, tmp_path / "four.h5", ["n", "e", "s", "w"])
+    info = inspect_model_file(tmp_path / "four.h5")
+    assert (info.input_size, info.num_outputs, info.class_names) == (56, 4, ["n", "e", "s", "w"])
+
+    loaded = load_for_prediction(tmp_path / "four.h5")
+    assert loaded.image_size == 56 and loaded.class_names == ["n", "e", "s", "w"]
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 120), (10, 200, 30)).save(buf, "PNG")
+    (result,) = predict_bytes(loaded, [("wide.png", buf.getvalue())])
+    assert set(result.probabilities) == {"n", "e", "s", "w"}
+
+
+def test_model_without_stored_class_names_gets_numbered_classes(tmp_path):
+    from core.models import build_baseline
+    from core.predict import load_for_prediction
+
+    build_baseline(num_classes=3, image_size=48).save(str(tmp_path / "plain.h5"), save_format="h5")
+    loaded = load_for_prediction(tmp_path / "plain.h5")
+    assert loaded.class_names == ["class 0", "class 1", "class 2"]
