@@ -93,21 +93,6 @@ def _keras_callback(epochs: int, steps: int, callbacks: Callbacks, history: list
     return Reporter()
 
 
-def extract_features(backbone, dataset, on_step: Callable[[int], None] | None = None):
-    """Run a frozen backbone once over a batched dataset; returns (features, labels) as numpy arrays."""
-    import numpy as np
-    import tensorflow as tf
-
-    call = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
-    feats, labels = [], []
-    for i, (x, y) in enumerate(dataset):
-        feats.append(call(x).numpy())
-        labels.append(y.numpy())
-        if on_step:
-            on_step(i + 1)
-    return np.concatenate(feats), np.concatenate(labels)
-
-
 def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
     """Train one model on an opened source. Raises StopRequested if stopped before any epoch finished."""
     import tf_keras
@@ -133,32 +118,29 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
     reporter = _keras_callback(epochs, steps, callbacks, history)
     use_features = train.model is ModelKind.MOBILENET_V2 and train.cache_features
     feature_seconds = 0.0
+    feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
     stopped = False
     try:
         if use_features:
+            from core.features import feature_batches, split_features
+
             start = time.perf_counter()
             backbone, head_layer = model.layers[0], model.layers[-1]
             arrays = {}
             for split in (TRAIN, VALIDATION):
-                n_steps = steps_per_epoch(source, split, data.batch_size)
-                status(f"Computing backbone features once for the {split} split ({n_steps} batches) ...")
-                ds = make_pipeline(source, split, data, training=False)
-
-                def tick(i, split=split, n_steps=n_steps):
-                    if callbacks.on_status and (i == n_steps or i % 10 == 0):
-                        callbacks.on_status(f"Features for the {split} split: batch {i}/{n_steps}")
-                    if callbacks.should_stop and callbacks.should_stop():
-                        raise StopRequested()
-
-                arrays[split] = extract_features(backbone, ds, tick)
+                got = split_features(backbone, source, split, data, train.handle,
+                                     on_status=callbacks.on_status, should_stop=callbacks.should_stop)
+                arrays[split] = (got.features, got.labels)
+                feature_origin[split] = got.origin
             feature_seconds = time.perf_counter() - start
             head = tf_keras.Sequential([tf_keras.Input(shape=arrays[TRAIN][0].shape[1:]), head_layer])
             # The head shares the Dense layer and the optimizer with the full model, so training it
             # trains the full model's only trainable weights and leaves the optimizer state in place.
             head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
             status("Training the Dense head on the cached features ...")
-            head.fit(arrays[TRAIN][0], arrays[TRAIN][1], batch_size=data.batch_size, epochs=epochs,
-                     validation_data=arrays[VALIDATION], shuffle=True, verbose=0, callbacks=[reporter])
+            head.fit(feature_batches(*arrays[TRAIN], data.batch_size, seed=data.seed), epochs=epochs,
+                     validation_data=feature_batches(*arrays[VALIDATION], data.batch_size),
+                     shuffle=False, verbose=0, callbacks=[reporter])  # the batches shuffle themselves
         else:
             status("Training ...")
             model.fit(make_pipeline(source, TRAIN, data, training=True), epochs=epochs,
@@ -169,7 +151,8 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
     if not history:
         raise StopRequested()
     total, trainable = param_counts(model)
-    return TrainResult(model, history, total, trainable, stopped or len(history) < epochs, feature_seconds)
+    extra = {"feature_origin": feature_origin} if feature_origin else {}
+    return TrainResult(model, history, total, trainable, stopped or len(history) < epochs, feature_seconds, extra)
 
 
 def library_versions() -> dict:
@@ -231,8 +214,9 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
 
 
 def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
-                   callbacks: Callbacks | None = None) -> Path:
-    """Open the data, train, and write the run directory; returns its path."""
+                   callbacks: Callbacks | None = None, evaluate: bool = True) -> Path:
+    """Open the data, train, write the run directory and (unless told not to) evaluate the run on its
+    validation split; returns the run directory's path."""
     from core.paths import configure_caches
 
     configure_caches()
@@ -242,4 +226,15 @@ def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
         callbacks.on_status(f"Opening {data.source} ...")
     source = open_source(data, progress=callbacks.on_status)
     result = fit(source, data, train, callbacks)
-    return save_run(result, source, data, train, runs_dir)
+    run_dir = save_run(result, source, data, train, runs_dir)
+    if evaluate:
+        from core.evaluate import evaluate_run
+
+        if callbacks.on_status:
+            callbacks.on_status("Evaluating on the validation split ...")
+        try:
+            evaluate_run(run_dir, model=result.model, source=source)
+        except LabError as exc:
+            # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
+            logger.warning("Evaluation of %s failed: %s", run_dir, exc)
+    return run_dir

@@ -1,0 +1,1 @@
+"""`python -m benchmarks`: the speed figures of the Lab, each a ratio of things measured side by side in one run."""

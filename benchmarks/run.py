@@ -1,0 +1,155 @@
+"""Runs the five figures, prints a table and writes them to a JSON file."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Speed figures of the Lab on generated JPEGs and a random-weight MobileNetV2, offline.")
+    parser.add_argument("--quick", action="store_true",
+                        help="few images and repetitions: checks that everything runs (under a minute)")
+    parser.add_argument("--work-dir", type=Path, default=HERE / "work",
+                        help="generated images, the SavedModel and caches (default %(default)s)")
+    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    return parser
+
+
+# Full mode: 1,400 images (1,120 training, 280 validation) keep a whole run to a few minutes on 2 cores.
+# Quick mode only checks that everything runs, so its memory run may overlap the timed figures.
+FULL = {"per_class": 700, "pipeline_repeats": 3, "predict_calls": 100, "feature_images": 23_262, "renders": 3,
+        "overlap_memory_runs": False}
+QUICK = {"per_class": 40, "pipeline_repeats": 1, "predict_calls": 10, "feature_images": 2_000, "renders": 1,
+         "overlap_memory_runs": True}
+
+
+def _row(figure: str, what: str, value: str, goal: str, met: bool | None, detail: str) -> list[str]:
+    return [figure, what, value, goal, {True: "yes", False: "no", None: ""}[met], detail]
+
+
+def table_rows(figures: dict) -> list[list[str]]:
+    r1, r2, r3, r4, r5 = (figures[k] for k in ("R1", "R2", "R3", "R4", "R5"))
+    return [
+        _row("R1", "frozen fit, 3 epochs: uncached / cached", f"{r1['ratio_3_epochs']:.1f}x", ">= 2.5x",
+             r1["ratio_3_epochs"] >= r1["goal_3_epochs"],
+             f"{r1['uncached_3_epochs_s']:.1f} s / {r1['cached_3_epochs_s']:.1f} s, {r1['images']} images"),
+        _row("R1", "frozen fit, 15 epochs: uncached / cached", f"{r1['ratio_15_epochs']:.1f}x", ">= 8x",
+             r1["ratio_15_epochs"] >= r1["goal_15_epochs"],
+             f"{r1['uncached_15_epochs_s_extrapolated']:.0f} s (extrapolated) / {r1['cached_15_epochs_s']:.1f} s"),
+        _row("R1", "  the same at 23,262 images (extrapolated)",
+             f"{r1['full_dataset_ratio_3_epochs']:.1f}x / {r1['full_dataset_ratio_15_epochs']:.1f}x", "", None,
+             "3 / 15 epochs: {:.0f} / {:.0f} min uncached, {:.1f} / {:.1f} min cached".format(
+                 r1["full_dataset_3_epochs_s"][0] / 60, r1["full_dataset_15_epochs_s"][0] / 60,
+                 r1["full_dataset_3_epochs_s"][1] / 60, r1["full_dataset_15_epochs_s"][1] / 60)),
+        _row("R2", "input pipeline / backbone images/s", f"{r2['ratio']:.1f}x", ">= 2x", r2["met"],
+             f"{r2['pipeline_images_per_s']:.0f} / {r2['backbone_images_per_s']:.0f} images/s; "
+             f"fed by the pipeline {r2['extraction_images_per_s']:.0f}"),
+        _row("R3", "predict one JPEG / bare model call (p50)", f"{r3['ratio']:.2f}", "<= 1.2", r3["met"],
+             f"{r3['predict_bytes_p50_ms']:.1f} ms / {r3['bare_call_p50_ms']:.1f} ms; "
+             f"model.predict {r3['model_predict_p50_ms']:.1f} ms"),
+        _row("R4", f"peak memory, cached run of {r4['peak_images']} images", f"{r4['peak_gb']:.2f} GB", "", None,
+             f"every generated image; {r4['bytes_per_image'] / 1024:.1f} KB more per image"),
+        _row("R4", f"  estimated for {r4['estimate_images']:,} images", f"{r4['estimate_gb']:.2f} GB", "<= 1.5 GB",
+             r4["met"], f"run's peak + per-image memory measured at {r4['feature_phase']['images']:,} images"),
+        _row("R5", "home page first render", f"{r5['seconds']:.2f} s", "<= 1.5 s", r5["met"],
+             f"TensorFlow imported: {'yes' if r5['tensorflow_imported'] else 'no'}"),
+    ]
+
+
+def format_table(rows: list[list[str]]) -> str:
+    headers = ["", "figure", "measured", "goal", "met", "detail"]
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    return {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        **{pkg: md.version(pkg) for pkg in ("tensorflow", "tf-keras", "tensorflow-hub", "streamlit", "pillow")},
+    }
+
+
+def measure(setup, settings: dict, say) -> dict:
+    from benchmarks import figures
+
+    model_path = setup.work / f"r1-cached-model-{os.getpid()}.h5"
+    results: dict = {}
+    memory_runs = []
+    try:
+        say("R5: home page render ...")
+        results["R5"] = figures.r5_home_page(settings["renders"])
+        say("R4: peak memory of cached runs (separate processes) ...")
+        memory_runs = figures.start_memory_runs(setup, settings["feature_images"])
+        if not settings["overlap_memory_runs"]:
+            # Alone on the machine, so they cannot slow one side of a ratio measured below.
+            results["R4"] = figures.r4_memory(memory_runs)
+        say("R2: input pipeline against the backbone ...")
+        results["R2"] = figures.r2_pipeline(setup, settings["pipeline_repeats"])
+        say("R1: uncached against cached training ...")
+        results["R1"] = figures.r1_training(setup, model_path)
+        say("R3: prediction latency (the R1 cached model, reloaded) ...")
+        results["R3"] = figures.r3_prediction(setup, model_path, settings["predict_calls"])
+        if "R4" not in results:
+            say("R4: waiting for the memory runs ...")
+            results["R4"] = figures.r4_memory(memory_runs)
+    finally:
+        for proc in memory_runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(figures.cache_root(setup), ignore_errors=True)
+        model_path.unlink(missing_ok=True)
+    return {k: results[k] for k in ("R1", "R2", "R3", "R4", "R5")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    settings = QUICK if args.quick else FULL
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    from benchmarks import figures
+    from benchmarks.workload import make_backbone, make_photo_folder
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
+
+    say("Preparing generated JPEGs and the MobileNetV2 SavedModel (reused when already there) ...")
+    setup = figures.Setup(
+        photos=make_photo_folder(work / f"photos-{settings['per_class']}", settings["per_class"]),
+        backbone=make_backbone(work / "mobilenet_v2_random").resolve(),
+        work=work,
+    )
+    results = measure(setup, settings, say)
+    rows = table_rows(results)
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": machine(),
+        "figures": results,
+        "table": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, args.output)
+    print()
+    print(format_table(rows))
+    print(f"\nWritten to {args.output} ({report['seconds']:.0f} s in all).")
+    return 0
