@@ -332,7 +332,10 @@ class TfdsSource:
     def examples(self, split: str, shuffle_seed: int | None = None, min_side: int | None = None):
         import tensorflow as tf
 
-        ds = self._limited(self._raw(split, shuffle_files=shuffle_seed is not None), split)
+        # A limited split must be the same images every epoch (the ones counted), so its files are read in
+        # a fixed order and only the chosen images are shuffled, by make_pipeline's buffer.
+        shuffle_files = shuffle_seed is not None and not self.limits[split]
+        ds = self._limited(self._raw(split, shuffle_files=shuffle_files), split)
         channels = self.builder.info.features["image"].shape[-1]
 
         def to_rgb(x, y):
