@@ -1,6 +1,19 @@
-"""Transfer Learning Lab: entry point. Page config and navigation only; no TensorFlow import here."""
+"""Transfer Learning Lab: page config and navigation. Nothing heavy here: no TensorFlow import, so the
+first paint is fast; each page imports what it needs when it runs."""
 import streamlit as st
 
-st.set_page_config(page_title="Transfer Learning Lab", page_icon="🧪", layout="wide")
-st.title("Transfer Learning Lab")
-st.write("A baseline CNN against a frozen MobileNetV2 on cats vs dogs, reproduced live.")
+from app_pages.common import sidebar
+
+st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/science:", layout="wide",
+                   initial_sidebar_state="expanded")
+
+PAGES = [
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
+    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", url_path="dataset"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/monitoring:", url_path="experiments"),
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:", url_path="predict"),
+]
+
+page = st.navigation(PAGES)
+sidebar()
+page.run()

@@ -59,3 +59,28 @@ def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path
             data, TrainConfig(model=kind, epochs=epochs, learning_rate=lr, handle=str(demo_backbone)), runs)
     out["dir"] = runs
     return out
+
+
+@pytest.fixture
+def open_page(monkeypatch, tmp_path):
+    """Open one dashboard page headless (AppTest), with its own empty runs folder unless given one.
+
+    open_page("dataset", state={...}) runs the entry script with that session state, switches to
+    app_pages/dataset.py and runs it; the AppTest is returned for clicking and inspecting.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    entry = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+
+    def open_(page: str = "home", runs_dir: Path | None = None, state: dict | None = None) -> AppTest:
+        monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir or tmp_path / "runs"))
+        # Generous: a page's first run may import TensorFlow and time a few batches on a busy 2-core machine.
+        at = AppTest.from_file(str(entry), default_timeout=180)
+        for key, value in (state or {}).items():
+            at.session_state[key] = value
+        at.run()
+        if page != "home":
+            at.switch_page(f"app_pages/{page}.py").run()
+        return at
+
+    return open_

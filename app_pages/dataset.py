@@ -1,0 +1,180 @@
+"""Dataset: choose where the images come from and look at them before anything trains."""
+import streamlit as st
+
+from app_pages.common import current_source, describe_source, open_source_cached, set_handle, set_source, show_error
+from core.charts import class_counts_bar, image_size_scatter
+from core.config import DEFAULT_SOURCE
+from core.data import SPLITS
+from core.paths import cache_dir, uploads_dir
+
+SAMPLES = 16
+THUMB = 160
+CHOICES = {
+    "article": "cats_vs_dogs (TFDS, the article's)",
+    "tfds": "Another TFDS dataset",
+    "folder": "A folder on this machine",
+    "zip": "Upload a zip",
+    "demo": "Generated demo (works offline)",
+}
+LOADED_KEY = "ds_loaded"  # the source this session has opened on this page
+SEED_KEY = "ds_sample_seed"
+ZIP_KEY = "ds_zip"  # (upload id, extraction result) so a rerun never unpacks the same upload again
+
+
+@st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
+def overview(source: str) -> dict:
+    from core.data import TfdsSource
+
+    opened = open_source_cached(source)
+    return {"info": opened.info.to_dict(), "sizes": opened.image_sizes(),
+            "sampled": isinstance(opened, TfdsSource)}
+
+
+@st.cache_data(show_spinner=False, max_entries=16, ttl=3600)
+def samples(source: str, seed: int) -> list:
+    from PIL import Image, ImageOps
+
+    tiles = []
+    for image, label in open_source_cached(source).samples(SAMPLES, seed):
+        # Square tiles make a tidy grid; the sizes chart shows the real shapes.
+        tile = ImageOps.fit(Image.fromarray(image), (THUMB, THUMB), Image.Resampling.BILINEAR)
+        tiles.append((tile, label))
+    return tiles
+
+
+def demo_source() -> str:
+    """Write the demo shapes and a small SavedModel backbone into the cache folder (once)."""
+    from core.synthetic import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+
+    root = cache_dir() / "demo"
+    data, backbone = root / "shapes", root / "backbone"
+    if not (data / "ready").is_file():
+        make_demo_folder(data, per_class=100, classes=tuple(DEMO_CLASSES), size=(160, 160))
+        (data / "ready").write_text("complete\n")
+    if not (backbone / "saved_model.pb").is_file():
+        make_demo_backbone(backbone)
+    set_handle(str(backbone))
+    return f"folder:{data}"
+
+
+def unpack_upload(upload) -> str | None:
+    from core.ziputil import extract_zip
+
+    cached = st.session_state.get(ZIP_KEY)
+    if cached and cached[0] == upload.file_id:
+        result = cached[1]
+    else:
+        with st.spinner(f"Unpacking {upload.name} ..."):
+            result = extract_zip(upload, uploads_dir())
+        st.session_state[ZIP_KEY] = (upload.file_id, result)
+    skipped = sum(result.skipped.values())
+    st.caption(f"{'Already unpacked' if result.reused else 'Unpacked'}: {result.images:,} images into "
+               f"`{result.root}`" + (f"; {skipped:,} other files left out." if skipped else "."))
+    return result.source
+
+
+st.title("Dataset")
+st.caption("Both models learn from the dataset chosen here. Folders need one sub-folder of images per class "
+           "(or train/ and val/ folders that each hold them); without a validation split, 20% of each class "
+           "is held out, as in the article.")
+
+loaded = st.session_state.get(LOADED_KEY)
+start = current_source()
+default_choice = "article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:") else "folder"
+choice = st.radio("Where do the images come from?", list(CHOICES), format_func=CHOICES.get, horizontal=True,
+                  index=list(CHOICES).index(default_choice))
+
+candidate = None
+try:
+    if choice == "article":
+        candidate = DEFAULT_SOURCE
+        st.caption("23,262 photos of cats and dogs; downloaded once (about 800 MB) into the cache folder.")
+    elif choice == "tfds":
+        name = st.text_input("TFDS dataset name", value=start[5:] if start.startswith("tfds:") and
+                             start != DEFAULT_SOURCE else "tf_flowers",
+                             help="Any TFDS image-classification dataset, e.g. tf_flowers, beans, rock_paper_scissors.")
+        candidate = f"tfds:{name.strip()}" if name.strip() else None
+    elif choice == "folder":
+        path = st.text_input("Folder path", value=start[7:] if start.startswith("folder:") else "",
+                             placeholder="/data/pets  (holding cats/ and dogs/)")
+        candidate = f"folder:{path.strip()}" if path.strip() else None
+    elif choice == "zip":
+        upload = st.file_uploader("A zip of class folders (up to 200 MB)", type=["zip"])
+        candidate = unpack_upload(upload) if upload else None
+    else:
+        st.caption("Three classes of coloured shapes (300 images) and a small feature extractor to use as the "
+                   "hub handle: the whole Lab works offline with them.")
+        candidate = "demo"
+except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+    show_error(exc)
+    candidate = None
+
+load, reload, _ = st.columns([1, 1, 3])
+if load.button("Load dataset", type="primary", disabled=candidate is None, width="stretch"):
+    try:
+        if candidate == "demo":
+            with st.spinner("Generating the demo dataset and feature extractor (once) ..."):
+                candidate = demo_source()
+        with st.status(f"Opening {describe_source(candidate)} ...") as status:
+            open_source_cached(candidate, _progress=lambda message: status.update(label=message))
+            overview(candidate)
+            status.update(label=f"Opened {describe_source(candidate)}", state="complete")
+        set_source(candidate)
+        st.session_state[LOADED_KEY] = candidate
+        st.rerun()  # the sidebar, drawn before this page, names the new dataset
+    except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+        show_error(exc)
+if loaded and reload.button("Reload from disk", width="stretch",
+                            help="Read the folder again after adding or removing images."):
+    open_source_cached.clear()
+    overview.clear()
+    samples.clear()
+
+if not loaded:
+    st.info(f"Experiments will use {describe_source(current_source())}. Press **Load dataset** to look at it "
+            "first.", icon=":material/info:")
+    st.stop()
+
+try:
+    with st.spinner(f"Reading {describe_source(loaded)} ..."):
+        view = overview(loaded)
+except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+    show_error(exc)
+    st.stop()
+
+info = view["info"]
+skipped_total = sum(info["skipped"].values())
+st.success(f"Experiments will train on {describe_source(loaded)}.", icon=":material/check_circle:")
+st.page_link("app_pages/experiments.py", label="Go to Experiments", icon=":material/arrow_forward:")
+
+cols = st.columns(4)
+cols[0].metric("Classes", len(info["class_names"]))
+for col, split in zip(cols[1:3], SPLITS):
+    col.metric("Training images" if split == "train" else "Validation images", f"{sum(info['counts'][split].values()):,}")
+cols[3].metric("Files skipped", f"{skipped_total:,}", help="Unreadable images and files that are not images "
+               "are left out and counted, never fatal.")
+
+left, right = st.columns(2, gap="large")
+left.plotly_chart(class_counts_bar(info["counts"]), key="ds_counts")
+right.plotly_chart(image_size_scatter(view["sizes"], sampled=view["sampled"]), key="ds_sizes")
+for note in info["notes"]:
+    st.caption(note)
+if skipped_total:
+    with st.expander(f"{skipped_total:,} skipped files"):
+        st.write(", ".join(f"{n:,} {reason}" for reason, n in info["skipped"].items()))
+        st.code("\n".join(info["skipped_files"]) or "-", language=None)
+
+head, button = st.columns([4, 1], vertical_alignment="bottom")
+head.subheader("Sample images")
+if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
+    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+try:
+    with st.spinner("Decoding samples ..."):
+        tiles = samples(loaded, st.session_state.get(SEED_KEY, 0))
+except Exception as exc:  # noqa: BLE001 - samples are optional; the rest of the page stays
+    show_error(exc)
+    tiles = []
+per_row = 8
+for row in range(0, len(tiles), per_row):
+    for col, (tile, label) in zip(st.columns(per_row), tiles[row:row + per_row]):
+        col.image(tile, caption=label, width="stretch")

@@ -1,0 +1,75 @@
+"""Home: what the Lab reproduces, the article's numbers, where to start, and the current status."""
+import streamlit as st
+
+from app_pages.common import chip, current_source, describe_source, network_online, runs_folder
+from core.config import ARTICLE_EPOCHS, ModelKind
+from core.paths import cache_dir
+from core.reference import HEADLINE_VAL_ACCURACY, article, article_final_val_accuracy, article_params
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+st.title("Transfer Learning Lab")
+st.markdown(
+    "**Transfer learning** reuses a network that has already learned to see, here MobileNetV2 trained on "
+    "1.4 million ImageNet photos, instead of learning from raw pixels again. Its frozen layers turn each "
+    "image into 1,280 features, and only a small new layer is trained on top to tell your classes apart. "
+    "That is why it needs far fewer images, epochs and minutes than a network trained from scratch, and "
+    "still ends up more accurate."
+)
+
+st.subheader("The article's experiment")
+st.caption("TFDS cats_vs_dogs, split 80/20, images resized to 224x224 and scaled to [0, 1], batches of 32.")
+ref = article()
+left, right = st.columns(2, gap="large")
+with left, st.container(border=True):
+    kind = ModelKind.BASELINE
+    st.markdown(chip(kind) + ": trained from scratch", unsafe_allow_html=True)
+    st.caption("Four Conv2D/MaxPool stages, Dropout, Dense(512) and a Dense output layer.")
+    a, b, c = st.columns(3)
+    a.metric("Parameters", millions(article_params(kind)), help=f"{article_params(kind):,}, all of them trained")
+    b.metric("Epochs", ARTICLE_EPOCHS[kind])
+    c.metric("Val accuracy", f"≈{HEADLINE_VAL_ACCURACY[kind]:.0%}",
+             help=f"The article's text; its notebook printed {article_final_val_accuracy(kind):.1%} "
+                  "after the last epoch.")
+with right, st.container(border=True):
+    kind = ModelKind.MOBILENET_V2
+    st.markdown(chip(kind) + ": frozen features + one Dense layer", unsafe_allow_html=True)
+    st.caption("A TF Hub MobileNetV2 feature vector (not trained) and a Dense output layer (trained).")
+    a, b, c = st.columns(3)
+    trainable = ref["mobilenet_v2_transfer"].get("trainable_params")
+    a.metric("Parameters", millions(article_params(kind)),
+             help=f"{article_params(kind):,}, of which {trainable:,} are trained" if trainable else None)
+    b.metric("Epochs", ARTICLE_EPOCHS[kind])
+    c.metric("Val accuracy", f"≈{HEADLINE_VAL_ACCURACY[kind]:.0%}",
+             help=f"The article's text; its notebook printed {article_final_val_accuracy(kind):.1%} "
+                  "after the last epoch.")
+
+st.subheader("Start here")
+steps = st.columns(3, gap="medium")
+with steps[0], st.container(border=True):
+    st.page_link("app_pages/dataset.py", label="**1. Dataset**", icon=":material/photo_library:")
+    st.caption("Pick cats_vs_dogs, another TFDS dataset, a folder or a zip of class folders; look at the "
+               "images and how many each class has.")
+with steps[1], st.container(border=True):
+    st.page_link("app_pages/experiments.py", label="**2. Experiments**", icon=":material/monitoring:")
+    st.caption("Train both models side by side with live curves beside the article's; the Quick demo "
+               "preset fits both into a few minutes.")
+with steps[2], st.container(border=True):
+    st.page_link("app_pages/predict.py", label="**3. Predict**", icon=":material/image_search:")
+    st.caption("Reload a saved model from its .h5 file and classify your own photos or the camera's.")
+
+st.subheader("Status")
+online = network_online()
+status = st.columns(4)
+status[0].markdown(f"**Dataset**  \n{describe_source(current_source())}")
+status[1].markdown(f"**Runs folder**  \n`{runs_folder()}`")
+status[2].markdown(f"**Cache folder**  \n`{cache_dir()}`")
+status[3].markdown("**Network**  \n" + ("Online" if online else "Offline"))
+if not online:
+    st.info(
+        "Offline: cats_vs_dogs and the TF Hub module can only be used if they are already in the cache "
+        "folder. The Dataset page can generate a small demo dataset and a local feature extractor, so "
+        "every page works without a network.", icon=":material/wifi_off:")

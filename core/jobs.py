@@ -1,0 +1,259 @@
+"""Training in a background thread that a page can poll, stop, and never restart by accident.
+
+A Job runs one or more experiments one after another (the Experiments page's "Run both") through
+core.train.run_experiment. The training thread writes progress under a lock and readers get frozen
+Snapshots, so a page rerun never sees half an update; stop() sets an Event that training polls after
+every batch. A Job belongs to whoever holds it (the dashboard keeps it in one session's state), so two
+browser sessions training at once each follow only their own.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from core.config import DataConfig, ModelKind, TrainConfig
+from core.errors import LabError, StopRequested
+from core.train import BatchReport, Callbacks, EpochReport
+
+logger = logging.getLogger(__name__)
+
+QUEUED, PREPARING, FEATURES, TRAINING, SAVING = "queued", "preparing", "features", "training", "saving"
+DONE, STOPPED, FAILED = "done", "stopped", "failed"
+FINISHED = (DONE, STOPPED, FAILED)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    data: DataConfig
+    train: TrainConfig
+    estimated_seconds: float | None = None  # from core.estimate; the ETA falls back on it before epoch 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A consistent copy of a job's progress at one moment."""
+    phase: str
+    message: str
+    index: int  # the experiment running now (0-based)
+    total: int
+    model: ModelKind | None
+    epoch: int  # epochs finished in the current experiment
+    epochs: int
+    step: int  # batches finished in the current epoch
+    steps: int
+    histories: tuple[tuple[ModelKind, tuple[dict, ...]], ...]  # one per experiment started so far
+    run_dirs: tuple[Path, ...]
+    eta_seconds: float | None
+    elapsed_seconds: float
+    fraction: float  # 0..1 over the whole job
+    error: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+
+@dataclass
+class _State:
+    phase: str = QUEUED
+    message: str = "Waiting to start ..."
+    index: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    seconds_in_epoch: float = 0.0
+    histories: list = field(default_factory=list)
+    run_dirs: list = field(default_factory=list)
+    error: str | None = None
+    experiment_started: float = 0.0
+
+
+Runner = Callable[[DataConfig, TrainConfig, Path, Callbacks], Path]
+
+
+def _default_runner(data: DataConfig, train: TrainConfig, runs_dir: Path, callbacks: Callbacks) -> Path:
+    from core.train import run_experiment
+
+    return run_experiment(data, train, runs_dir, callbacks)
+
+
+class Job:
+    """One or more experiments trained in order on a daemon thread."""
+
+    def __init__(self, experiments: list[Experiment], runs_dir: str | Path, runner: Runner | None = None):
+        if not experiments:
+            raise ValueError("a job needs at least one experiment")
+        self.experiments = list(experiments)
+        self.runs_dir = Path(runs_dir)
+        self._runner = runner or _default_runner
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._started = 0.0
+        self._ended: float | None = None
+        self._thread = threading.Thread(target=self._run, name="lab-training", daemon=True)
+
+    def start(self) -> Job:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask training to stop after the current batch; finished epochs are still saved."""
+        self._stop.set()
+        with self._lock:
+            if self._state.phase not in FINISHED:
+                self._state.message = "Stopping after the current batch ..."
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; True when it has finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            s = replace(self._state, histories=[list(h) for h in self._state.histories],
+                        run_dirs=list(self._state.run_dirs))
+            ended = self._ended
+        now = ended if ended is not None else time.monotonic()
+        current = self.experiments[min(s.index, len(self.experiments) - 1)]
+        model = current.train.model if s.phase != QUEUED else None
+        kinds = [e.train.model for e in self.experiments]
+        return Snapshot(
+            phase=s.phase, message=s.message, index=s.index, total=len(self.experiments), model=model,
+            epoch=s.epoch, epochs=s.epochs or current.train.resolved_epochs, step=s.step, steps=s.steps,
+            histories=tuple((kinds[i], tuple(h)) for i, h in enumerate(s.histories)),
+            run_dirs=tuple(s.run_dirs), eta_seconds=None if s.phase in FINISHED else self._eta(s, now),
+            elapsed_seconds=(now - self._started) if self._started else 0.0,
+            fraction=1.0 if s.phase == DONE else self._fraction(s, now), error=s.error,
+        )
+
+    def _experiment_fraction(self, s: _State, now: float) -> float:
+        if s.phase == SAVING:
+            return 1.0
+        if s.epochs and (s.epoch or s.step):
+            return min(1.0, (s.epoch + (s.step / s.steps if s.steps else 0)) / s.epochs)
+        estimated = self.experiments[s.index].estimated_seconds
+        if estimated and s.experiment_started:
+            # Before the first batch (opening data, computing features) only the estimate says how far along.
+            return min(0.3, (now - s.experiment_started) / estimated)
+        return 0.0
+
+    def _fraction(self, s: _State, now: float) -> float:
+        if s.index >= len(self.experiments):
+            return 1.0
+        return (s.index + self._experiment_fraction(s, now)) / len(self.experiments)
+
+    def _eta(self, s: _State, now: float) -> float | None:
+        if s.index >= len(self.experiments):
+            return 0.0
+        queued = self.experiments[s.index + 1:]
+        later = sum(e.estimated_seconds or 0.0 for e in queued)
+        if any(e.estimated_seconds is None for e in queued):
+            later = None
+        current: float | None = None
+        history = s.histories[s.index] if s.index < len(s.histories) else []
+        if s.phase == TRAINING and s.steps and (s.step or history):
+            # The latest epoch, not the mean: the first one also decodes images that later epochs read
+            # from memory, so it overstates what is left.
+            per_epoch = history[-1].get("seconds", 0.0) if history else s.seconds_in_epoch / s.step * s.steps
+            in_epoch = (s.seconds_in_epoch / s.step * (s.steps - s.step)) if s.step else per_epoch
+            current = in_epoch + max(0, s.epochs - s.epoch - 1) * per_epoch
+        elif s.phase == SAVING:
+            current = 0.0
+        else:
+            estimated = self.experiments[s.index].estimated_seconds
+            if estimated is not None and s.experiment_started:
+                current = max(0.0, estimated - (now - s.experiment_started))
+        if current is None or later is None:
+            return None
+        return current + later
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._state, key, value)
+
+    def _callbacks(self, index: int) -> Callbacks:
+        def on_status(message: str) -> None:
+            phase = FEATURES if message.startswith(("Computing backbone features", "Features for")) else None
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._state.message = message
+                if phase:
+                    self._state.phase = phase
+
+        def on_batch(report: BatchReport) -> None:
+            with self._lock:
+                self._state.phase = TRAINING
+                self._state.epoch, self._state.epochs = report.epoch - 1, report.epochs
+                self._state.step, self._state.steps = report.step, report.steps
+                self._state.seconds_in_epoch = report.seconds_in_epoch
+                if not self._stop.is_set():
+                    self._state.message = f"Epoch {report.epoch} of {report.epochs}: batch {report.step}/{report.steps}"
+
+        def on_epoch(report: EpochReport) -> None:
+            row = dict(report.metrics, seconds=round(report.seconds, 3))
+            with self._lock:
+                self._state.histories[index].append(row)
+                self._state.epoch, self._state.epochs = report.epoch, report.epochs
+                self._state.step = 0
+                if report.epoch >= report.epochs:
+                    self._state.phase = SAVING
+                    self._state.message = "Saving the model and the run folder ..."
+
+        return Callbacks(on_epoch=on_epoch, on_batch=on_batch, on_status=on_status,
+                         should_stop=self._stop.is_set)
+
+    def _run(self) -> None:
+        final_phase, final_message = DONE, ""
+        for index, experiment in enumerate(self.experiments):
+            if self._stop.is_set():
+                break
+            with self._lock:
+                self._state.index = index
+                self._state.phase, self._state.message = PREPARING, "Opening the data ..."
+                self._state.epoch, self._state.step, self._state.steps = 0, 0, 0
+                self._state.epochs = experiment.train.resolved_epochs
+                self._state.histories.append([])
+                self._state.experiment_started = time.monotonic()
+            try:
+                run_dir = self._runner(experiment.data, experiment.train, self.runs_dir, self._callbacks(index))
+            except StopRequested:
+                final_phase = STOPPED
+                final_message = "Stopped before the first epoch finished; nothing was saved for that model."
+                break
+            except LabError as exc:
+                final_phase, final_message = FAILED, str(exc)
+                break
+            except Exception as exc:  # a bug must end the job visibly, not kill the thread silently
+                logger.exception("training job failed")
+                first_line = (str(exc).splitlines() or [""])[0][:300]
+                final_phase = FAILED
+                final_message = (f"Training failed unexpectedly ({exc.__class__.__name__}: {first_line}). "
+                                 "The server log has the details.")
+                break
+            with self._lock:
+                self._state.run_dirs.append(Path(run_dir))
+            if self._stop.is_set():
+                epochs_done = len(self._state.histories[index])
+                final_phase = STOPPED
+                final_message = f"Stopped after {epochs_done} epoch(s); the finished epochs were saved as {Path(run_dir).name}."
+                break
+        with self._lock:
+            if final_phase == DONE:
+                self._state.index = len(self.experiments)
+                final_message = f"Finished: {len(self._state.run_dirs)} run(s) saved."
+            self._state.phase, self._state.message = final_phase, final_message
+            self._state.error = final_message if final_phase == FAILED else None
+            self._ended = time.monotonic()
