@@ -16,7 +16,8 @@ from core.config import DataConfig, TrainConfig, data_from_dict, train_from_dict
 from core.errors import LabError
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = {"config.json", "history.json", "metrics.json", "summary.txt", "layers.json", "model.h5"}
+RUN_FILES = {"config.json", "history.json", "metrics.json", "summary.txt", "layers.json", "model.h5",
+             "evaluation.json", "evaluation"}  # the last two: the validation evaluation written after saving
 
 
 @pytest.mark.parametrize("kind", ["baseline", "mobilenet_v2"])
@@ -85,7 +86,7 @@ def test_write_json_leaves_no_temporary_files(tmp_path):
 
 def _published_copy(src: Path, runs: Path, name: str) -> Path:
     writer = RunWriter(runs, name)
-    for f in src.iterdir():
+    for f in (p for p in src.iterdir() if p.is_file()):
         writer.path(f.name).write_bytes(f.read_bytes())
     return writer.publish()
 
@@ -93,7 +94,7 @@ def _published_copy(src: Path, runs: Path, name: str) -> Path:
 def test_unpublished_writer_never_looks_complete(trained_runs, tmp_path):
     good = _published_copy(trained_runs["baseline"], tmp_path, new_run_id("baseline"))
     writer = RunWriter(tmp_path, new_run_id("baseline"))
-    for f in trained_runs["baseline"].iterdir():  # every file written, but never renamed into place
+    for f in (p for p in trained_runs["baseline"].iterdir() if p.is_file()):  # written, never renamed into place
         writer.path(f.name).write_bytes(f.read_bytes())
     listing = list_runs(tmp_path)
     assert [r.path for r in listing.runs] == [good]
