@@ -103,17 +103,32 @@ def keep_widget_state(prefixes: tuple[str, ...] = ("exp_", "pred_", "ds_")) -> N
             st.session_state[key] = st.session_state[key]
 
 
+def tidy_runs_folder() -> None:
+    """Remove run folders that killed training processes left unfinished (a live writer's stay).
+
+    Runs before every page, so the run history never offers what a crashed or killed server left behind.
+    """
+    from core.artifacts import clean_incomplete
+
+    try:
+        for path in clean_incomplete(runs_folder()):
+            logger.info("removed the unfinished run folder %s (its training process is gone)", path)
+    except OSError as exc:  # a read-only or vanished runs folder: nothing to tidy, nothing to break
+        logger.warning("could not tidy the runs folder: %s", exc)
+
+
 def sidebar() -> None:
     from core.artifacts import list_runs
     from core.paths import cache_dir
 
     keep_widget_state()
+    tidy_runs_folder()
     with st.sidebar:
         st.markdown("#### Lab status")
         st.caption(f"Dataset: {describe_source(current_source())}")
         try:
             count = len(list_runs(runs_folder()).runs)
-        except OSError:
+        except (OSError, LabError):
             count = 0
         st.caption(f"Runs folder: `{runs_folder()}` ({count} finished)")
         st.caption(f"Cache folder: `{cache_dir()}`")
@@ -121,19 +136,3 @@ def sidebar() -> None:
         st.caption("Network: " + ("online: TFDS and TF Hub downloads work" if online
                                   else "offline: use folders and local SavedModels"))
         st.markdown("  \n".join(chip(k) for k in ModelKind), unsafe_allow_html=True)
-
-
-def lab_owned_handle(handle: str) -> bool:
-    """Hub handles a model file named on a web page may use: downloads, or folders the Lab manages.
-
-    A SavedModel is a TensorFlow program; loading one from an arbitrary server folder named in a model
-    file would let whoever wrote that file pick what runs.
-    """
-    from core.hub import is_local
-    from core.paths import cache_dir
-
-    if not is_local(handle):
-        return True
-    path = Path(handle).expanduser().resolve()
-    allowed = (cache_dir(), runs_folder(), Path.cwd())
-    return any(path.is_relative_to(Path(root).expanduser().resolve()) for root in allowed)

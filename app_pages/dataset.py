@@ -6,6 +6,7 @@ from core.charts import class_counts_bar, image_size_scatter
 from core.config import DEFAULT_SOURCE
 from core.data import SPLITS
 from core.paths import cache_dir, uploads_dir
+from core.presets import active_preset
 
 SAMPLES = 16
 THUMB = 160
@@ -80,9 +81,13 @@ st.caption("Both models learn from the dataset chosen here. Folders need one sub
 
 loaded = st.session_state.get(LOADED_KEY)
 start = current_source()
+# A public host must not let visitors read the server's folders: uploads, TFDS and the demo only.
+choices = [c for c in CHOICES if c != "folder" or active_preset().allow_local_paths]
 default_choice = "article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:") else "folder"
-choice = st.radio("Where do the images come from?", list(CHOICES), format_func=CHOICES.get, horizontal=True,
-                  index=list(CHOICES).index(default_choice))
+if default_choice not in choices:
+    default_choice = "demo" if start.startswith(f"folder:{cache_dir() / 'demo'}") else "zip"
+choice = st.radio("Where do the images come from?", choices, format_func=CHOICES.get, horizontal=True,
+                  index=choices.index(default_choice))
 
 candidate = None
 try:

@@ -15,6 +15,7 @@ from app_pages.common import (
     runs_folder,
     show_error,
 )
+from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports
 from core.artifacts import list_runs
 from core.charts import CurveSeries, model_kind, training_curves
 from core.config import (
@@ -26,11 +27,14 @@ from core.config import (
     DataConfig,
     ModelKind,
     TrainConfig,
+    uses_feature_cache,
     validate,
 )
 from core.errors import LabError, OfflineError
 from core.estimate import Estimate, estimate, format_duration, quick_demo, split_sizes
+from core.hub import check_web_handle
 from core.jobs import DONE, FAILED, Experiment, Job
+from core.presets import active_preset, apply_preset, capped_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +45,18 @@ NOTICE_KEY = "exp_notice"  # (level, text) left by a preset button for the next 
 SIZE_KEY, BUDGET_KEY = "exp_image_size", "exp_budget_min"
 PREFIX = {ModelKind.BASELINE: "exp_b_", ModelKind.MOBILENET_V2: "exp_t_"}
 HANDLE_FIELD, CACHE_FIELD = HANDLE_FIELD_KEY, "exp_t_cache"
+FINE_EPOCHS_FIELD, FINE_LR_FIELD = "exp_t_ft_epochs", "exp_t_ft_lr"
 KINDS = (ModelKind.BASELINE, ModelKind.MOBILENET_V2)  # the article's order, also for "Run both"
 
 
 def article_settings(kind: ModelKind) -> dict:
-    return {"epochs": ARTICLE_EPOCHS[kind], "batch": ARTICLE_BATCH_SIZE, "lr": ARTICLE_LEARNING_RATE, "limit": 0}
+    # The article neither augments nor fine-tunes.
+    # The batch is the article's unless the preset caps it lower (memory on a small shared host).
+    settings = {"epochs": ARTICLE_EPOCHS[kind], "batch": capped_batch_size(ARTICLE_BATCH_SIZE),
+                "lr": ARTICLE_LEARNING_RATE, "limit": 0, "augment": False}
+    if kind is ModelKind.MOBILENET_V2:
+        settings |= {"ft_epochs": 0, "ft_lr": TrainConfig.fine_tune_learning_rate}
+    return settings
 
 
 def init_state() -> None:
@@ -63,10 +74,16 @@ def init_state() -> None:
 def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
     s, p = st.session_state, PREFIX[kind]
     data = DataConfig(source=current_source(), image_size=int(s[SIZE_KEY]), batch_size=int(s[p + "batch"]),
-                      limit=int(s[p + "limit"]) or None)
+                      limit=int(s[p + "limit"]) or None, augment=bool(s[p + "augment"]))
+    transfer = kind is ModelKind.MOBILENET_V2
     train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
-                        handle=s[HANDLE_FIELD].strip(), cache_features=bool(s[CACHE_FIELD]))
-    return data, train
+                        handle=s[HANDLE_FIELD].strip(), cache_features=bool(s[CACHE_FIELD]),
+                        fine_tune_epochs=int(s[FINE_EPOCHS_FIELD]) if transfer else 0,
+                        fine_tune_learning_rate=float(s[FINE_LR_FIELD]))
+    if kind is ModelKind.MOBILENET_V2 and not active_preset().allow_local_paths:
+        check_web_handle(train.handle)  # the handle field must not name the server's own folders
+    # The preset's caps (images, batch, image size, server folders) apply to estimates and runs alike.
+    return apply_preset(data, train), train
 
 
 # Timing the model is the same work for every session on this machine, so the result is shared.
@@ -90,9 +107,21 @@ def available(source: str) -> tuple[int, int, int]:
     return info.split_size("train"), info.split_size("validation"), info.num_classes
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def fine_tune_speed(image_size: int, batch_size: int, handle: str, num_classes: int) -> tuple[float, float]:
+    from core.estimate import measure_fine_tune
+
+    return measure_fine_tune(image_size, batch_size, handle, num_classes)
+
+
 def speed_with_decode(kind: ModelKind, data: DataConfig, train: TrainConfig, num_classes: int):
     speed = model_speed(kind.value, data.image_size, data.batch_size, train.handle, num_classes)
-    return dataclasses.replace(speed, decode=decode_speed(data.source, data.image_size, data.batch_size))
+    speed = dataclasses.replace(speed, decode=decode_speed(data.source, data.image_size, data.batch_size))
+    if train.fine_tune_epochs:
+        # Timed only when asked for: a step through the unfrozen backbone is the slowest thing to time.
+        per_image, setup = fine_tune_speed(data.image_size, data.batch_size, train.handle, num_classes)
+        speed = dataclasses.replace(speed, fine_tune=per_image, fine_tune_setup=setup)
+    return speed
 
 
 def run_estimate(kind: ModelKind) -> Estimate:
@@ -101,7 +130,8 @@ def run_estimate(kind: ModelKind) -> Estimate:
     n_train, n_val, classes = available(data.source)
     speed = speed_with_decode(kind, data, train, classes)
     used_train, used_val = split_sizes(n_train, n_val, data.limit, data.val_fraction)
-    return estimate(kind, speed, used_train, used_val, train.resolved_epochs, data.image_size, train.cache_features)
+    return estimate(kind, speed, used_train, used_val, train.resolved_epochs, data.image_size,
+                    uses_feature_cache(data, train), train.fine_tune_epochs)
 
 
 def apply_article_settings() -> None:
@@ -109,7 +139,8 @@ def apply_article_settings() -> None:
         for name, value in article_settings(kind).items():
             st.session_state[prefix + name] = value
     st.session_state[SIZE_KEY] = ARTICLE_IMAGE_SIZE
-    text = "Article settings: 15 and 3 epochs on every image, batches of 32, 224x224, learning rate 0.001."
+    text = ("Article settings: 15 and 3 epochs on every image, batches of 32, 224x224, learning rate 0.001, "
+            "no augmentation or fine-tuning.")
     st.session_state[NOTICE_KEY] = ("info", text)
 
 
@@ -121,9 +152,9 @@ def apply_quick_demo() -> None:
         for kind in KINDS:
             data, train = configs(kind)
             speeds[kind] = speed_with_decode(kind, data, train, classes)
-        _, transfer = configs(ModelKind.MOBILENET_V2)
+        transfer_data, transfer = configs(ModelKind.MOBILENET_V2)
         preset = quick_demo(budget, speeds, n_train, n_val, int(st.session_state[SIZE_KEY]),
-                            transfer.cache_features)
+                            uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs)
     except LabError as exc:
         st.session_state[NOTICE_KEY] = ("error", f"The Quick demo preset needs both models timed here: {exc}")
         return
@@ -150,11 +181,12 @@ def start_job(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
             data, train = configs(kind)
             validate(data, train)
             est = estimates.get(kind)
-            experiments.append(Experiment(data, train, est.total_seconds if est else None))
+            experiments.append(Experiment(data, train, est.total_seconds if est else None,
+                                          est.fine_tune_seconds if est else None))
+        # Refused when the server already trains as many models as its preset allows at once.
+        st.session_state[JOB_KEY] = Job(experiments, runs_folder()).start()
     except LabError as exc:
         st.session_state[NOTICE_KEY] = ("error", str(exc))
-        return
-    st.session_state[JOB_KEY] = Job(experiments, runs_folder()).start()
 
 
 def offline_hint() -> str:
@@ -175,11 +207,30 @@ def settings_column(kind: ModelKind, running: bool, data_ok: bool) -> Estimate |
     a.number_input("Learning rate", min_value=0.00001, max_value=0.5, step=0.0005, format="%.5f", key=p + "lr")
     b.number_input("Training images (0 = all)", min_value=0, step=100, key=p + "limit",
                    help="Taken evenly from every class; validation images are cut in the same 80/20 proportion.")
+    st.toggle("Augment training images (random flip, rotation, zoom)", key=p + "augment",
+              help="Each epoch sees slightly different versions of the training images, which helps against "
+                   "overfitting small datasets. Validation images are never changed. Off matches the article.")
     if kind is ModelKind.MOBILENET_V2:
         st.text_input("Hub handle: TF Hub URL, Kaggle handle or SavedModel folder", key=HANDLE_FIELD)
         st.toggle("Compute the frozen backbone's features once", key=CACHE_FIELD,
                   help="The backbone never changes, so its output for an image is the same in every epoch. "
                        "Off: every epoch pushes every image through it again, as the article does.")
+        try:
+            data, train = configs(kind)
+        except LabError:
+            data = train = None  # the estimate below says what is wrong with the settings
+        if train is not None and train.cache_features and not uses_feature_cache(data, train):
+            st.caption(":material/info: Feature cache off while augmenting: a flipped, rotated or zoomed image "
+                       "gives other features every epoch, so every epoch runs the backbone again.")
+        a, b = st.columns(2)
+        a.number_input("Fine-tuning epochs (0 = off)", min_value=0, max_value=100, step=1, key=FINE_EPOCHS_FIELD,
+                       help="Epochs after the frozen ones, with the backbone unfrozen and trained too.")
+        b.number_input("Fine-tuning learning rate", min_value=1e-7, max_value=0.01, step=1e-5, format="%.1e",
+                       key=FINE_LR_FIELD, help="Small, so the pretrained features are adjusted, not overwritten.")
+        st.caption("Fine-tuning helps with many images, or images unlike ImageNet's photos (X-rays, drawings). "
+                   "It costs a forward and backward pass through the whole backbone for every image in every "
+                   "epoch, far slower than the frozen epochs and never from the feature cache, and it can "
+                   "overfit a small dataset.")
     if running:
         st.caption("Estimates pause while a run is in progress.")
         return None
@@ -199,6 +250,9 @@ def settings_column(kind: ModelKind, running: bool, data_ok: bool) -> Estimate |
     if est.feature_seconds:
         parts.append(f"features {format_duration(est.feature_seconds)}")
     parts.append(f"{est.epochs} epoch{'s' if est.epochs > 1 else ''} × {format_duration(est.epoch_seconds)}")
+    if est.fine_tune_epochs:
+        parts.append(f"fine-tuning {format_duration(est.fine_tune_seconds)} for {est.fine_tune_epochs} "
+                     f"epoch{'s' if est.fine_tune_epochs > 1 else ''}")
     st.markdown(f"**Estimated duration: {format_duration(est.total_seconds)}**")
     st.caption(f"{est.train_images:,} training and {est.val_images:,} validation images; "
                f"{', '.join(parts)}. Timed on this machine.")
@@ -411,6 +465,40 @@ if listing.incomplete:
                    "or are missing files.")
         st.code("\n".join(p.name for p in listing.incomplete), language=None)
 
+
+def import_uploaded_run() -> None:
+    """Button callback: runs before the page draws, so the imported run can join the multiselect's value."""
+    from core.hub import web_upload_handle_allowed
+    from core.runio import import_run_zip
+
+    upload = st.session_state.get("run_import_zip")
+    if upload is None:
+        st.session_state[IMPORT_NOTICE_KEY] = ("warning", "Choose a zipped run folder first.", [])
+        return
+    try:
+        # Uploaded by a stranger: its model may only use hub modules the web page may (no server folders).
+        imported = import_run_zip(upload.getvalue(), runs_folder(), allowed_handle=web_upload_handle_allowed)
+    except LabError as exc:
+        st.session_state[IMPORT_NOTICE_KEY] = ("error", str(exc), [])
+        return
+    st.session_state[SHOWN_KEY] = [*st.session_state.get(SHOWN_KEY, []), imported.path.name]
+    st.session_state[IMPORT_NOTICE_KEY] = ("success", f"Imported {imported.path.name}; it is on the charts below.",
+                                           imported.warnings)
+
+
+IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
+with st.expander("Import a run trained elsewhere"):
+    st.caption("A zipped run folder (`runs/<run-id>/`, e.g. from `python -m core train` on a GPU machine). "
+               "Copying the folder into this runs folder works too; `python -m core import-run ZIP` does the "
+               "same from a shell.")
+    st.file_uploader("Zipped run folder", type=["zip"], key="run_import_zip")
+    st.button("Import", key="run_import", icon=":material/upload:", on_click=import_uploaded_run)
+    import_notice = st.session_state.pop(IMPORT_NOTICE_KEY, None)
+    if import_notice:
+        getattr(st, import_notice[0])(import_notice[1])
+        for warning in import_notice[2]:
+            st.warning(warning)
+
 ORDER = {kind.value: i for i, kind in enumerate(KINDS)}
 # Baseline left and transfer right everywhere on the page, as in the settings above; older runs first.
 records = sorted((by_id[i] for i in st.session_state[SHOWN_KEY]),
@@ -439,3 +527,20 @@ for start in range(0, len(records), per_row):
     for column, record in zip(st.columns(per_row, gap="large"), records[start:start + per_row]):
         with column:
             show_summary(record)
+
+st.subheader("Evaluation on the validation split")
+st.caption("Each run's saved model on the images it was validated on. In the confusion matrix rows are the true "
+           "class and columns the predicted one; the diagonal holds the right answers.")
+for start in range(0, len(records), per_row):
+    for column, record in zip(st.columns(per_row, gap="large"), records[start:start + per_row]):
+        with column:
+            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+            show_evaluation(record)
+
+st.subheader("Export")
+st.caption(EXPORT_GUIDE)
+for start in range(0, len(records), per_row):
+    for column, record in zip(st.columns(per_row, gap="large"), records[start:start + per_row]):
+        with column:
+            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+            show_exports(record)

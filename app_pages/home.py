@@ -4,6 +4,7 @@ import streamlit as st
 from app_pages.common import chip, current_source, describe_source, network_online, runs_folder
 from core.config import ARTICLE_EPOCHS, ModelKind
 from core.paths import cache_dir
+from core.presets import active
 from core.reference import HEADLINE_VAL_ACCURACY, article, article_final_val_accuracy, article_params
 
 
@@ -68,6 +69,8 @@ status[0].markdown(f"**Dataset**  \n{describe_source(current_source())}")
 status[1].markdown(f"**Runs folder**  \n`{runs_folder()}`")
 status[2].markdown(f"**Cache folder**  \n`{cache_dir()}`")
 status[3].markdown("**Network**  \n" + ("Online" if online else "Offline"))
+preset = active()
+st.caption(f"**Preset: {preset.preset.name}** ({preset.reason}). {preset.preset.description}")
 if not online:
     st.info(
         "Offline: cats_vs_dogs and the TF Hub module can only be used if they are already in the cache "

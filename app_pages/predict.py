@@ -4,24 +4,45 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chip, lab_owned_handle, runs_folder, show_error
+from app_pages.common import chip, runs_folder, show_error
 from core.artifacts import list_runs
 from core.charts import model_colour, model_kind, probability_bar
 from core.config import MODEL_LABELS, ModelKind
+from core.explain import GRAD_CAM, OCCLUSION
+from core.modelfile import MAX_UPLOAD_BYTES
 from core.predict import PredictionError, predict_bytes
+from core.presets import active_preset
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
 PER_ROW = 2
+MODEL_UPLOAD_KEY = "up_model_stored"  # (upload id, stored path) of this session's uploaded model
+MODEL_SOURCES = {"run": "A saved run", "upload": "Upload an .h5 file", "path": "An .h5 file on this machine"}
 
 
 # A reloaded inference model is only read, so one copy per file version serves every session; the
 # modification time in the key makes a retrained or replaced file load again.
+# An uploaded file is a stranger's: its hub handle may only name downloads and the Lab's own folders.
 @st.cache_resource(show_spinner=False, max_entries=3)
-def load_cached(path: str, mtime: float, trusted: bool):
+def load_cached(path: str, mtime: float, trusted: bool, name: str | None = None):
+    from core.hub import web_upload_handle_allowed
     from core.predict import load_for_prediction
 
-    return load_for_prediction(path, allowed_handle=None if trusted else lab_owned_handle), time.time()
+    policy = None if trusted else web_upload_handle_allowed
+    return load_for_prediction(path, allowed_handle=policy, name=name), time.time()
+
+
+def stored_upload(upload) -> Path:
+    """Where this session's uploaded model was kept; checked and written once per upload, not per rerun."""
+    from core.modelfile import store_uploaded_model
+
+    kept = st.session_state.get(MODEL_UPLOAD_KEY)
+    if kept and kept[0] == upload.file_id and kept[1].is_file():
+        return kept[1]
+    with st.spinner(f"Checking {upload.name} ..."):
+        path = store_uploaded_model(upload, upload.name)
+    st.session_state[MODEL_UPLOAD_KEY] = (upload.file_id, path)
+    return path
 
 
 def best_transfer_index(runs) -> int:
@@ -51,18 +72,94 @@ def thumbnail(data: bytes, name: str):
     return image
 
 
+# What the heatmap's colours mean, per method; {name} is the explained class.
+EXPLAIN_LEGENDS = {
+    OCCLUSION: "Red: hiding this part under a grey patch lowers the model's confidence in '{name}' the most, so "
+               "the prediction rests on it. Blue: hiding it changes little.",
+    GRAD_CAM: "Red: the last convolution layer's features here count most towards '{name}'. Blue: they count "
+              "little.",
+}
+EXPLANATIONS_KEY = "explanations"  # this session's heatmaps by (model file, version, image, method)
+MAX_EXPLANATIONS = 8  # oldest dropped first: each holds a figure with the image in it
+
+
+def explain_image(loaded, data: bytes, name: str, method: str):
+    """(figure, legend) for one image, legend None for a flat map; a progress bar appears once it takes
+    more than a second. Only the figure is kept, not the full-size arrays behind it."""
+    from core.eval_charts import heatmap_overlay_figure
+    from core.explain import explain
+    from core.images import decode_image
+
+    image = decode_image(data, name, min_side=loaded.image_size)  # the pixels the prediction used
+    started, bar = time.monotonic(), None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None and time.monotonic() - started > 1.0:
+            bar = st.progress(0.0)
+        if bar is not None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"Explaining: {done} of {total} steps")
+
+    try:
+        explanation = explain(loaded, image, method, progress=progress)
+    finally:
+        if bar is not None:
+            bar.empty()
+    legend = EXPLAIN_LEGENDS[method].format(name=explanation.class_name) if explanation.peak else None
+    return heatmap_overlay_figure(image, explanation), legend
+
+
+def explain_controls(index: int, loaded, name: str, data: bytes, model_key: tuple) -> None:
+    """Method choice and an Explain button under a prediction; the heatmap once asked for."""
+    import hashlib
+
+    from core.explain import METHOD_LABELS, available_methods
+
+    methods = available_methods(loaded)
+    how, ask = st.columns([3, 1], vertical_alignment="bottom")
+    if len(methods) > 1:
+        method = how.radio("Explanation", methods, format_func=METHOD_LABELS.get, horizontal=True,
+                           key=f"pred_method_{index}")
+    else:
+        method = methods[0]
+        how.caption(f"Explanation: {METHOD_LABELS[method]}", help="Grad-CAM needs a convolution layer the Lab can "
+                    "reach, and this model has none (a hub module hides its insides).")
+    store = st.session_state.setdefault(EXPLANATIONS_KEY, {})
+    key = (*model_key, hashlib.sha256(data).hexdigest(), method)
+    if ask.button("Explain", key=f"explain_{index}", icon=":material/insights:", width="stretch",
+                  help="Which parts of the image the prediction depends on.") and key not in store:
+        try:
+            store[key] = explain_image(loaded, data, name, method)
+        except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+            show_error(exc, prefix="No explanation: ")
+            return
+        while len(store) > MAX_EXPLANATIONS:
+            store.pop(next(iter(store)))
+    if key not in store:
+        return
+    figure, legend = store[key]
+    if legend is None:
+        st.info("No part of the image changed the prediction: the map is flat.", icon=":material/info:")
+        return
+    st.plotly_chart(figure, key=f"explanation_{index}")
+    st.caption(legend)
+
+
 st.title("Predict")
 st.caption("The model is reloaded from its .h5 file with `load_model(path, custom_objects={'KerasLayer': "
            "hub.KerasLayer})`, exactly as the article does, then classifies the images you give it.")
 
-choice = st.radio("Model", ["run", "path"], horizontal=True, key="pred_model_source",
-                  format_func={"run": "A saved run", "path": "An .h5 file on this machine"}.get)
-model_path, trusted, kind = None, False, None
+# A public host must not let visitors name files on the server: uploads only there.
+sources = [s for s in MODEL_SOURCES if s != "path" or active_preset().allow_local_paths]
+if st.session_state.get("pred_model_source") not in sources:
+    st.session_state["pred_model_source"] = "run"
+choice = st.radio("Model", sources, horizontal=True, key="pred_model_source", format_func=MODEL_SOURCES.get)
+model_path, trusted, kind, shown_name = None, False, None, None
 if choice == "run":
     runs = list_runs(runs_folder()).runs
     if not runs:
         st.info("No finished runs yet: train a model on the Experiments page (or with the command line), or "
-                "give the path of an .h5 file.", icon=":material/info:")
+                "upload an .h5 file.", icon=":material/info:")
         st.stop()
     ids = [r.run_id for r in runs]
     by_id = {r.run_id: r for r in runs}
@@ -72,19 +169,34 @@ if choice == "run":
                           format_func=lambda i: run_option(by_id[i]))
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
+elif choice == "upload":
+    limit_mb = max(1, MAX_UPLOAD_BYTES // 1024**2)  # the browser refuses bigger files; core checks again
+    upload = st.file_uploader(f"A Keras .h5 model (up to {limit_mb} MB)", type=["h5"], key="up_model",
+                              max_upload_size=limit_mb)
+    if upload is None:
+        st.info("Upload a Keras .h5 model file saved by the Lab or by the article's notebook. Layers that run "
+                "stored code (Lambda, custom layers) are refused before anything is loaded.",
+                icon=":material/info:")
+        st.stop()
+    try:
+        model_path, shown_name = stored_upload(upload), upload.name
+    except Exception as exc:  # noqa: BLE001 - a refused upload is one readable line, never a traceback
+        show_error(exc)
+        st.stop()
 else:
     typed = st.text_input(".h5 file path", key="pred_h5_path", placeholder="runs/<run-id>/model.h5")
     if not typed.strip():
         st.info("Type the path of a Keras .h5 model file saved by the Lab or by the article's notebook.",
                 icon=":material/info:")
         st.stop()
-    model_path = Path(typed.strip()).expanduser()
+    # Someone who can type server paths runs the Lab locally: the file's hub handle may be any folder.
+    model_path, trusted = Path(typed.strip()).expanduser(), True
 
 try:
     mtime = model_path.stat().st_mtime
     started = time.time()
-    with st.spinner(f"Reloading {model_path.name} ..."):
-        loaded, loaded_at = load_cached(str(model_path), mtime, trusted)
+    with st.spinner(f"Reloading {shown_name or model_path.name} ..."):
+        loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
 except FileNotFoundError:
     st.error(f"'{model_path}' does not exist.", icon=":material/error:")
     st.stop()
@@ -95,7 +207,7 @@ except Exception as exc:  # noqa: BLE001 - a bad model file is one readable line
 from_cache = loaded_at < started
 with st.container(border=True):
     info, timing = st.columns([3, 2])
-    label = chip(kind) if kind else f"**{model_path.name}**"
+    label = chip(kind) if kind else f"**{shown_name or model_path.name}**"
     info.markdown(f"{label} &nbsp; classes: {', '.join(loaded.class_names)} · input "
                   f"{loaded.image_size}x{loaded.image_size}", unsafe_allow_html=True)
     timing.markdown(
@@ -131,3 +243,4 @@ for start in range(0, len(good), PER_ROW):
             verdict.markdown(f"### {result.label}")
             verdict.caption(f"{result.confidence:.1%} confident")
             verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}")
+            explain_controls(index, loaded, result.name, data, (str(model_path), mtime))

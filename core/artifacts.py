@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 INCOMPLETE_PREFIX = ".incomplete-"
 REQUIRED_FILES = ("config.json", "history.json", "metrics.json", "model.h5")
 STALE_SECONDS = 6 * 3600  # an unfinished run folder untouched this long belongs to a dead process
+# A writer records its pid right after creating its folder; one without a pid file this old never will.
+ORPHAN_SECONDS = 60
 
 
 def new_run_id(model: str) -> str:
@@ -123,8 +125,18 @@ def open_run(path: str | Path) -> RunRecord:
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
         raise LabError(f"'{path}' is not a complete run folder (missing {', '.join(missing)}).")
-    return RunRecord(path, _read_json(path / "config.json"), _read_json(path / "history.json"),
-                     _read_json(path / "metrics.json"))
+    config, history, metrics = (_read_json(path / f) for f in ("config.json", "history.json", "metrics.json"))
+    # Valid JSON of the wrong shape (a hand-edited or foreign file) would break every page that lists runs.
+    if not isinstance(config, dict) or not isinstance(metrics, dict):
+        raise LabError(f"'{path}' has a config.json or metrics.json that is not a JSON object.")
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise LabError(f"'{path}' has a history.json that is not a list of epochs.")
+    return RunRecord(path, config, history, metrics)
+
+
+def _finished_at(record: RunRecord) -> float:
+    value = record.metrics.get("finished_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 @dataclass
@@ -151,7 +163,7 @@ def list_runs(runs_dir: str | Path) -> RunListing:
             runs.append(open_run(child))
         except LabError:
             incomplete.append(child)
-    runs.sort(key=lambda r: r.metrics.get("finished_at", 0), reverse=True)
+    runs.sort(key=_finished_at, reverse=True)
     return RunListing(runs, incomplete)
 
 
@@ -168,15 +180,25 @@ def _pid_alive(pid: int) -> bool:
 def clean_incomplete(runs_dir: str | Path) -> list[Path]:
     """Remove unfinished run folders whose writer is dead (or that are stale); returns what was removed."""
     removed = []
-    for path in list_runs(runs_dir).incomplete:
-        if not path.name.startswith(INCOMPLETE_PREFIX):
-            continue  # a damaged published run is the user's to inspect, never deleted here
+    runs_dir = Path(runs_dir)
+    # Only hidden unfinished folders are candidates: a damaged published run is the user's to inspect,
+    # never deleted here. Globbing them (rather than listing every run) keeps this cheap enough to run
+    # whenever a page lists runs.
+    try:
+        candidates = sorted(p for p in runs_dir.glob(f"{INCOMPLETE_PREFIX}*") if p.is_dir())
+    except OSError:
+        return removed
+    for path in candidates:
         try:
             pid = int((path / "owner.pid").read_text())
         except (OSError, ValueError):
             pid = None
-        age = time.time() - path.stat().st_mtime
-        if (pid is not None and not _pid_alive(pid)) or age > STALE_SECONDS:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue  # removed meanwhile by another session's clean-up
+        dead = not _pid_alive(pid) if pid is not None else age > ORPHAN_SECONDS
+        if dead or age > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

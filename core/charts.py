@@ -2,7 +2,7 @@
 
 Every chart draws a model in the same colour (MODEL_COLOURS), so a presenter can point at "the orange
 one" on any page. Training curves follow one convention everywhere: train dashed, validation solid,
-the article's published curves faint and dotted.
+the article's published curves faint and dotted, and a vertical dashed line where fine-tuning starts.
 """
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ class CurveSeries:
     model: ModelKind | None
     history: list[dict]
     shade: int = 0  # 0 for the first run of a model; later runs of the same model get other shades
+
+
+FINE_TUNE_PHASE = "fine-tune"  # the "phase" core.train writes into a fine-tuning epoch's history row
+
+
+def fine_tune_start(history: list[dict]) -> int | None:
+    """The 1-based epoch where fine-tuning begins, from the history rows' "phase"; None without one."""
+    return next((i for i, row in enumerate(history, 1) if row.get("phase") == FINE_TUNE_PHASE), None)
 
 
 def model_kind(value) -> ModelKind | None:
@@ -125,6 +133,17 @@ def training_curves(series: list[CurveSeries], metric: str = "accuracy", show_ar
                 annotation_text=f"article ≈ {value:.0f}%", annotation_position="bottom right",
                 annotation_font={"color": model_colour(kind), "size": 13},
             )
+    boundaries: dict[int, str] = {}
+    for s in series:
+        start = fine_tune_start(s.history)
+        if start is not None:
+            boundaries.setdefault(start, model_colour(s.model, s.shade))
+    for start, colour in boundaries.items():
+        # Between the last frozen epoch and the first fine-tuning one, where the backbone is unfrozen.
+        # The label sits just above the plot area, where no curve (accuracies near 100%) can hide it.
+        fig.add_vline(x=start - 0.5, line={"color": colour, "dash": "dash", "width": 2}, opacity=0.8,
+                      annotation_text="fine-tuning starts", annotation_position="top right",
+                      annotation={"yanchor": "bottom", "font": {"color": colour, "size": 13}})
     title = "Accuracy per epoch" if metric == "accuracy" else "Loss per epoch"
     subtitle = "dashed: training · solid: validation" + (" · dotted: the article" if show_article else "")
     _style(fig, title, "Epoch", y_title, height=460, subtitle=subtitle)

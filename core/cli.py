@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.config import (ARTICLE_BATCH_SIZE, ARTICLE_IMAGE_SIZE, ARTICLE_LEARNING_RATE, DEFAULT_SOURCE,
                          MOBILENET_V2_HANDLE, DataConfig, ModelKind, TrainConfig)
+from core.distribute import STRATEGY_NAMES
 from core.errors import LabError, StopRequested
 
 
@@ -50,12 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--handle", default=MOBILENET_V2_HANDLE, help="hub URL, Kaggle handle or SavedModel folder")
     train.add_argument("--no-feature-cache", action="store_true",
                        help="push every image through the frozen backbone in every epoch, as the article does")
+    train.add_argument("--augment", action="store_true",
+                       help="random flip/rotation/zoom of training images (turns the feature cache off)")
+    train.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N",
+                       help="after the frozen epochs, N more with the hub backbone unfrozen (transfer model)")
+    train.add_argument("--fine-tune-learning-rate", type=_learning_rate, default=1e-5, metavar="X")
     train.add_argument("--runs-dir", type=Path, default=runs_dir())
     train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto",
+                       help="tf.distribute strategy: auto (a TPU if one is named, all GPUs if more than one, else "
+                       "one device), default, mirrored (all GPUs, or every CPU device) or tpu; --batch-size is "
+                       "per replica (default %(default)s)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="compute in float16 on GPUs (baseline CNN); recorded as unused elsewhere")
 
     predict = sub.add_parser("predict", help="classify images with a saved run or .h5 model")
     predict.add_argument("--model", required=True, help="a run directory or an .h5 file")
     predict.add_argument("images", nargs="+", type=Path)
+
+    import_run = sub.add_parser("import-run", help="add a zipped run folder from another machine to the runs folder")
+    import_run.add_argument("zip", type=Path, help="a zip of one run folder (config.json, history.json, "
+                            "metrics.json, model.h5, ...)")
+    import_run.add_argument("--runs-dir", type=Path, default=runs_dir())
 
     compare = sub.add_parser("compare", help="a table comparing run directories")
     compare.add_argument("runs", nargs="+", type=Path)
@@ -83,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 class ProgressLine:
     """A one-line progress bar within each epoch, only when stderr is a terminal."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.active = stream.isatty()
+    def __init__(self, stream=None):
+        # Looked up per call: a default of sys.stderr would keep whatever stream was current at import.
+        self.stream = stream or sys.stderr
+        self.active = self.stream.isatty()
 
     def batch(self, report) -> None:
         if not self.active:
@@ -108,9 +126,11 @@ def cmd_train(args) -> int:
     from core.train import Callbacks, run_experiment
 
     data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
-                      limit=args.limit, seed=args.seed)
+                      limit=args.limit, seed=args.seed, augment=args.augment)
     train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
-                        handle=args.handle, cache_features=not args.no_feature_cache)
+                        handle=args.handle, cache_features=not args.no_feature_cache,
+                        fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
+                        strategy=args.strategy, mixed_precision=args.mixed_precision)
     bar = ProgressLine()
 
     def on_epoch(r) -> None:
@@ -228,8 +248,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_run(args) -> int:
+    from core.runio import import_run_file
+
+    imported = import_run_file(args.zip, args.runs_dir)
+    for warning in imported.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(imported.path)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
-            "evaluate": cmd_evaluate, "export": cmd_export}
+            "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 
 def _start_tensorflow_quietly() -> None:

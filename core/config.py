@@ -33,6 +33,7 @@ class DataConfig:
     limit: int | None = None  # training images to use (validation cut in the same 80/20 proportion)
     val_fraction: float = 0.2  # the article's 80/20 split, used when a source has no validation split
     seed: int = 42  # fixes the split, the shuffle order and the weight initialisation
+    augment: bool = False  # random flip/rotation/zoom of training images only; off to match the article
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class TrainConfig:
     learning_rate: float = ARTICLE_LEARNING_RATE
     handle: str = MOBILENET_V2_HANDLE  # hub URL, Kaggle handle or local SavedModel folder
     cache_features: bool = True  # frozen backbone: compute its features once and train the head on them
+    fine_tune_epochs: int = 0  # transfer model: epochs after the frozen phase with the backbone unfrozen
+    fine_tune_learning_rate: float = 1e-5  # small, so the pretrained features are adjusted, not overwritten
+    strategy: str = "auto"  # tf.distribute: auto, default, mirrored or tpu (core.distribute.choose_strategy)
+    mixed_precision: bool = False  # float16 compute on GPUs; ignored, and recorded as unused, elsewhere
 
     @property
     def resolved_epochs(self) -> int:
@@ -65,6 +70,23 @@ def validate(data: DataConfig, train: TrainConfig) -> None:
     if train.model is ModelKind.BASELINE and data.image_size < BASELINE_MIN_IMAGE_SIZE:
         raise LabError(f"The baseline CNN needs images of at least {BASELINE_MIN_IMAGE_SIZE}x{BASELINE_MIN_IMAGE_SIZE} "
                        f"(four 3x3 conv + 2x2 pool stages; got {data.image_size}).")
+    if train.fine_tune_epochs < 0:
+        raise LabError(f"Fine-tuning epochs must be 0 (off) or more (got {train.fine_tune_epochs}).")
+    if train.fine_tune_epochs and train.model is not ModelKind.MOBILENET_V2:
+        raise LabError("Fine-tuning unfreezes a pretrained backbone; the baseline CNN has none (it trains "
+                       "every layer already). Set fine-tuning epochs to 0 for it.")
+    if train.fine_tune_epochs and not 0 < train.fine_tune_learning_rate < 1:
+        raise LabError(f"Fine-tuning learning rate must be between 0 and 1 (got {train.fine_tune_learning_rate}).")
+
+
+def uses_feature_cache(data: DataConfig, train: TrainConfig) -> bool:
+    """Backbone features can be computed once only when the backbone is frozen and every epoch sees the
+    same pixels: augmentation changes the images, hence the features, every epoch."""
+    return train.model is ModelKind.MOBILENET_V2 and train.cache_features and not data.augment
+
+
+def total_epochs(train: TrainConfig) -> int:
+    return train.resolved_epochs + (train.fine_tune_epochs if train.model is ModelKind.MOBILENET_V2 else 0)
 
 
 def to_dict(obj) -> dict:

@@ -397,7 +397,25 @@ def make_pipeline(source, split: str, config: DataConfig, training: bool,
             ds = ds.shuffle(n, seed=config.seed, reshuffle_each_iteration=True)
     elif training and isinstance(source, TfdsSource):
         ds = ds.shuffle(256, seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(config.batch_size)
+    if training and config.augment:
+        # After the cache, so every epoch sees new variations of the same images; never on validation.
+        augmenter = make_augmenter(config.seed)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), y),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_augmenter(seed: int):
+    """Random horizontal flip, rotation (up to +-10% of a turn) and zoom (up to +-10%), seeded."""
+    import tf_keras
+
+    layers = tf_keras.layers
+    return tf_keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(0.1, fill_mode="reflect", seed=seed + 1),
+        layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+    ], name="augmentation")
 
 
 def steps_per_epoch(source, split: str, batch_size: int) -> int:

@@ -3,8 +3,10 @@
 `measure_speed` times a few training and validation batches of the real model on random pixels, and
 `measure_decode` a few batches read from the real source; `estimate` extrapolates those per-image costs
 to a whole run the way `core.train.fit` will execute it (features computed once when cached, decoded
-images kept in memory when a split fits the pipeline's budget). `quick_demo` picks the training-image
-limit, and fewer epochs only when it must, so both experiments together fit a presenter's time budget.
+images kept in memory when a split fits the pipeline's budget). Fine-tuning epochs run the whole model
+with the backbone unfrozen on decoded images, never on cached features; `measure_fine_tune` times that
+step separately, since only runs that fine-tune need it. `quick_demo` picks the training-image limit, and
+fewer epochs only when it must, so both experiments together fit a presenter's time budget.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ class Speed:
     head_train: float = 0.0  # a training step of the Dense head on cached features
     head_evaluate: float = 0.0
     decode: float = 0.0  # reading, decoding and resizing one image of the chosen source
+    fine_tune: float = 0.0  # a training step with the backbone unfrozen (measure_fine_tune)
+    fine_tune_setup: float = 0.0  # recompiling and tracing that step once
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Estimate:
     train_images: int
     val_images: int
     epochs: int
+    fine_tune_epochs: int = 0
+    fine_tune_seconds: float = 0.0  # all fine-tuning epochs, their set-up and first decoding included
+    fine_tune_epoch_seconds: float = 0.0  # each fine-tuning epoch after the first
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,19 @@ def fits_memory(images: int, image_size: int) -> bool:
     return images * image_size * image_size * 3 * 4 <= DEFAULT_CACHE_BUDGET_BYTES
 
 
+def _redecode(train_images: int, val_images: int, image_size: int, decode: float) -> float:
+    """Decoding in an epoch after the first: only a split too big to keep in memory is read again."""
+    return (0 if fits_memory(train_images, image_size) else train_images * decode) + (
+        0 if fits_memory(val_images, image_size) else val_images * decode)
+
+
 def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, epochs: int,
-             image_size: int, cache_features: bool = True) -> Estimate:
-    """Extrapolate measured per-image costs to a whole run."""
+             image_size: int, cache_features: bool = True, fine_tune_epochs: int = 0) -> Estimate:
+    """Extrapolate measured per-image costs to a whole run.
+
+    cache_features is whether the run will use the feature cache (core.config.uses_feature_cache: not
+    with augmentation). fine_tune_epochs counts for the transfer model only and needs speed.fine_tune.
+    """
     epochs = max(1, int(epochs))
     decode_all = (train_images + val_images) * speed.decode
     if kind is ModelKind.MOBILENET_V2 and cache_features:
@@ -85,23 +102,35 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
         features = 0.0
         compute = train_images * speed.train + val_images * speed.evaluate
         first = compute + decode_all
-        redecode = (0 if fits_memory(train_images, image_size) else train_images * speed.decode) + (
-            0 if fits_memory(val_images, image_size) else val_images * speed.decode)
-        epoch = compute + redecode
+        epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
     setup = speed.setup + OVERHEAD_SECONDS
     total = setup + features + first + (epochs - 1) * epoch
-    return Estimate(total, setup, features, first, epoch, train_images, val_images, epochs)
+    fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.MOBILENET_V2 else 0
+    fine_total = fine_epoch = 0.0
+    if fine_epochs:
+        if speed.fine_tune <= 0:
+            raise ValueError("fine-tuning epochs need speed.fine_tune; time it with measure_fine_tune")
+        # The fine-tuning phase builds a new image pipeline, so its first epoch decodes every image again.
+        compute = train_images * speed.fine_tune + val_images * speed.evaluate
+        fine_epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
+        fine_total = speed.fine_tune_setup + compute + decode_all + (fine_epochs - 1) * fine_epoch
+    return Estimate(total + fine_total, setup, features, first, epoch, train_images, val_images, epochs,
+                    fine_epochs, fine_total, fine_epoch)
 
 
 def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_train: int, available_val: int,
                image_size: int, cache_features: bool = True, val_fraction: float = 0.2,
-               min_images: int = MIN_DEMO_IMAGES) -> DemoPreset:
-    """The largest shared training-image limit (and the most epochs) that runs both models within budget."""
+               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0) -> DemoPreset:
+    """The largest shared training-image limit (and the most epochs) that runs both models within budget.
+
+    fine_tune_epochs are the transfer model's, kept as the user set them and counted in the budget.
+    """
     floor = min(min_images, available_train)
 
     def run(limit: int, epochs: dict[ModelKind, int]) -> dict[ModelKind, Estimate]:
         n_train, n_val = split_sizes(available_train, available_val, limit, val_fraction)
-        return {k: estimate(k, speeds[k], n_train, n_val, epochs[k], image_size, cache_features) for k in speeds}
+        return {k: estimate(k, speeds[k], n_train, n_val, epochs[k], image_size, cache_features, fine_tune_epochs)
+                for k in speeds}
 
     def total(limit: int, epochs: dict[ModelKind, int]) -> float:
         return sum(e.total_seconds for e in run(limit, epochs).values())
@@ -187,6 +216,28 @@ def measure_speed(kind: ModelKind, image_size: int, batch_size: int, handle: str
     head_train = _per_image(head.train_on_batch, feats, y, 1, batches)
     head_evaluate = _per_image(head.test_on_batch, feats, y, 1, batches)
     return Speed(train, evaluate, setup, features, head_train, head_evaluate)
+
+
+def measure_fine_tune(image_size: int, batch_size: int, handle: str, num_classes: int = 2, batches: int = 2,
+                      seed: int = 0) -> tuple[float, float]:
+    """(seconds per image, set-up seconds) of a transfer-model training step with the backbone unfrozen:
+    a forward and a backward pass through the whole backbone, as core.train.fine_tune runs it."""
+    import numpy as np
+
+    from core.models import build_transfer, compile_model
+    from core.paths import configure_caches
+
+    configure_caches()
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
+    y = rng.integers(0, num_classes, size=batch_size)
+    model = build_transfer(num_classes, image_size, handle, trainable=True)
+    # Training only recompiles the model it already has, so building it is not part of the set-up.
+    start = time.perf_counter()
+    compile_model(model, 1e-5)
+    model.train_on_batch(x, y)
+    setup = time.perf_counter() - start
+    return _per_image(model.train_on_batch, x, y, 0, batches), setup
 
 
 def measure_decode(source, image_size: int, batch_size: int, batches: int = 2) -> float:

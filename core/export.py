@@ -81,6 +81,16 @@ class Download:
     mime: str
 
 
+@dataclass(frozen=True)
+class DownloadInfo:
+    """A download's name and type, and whether its export is already on disk (then reading it is quick;
+    otherwise export_download converts the model first, which takes seconds to minutes)."""
+    filename: str
+    mime: str
+    ready: bool
+    size_bytes: int | None  # of the export on disk when ready; a zipped download differs a little
+
+
 def parse_format(value: str | ExportFormat) -> ExportFormat:
     try:
         return ExportFormat(value)
@@ -205,28 +215,59 @@ def _zip_folder(folder: Path, target: Path) -> None:
                 zf.write(path, Path(folder.name) / path.relative_to(folder))
 
 
+def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
+    """(download name, the file on disk it is made from, mime type) of one format."""
+    if fmt is ExportFormat.H5:
+        return f"{run.run_id}.h5", run.model_path, "application/x-hdf5"
+    if fmt is ExportFormat.SAVEDMODEL:
+        path = run.path / EXPORTS_DIR / f"{run.run_id}_savedmodel.zip"
+        return path.name, path, "application/zip"
+    path = _default_out(run.path, fmt)
+    return f"{path.name}.zip", path, "application/zip"
+
+
+def _on_disk(fmt: ExportFormat, path: Path) -> bool:
+    tflite = fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8)
+    return path.is_file() and (not tflite or labels_path(path).is_file())
+
+
+def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
+    """What export_download would return, without converting anything."""
+    from core.artifacts import open_run
+
+    fmt = parse_format(fmt)
+    name, path, mime = _download_file(open_run(run_dir), fmt)
+    ready = _on_disk(fmt, path)
+    return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None)
+
+
+def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
+    """Write the export a download is made from into RUN_DIR/exports/ unless it is there already."""
+    from core.artifacts import open_run
+
+    fmt = parse_format(fmt)
+    run = open_run(run_dir)
+    _, path, _ = _download_file(run, fmt)
+    if not _on_disk(fmt, path):
+        export_run(run.path, fmt, path)
+    return download_info(run.path, fmt)
+
+
 def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
     """An export as bytes for a download button: the .h5 itself, the SavedModel as a zip, or a zip of the
     .tflite file with its labels.txt. Exports are kept in RUN_DIR/exports/ and reused on later calls."""
     from core.artifacts import open_run
 
     fmt = parse_format(fmt)
-    run = open_run(run_dir)
-    if fmt is ExportFormat.H5:
-        return Download(f"{run.run_id}.h5", run.model_path.read_bytes(), "application/x-hdf5")
-    if fmt is ExportFormat.SAVEDMODEL:
-        path = run.path / EXPORTS_DIR / f"{run.run_id}_savedmodel.zip"
-        if not path.is_file():
-            export_run(run.path, fmt, path)
-        return Download(path.name, path.read_bytes(), "application/zip")
-    path = _default_out(run.path, fmt)
-    if not path.is_file() or not labels_path(path).is_file():
-        export_run(run.path, fmt, path)
+    info = prepare_download(run_dir, fmt)
+    _, path, _ = _download_file(open_run(run_dir), fmt)
+    if fmt in (ExportFormat.H5, ExportFormat.SAVEDMODEL):
+        return Download(info.filename, path.read_bytes(), info.mime)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.write(path, path.name)
         zf.write(labels_path(path), LABELS_FILE)
-    return Download(f"{path.name}.zip", buffer.getvalue(), "application/zip")
+    return Download(info.filename, buffer.getvalue(), info.mime)
 
 
 def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.ndarray:

@@ -249,8 +249,14 @@ def extract_features(backbone, dataset, image_size: int, expected: int | None = 
                        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
     features = labels = None
     count = 0
-    for step, (x, y) in enumerate(dataset, start=1):
-        out = call(x).numpy()
+    batches = ((call(x), y) for x, y in dataset)
+    if tf.distribute.has_strategy():
+        # A backbone made under MirroredStrategy or TPUStrategy only runs inside the replicas.
+        from core.distribute import replica_batches
+
+        batches = replica_batches(tf.distribute.get_strategy(), lambda x: backbone(x, training=False), dataset)
+    for step, (out, y) in enumerate(batches, start=1):
+        out = out.numpy()
         n = len(out)
         if features is None:
             capacity = max(expected or 0, n)

@@ -86,3 +86,19 @@ def web_upload_handle_allowed(handle: str) -> bool:
     except (OSError, RuntimeError):
         return False
     return any(path.is_relative_to(root.expanduser().resolve()) for root in (cache_dir(), runs_dir()))
+
+
+def check_web_handle(handle: str) -> str:
+    """Normalise a hub handle typed into a hosted page; refuse server folders the Lab does not own.
+
+    On a public host the Experiments page's handle field is a server path like any other: a SavedModel
+    is a TensorFlow graph, which can read files, so strangers may only name downloads and the Lab's own
+    folders (the generated demo's feature extractor lives in the cache folder).
+    """
+    normalised = normalise_handle(handle)
+    if not web_upload_handle_allowed(normalised):
+        raise ModelFileError(
+            f"This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder as the hub "
+            f"handle, not '{handle.strip()}'."
+        )
+    return normalised

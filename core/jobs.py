@@ -4,7 +4,8 @@ A Job runs one or more experiments one after another (the Experiments page's "Ru
 core.train.run_experiment. The training thread writes progress under a lock and readers get frozen
 Snapshots, so a page rerun never sees half an update; stop() sets an Event that training polls after
 every batch. A Job belongs to whoever holds it (the dashboard keeps it in one session's state), so two
-browser sessions training at once each follow only their own.
+browser sessions training at once each follow only their own. Every session shares one server process,
+so start() counts the jobs of the process and refuses one beyond the preset's max_concurrent_jobs.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from core.config import DataConfig, ModelKind, TrainConfig
+from core.config import DataConfig, ModelKind, TrainConfig, total_epochs
 from core.errors import LabError, StopRequested
 from core.train import BatchReport, Callbacks, EpochReport
 
@@ -31,6 +32,9 @@ class Experiment:
     data: DataConfig
     train: TrainConfig
     estimated_seconds: float | None = None  # from core.estimate; the ETA falls back on it before epoch 1
+    # The estimate's share for fine-tuning epochs: while the fast frozen epochs run, nothing measured yet
+    # says how long the slow unfrozen ones will take.
+    fine_tune_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,34 @@ class _State:
 
 Runner = Callable[[DataConfig, TrainConfig, Path, Callbacks], Path]
 
+# Training jobs running in this server process, across every browser session. Each one holds a model,
+# its data pipeline and two CPU-hungry threads, so a workshop's worth started at once would exhaust the
+# host's memory and slow everyone to a crawl; the preset says how many may run together.
+_slots_lock = threading.Lock()
+_running_jobs = 0
+
+
+def running_jobs() -> int:
+    """How many jobs of this process are training right now."""
+    with _slots_lock:
+        return _running_jobs
+
+
+def _take_slot(limit: int) -> None:
+    global _running_jobs
+    with _slots_lock:
+        if _running_jobs >= limit:
+            busy = "1 training is" if _running_jobs == 1 else f"{_running_jobs} trainings are"
+            raise LabError(f"{busy} running on this server, the most it allows at once; "
+                           "try again in a minute.")
+        _running_jobs += 1
+
+
+def _release_slot() -> None:
+    global _running_jobs
+    with _slots_lock:
+        _running_jobs = max(0, _running_jobs - 1)
+
 
 def _default_runner(data: DataConfig, train: TrainConfig, runs_dir: Path, callbacks: Callbacks) -> Path:
     from core.train import run_experiment
@@ -98,9 +130,20 @@ class Job:
         self._ended: float | None = None
         self._thread = threading.Thread(target=self._run, name="lab-training", daemon=True)
 
-    def start(self) -> Job:
+    def start(self, max_concurrent: int | None = None) -> Job:
+        """Start training, or raise LabError when max_concurrent jobs (default: the active preset's
+        max_concurrent_jobs) are already running in this process."""
+        if max_concurrent is None:
+            from core.presets import active_preset
+
+            max_concurrent = active_preset().max_concurrent_jobs
+        _take_slot(max_concurrent)
         self._started = time.monotonic()
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            _release_slot()
+            raise
         return self
 
     def stop(self) -> None:
@@ -130,7 +173,7 @@ class Job:
         kinds = [e.train.model for e in self.experiments]
         return Snapshot(
             phase=s.phase, message=s.message, index=s.index, total=len(self.experiments), model=model,
-            epoch=s.epoch, epochs=s.epochs or current.train.resolved_epochs, step=s.step, steps=s.steps,
+            epoch=s.epoch, epochs=s.epochs or total_epochs(current.train), step=s.step, steps=s.steps,
             histories=tuple((kinds[i], tuple(h)) for i, h in enumerate(s.histories)),
             run_dirs=tuple(s.run_dirs), eta_seconds=None if s.phase in FINISHED else self._eta(s, now),
             elapsed_seconds=(now - self._started) if self._started else 0.0,
@@ -163,11 +206,7 @@ class Job:
         current: float | None = None
         history = s.histories[s.index] if s.index < len(s.histories) else []
         if s.phase == TRAINING and s.steps and (s.step or history):
-            # The latest epoch, not the mean: the first one also decodes images that later epochs read
-            # from memory, so it overstates what is left.
-            per_epoch = history[-1].get("seconds", 0.0) if history else s.seconds_in_epoch / s.step * s.steps
-            in_epoch = (s.seconds_in_epoch / s.step * (s.steps - s.step)) if s.step else per_epoch
-            current = in_epoch + max(0, s.epochs - s.epoch - 1) * per_epoch
+            current = self._training_left(s, history, self.experiments[s.index])
         elif s.phase == SAVING:
             current = 0.0
         else:
@@ -178,12 +217,38 @@ class Job:
             return None
         return current + later
 
+    @staticmethod
+    def _training_left(s: _State, history: list, experiment: Experiment) -> float | None:
+        """Seconds left in the current experiment's epochs, each phase timed by its own epochs: frozen
+        epochs on cached features take a fraction of what fine-tuning epochs take."""
+        train = experiment.train
+        frozen = train.resolved_epochs if total_epochs(train) > train.resolved_epochs else s.epochs
+        fine_tuning = s.epoch >= frozen  # the epoch in progress is a fine-tuning one
+        rows = history[frozen:] if fine_tuning else history[:frozen]
+        # The phase's latest epoch, not the mean: the first one also decodes images that later epochs
+        # read from memory, so it overstates what is left.
+        if rows:
+            per_epoch = rows[-1].get("seconds", 0.0)
+        elif s.step:
+            per_epoch = s.seconds_in_epoch / s.step * s.steps
+        else:
+            return experiment.fine_tune_seconds if fine_tuning else None
+        in_epoch = (s.seconds_in_epoch / s.step * (s.steps - s.step)) if s.step else per_epoch
+        left = in_epoch + max(0, (s.epochs if fine_tuning else frozen) - s.epoch - 1) * per_epoch
+        if not fine_tuning and s.epochs > frozen:
+            if experiment.fine_tune_seconds is None:
+                return None
+            left += experiment.fine_tune_seconds
+        return left
+
     def _update(self, **changes) -> None:
         with self._lock:
             for key, value in changes.items():
                 setattr(self._state, key, value)
 
     def _callbacks(self, index: int) -> Callbacks:
+        train = self.experiments[index].train
+
         def on_status(message: str) -> None:
             phase = FEATURES if message.startswith(("Computing backbone features", "Features for")) else None
             with self._lock:
@@ -203,7 +268,10 @@ class Job:
                     self._state.message = f"Epoch {report.epoch} of {report.epochs}: batch {report.step}/{report.steps}"
 
         def on_epoch(report: EpochReport) -> None:
-            row = dict(report.metrics, seconds=round(report.seconds, 3))
+            # The phase core.train records in history.json, so live charts mark fine-tuning as saved ones do.
+            phase = "train" if train.model is not ModelKind.MOBILENET_V2 else (
+                "frozen" if report.epoch <= train.resolved_epochs else "fine-tune")
+            row = dict(report.metrics, seconds=round(report.seconds, 3), phase=phase)
             with self._lock:
                 self._state.histories[index].append(row)
                 self._state.epoch, self._state.epochs = report.epoch, report.epochs
@@ -216,6 +284,12 @@ class Job:
                          should_stop=self._stop.is_set)
 
     def _run(self) -> None:
+        try:
+            self._train_all()
+        finally:
+            _release_slot()
+
+    def _train_all(self) -> None:
         final_phase, final_message = DONE, ""
         for index, experiment in enumerate(self.experiments):
             if self._stop.is_set():
@@ -224,7 +298,7 @@ class Job:
                 self._state.index = index
                 self._state.phase, self._state.message = PREPARING, "Opening the data ..."
                 self._state.epoch, self._state.step, self._state.steps = 0, 0, 0
-                self._state.epochs = experiment.train.resolved_epochs
+                self._state.epochs = total_epochs(experiment.train)
                 self._state.histories.append([])
                 self._state.experiment_started = time.monotonic()
             try:

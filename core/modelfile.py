@@ -6,10 +6,16 @@ and hub.KerasLayer are allowed, and a KerasLayer's handle must be resolvable wit
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
+import os
+import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from core.errors import LabError, ModelFileError
 
@@ -19,6 +25,11 @@ CLASS_NAMES_ATTR = "lab_class_names"
 # Layers whose config carries code or references arbitrary functions: never deserialised.
 REFUSED_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 MAX_MODEL_BYTES = 500 * 1024**2
+# Models uploaded through the web page: the dashboard's upload limit (.streamlit/config.toml), and how
+# many distinct uploads stay on disk, so strangers cannot fill a hosted server's disk with them.
+MAX_UPLOAD_BYTES = 200 * 1024**2
+KEPT_UPLOADS = 20
+UPLOAD_PREFIX = "model-"
 
 
 @dataclass(frozen=True)
@@ -65,41 +76,43 @@ def _allowed_layer_names() -> set[str]:
     return (names - REFUSED_LAYERS) | {"KerasLayer", "Sequential", "Functional", "Model"}
 
 
-def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
+def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None = None) -> ModelFileInfo:
     """Read an .h5 model's config without deserialising it; refuse anything that could run code.
 
     allowed_handle, if given, is called with each hub handle and returns False to refuse it (the web
-    upload path only accepts hub URLs and folders the Lab owns).
+    upload path only accepts hub URLs and folders the Lab owns). name is what messages call the file
+    (an upload's own name rather than the one it was stored under); by default its file name.
     """
     import h5py
 
     path = Path(path).expanduser()
+    label = name or path.name
     if not path.is_file():
         raise ModelFileError(f"Model file '{path}' does not exist.")
     if path.stat().st_size > MAX_MODEL_BYTES:
-        raise ModelFileError(f"'{path.name}' is larger than {MAX_MODEL_BYTES // 1024**2} MB; refusing to load it.")
+        raise ModelFileError(f"'{label}' is larger than {MAX_MODEL_BYTES // 1024**2} MB; refusing to load it.")
     if not h5py.is_hdf5(str(path)):
-        raise ModelFileError(f"'{path.name}' is not an HDF5 (.h5) model file.")
+        raise ModelFileError(f"'{label}' is not an HDF5 (.h5) model file.")
     try:
         with h5py.File(path, "r") as f:
             raw = f.attrs.get("model_config")
             names_raw = f.attrs.get(CLASS_NAMES_ATTR)
             if raw is None and "layer_names" in f.attrs:
-                raise ModelFileError(f"'{path.name}' holds weights only (model.save_weights), not a whole model; "
+                raise ModelFileError(f"'{label}' holds weights only (model.save_weights), not a whole model; "
                                      "save the model with model.save('x.h5').")
             if raw is None or "model_weights" not in f:
-                raise ModelFileError(f"'{path.name}' is an HDF5 file but not a saved Keras model; "
+                raise ModelFileError(f"'{label}' is an HDF5 file but not a saved Keras model; "
                                      "save one with model.save('x.h5').")
     except LabError:
         raise
     except Exception as exc:
-        raise ModelFileError(f"'{path.name}' is damaged or truncated ({exc.__class__.__name__}).") from None
+        raise ModelFileError(f"'{label}' is damaged or truncated ({exc.__class__.__name__}).") from None
     try:
         config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
     except ValueError:
-        raise ModelFileError(f"'{path.name}' has an unreadable model config.") from None
+        raise ModelFileError(f"'{label}' has an unreadable model config.") from None
     if config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise ModelFileError(f"'{path.name}' holds a '{config.get('class_name')}', not a Keras model the Lab can load.")
+        raise ModelFileError(f"'{label}' holds a '{config.get('class_name')}', not a Keras model the Lab can load.")
     allowed = _allowed_layer_names()
     layers = list(_walk_layers(config))
     # Wrappers (TimeDistributed, Bidirectional, RNN cells) nest layer configs under keys that
@@ -108,16 +121,16 @@ def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
     for node in nested:
         if node["class_name"] in REFUSED_LAYERS:
             raise ModelFileError(
-                f"'{path.name}' contains a {node['class_name']} layer, which runs stored Python code when "
+                f"'{label}' contains a {node['class_name']} layer, which runs stored Python code when "
                 "loaded; refusing to load it."
             )
     if any(_holds_bytecode(node) for node in _nested_dicts(config)):
-        raise ModelFileError(f"'{path.name}' stores a Python function that would run when loaded; refusing to load it.")
+        raise ModelFileError(f"'{label}' stores a Python function that would run when loaded; refusing to load it.")
     for layer in layers:
         cls = layer.get("class_name", "?")
         if cls not in allowed:
             raise ModelFileError(
-                f"'{path.name}' uses a custom layer '{cls}'; only built-in Keras layers and hub.KerasLayer "
+                f"'{label}' uses a custom layer '{cls}'; only built-in Keras layers and hub.KerasLayer "
                 "can be loaded."
             )
     handles = []
@@ -126,10 +139,10 @@ def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
             continue
         handle = node.get("config", {}).get("handle") if isinstance(node.get("config"), dict) else None
         if not isinstance(handle, str):
-            raise ModelFileError(f"'{path.name}' has a KerasLayer without a handle string.")
+            raise ModelFileError(f"'{label}' has a KerasLayer without a handle string.")
         if allowed_handle is not None and not allowed_handle(handle):
             raise ModelFileError(
-                f"'{path.name}' points its KerasLayer at '{handle}', which uploaded models may not use: "
+                f"'{label}' points its KerasLayer at '{handle}', which uploaded models may not use: "
                 "only TF Hub / Kaggle URLs and folders inside the Lab's cache or runs folder."
             )
         handles.append(handle)
@@ -155,10 +168,10 @@ def inspect_model_file(path: str | Path, allowed_handle=None) -> ModelFileInfo:
     return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax)
 
 
-def load_model(path: str | Path, allowed_handle=None):
+def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     """Inspect, then load the .h5 with custom_objects={"KerasLayer": hub.KerasLayer} (the article's way).
 
-    Returns (model, ModelFileInfo).
+    Returns (model, ModelFileInfo). allowed_handle and name as for inspect_model_file.
     """
     import tensorflow_hub as hub
     import tf_keras
@@ -167,19 +180,20 @@ def load_model(path: str | Path, allowed_handle=None):
     from core.paths import configure_caches
 
     configure_caches()
-    info = inspect_model_file(path, allowed_handle=allowed_handle)
+    label = name or Path(path).name
+    info = inspect_model_file(path, allowed_handle=allowed_handle, name=label)
     for handle in info.hub_handles:
         try:
             check_available(handle)
         except LabError as exc:
-            raise ModelFileError(f"'{Path(path).name}' needs its hub module to load. {exc}") from None
+            raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
     try:
         model = tf_keras.models.load_model(str(path), custom_objects={"KerasLayer": hub.KerasLayer})
     except LabError:
         raise
     except Exception as exc:
         raise ModelFileError(
-            f"'{Path(path).name}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})."
+            f"'{label}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})."
         ) from None
     if not info.class_names and info.num_outputs:
         info = ModelFileInfo(info.path, info.input_size, info.num_outputs,
@@ -191,6 +205,70 @@ def save_model(model, path: str | Path, class_names: list[str]) -> None:
     """Save as HDF5 (architecture, weights, compile settings, optimizer state) plus the class names."""
     import h5py
 
-    model.save(str(path), save_format="h5", include_optimizer=True)
+    with warnings.catch_warnings():
+        # HDF5 is "legacy" to Keras, but it is the format the article saves and reloads, on purpose.
+        warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`.*")
+        model.save(str(path), save_format="h5", include_optimizer=True)
     with h5py.File(path, "a") as f:
         f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 1024**2:.0f} MB" if n >= 10 * 1024**2 else f"{n / 1024**2:.2f} MB"
+
+
+def store_uploaded_model(data: bytes | BinaryIO, name: str, dest_dir: str | Path | None = None,
+                         max_bytes: int | None = None) -> Path:
+    """Keep a model file uploaded through the web page in the uploads folder; return where it is.
+
+    The file is checked as an untrusted upload (size limit, then inspect_model_file with
+    core.hub.web_upload_handle_allowed) before it is kept, so a refused file never stays on disk. Its
+    name comes from a hash of its content, never from the uploader: the same file uploaded again, or by
+    another session, is stored once. Nothing is deserialised here; load_model does that later.
+    """
+    from core.hub import web_upload_handle_allowed
+    from core.paths import uploads_dir
+
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if not size:
+        raise ModelFileError(f"'{name}' is empty (0 bytes).")
+    if size > max_bytes:
+        raise ModelFileError(f"'{name}' is {_megabytes(size)}; uploaded models may be at most {_megabytes(max_bytes)}.")
+    dest = Path(dest_dir) if dest_dir is not None else uploads_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    partial = dest / f".partial-{secrets.token_hex(8)}.h5"
+    digest = hashlib.sha256()
+    try:
+        with open(partial, "wb") as out:
+            for chunk in iter(lambda: stream.read(1024 * 1024), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        inspect_model_file(partial, allowed_handle=web_upload_handle_allowed, name=name)
+        final = dest / f"{UPLOAD_PREFIX}{digest.hexdigest()[:16]}.h5"
+        if final.is_file():
+            partial.unlink()
+        else:
+            os.replace(partial, final)  # whole or absent: a reader never sees half a model file
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    _prune_uploads(dest, keep=final)
+    return final
+
+
+def _prune_uploads(dest: Path, keep: Path) -> None:
+    """Remove all but the KEPT_UPLOADS most recently stored uploaded models (never keep itself)."""
+    stored = []
+    for path in dest.glob(f"{UPLOAD_PREFIX}*.h5"):
+        try:
+            stored.append((path.stat().st_mtime, path))
+        except OSError:
+            continue  # removed meanwhile by another session
+    stored.sort(reverse=True)
+    for _, path in stored[KEPT_UPLOADS:]:
+        if path != keep:
+            path.unlink(missing_ok=True)

@@ -37,7 +37,8 @@ def build_baseline(num_classes: int, image_size: int):
         layers.Dropout(0.5),
         layers.Flatten(),
         layers.Dense(512, activation="relu"),
-        layers.Dense(num_classes),
+        # float32 even under mixed precision: float16 logits overflow and make the loss unstable.
+        layers.Dense(num_classes, dtype="float32"),
     ], name="baseline_cnn")
 
 
@@ -51,7 +52,8 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
     try:
         backbone = hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
                                   name="feature_extractor")
-        model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes)], name="mobilenet_v2_transfer")
+        model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes, dtype="float32")],
+                                     name="mobilenet_v2_transfer")
     except LabError:
         raise
     except Exception as exc:

@@ -9,6 +9,8 @@ import numpy as np
 
 from core.errors import ImageError, LabError
 
+MAX_INPUT_SIDE = 1024  # the largest image size training accepts (core.config.validate)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -69,19 +71,30 @@ class LoadedModel:
         return self._call(batch).numpy()
 
 
-def load_for_prediction(path: str | Path, allowed_handle=None) -> LoadedModel:
-    """Reload an .h5 (or a run folder's model.h5) the article's way, after the safety inspection."""
+def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None = None) -> LoadedModel:
+    """Reload an .h5 (or a run folder's model.h5) the article's way, after the safety inspection.
+
+    allowed_handle and name are passed to core.modelfile.load_model (an upload's policy and own name).
+    """
     from core.modelfile import load_model
 
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "model.h5"
+    label = name or path.name
     start = time.perf_counter()
-    model, info = load_model(path, allowed_handle=allowed_handle)
+    model, info = load_model(path, allowed_handle=allowed_handle, name=label)
     shape = model.input_shape
-    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-        raise LabError(f"'{path.name}' expects input of shape {shape}; the Lab needs square RGB images.")
-    classes = model.output_shape[-1]
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise LabError(f"'{label}' expects input of shape {shape}; the Lab needs square RGB images.")
+    if shape[1] > MAX_INPUT_SIDE:
+        # Every upload would be resized to this many float32 pixels: a 30000x30000 input is 10 GB an image.
+        raise LabError(f"'{label}' expects {shape[1]}x{shape[2]} images; the Lab classifies at most "
+                       f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}.")
+    out = model.output_shape
+    if not isinstance(out, tuple) or len(out) != 2 or not out[1]:
+        raise LabError(f"'{label}' outputs shape {out}; the Lab needs one score per class, shape (batch, classes).")
+    classes = out[1]
     names = info.class_names if len(info.class_names) == classes else [f"class {i}" for i in range(classes)]
     return LoadedModel(model, names, int(shape[1]), info.softmax_output, path, time.perf_counter() - start)
 

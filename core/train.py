@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from core.artifacts import RunWriter, new_run_id
-from core.config import DataConfig, ModelKind, TrainConfig, to_dict, validate
+from core.config import (DataConfig, ModelKind, TrainConfig, to_dict, total_epochs, uses_feature_cache,
+                          validate)
 from core.data import TRAIN, VALIDATION, make_pipeline, open_source
 from core.errors import LabError, StopRequested
 
@@ -94,7 +95,36 @@ def _keras_callback(epochs: int, steps: int, callbacks: Callbacks, history: list
 
 
 def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
-    """Train one model on an opened source. Raises StopRequested if stopped before any epoch finished."""
+    """Train one model on an opened source. Raises StopRequested if stopped before any epoch finished.
+
+    The model, its optimizer and the backbone's features are made under the tf.distribute strategy that
+    train.strategy picks; data.batch_size is per replica, so the global batch grows with the replicas.
+    result.extra["distribution"] records what was used.
+    """
+    import dataclasses
+
+    from core.distribute import choose_precision, choose_strategy, describe, precision_policy
+
+    validate(data, train)
+    choice = choose_strategy(train.strategy)
+    precision = choose_precision(train.mixed_precision, choice, supported=train.model is ModelKind.BASELINE)
+    global_batch = choice.global_batch_size(data.batch_size)
+    if choice.replicas > 1 and global_batch > source.info.split_size(TRAIN):
+        raise LabError(
+            f"The global batch ({data.batch_size} per replica x {choice.replicas} replicas = {global_batch}) is "
+            f"larger than the {source.info.split_size(TRAIN)} training images; use a smaller batch size or more images."
+        )
+    if callbacks and callbacks.on_status and (choice.kind != "default" or precision.note):
+        callbacks.on_status(f"Strategy {choice.kind}: {choice.replicas} replica(s), global batch {global_batch}"
+                            + (f"; {precision.note}" if precision.note else "") + ".")
+    with choice.strategy.scope(), precision_policy(precision.mixed):
+        result = _fit(source, dataclasses.replace(data, batch_size=global_batch), train, callbacks)
+    result.extra["distribution"] = describe(choice, data.batch_size, precision)
+    return result
+
+
+def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    """fit() inside the strategy's scope; data.batch_size is the global batch."""
     import tf_keras
 
     from core.data import steps_per_epoch
@@ -110,13 +140,14 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
         )
     tf_keras.utils.set_random_seed(data.seed)
     epochs = train.resolved_epochs
+    all_epochs = total_epochs(train)
     status("Building the model ...")
     model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
     compile_model(model, train.learning_rate)
     history: list[dict] = []
     steps = steps_per_epoch(source, TRAIN, data.batch_size)
-    reporter = _keras_callback(epochs, steps, callbacks, history)
-    use_features = train.model is ModelKind.MOBILENET_V2 and train.cache_features
+    reporter = _keras_callback(all_epochs, steps, callbacks, history)
+    use_features = uses_feature_cache(data, train)
     feature_seconds = 0.0
     feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
     stopped = False
@@ -146,13 +177,38 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
             model.fit(make_pipeline(source, TRAIN, data, training=True), epochs=epochs,
                       validation_data=make_pipeline(source, VALIDATION, data, training=False),
                       verbose=0, callbacks=[reporter])
+        if train.fine_tune_epochs and len(history) == epochs:
+            status("Fine-tuning: the backbone is unfrozen ...")
+            fine_tune(model, train)
+            model.fit(make_pipeline(source, TRAIN, data, training=True), initial_epoch=epochs, epochs=all_epochs,
+                      validation_data=make_pipeline(source, VALIDATION, data, training=False),
+                      verbose=0, callbacks=[reporter])
     except StopRequested:
         stopped = True
     if not history:
         raise StopRequested()
+    for i, row in enumerate(history):
+        row["phase"] = "frozen" if train.model is ModelKind.MOBILENET_V2 and i < epochs else (
+            "fine-tune" if train.model is ModelKind.MOBILENET_V2 else "train")
     total, trainable = param_counts(model)
     extra = {"feature_origin": feature_origin} if feature_origin else {}
-    return TrainResult(model, history, total, trainable, stopped or len(history) < epochs, feature_seconds, extra)
+    if train.fine_tune_epochs:
+        extra["fine_tune_start_epoch"] = epochs + 1
+    return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, feature_seconds,
+                       extra)
+
+
+def fine_tune(model, train: TrainConfig) -> None:
+    """Unfreeze the hub backbone and recompile with a small learning rate.
+
+    Keras reads `trainable` when a model is compiled, so the change only takes effect after compiling
+    again; a fresh optimizer keeps the head's large frozen-phase steps from hitting the backbone.
+    The hub layer is one opaque module, so it is unfrozen whole: its inner layers cannot be reached.
+    """
+    from core.models import compile_model
+
+    model.layers[0].trainable = True
+    compile_model(model, train.fine_tune_learning_rate)
 
 
 def library_versions() -> dict:
@@ -177,8 +233,10 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
     try:
         config = {
             "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
+            "total_epochs": total_epochs(train), "feature_cache_used": uses_feature_cache(data, train),
             "class_names": source.info.class_names, "dataset": source.info.to_dict(),
-            "versions": library_versions(), "machine": platform.machine(), **(extra_config or {}),
+            "versions": library_versions(), "machine": platform.machine(),
+            "distribution": result.extra.get("distribution"), **(extra_config or {}),
         }
         writer.json("config.json", config)
         writer.json("history.json", result.history)
@@ -205,6 +263,7 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
             "skipped_images": sum(source.info.skipped.values()) + source.runtime_skipped,
             "model_size_mb": round(writer.path("model.h5").stat().st_size / 1e6, 3),
             "finished_at": time.time(),
+            **result.extra,  # where cached features came from; the epoch fine-tuning started at
         }
         writer.json("metrics.json", metrics)
         return writer.publish()
@@ -232,8 +291,11 @@ def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
 
         if callbacks.on_status:
             callbacks.on_status("Evaluating on the validation split ...")
+        # A model built under MirroredStrategy or TPUStrategy only runs inside its replicas; its saved
+        # file reloads as an ordinary model.
+        distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
         try:
-            evaluate_run(run_dir, model=result.model, source=source)
+            evaluate_run(run_dir, model=None if distributed else result.model, source=source)
         except LabError as exc:
             # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
             logger.warning("Evaluation of %s failed: %s", run_dir, exc)

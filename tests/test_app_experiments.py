@@ -70,7 +70,7 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     run_ids = [p.name for p in snap.run_dirs]
     assert len(run_ids) == 2 and all((tmp_path / "runs" / r / "model.h5").is_file() for r in run_ids)
     assert at.multiselect[0].value == run_ids
-    accuracy, loss = chart_specs(at)
+    accuracy, loss = chart_specs(at)[:2]  # the curves come first, the runs' confusion matrices later
     names = trace_names(accuracy)
     assert {"Baseline CNN", "MobileNetV2 transfer"} <= names
     assert {"Article: Baseline CNN", "Article: MobileNetV2 transfer"} <= names
@@ -80,7 +80,7 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     assert list(comparison["Model"]) == ["Baseline CNN", "MobileNetV2 transfer", "Baseline CNN",
                                          "MobileNetV2 transfer"]
     assert list(comparison["Epochs"]) == ["2", "2", "15", "3"]
-    assert len(at.table) == 3  # the comparison and one layer table per model
+    assert len(at.table) == 5  # the comparison, then a layer table and a per-class table per model
     baseline_layers, transfer_layers = at.table[1].value, at.table[2].value
     assert "Conv2D" in list(baseline_layers["Type"])
     assert list(transfer_layers["Type"]) == ["KerasLayer", "Dense"]
@@ -146,8 +146,8 @@ def test_run_history_shows_earlier_runs_and_lists_broken_folders(open_page, trai
     at = open_page("experiments", runs_dir=runs)
     assert not at.exception
     assert sorted(at.multiselect[0].value) == sorted([trained_runs["baseline"].name, trained_runs["mobilenet_v2"].name])
-    assert len(at.get("plotly_chart")) == 2
-    assert len(at.table) == 3
+    assert len(at.get("plotly_chart")) == 4  # the two curves and a confusion matrix per run
+    assert len(at.table) == 5
     assert any("2 unfinished or damaged" in e.label for e in at.expander)
     at.multiselect[0].set_value([]).run()
     assert not at.get("plotly_chart")
@@ -160,3 +160,50 @@ def test_offline_default_dataset_is_one_clear_error(open_page):
     assert len(at.error) == 1
     assert "network is unreachable" in at.error[0].value
     assert not [m for m in at.markdown if m.value.startswith("**Estimated duration")]
+
+
+def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state, trained_runs, demo_folder,
+                                                           tmp_path):
+    """Each training session follows only its own job and ends with only its own runs on its charts, while
+    a third session is served predictions by the shared cached model."""
+    from core.predict import load_for_prediction, predict_bytes
+
+    runs = tmp_path / "shared"
+    shutil.copytree(trained_runs["dir"], runs)
+    # Long enough to still be training when the checks below run; both are stopped, never waited out.
+    slow = dict(tiny_state, exp_b_epochs=300, exp_t_epochs=300, exp_t_cache=False)
+    sessions = open_page("experiments", runs_dir=runs, state=slow), open_page("experiments", runs_dir=runs,
+                                                                              state=slow)
+    sessions[0].button(key="run_baseline").click().run()
+    sessions[1].button(key="run_mobilenet_v2").click().run()
+    jobs = [at.session_state["exp_job"] for at in sessions]
+    assert jobs[0] is not jobs[1]
+    deadline = time.monotonic() + WAIT_SECONDS
+    while any(job.snapshot().epoch < 1 for job in jobs):  # both past their first epoch: training together
+        assert time.monotonic() < deadline and not any(job.snapshot().finished for job in jobs), \
+            [job.snapshot() for job in jobs]
+        time.sleep(0.2)
+
+    predicting = open_page("predict", runs_dir=runs)
+    image = min((demo_folder / "circles").iterdir())
+    predicting.file_uploader[0].set_value([(image.name, image.read_bytes(), "image/jpeg")]).run()
+    assert not predicting.exception and not predicting.error
+    expected = predict_bytes(load_for_prediction(trained_runs["mobilenet_v2"]), [(image.name, image.read_bytes())])
+    assert [m.value for m in predicting.markdown if m.value.startswith("### ")] == [f"### {expected[0].label}"]
+    assert not any(job.snapshot().finished for job in jobs)  # served while both were still training
+
+    for at, own, other in zip(sessions, ("Baseline CNN", "MobileNetV2 transfer"),
+                              ("MobileNetV2 transfer", "Baseline CNN")):
+        at.run()
+        assert not at.exception
+        headings = [h.value for h in at.subheader]
+        assert f"Training {own}" in headings and f"Training {other}" not in headings
+    for at in sessions:
+        next(b for b in at.button if b.label == "Stop").click().run()
+    snaps = [wait_for_job(at) for at in sessions]
+    assert [snap.phase for snap in snaps] == ["stopped", "stopped"]
+    own_runs = [[path.name for path in snap.run_dirs] for snap in snaps]
+    assert [len(ids) for ids in own_runs] == [1, 1] and own_runs[0] != own_runs[1]
+    assert own_runs[0][0].split("-")[2] == "baseline" and own_runs[1][0].split("-")[2] == "mobilenet_v2"
+    for at, ids in zip(sessions, own_runs):
+        assert at.multiselect(key="exp_shown").value == ids  # its own result, not the other session's

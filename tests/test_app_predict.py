@@ -97,9 +97,8 @@ def test_h5_paths_load_or_say_what_is_wrong(open_page, trained_runs, tmp_path):
     assert "not an HDF5" in at.error[0].value
     at.text_input(key="pred_h5_path").set_value(str(tmp_path / "missing.h5")).run()
     assert "does not exist" in at.error[0].value
-    # A typed path is not trusted like the runs folder: its hub module must be a download or a Lab folder.
+    # Whoever can type server paths runs the Lab locally, so the file's hub module may be any local folder
+    # (the demo backbone here lives outside the Lab's cache and runs folders); uploads are held to more.
     at.text_input(key="pred_h5_path").set_value(str(trained_runs["mobilenet_v2"] / "model.h5")).run()
-    assert "may not use" in at.error[0].value
-    at.text_input(key="pred_h5_path").set_value(str(trained_runs["baseline"] / "model.h5")).run()
     assert not at.exception and not at.error
     assert any("classes: circles, squares" in m.value for m in at.markdown)

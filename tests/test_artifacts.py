@@ -47,7 +47,8 @@ def test_history_and_metrics_describe_every_epoch(trained_runs):
     record = open_run(trained_runs["baseline"])
     assert len(record.history) == 3
     for row in record.history:
-        assert set(row) == {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+        assert set(row) == {"loss", "accuracy", "val_loss", "val_accuracy", "seconds", "phase"}
+        assert row["phase"] == "train"  # the baseline has no frozen or fine-tuning phase
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1 and row["seconds"] > 0
     m = record.metrics
     assert m["model"] == "baseline" and m["epochs_completed"] == 3 and m["stopped_early"] is False
@@ -195,3 +196,29 @@ def test_cli_training_killed_mid_epoch_leaves_nothing(demo_folder, tmp_path):
     assert list_runs(runs).runs == []
     leftovers = list(runs.iterdir()) if runs.exists() else []
     assert all(p.name.startswith(INCOMPLETE_PREFIX) for p in leftovers)
+
+
+@pytest.mark.parametrize("name,text", [("config.json", "[1, 2]"), ("metrics.json", "null"),
+                                       ("history.json", '{"loss": 1}'), ("history.json", "[1, 2]")])
+def test_valid_json_of_the_wrong_shape_marks_a_run_damaged(trained_runs, tmp_path, name, text):
+    import shutil
+
+    run = tmp_path / "20250101-000000-baseline-odd"
+    shutil.copytree(trained_runs["baseline"], run)
+    (run / name).write_text(text)
+    with pytest.raises(LabError, match=name.split(".")[0]):
+        open_run(run)
+    listing = list_runs(tmp_path)
+    assert listing.runs == [] and listing.incomplete == [run]
+
+
+def test_a_writer_killed_before_recording_its_pid_is_cleaned_after_a_minute(tmp_path):
+    import time
+
+    fresh, orphan = tmp_path / f"{INCOMPLETE_PREFIX}fresh", tmp_path / f"{INCOMPLETE_PREFIX}orphan"
+    fresh.mkdir()  # a writer may be between creating its folder and writing owner.pid
+    orphan.mkdir()
+    long_ago = time.time() - 120
+    os.utime(orphan, (long_ago, long_ago))
+    assert clean_incomplete(tmp_path) == [orphan]
+    assert fresh.is_dir() and not orphan.exists()

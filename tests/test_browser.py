@@ -147,8 +147,10 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     go(page, "Experiments")
     page.get_by_text("Estimated duration").first.wait_for()
     page.get_by_role("heading", name="Comparison").wait_for()
+    page.get_by_role("heading", name="Evaluation on the validation split").wait_for()
     settle(page)
-    assert page.locator(".js-plotly-plot").count() >= 2
+    assert page.locator(".js-plotly-plot").count() >= 4  # two curves and a confusion matrix per run
+    assert page.get_by_role("button", name="Prepare TFLite float32").count() == 2
     no_exception(page)
     shoot(page, "3-experiments")
 
@@ -162,3 +164,10 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     assert page.get_by_text(f"{expected.confidence:.1%} confident").count() == 1
     no_exception(page)
     shoot(page, "4-predict")
+
+    page.get_by_role("button", name="Explain").click()
+    page.get_by_text("Red: hiding this part", exact=False).wait_for()
+    settle(page)
+    assert page.locator(".js-plotly-plot").count() == 2  # the probabilities and the heatmap
+    no_exception(page)
+    shoot(page, "5-predict-explained")

@@ -103,3 +103,13 @@ def test_probability_bar_highlights_the_predicted_class():
     assert list(bar.x) == pytest.approx([20, 80])
     assert list(bar.marker.color) == ["#C9CED8", "#123456"]
     assert list(bar.text) == ["20.0%", "80.0%"]
+
+
+def test_the_start_of_fine_tuning_is_a_labelled_dashed_line_between_epochs():
+    history = [dict(TRANSFER[0], phase=phase) for phase in ("frozen", "frozen", "fine-tune")]
+    fig = training_curves([CurveSeries("MobileNetV2 transfer", ModelKind.MOBILENET_V2, history)], "loss",
+                          show_article=False)
+    lines = [shape for shape in fig.layout.shapes if shape.x0 == shape.x1]
+    assert [line.x0 for line in lines] == [2.5] and lines[0].line.dash == "dash"
+    assert [a.text for a in fig.layout.annotations] == ["fine-tuning starts"]
+    assert not training_curves(series(), "loss", show_article=False).layout.shapes

@@ -1,6 +1,8 @@
 """Duration estimates from measured per-image costs, and the Quick demo preset that fits a budget."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from core.config import DataConfig, ModelKind
@@ -45,6 +47,22 @@ def test_cached_transfer_pays_for_features_once_then_only_for_the_head():
     assert uncached.feature_seconds == 0
     assert uncached.epoch_seconds == pytest.approx(100 * 0.004 + 25 * 0.003)
     assert uncached.total_seconds > est.total_seconds
+
+
+def test_fine_tuning_epochs_run_the_whole_model_on_decoded_images_after_the_cached_ones():
+    speed = dataclasses.replace(TRANSFER, fine_tune=0.012, fine_tune_setup=4.0)
+    frozen = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224)
+    tuned = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224, fine_tune_epochs=2)
+    compute = 100 * 0.012 + 25 * 0.003
+    assert tuned.fine_tune_epochs == 2 and tuned.fine_tune_epoch_seconds == pytest.approx(compute)
+    # Its own pipeline decodes every image again in the first fine-tuning epoch, then keeps them in memory.
+    assert tuned.fine_tune_seconds == pytest.approx(4.0 + 2 * compute + 125 * 0.002)
+    assert tuned.feature_seconds == frozen.feature_seconds
+    assert tuned.total_seconds == pytest.approx(frozen.total_seconds + tuned.fine_tune_seconds)
+    baseline = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64, fine_tune_epochs=2)
+    assert baseline.fine_tune_seconds == 0 and baseline.fine_tune_epochs == 0
+    with pytest.raises(ValueError, match="measure_fine_tune"):
+        estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, fine_tune_epochs=1)
 
 
 def test_split_sizes_follow_the_limit_and_the_80_20_proportion():
@@ -98,6 +116,13 @@ def test_measured_speeds_come_from_the_real_models(demo_backbone, demo_folder):
     assert min(transfer.train, transfer.features, transfer.head_train, transfer.head_evaluate) > 0
     source = open_source(DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=8))
     assert measure_decode(source, 48, 8) > 0
+
+
+def test_a_fine_tuning_step_is_timed_through_the_unfrozen_backbone(demo_backbone):
+    from core.estimate import measure_fine_tune
+
+    per_image, setup = measure_fine_tune(48, 8, handle=str(demo_backbone), num_classes=2)
+    assert per_image > 0 and setup > 0
 
 
 def test_measuring_a_model_that_cannot_be_built_says_why(tmp_path):

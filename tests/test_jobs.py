@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import DataConfig, ModelKind, TrainConfig
-from core.errors import DataError, StopRequested
-from core.jobs import DONE, FAILED, STOPPED, TRAINING, Experiment, Job
+from core.config import DataConfig, ModelKind, TrainConfig, total_epochs
+from core.errors import DataError, LabError, StopRequested
+from core.jobs import DONE, FAILED, STOPPED, TRAINING, Experiment, Job, running_jobs
+from core.presets import active_preset
 from core.train import BatchReport, EpochReport
 
 DATA = DataConfig(source="folder:unused", image_size=32, batch_size=4)
@@ -39,7 +40,7 @@ class ScriptedRunner:
         if self.fail_with:
             raise self.fail_with
         callbacks.on_status("Opening the data ...")
-        epochs = train.resolved_epochs
+        epochs = total_epochs(train)  # fine-tuning epochs follow the frozen ones in the same fit
         for epoch in range(1, epochs + 1):
             for step in range(1, self.steps + 1):
                 callbacks.on_batch(BatchReport(epoch, epochs, step, self.steps, 0.5 * step))
@@ -90,6 +91,21 @@ def test_progress_and_eta_mid_epoch(tmp_path):
     assert "Epoch 2 of 3: batch 2/4" in snap.message
     runner.gate.set()
     assert job.join(10)
+
+
+def test_fine_tuning_epochs_are_marked_live_and_timed_apart_from_the_frozen_ones(tmp_path):
+    runner = ScriptedRunner(steps=4)
+    runner.pause_after = (2, 2)  # frozen epoch 1 done (1.5 s), half of frozen epoch 2 done
+    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, fine_tune_epochs=2)
+    job = Job([Experiment(DATA, train, 30.0, fine_tune_seconds=20.0)], tmp_path, runner).start()
+    assert runner.paused.wait(10)
+    snap = job.snapshot()
+    assert (snap.epoch, snap.epochs) == (1, 4)
+    # The rest of this frozen epoch, then the estimate for fine-tuning: fast frozen epochs say nothing of it.
+    assert snap.eta_seconds == pytest.approx(2 * 0.5 + 20.0)
+    runner.gate.set()
+    assert job.join(10)
+    assert [row["phase"] for row in job.snapshot().histories[0][1]] == ["frozen", "frozen", "fine-tune", "fine-tune"]
 
 
 def test_stop_before_the_first_epoch_saves_nothing_and_skips_the_rest(tmp_path):
@@ -159,3 +175,41 @@ def test_a_real_run_stops_after_its_first_epoch_and_is_saved_as_stopped_early(tm
     assert 1 <= metrics["epochs_completed"] < 500
     assert len(json.loads((run / "history.json").read_text())) == metrics["epochs_completed"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".incomplete-")]
+
+
+def test_trainings_beyond_the_presets_limit_are_refused_until_one_ends(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_PRESET", "local")
+    limit = active_preset().max_concurrent_jobs
+    assert running_jobs() == 0, "a job of an earlier test is still training"
+    runners = [ScriptedRunner() for _ in range(limit)]
+    for runner in runners:
+        runner.pause_after = (1, 1)
+    jobs = [Job([experiment()], tmp_path, runner).start() for runner in runners]
+    assert all(runner.paused.wait(10) for runner in runners)
+    assert running_jobs() == limit
+    late = Job([experiment()], tmp_path, ScriptedRunner())
+    with pytest.raises(LabError, match=rf"^{limit} trainings are running on this server, the most it allows at "
+                                       r"once; try again in a minute\.$"):
+        late.start()
+    assert late.snapshot().phase == "queued"  # refused before anything ran
+    runners[0].gate.set()
+    assert jobs[0].join(10) and running_jobs() == limit - 1
+    # A failing job gives its place back too.
+    failing = Job([experiment()], tmp_path, ScriptedRunner(fail_with=ZeroDivisionError("boom"))).start()
+    assert failing.join(10) and failing.snapshot().phase == FAILED
+    assert late.start().join(10) and late.snapshot().phase == DONE
+    for runner, job in zip(runners[1:], jobs[1:]):
+        runner.gate.set()
+        assert job.join(10)
+    assert running_jobs() == 0
+
+
+def test_one_training_at_a_time_says_so(tmp_path):
+    runner = ScriptedRunner()
+    runner.pause_after = (1, 1)
+    job = Job([experiment()], tmp_path, runner).start(max_concurrent=1)
+    assert runner.paused.wait(10)
+    with pytest.raises(LabError, match="^1 training is running on this server"):
+        Job([experiment()], tmp_path, ScriptedRunner()).start(max_concurrent=1)
+    runner.gate.set()
+    assert job.join(10)

@@ -249,3 +249,55 @@ def test_model_without_stored_class_names_gets_numbered_classes(tmp_path):
     build_baseline(num_classes=3, image_size=48).save(str(tmp_path / "plain.h5"), save_format="h5")
     loaded = load_for_prediction(tmp_path / "plain.h5")
     assert loaded.class_names == ["class 0", "class 1", "class 2"]
+
+
+# ---------------------------------------------------------------- models uploaded through the web page
+
+
+def test_an_upload_is_kept_once_under_a_name_from_its_content(fitted, tmp_path):
+    import io
+
+    from core.modelfile import store_uploaded_model
+
+    save_model(fitted[ModelKind.BASELINE], tmp_path / "mine.h5", ["a", "b"])
+    data = (tmp_path / "mine.h5").read_bytes()
+    uploads = tmp_path / "uploads"
+    first = store_uploaded_model(data, "../../etc/cron.d/mine.h5", uploads)
+    assert first.parent == uploads and first.name.startswith("model-") and first.suffix == ".h5"
+    assert first.read_bytes() == data
+    assert store_uploaded_model(io.BytesIO(data), "again.h5", uploads) == first  # same content, same file
+    assert [p.name for p in uploads.iterdir()] == [first.name]
+
+
+def test_uploads_over_the_limit_empty_or_refused_leave_nothing(fitted, tmp_path):
+    from core.modelfile import store_uploaded_model
+
+    uploads = tmp_path / "uploads"
+    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    data = (tmp_path / "t.h5").read_bytes()
+    with pytest.raises(ModelFileError, match=r"^'big.h5' is 0\.\d\d MB; uploaded models may be at most 0\.01 MB\.$"):
+        store_uploaded_model(data, "big.h5", uploads, max_bytes=10_000)
+    with pytest.raises(ModelFileError, match="'void.h5' is empty"):
+        store_uploaded_model(b"", "void.h5", uploads)
+    # The demo backbone lives outside the Lab's folders: a stranger's file may not point the server at it.
+    with pytest.raises(ModelFileError, match="'t.h5' points its KerasLayer at .* which uploaded models may not use"):
+        store_uploaded_model(data, "t.h5", uploads)
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def test_only_the_most_recent_uploads_are_kept(fitted, tmp_path, monkeypatch):
+    import os
+
+    import core.modelfile
+    from core.modelfile import store_uploaded_model
+
+    monkeypatch.setattr(core.modelfile, "KEPT_UPLOADS", 2)
+    uploads = tmp_path / "uploads"
+    save_model(fitted[ModelKind.BASELINE], tmp_path / "m.h5", ["a", "b"])
+    stored = []
+    for i, names in enumerate((["a", "b"], ["b", "a"], ["x", "y"])):
+        with h5py.File(tmp_path / "m.h5", "a") as f:  # other class names: other bytes, another upload
+            f.attrs["lab_class_names"] = json.dumps(names)
+        stored.append(store_uploaded_model((tmp_path / "m.h5").read_bytes(), f"m{i}.h5", uploads))
+        os.utime(stored[-1], (1000 + i, 1000 + i))
+    assert sorted(uploads.iterdir()) == sorted(stored[1:])

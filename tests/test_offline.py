@@ -166,3 +166,56 @@ def test_is_online_when_any_download_host_answers(monkeypatch):
     assert core.network.is_online() is True
     monkeypatch.setattr(core.network, "can_reach", lambda host, port=443, timeout=3.0: False)
     assert core.network.is_online() is False
+
+
+def test_is_online_asks_every_host_at_the_same_time(monkeypatch):
+    """Each connection waits until all hosts are being asked: only checks made in parallel get past that.
+
+    Asked one after another, each host's check gives up (after timeout + 0.5 s) before the next one starts,
+    so the first host's answer would come too late and the others refuse.
+    """
+    hosts = core.network.DOWNLOAD_HOSTS
+    everyone_asked = threading.Barrier(len(hosts))
+
+    class Conn:
+        def close(self):
+            pass
+
+    def connect(address, timeout=None, **kwargs):
+        try:
+            everyone_asked.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            raise OSError("not every host was asked") from None
+        if address[0] != hosts[0]:
+            raise ConnectionRefusedError("refused")
+        return Conn()
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(core.network, "can_reach", real_can_reach)
+    assert core.network.is_online(hosts, timeout=1.0) is True
+
+
+def test_is_online_gives_up_on_hosts_that_hang(monkeypatch):
+    release = threading.Event()
+    asked: list[str] = []
+
+    def hanging(address, timeout=None, **kwargs):
+        asked.append(address[0])
+        release.wait(60)  # DNS on a dead network: no answer, no error
+        raise OSError("gave up")
+
+    monkeypatch.setattr(socket, "create_connection", hanging)
+    monkeypatch.setattr(core.network, "can_reach", real_can_reach)
+    try:
+        assert core.network.is_online(timeout=0.2) is False
+        assert sorted(asked) == sorted(core.network.DOWNLOAD_HOSTS)
+    finally:
+        release.set()
+
+
+def test_a_check_that_breaks_counts_as_offline(monkeypatch):
+    def broken(host, port=443, timeout=3.0):
+        raise RuntimeError("resolver crashed")
+
+    monkeypatch.setattr(core.network, "can_reach", broken)
+    assert core.network.is_online() is False
