@@ -110,7 +110,7 @@ try:
         st.caption("Three classes of coloured shapes (300 images) and a small feature extractor to use as the "
                    "hub handle: the whole Lab works offline with them.")
         candidate = "demo"
-except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+except Exception as exc:
     show_error(exc)
     candidate = None
 
@@ -127,7 +127,7 @@ if load.button("Load dataset", type="primary", disabled=candidate is None, width
         set_source(candidate)
         st.session_state[LOADED_KEY] = candidate
         st.rerun()  # the sidebar, drawn before this page, names the new dataset
-    except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+    except Exception as exc:
         show_error(exc)
 if loaded and reload.button("Reload from disk", width="stretch",
                             help="Read the folder again after adding or removing images."):
@@ -143,7 +143,7 @@ if not loaded:
 try:
     with st.spinner(f"Reading {describe_source(loaded)} ..."):
         view = overview(loaded)
-except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+except Exception as exc:
     show_error(exc)
     st.stop()
 
@@ -176,7 +176,7 @@ if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
 try:
     with st.spinner("Decoding samples ..."):
         tiles = samples(loaded, st.session_state.get(SEED_KEY, 0))
-except Exception as exc:  # noqa: BLE001 - samples are optional; the rest of the page stays
+except Exception as exc:
     show_error(exc)
     tiles = []
 per_row = 8

@@ -243,7 +243,7 @@ def settings_column(kind: ModelKind, running: bool, data_ok: bool) -> Estimate |
     except OfflineError:
         st.warning(f"Offline, and this hub module is not in the cache: {offline_hint()}.", icon=":material/wifi_off:")
         return None
-    except Exception as exc:  # noqa: BLE001 - a failed estimate must not hide the rest of the page
+    except Exception as exc:
         show_error(exc, prefix="No estimate: ")
         return None
     parts = [f"setup {format_duration(est.setup_seconds)}"]
@@ -409,7 +409,7 @@ if not running:
     try:
         with st.spinner(f"Opening {describe_source(current_source())} ..."):
             available(current_source())
-    except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+    except Exception as exc:
         data_ok = False
         show_error(exc)
         st.page_link("app_pages/dataset.py", label="Choose another dataset", icon=":material/photo_library:")

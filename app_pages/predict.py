@@ -130,7 +130,7 @@ def explain_controls(index: int, loaded, name: str, data: bytes, model_key: tupl
                   help="Which parts of the image the prediction depends on.") and key not in store:
         try:
             store[key] = explain_image(loaded, data, name, method)
-        except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+        except Exception as exc:
             show_error(exc, prefix="No explanation: ")
             return
         while len(store) > MAX_EXPLANATIONS:
@@ -180,7 +180,7 @@ elif choice == "upload":
         st.stop()
     try:
         model_path, shown_name = stored_upload(upload), upload.name
-    except Exception as exc:  # noqa: BLE001 - a refused upload is one readable line, never a traceback
+    except Exception as exc:
         show_error(exc)
         st.stop()
 else:
@@ -200,7 +200,7 @@ try:
 except FileNotFoundError:
     st.error(f"'{model_path}' does not exist.", icon=":material/error:")
     st.stop()
-except Exception as exc:  # noqa: BLE001 - a bad model file is one readable line, never a traceback
+except Exception as exc:
     show_error(exc)
     st.stop()
 

@@ -37,7 +37,7 @@ def _run_evaluation(record):
 
     try:
         return evaluate_run(record.path, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+    except Exception as exc:
         show_error(exc, prefix="Evaluation failed: ")
         return None
     finally:
@@ -108,7 +108,7 @@ def _prepare(record, fmt, label: str) -> bool:
     try:
         with st.spinner(f"Converting to {label} ..."):
             prepare_download(record.path, fmt)
-    except Exception as exc:  # noqa: BLE001 - show_error logs what is not a LabError
+    except Exception as exc:
         show_error(exc, prefix=f"{label}: ")
         return False
     return True

@@ -7,8 +7,16 @@ import os
 import sys
 from pathlib import Path
 
-from core.config import (ARTICLE_BATCH_SIZE, ARTICLE_IMAGE_SIZE, ARTICLE_LEARNING_RATE, DEFAULT_SOURCE,
-                         MOBILENET_V2_HANDLE, DataConfig, ModelKind, TrainConfig)
+from core.config import (
+    ARTICLE_BATCH_SIZE,
+    ARTICLE_IMAGE_SIZE,
+    ARTICLE_LEARNING_RATE,
+    DEFAULT_SOURCE,
+    MOBILENET_V2_HANDLE,
+    DataConfig,
+    ModelKind,
+    TrainConfig,
+)
 from core.distribute import STRATEGY_NAMES
 from core.errors import LabError, StopRequested
 
@@ -177,7 +185,7 @@ def cmd_predict(args) -> int:
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -189,7 +197,7 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in records:
         m = r.metrics
-        pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"  # noqa: E731
+        pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
         rows.append([r.run_id, r.model_kind, str(len(r.history)), f"{m.get('total_params', 0):,}",
                      f"{m.get('trainable_params', 0):,}", f"{m.get('seconds_per_epoch', float('nan')):.1f}",
                      pct(m.get("best_val_accuracy")), pct(m.get("final_val_accuracy")),

@@ -13,9 +13,9 @@ import math
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -305,8 +305,6 @@ class TfdsSource:
         return out
 
     def _counts(self) -> dict[str, dict[str, int]]:
-        import tensorflow as tf
-
         cache = self.data_dir / f"{self.name}.lab-counts.json"
         key = json.dumps([str(self.builder.info.version), self.split_specs, self.limits])
         if cache.is_file():
@@ -422,5 +420,15 @@ def steps_per_epoch(source, split: str, batch_size: int) -> int:
     return max(1, math.ceil(source.info.split_size(split) / batch_size))
 
 
-__all__ = ["DatasetInfo", "FolderSource", "TfdsSource", "open_source", "make_pipeline", "preprocess",
-           "steps_per_epoch", "OfflineError", "TRAIN", "VALIDATION"]
+__all__ = [
+    "TRAIN",
+    "VALIDATION",
+    "DatasetInfo",
+    "FolderSource",
+    "OfflineError",
+    "TfdsSource",
+    "make_pipeline",
+    "open_source",
+    "preprocess",
+    "steps_per_epoch",
+]

@@ -94,7 +94,7 @@ def _tpu_choice() -> StrategyChoice:
                        "--strategy auto to train on the GPUs or CPU here.")
     try:
         strategy = _connect_tpu()
-    except Exception as exc:  # noqa: BLE001 - the resolver raises different types per environment
+    except Exception as exc:
         raise LabError(f"The TPU could not be connected ({exc.__class__.__name__}: {str(exc)[:200]}). Check "
                        "TPU_NAME, or use --strategy auto to train on the GPUs or CPU here.") from None
     devices = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
@@ -111,7 +111,7 @@ def _mirrored(devices: tuple[str, ...]):
         if devices not in _mirrored_strategies:
             try:
                 _mirrored_strategies[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
-            except Exception as exc:  # noqa: BLE001 - e.g. devices TensorFlow cannot place replicas on
+            except Exception as exc:
                 raise LabError(f"MirroredStrategy could not be set up on {', '.join(devices) or 'this machine'} "
                                f"({exc.__class__.__name__}: {str(exc)[:200]}); use --strategy default.") from None
         return _mirrored_strategies[devices]

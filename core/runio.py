@@ -19,13 +19,13 @@ import secrets
 import shutil
 import stat
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from core.artifacts import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
 from core.errors import LabError
+from core.ziputil import extract_members
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 # Run ids the Lab writes (20261128-055615-baseline-759c) and anything tame enough to be a folder name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 METRIC_FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-CHUNK = 1024 * 1024
 
 
 @dataclass
@@ -154,31 +153,6 @@ def _handle_warnings(handles: list[str]) -> list[str]:
     return out
 
 
-def _extract(archive: zipfile.ZipFile, members: list[tuple[zipfile.ZipInfo, PurePosixPath]], target: Path,
-             max_bytes: int) -> None:
-    written = 0
-    root = target.resolve()
-    for member, relative in members:
-        out = target.joinpath(*relative.parts)
-        if not out.resolve().is_relative_to(root):  # the path checks above make this unreachable; kept as a guard
-            raise LabError(f"'{member.filename}' would be written outside the run folder; refusing to import it.")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with archive.open(member) as src, open(out, "wb") as dst:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise LabError(f"The zip unpacks to more than {max_bytes / 1e6:,.0f} MB (its headers "
-                                       "understate the sizes); nothing was imported.")
-                    dst.write(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-            raise LabError(f"'{member.filename}' in the zip is damaged, encrypted or uses an unsupported "
-                           f"compression ({exc.__class__.__name__}); nothing was imported.") from None
-        except OSError as exc:  # a name this file system refuses, or a full disk
-            raise LabError(f"'{member.filename}' could not be written into the runs folder ({exc.strerror}); "
-                           "nothing was imported.") from None
-
-
 def _final_name(root: PurePosixPath, config: dict) -> str:
     """The zipped folder's own name when it is a tame one, else a fresh run id."""
     name = root.name if root.parts else ""
@@ -261,7 +235,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
         try:
             # Like core.artifacts.RunWriter: the owner's pid keeps a concurrent clean-up away from it.
             (tmp / "owner.pid").write_text(str(os.getpid()))
-            _extract(archive, members, tmp, max_bytes)
+            extract_members(archive, members, tmp, max_bytes, error=LabError, outcome="nothing was imported")
             config = _check_run_json(tmp)
             info = inspect_model_file(tmp / "model.h5", allowed_handle=allowed_handle)
             names = config["class_names"]

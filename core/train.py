@@ -10,13 +10,12 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from core.artifacts import RunWriter, new_run_id
-from core.config import (DataConfig, ModelKind, TrainConfig, to_dict, total_epochs, uses_feature_cache,
-                          validate)
+from core.config import DataConfig, ModelKind, TrainConfig, to_dict, total_epochs, uses_feature_cache, validate
 from core.data import TRAIN, VALIDATION, make_pipeline, open_source
 from core.errors import LabError, StopRequested
 

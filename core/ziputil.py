@@ -128,7 +128,7 @@ def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = M
         dest_dir.mkdir(parents=True, exist_ok=True)
         partial = dest_dir / f".partial-{final.name}-{os.getpid()}-{id(stream)}"
         try:
-            _write_members(archive, wanted, partial, max_total_bytes)
+            extract_members(archive, wanted, partial, max_total_bytes)
             if final.exists():  # another session unpacked the same zip meanwhile
                 shutil.rmtree(partial)
             else:
@@ -139,24 +139,30 @@ def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = M
     return ExtractResult(_dataset_root(final), len(wanted), skipped)
 
 
-def _write_members(archive: zipfile.ZipFile, wanted, target: Path, max_total_bytes: int) -> None:
+def extract_members(archive: zipfile.ZipFile, members, target: Path, max_total_bytes: int,
+                    error: type[Exception] = DataError, outcome: str = "nothing was kept") -> None:
+    """Write already-vetted (ZipInfo, relative path) members under target, counting the bytes really
+    unpacked: a zip's headers can understate sizes, so the limit is enforced while writing."""
     written = 0
-    target.mkdir(parents=True)
-    for member, path in wanted:
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    for member, path in members:
         out = target.joinpath(*path.parts)
-        # Belt and braces: the resolved path must still be inside the target folder.
-        if not out.resolve().is_relative_to(target.resolve()):
-            raise DataError(f"'{member.filename}' would be written outside the upload folder; refusing.")
+        # Belt and braces: the caller's path checks make this unreachable, but the resolved path decides.
+        if not out.resolve().is_relative_to(root):
+            raise error(f"'{member.filename}' would be written outside its folder; {outcome}.")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             with archive.open(member) as src, open(out, "wb") as dst:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     written += len(chunk)
                     if written > max_total_bytes:
-                        raise DataError(f"The zip unpacks to more than {max_total_bytes / 1e9:.1f} GB "
-                                        "(its headers understate the sizes); nothing was kept.")
+                        raise error(f"The zip unpacks to more than {max_total_bytes / 1e6:,.0f} MB "
+                                    f"(its headers understate the sizes); {outcome}.")
                     dst.write(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise DataError(f"'{member.filename}' in the zip is damaged or uses an unsupported compression "
-                            f"({exc.__class__.__name__}).") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise error(f"'{member.filename}' in the zip is damaged, encrypted or uses an unsupported "
+                        f"compression ({exc.__class__.__name__}); {outcome}.") from None
+        except OSError as exc:  # a name this file system refuses, or a full disk
+            raise error(f"'{member.filename}' could not be written ({exc.strerror}); {outcome}.") from None
 
