@@ -1,4 +1,4 @@
-"""python -m core train | predict | compare | runs | demo: what a workshop host types."""
+"""python -m core train | predict | compare | runs | evaluate | export | import-run | demo: what a workshop host types."""
 from __future__ import annotations
 
 import argparse
