@@ -327,13 +327,6 @@ def live_progress() -> None:
             st.caption("The loss and accuracy curves appear here after the first epoch.")
 
 
-def model_size(path) -> str:
-    if not path.is_file():
-        return "–"
-    mb = path.stat().st_size / 1e6
-    return f"{mb:.2f}" if mb < 10 else f"{mb:.1f}"
-
-
 def show_comparison(records, include_article: bool) -> None:
     import pandas as pd
 
@@ -344,8 +337,6 @@ def show_comparison(records, include_article: bool) -> None:
     table = pd.DataFrame(rows, columns=headers)
     table["run"] = [run_time(r) for r in records]
     table["model"] = [MODEL_LABELS.get(model_kind(r.model_kind), r.model_kind) for r in records]
-    # A transfer model's .h5 holds only its Dense head (the hub module is re-resolved on load): two decimals.
-    table["model MB"] = [model_size(r.model_path) for r in records]
     if include_article:
         extra = []
         for kind in KINDS:

@@ -189,6 +189,13 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _megabytes(mb: float) -> str:
+    """One decimal for real models; a tiny head on a small backbone still shows a non-zero size."""
+    if math.isnan(mb):  # no model file
+        return "-"
+    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3f}"
+
+
 def compare_rows(records) -> tuple[list[str], list[list[str]]]:
     from core.artifacts import file_size_mb
 
@@ -201,7 +208,7 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
         rows.append([r.run_id, r.model_kind, str(len(r.history)), f"{m.get('total_params', 0):,}",
                      f"{m.get('trainable_params', 0):,}", f"{m.get('seconds_per_epoch', float('nan')):.1f}",
                      pct(m.get("best_val_accuracy")), pct(m.get("final_val_accuracy")),
-                     f"{file_size_mb(r.model_path):.1f}"])
+                     _megabytes(file_size_mb(r.model_path))])
     return headers, rows
 
 
