@@ -23,13 +23,17 @@ def memory(args) -> dict:
     os.environ["LAB_CACHE_DIR"] = args.cache
     from core.config import DataConfig, ModelKind, TrainConfig
     from core.data import TRAIN, VALIDATION, open_source
-    from core.train import fit
+    from core.evaluate import evaluate_run
+    from core.train import fit, save_run
 
     data = DataConfig(source=args.data, image_size=224, batch_size=32, limit=args.limit)
     train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=3, handle=args.handle)
     start = time.perf_counter()
     source = open_source(data)
     result = fit(source, data, train)
+    # Saving and evaluating belong to the run too: the .h5 write and one pass over the validation images.
+    run_dir = save_run(result, source, data, train, os.path.join(args.cache, "bench-runs"))
+    evaluate_run(run_dir, model=result.model, source=source)
     return {
         "images": source.info.split_size(TRAIN) + source.info.split_size(VALIDATION),
         "feature_dim": int(result.model.layers[0].output_shape[-1]),

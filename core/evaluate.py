@@ -251,6 +251,7 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     from core.artifacts import open_run, write_json
     from core.config import data_from_dict
     from core.data import VALIDATION, open_source
+    from core.features import EXTRACT_BATCH_SIZE
 
     start = time.perf_counter()
     run = open_run(run_dir)
@@ -286,7 +287,9 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
         return out if softmax else tf.nn.softmax(out)
 
     total = source.info.split_size(VALIDATION)
-    batches, names = _validation_batches(source, data.image_size, data.batch_size)
+    # Small batches, as for feature extraction: MobileNetV2's activations for a batch of 32 at 224x224 would
+    # otherwise set the whole run's peak memory, and evaluation speed barely depends on the batch size.
+    batches, names = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
     y_true, y_pred = [], []
     # Candidates for the gallery: (confidence, position, true, predicted, true prob, image), best kept.
     candidates: list[tuple] = []
