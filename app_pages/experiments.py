@@ -153,7 +153,8 @@ def apply_quick_demo() -> None:
             data, train = configs(kind)
             speeds[kind] = speed_with_decode(kind, data, train, classes)
         transfer_data, transfer = configs(ModelKind.MOBILENET_V2)
-        preset = quick_demo(budget, speeds, n_train, n_val, int(st.session_state[SIZE_KEY]),
+        cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
+        preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs)
     except LabError as exc:
         st.session_state[NOTICE_KEY] = ("error", f"The Quick demo preset needs both models timed here: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TEST_IMAGE_SIZE
@@ -207,3 +208,27 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     assert own_runs[0][0].split("-")[2] == "baseline" and own_runs[1][0].split("-")[2] == "mobilenet_v2"
     for at, ids in zip(sessions, own_runs):
         assert at.multiselect(key="exp_shown").value == ids  # its own result, not the other session's
+
+
+def test_quick_demo_never_picks_more_images_than_the_hosted_preset_allows(open_page, tiny_state, monkeypatch):
+    import dataclasses
+    import os
+
+    import core.presets
+
+    small = dataclasses.replace(core.presets.PRESETS["cloud"], max_train_images=12)
+    monkeypatch.setitem(core.presets.PRESETS, "cloud", small)
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    # A hosted preset only reads data and hub folders inside the Lab's own cache (uploads, generated demo).
+    cache = Path(os.environ["LAB_CACHE_DIR"])
+    handle, data = cache / "quick-demo-backbone", cache / "uploads" / "quick-demo-data"
+    if not handle.exists():
+        shutil.copytree(tiny_state["lab_handle"], handle)
+    if not data.exists():
+        shutil.copytree(tiny_state["lab_source"].removeprefix("folder:"), data)
+    at = open_page("experiments", state=dict(tiny_state, lab_handle=str(handle), lab_source=f"folder:{data}"))
+    next(b for b in at.button if b.label == "Quick demo").click().run()
+    assert not at.exception
+    s = at.session_state
+    notice = [m.value for m in (*at.success, *at.warning, *at.error)]
+    assert 1 <= s["exp_b_limit"] <= 12 and s["exp_b_limit"] == s["exp_t_limit"], notice
