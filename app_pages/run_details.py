@@ -154,3 +154,16 @@ def show_exports(record) -> None:
                              data=partial(_download_bytes, record.path, fmt), file_name=info.filename,
                              mime=info.mime, key=f"download_{fmt.value}_{record.run_id}", icon=":material/download:",
                              width="stretch", on_click="ignore", help=f"{fmt_info.label}: {fmt_info.use}")
+    st.columns(2)[0].download_button("Whole run folder (.zip)", data=partial(_run_zip, record.path),
+                                     file_name=f"{record.run_id}.zip", mime="application/zip",
+                                     key=f"download_run_{record.run_id}", icon=":material/folder_zip:",
+                                     on_click="ignore", width="stretch",
+                                     help="Charts, summaries, evaluation and model: import it into another "
+                                          "installation's run history (Import a run trained elsewhere) or with "
+                                          "`python -m core import-run`.")
+
+
+def _run_zip(run_dir) -> bytes:
+    from core.runio import export_run_zip
+
+    return export_run_zip(run_dir)

@@ -205,3 +205,29 @@ def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, fol
     assert np.abs(probs - reference).max() <= 1e-4
     at.run()  # prepared once, offered directly from then on
     assert not [b for b in at.button if b.key == f"prepare_tflite_{run.name}"]
+
+
+def test_a_run_folder_zip_from_the_page_imports_into_another_installation(open_page, runs_copy, folder_state,
+                                                                         monkeypatch, tmp_path):
+    from streamlit.delta_generator import DeltaGenerator
+
+    from core.artifacts import list_runs
+    from core.runio import import_run_zip
+
+    handed = {}
+    original = DeltaGenerator.download_button
+
+    def spy(self, label, data, *args, **kwargs):
+        handed[kwargs["key"]] = (data, kwargs["file_name"])
+        return original(self, label, data, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
+    run = runs_copy["mobilenet_v2"]
+    at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
+    assert not at.exception and not at.error
+    data, name = handed[f"download_run_{run.name}"]
+    assert name == f"{run.name}.zip"
+    elsewhere = tmp_path / "other-installation"
+    imported = import_run_zip(data(), elsewhere)
+    (record,) = list_runs(elsewhere).runs
+    assert record.path == imported.path and record.history == json.loads((run / "history.json").read_text())
