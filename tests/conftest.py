@@ -84,3 +84,24 @@ def open_page(monkeypatch, tmp_path):
         return at
 
     return open_
+
+
+JOB_WAIT_SECONDS = 300  # bound on a tiny background run on a busy 2-core machine; waits end as soon as it is done
+
+
+def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: bool = False):
+    """Wait for the Experiments page's background job of one AppTest session, then rerun the page once.
+
+    rerun_while_waiting also reruns the page on every poll, as a browser's live fragment would.
+    """
+    import time
+
+    job = at.session_state["exp_job"]
+    deadline = time.monotonic() + seconds
+    while not job.snapshot().finished:
+        assert time.monotonic() < deadline, f"the job did not finish: {job.snapshot()}"
+        time.sleep(0.3)
+        if rerun_while_waiting:
+            at.run()
+    at.run()
+    return job.snapshot()

@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE
-
-WAIT_SECONDS = 300  # bound on a tiny run on a busy 2-core machine; the loop exits as soon as it is done
+from conftest import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, wait_for_job
 
 
 @pytest.fixture
@@ -19,17 +17,6 @@ def tiny_state(demo_folder, demo_backbone) -> dict:
         "lab_source": f"folder:{demo_folder}", "lab_handle": str(demo_backbone), "exp_image_size": TEST_IMAGE_SIZE,
         "exp_b_epochs": 2, "exp_t_epochs": 2, "exp_b_batch": 16, "exp_t_batch": 16, "exp_t_lr": 0.01,
     }
-
-
-def wait_for_job(at, seconds: float = WAIT_SECONDS):
-    job = at.session_state["exp_job"]
-    deadline = time.monotonic() + seconds
-    while not job.snapshot().finished:
-        assert time.monotonic() < deadline, f"the job did not finish: {job.snapshot()}"
-        time.sleep(0.5)
-        at.run()
-    at.run()
-    return job.snapshot()
 
 
 def chart_specs(at) -> list[dict]:
@@ -63,7 +50,7 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
         assert at.get("progress"), "a running job shows a progress bar"
         assert any(b.label == "Stop" for b in at.button)
         assert at.button(key="run_both").disabled  # a second click cannot start another run meanwhile
-    snap = wait_for_job(at)
+    snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "done", snap.message
     assert not at.exception
     assert [s.value for s in at.success] == [snap.message]
@@ -95,7 +82,7 @@ def test_widget_changes_never_restart_training(open_page, tiny_state):
     at.number_input(key="exp_b_epochs").set_value(5).run()
     at.number_input(key="exp_image_size").set_value(96).run()
     assert at.session_state["exp_job"] is job
-    snap = wait_for_job(at)
+    snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "done"
     assert len(snap.run_dirs) == 1
     config = json.loads((snap.run_dirs[0] / "config.json").read_text())
@@ -106,7 +93,7 @@ def test_stop_keeps_finished_epochs_and_each_session_sees_only_its_own_job(open_
     at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=300))
     at.button(key="run_baseline").click().run()
     job = at.session_state["exp_job"]
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + JOB_WAIT_SECONDS
     while job.snapshot().epoch < 1:
         assert time.monotonic() < deadline and not job.snapshot().finished, job.snapshot()
         time.sleep(0.2)
@@ -115,7 +102,7 @@ def test_stop_keeps_finished_epochs_and_each_session_sees_only_its_own_job(open_
     assert not other.get("progress")
     at.run()
     next(b for b in at.button if b.label == "Stop").click().run()
-    snap = wait_for_job(at)
+    snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "stopped"
     assert len(snap.run_dirs) == 1
     metrics = json.loads((snap.run_dirs[0] / "metrics.json").read_text())
@@ -179,7 +166,7 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     sessions[1].button(key="run_mobilenet_v2").click().run()
     jobs = [at.session_state["exp_job"] for at in sessions]
     assert jobs[0] is not jobs[1]
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + JOB_WAIT_SECONDS
     while any(job.snapshot().epoch < 1 for job in jobs):  # both past their first epoch: training together
         assert time.monotonic() < deadline and not any(job.snapshot().finished for job in jobs), \
             [job.snapshot() for job in jobs]
@@ -201,7 +188,7 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
         assert f"Training {own}" in headings and f"Training {other}" not in headings
     for at in sessions:
         next(b for b in at.button if b.label == "Stop").click().run()
-    snaps = [wait_for_job(at) for at in sessions]
+    snaps = [wait_for_job(at, rerun_while_waiting=True) for at in sessions]
     assert [snap.phase for snap in snaps] == ["stopped", "stopped"]
     own_runs = [[path.name for path in snap.run_dirs] for snap in snaps]
     assert [len(ids) for ids in own_runs] == [1, 1] and own_runs[0] != own_runs[1]

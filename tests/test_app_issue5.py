@@ -5,14 +5,11 @@ import base64
 import io
 import json
 import shutil
-import time
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import TEST_IMAGE_SIZE
-
-WAIT_SECONDS = 300  # bound on a tiny run on a busy 2-core machine; the loop exits as soon as it is done
+from conftest import TEST_IMAGE_SIZE, wait_for_job
 
 
 @pytest.fixture
@@ -86,16 +83,6 @@ def test_a_run_without_an_evaluation_can_be_evaluated_from_the_page(open_page, r
     at.run()  # read back from the run folder, without the button
     assert chart_by_key(at, f"confusion_{run.name}")["data"][0]["type"] == "heatmap"
     assert not [b for b in at.button if b.key == f"evaluate_{run.name}"]
-
-
-def wait_for_job(at, seconds: float = WAIT_SECONDS):
-    job = at.session_state["exp_job"]
-    deadline = time.monotonic() + seconds
-    while not job.snapshot().finished:
-        assert time.monotonic() < deadline, f"the job did not finish: {job.snapshot()}"
-        time.sleep(0.5)
-    at.run()
-    return job.snapshot()
 
 
 def test_fine_tuning_and_augmentation_settings_reach_the_runs(open_page, folder_state, tmp_path):

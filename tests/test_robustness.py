@@ -13,13 +13,12 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from conftest import TEST_IMAGE_SIZE, wait_for_job
 from PIL import Image
 from test_images import GOOD, png_bomb
 from test_modelfile import _lambda_model_file, _with_handle
@@ -27,7 +26,6 @@ from test_modelfile import _lambda_model_file, _with_handle
 from core.artifacts import INCOMPLETE_PREFIX, RunWriter
 
 ARTICLE_URL = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-WAIT_SECONDS = 300  # bound on a tiny run on a busy 2-core machine; loops exit as soon as it is done
 
 
 def errors(at) -> list[str]:
@@ -298,16 +296,6 @@ def test_unusable_folders_get_one_error_and_an_empty_class_is_left_out(open_page
 def training_state(demo_folder, handle) -> dict:
     return {"lab_source": f"folder:{demo_folder}", "lab_handle": str(handle), "exp_image_size": TEST_IMAGE_SIZE,
             "exp_b_epochs": 1, "exp_t_epochs": 1, "exp_b_batch": 16, "exp_t_batch": 16}
-
-
-def wait_for_job(at):
-    job = at.session_state["exp_job"]
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not job.snapshot().finished:
-        assert time.monotonic() < deadline, job.snapshot()
-        time.sleep(0.3)
-    at.run()
-    return job.snapshot()
 
 
 def test_epochs_below_one_and_a_batch_larger_than_the_dataset(open_page, demo_folder, demo_backbone):
