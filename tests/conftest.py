@@ -105,3 +105,15 @@ def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: boo
             at.run()
     at.run()
     return job.snapshot()
+
+
+def make_zip(entries: dict[str, bytes]) -> bytes:
+    """A deflated zip holding name -> bytes, for the zip-handling tests."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

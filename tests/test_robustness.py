@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE, wait_for_job
+from conftest import TEST_IMAGE_SIZE, make_zip, wait_for_job
 from PIL import Image
 from test_images import GOOD, png_bomb
 from test_modelfile import _lambda_model_file, _with_handle
@@ -162,14 +162,6 @@ def test_bad_model_uploads_get_one_error_each_and_a_good_one_still_serves(open_p
 
 
 # ------------------------------------------------------------------ zips uploaded on the Dataset page
-
-
-def make_zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def classes_zip(extra: dict[str, bytes] | None = None) -> dict[str, bytes]:

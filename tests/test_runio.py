@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_zip
 
 from core.artifacts import INCOMPLETE_PREFIX, list_runs, open_run
 from core.errors import LabError, ModelFileError
@@ -18,14 +19,6 @@ from core.runio import export_run_zip, import_run_file, import_run_zip
 def entries_of(data: bytes) -> dict[str, bytes]:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
-
-
-def make_zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def left_behind(runs: Path) -> list[str]:
