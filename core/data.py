@@ -425,7 +425,6 @@ __all__ = [
     "VALIDATION",
     "DatasetInfo",
     "FolderSource",
-    "OfflineError",
     "TfdsSource",
     "make_pipeline",
     "open_source",

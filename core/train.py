@@ -186,9 +186,9 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
         stopped = True
     if not history:
         raise StopRequested()
+    transfer = train.model is ModelKind.MOBILENET_V2
     for i, row in enumerate(history):
-        row["phase"] = "frozen" if train.model is ModelKind.MOBILENET_V2 and i < epochs else (
-            "fine-tune" if train.model is ModelKind.MOBILENET_V2 else "train")
+        row["phase"] = ("frozen" if i < epochs else "fine-tune") if transfer else "train"
     total, trainable = param_counts(model)
     extra = {"feature_origin": feature_origin} if feature_origin else {}
     if train.fine_tune_epochs:

@@ -153,13 +153,12 @@ def test_explain_draws_a_heatmap_over_the_image_for_either_model(open_page, trai
     assert 0 <= heat.min() and 0.5 < heat.max() <= 1
 
 
-def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, folder_state, monkeypatch, tmp_path):
+@pytest.fixture
+def downloads(monkeypatch) -> dict:
+    """key -> (data, file name): what the page hands each download button."""
     from streamlit.delta_generator import DeltaGenerator
 
-    from core.export import keras_probabilities, predict_with_export
-    from core.modelfile import load_model
-
-    handed = {}  # key -> (data, file name): what the page gives each download button
+    handed = {}
     original = DeltaGenerator.download_button
 
     def spy(self, label, data, *args, **kwargs):
@@ -167,13 +166,20 @@ def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, fol
         return original(self, label, data, *args, **kwargs)
 
     monkeypatch.setattr(DeltaGenerator, "download_button", spy)
+    return handed
+
+
+def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, folder_state, downloads, tmp_path):
+    from core.export import keras_probabilities, predict_with_export
+    from core.modelfile import load_model
+
     run = runs_copy["baseline"]
     at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
     assert not at.exception and not at.error
     # The .h5 is the run's own file; every other format waits for its Prepare button.
-    assert f"download_h5_{run.name}" in handed and f"download_tflite_{run.name}" not in handed
+    assert f"download_h5_{run.name}" in downloads and f"download_tflite_{run.name}" not in downloads
     assert not (run / "exports").exists()
-    data, name = handed[f"download_h5_{run.name}"]
+    data, name = downloads[f"download_h5_{run.name}"]
     assert callable(data) and name == f"{run.name}.h5"
     (tmp_path / name).write_bytes(data())
     images = np.random.default_rng(0).random((3, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3), dtype=np.float32)
@@ -183,7 +189,7 @@ def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, fol
 
     at.button(key=f"prepare_tflite_{run.name}").click().run()
     assert not at.exception and not at.error
-    data, name = handed[f"download_tflite_{run.name}"]
+    data, name = downloads[f"download_tflite_{run.name}"]
     assert name == f"{run.name}.tflite.zip"
     with zipfile.ZipFile(io.BytesIO(data())) as zf:
         zf.extractall(tmp_path / "lite")
@@ -195,24 +201,14 @@ def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, fol
 
 
 def test_a_run_folder_zip_from_the_page_imports_into_another_installation(open_page, runs_copy, folder_state,
-                                                                         monkeypatch, tmp_path):
-    from streamlit.delta_generator import DeltaGenerator
-
+                                                                         downloads, tmp_path):
     from core.artifacts import list_runs
     from core.runio import import_run_zip
 
-    handed = {}
-    original = DeltaGenerator.download_button
-
-    def spy(self, label, data, *args, **kwargs):
-        handed[kwargs["key"]] = (data, kwargs["file_name"])
-        return original(self, label, data, *args, **kwargs)
-
-    monkeypatch.setattr(DeltaGenerator, "download_button", spy)
     run = runs_copy["mobilenet_v2"]
     at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
     assert not at.exception and not at.error
-    data, name = handed[f"download_run_{run.name}"]
+    data, name = downloads[f"download_run_{run.name}"]
     assert name == f"{run.name}.zip"
     elsewhere = tmp_path / "other-installation"
     imported = import_run_zip(data(), elsewhere)
