@@ -9,9 +9,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.charts import MODEL_COLOURS, model_kind
-from core.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, MODEL_LABELS, ModelKind
-from core.errors import LabError
+from core.present.charts import MODEL_COLOURS, model_kind
+from core.settings.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, MODEL_LABELS, ModelKind
+from core.settings.errors import LabError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def describe_source(source: str) -> str:
 
 
 def runs_folder() -> Path:
-    from core.paths import runs_dir
+    from core.settings.paths import runs_dir
 
     return runs_dir()
 
@@ -58,8 +58,8 @@ def runs_folder() -> Path:
 # An opened source holds file lists or a TFDS builder and is only read afterwards, so sessions share it.
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
 def open_source_cached(source: str, _progress=None):
-    from core.config import DataConfig
-    from core.data import open_source
+    from core.data.sources import open_source
+    from core.settings.config import DataConfig
 
     return open_source(DataConfig(source=source), progress=_progress)
 
@@ -68,7 +68,7 @@ def open_source_cached(source: str, _progress=None):
 # session shares one answer for a short while.
 @st.cache_data(ttl=30, show_spinner=False)
 def network_online() -> bool:
-    from core.network import is_online
+    from core.data.network import is_online
 
     return is_online()
 
@@ -108,7 +108,7 @@ def tidy_runs_folder() -> None:
 
     Runs before every page, so the run history never offers what a crashed or killed server left behind.
     """
-    from core.artifacts import clean_incomplete
+    from core.runs.folders import clean_incomplete
 
     try:
         for path in clean_incomplete(runs_folder()):
@@ -118,8 +118,8 @@ def tidy_runs_folder() -> None:
 
 
 def sidebar() -> None:
-    from core.artifacts import list_runs
-    from core.paths import cache_dir
+    from core.runs.folders import list_runs
+    from core.settings.paths import cache_dir
 
     keep_widget_state()
     tidy_runs_folder()

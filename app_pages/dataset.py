@@ -2,11 +2,11 @@
 import streamlit as st
 
 from app_pages.common import current_source, describe_source, open_source_cached, set_handle, set_source, show_error
-from core.charts import class_counts_bar, image_size_scatter
-from core.config import DEFAULT_SOURCE
-from core.data import SPLITS
-from core.paths import cache_dir, uploads_dir
-from core.presets import active_preset
+from core.data.sources import SPLITS
+from core.present.charts import class_counts_bar, image_size_scatter
+from core.settings.config import DEFAULT_SOURCE
+from core.settings.paths import cache_dir, uploads_dir
+from core.settings.presets import active_preset
 
 SAMPLES = 16
 THUMB = 160
@@ -24,7 +24,7 @@ ZIP_KEY = "ds_zip"  # (upload id, extraction result) so a rerun never unpacks th
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
 def overview(source: str) -> dict:
-    from core.data import TfdsSource
+    from core.data.sources import TfdsSource
 
     opened = open_source_cached(source)
     return {"info": opened.info.to_dict(), "sizes": opened.image_sizes(),
@@ -45,7 +45,7 @@ def samples(source: str, seed: int) -> list:
 
 def demo_source() -> str:
     """Write the demo shapes and a small SavedModel backbone into the cache folder (once)."""
-    from core.synthetic import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+    from core.data.demo import DEMO_CLASSES, make_demo_backbone, make_demo_folder
 
     root = cache_dir() / "demo"
     data, backbone = root / "shapes", root / "backbone"
@@ -59,7 +59,7 @@ def demo_source() -> str:
 
 
 def unpack_upload(upload) -> str | None:
-    from core.ziputil import extract_zip
+    from core.safety.zips import extract_zip
 
     cached = st.session_state.get(ZIP_KEY)
     if cached and cached[0] == upload.file_id:

@@ -16,9 +16,10 @@ from app_pages.common import (
     show_error,
 )
 from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports
-from core.artifacts import list_runs
-from core.charts import CurveSeries, model_kind, training_curves
-from core.config import (
+from core.models.hub import check_web_handle
+from core.present.charts import CurveSeries, model_kind, training_curves
+from core.runs.folders import list_runs
+from core.settings.config import (
     ARTICLE_BATCH_SIZE,
     ARTICLE_EPOCHS,
     ARTICLE_IMAGE_SIZE,
@@ -30,11 +31,11 @@ from core.config import (
     uses_feature_cache,
     validate,
 )
-from core.errors import LabError, OfflineError
-from core.estimate import Estimate, estimate, format_duration, quick_demo, split_sizes
-from core.hub import check_web_handle
-from core.jobs import DONE, FAILED, Experiment, Job
-from core.presets import active_preset, apply_preset, capped_batch_size
+from core.settings.errors import LabError, OfflineError
+from core.settings.presets import active_preset, apply_preset, capped_batch_size
+from core.settings.text import duration as format_duration
+from core.training.estimate import Estimate, estimate, quick_demo, split_sizes
+from core.training.jobs import DONE, FAILED, Experiment, Job
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,14 @@ def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
 # Timing the model is the same work for every session on this machine, so the result is shared.
 @st.cache_data(show_spinner=False, max_entries=32)
 def model_speed(kind_value: str, image_size: int, batch_size: int, handle: str, num_classes: int):
-    from core.estimate import measure_speed
+    from core.training.estimate import measure_speed
 
     return measure_speed(ModelKind(kind_value), image_size, batch_size, handle, num_classes)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def decode_speed(source: str, image_size: int, batch_size: int) -> float:
-    from core.estimate import measure_decode
+    from core.training.estimate import measure_decode
 
     return measure_decode(open_source_cached(source), image_size, batch_size)
 
@@ -109,7 +110,7 @@ def available(source: str) -> tuple[int, int, int]:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def fine_tune_speed(image_size: int, batch_size: int, handle: str, num_classes: int) -> tuple[float, float]:
-    from core.estimate import measure_fine_tune
+    from core.training.estimate import measure_fine_tune
 
     return measure_fine_tune(image_size, batch_size, handle, num_classes)
 
@@ -191,7 +192,7 @@ def start_job(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
 
 
 def offline_hint() -> str:
-    from core.paths import cache_dir
+    from core.settings.paths import cache_dir
 
     demo = cache_dir() / "demo" / "backbone"
     if (demo / "saved_model.pb").is_file():
@@ -331,8 +332,8 @@ def live_progress() -> None:
 def show_comparison(records, include_article: bool) -> None:
     import pandas as pd
 
-    from core.cli import compare_rows
-    from core.reference import article, article_history, article_params
+    from core.present.tables import compare_rows
+    from core.settings.reference import article, article_history, article_params
 
     headers, rows = compare_rows(records)
     table = pd.DataFrame(rows, columns=headers)
@@ -460,8 +461,8 @@ if listing.incomplete:
 
 def import_uploaded_run() -> None:
     """Button callback: runs before the page draws, so the imported run can join the multiselect's value."""
-    from core.hub import web_upload_handle_allowed
-    from core.runio import import_run_zip
+    from core.models.hub import web_upload_handle_allowed
+    from core.runs.archives import import_run_zip
 
     upload = st.session_state.get("run_import_zip")
     if upload is None:

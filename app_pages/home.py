@@ -2,10 +2,10 @@
 import streamlit as st
 
 from app_pages.common import chip, current_source, describe_source, network_online, runs_folder
-from core.config import ARTICLE_EPOCHS, ModelKind
-from core.paths import cache_dir
-from core.presets import active
-from core.reference import HEADLINE_VAL_ACCURACY, article, article_final_val_accuracy, article_params
+from core.settings.config import ARTICLE_EPOCHS, ModelKind
+from core.settings.paths import cache_dir
+from core.settings.presets import active
+from core.settings.reference import HEADLINE_VAL_ACCURACY, article, article_final_val_accuracy, article_params
 
 
 def millions(n: int) -> str:

@@ -5,13 +5,13 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.common import chip, runs_folder, show_error
-from core.artifacts import list_runs
-from core.charts import model_colour, model_kind, probability_bar
-from core.config import MODEL_LABELS, ModelKind
-from core.explain import GRAD_CAM, OCCLUSION
-from core.modelfile import MAX_UPLOAD_BYTES
-from core.predict import PredictionError, predict_bytes
-from core.presets import active_preset
+from core.present.charts import model_colour, model_kind, probability_bar
+from core.runs.explain import GRAD_CAM, OCCLUSION
+from core.runs.folders import list_runs
+from core.runs.predict import PredictionError, predict_bytes
+from core.safety.model_files import MAX_UPLOAD_BYTES
+from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.presets import active_preset
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
@@ -25,8 +25,8 @@ MODEL_SOURCES = {"run": "A saved run", "upload": "Upload an .h5 file", "path": "
 # An uploaded file is a stranger's: its hub handle may only name downloads and the Lab's own folders.
 @st.cache_resource(show_spinner=False, max_entries=3)
 def load_cached(path: str, mtime: float, trusted: bool, name: str | None = None):
-    from core.hub import web_upload_handle_allowed
-    from core.predict import load_for_prediction
+    from core.models.hub import web_upload_handle_allowed
+    from core.runs.predict import load_for_prediction
 
     policy = None if trusted else web_upload_handle_allowed
     return load_for_prediction(path, allowed_handle=policy, name=name), time.time()
@@ -34,7 +34,7 @@ def load_cached(path: str, mtime: float, trusted: bool, name: str | None = None)
 
 def stored_upload(upload) -> Path:
     """Where this session's uploaded model was kept; checked and written once per upload, not per rerun."""
-    from core.modelfile import store_uploaded_model
+    from core.safety.model_files import store_uploaded_model
 
     kept = st.session_state.get(MODEL_UPLOAD_KEY)
     if kept and kept[0] == upload.file_id and kept[1].is_file():
@@ -65,7 +65,7 @@ def run_option(record) -> str:
 def thumbnail(data: bytes, name: str):
     from PIL import Image
 
-    from core.images import decode_image
+    from core.data.images import decode_image
 
     image = Image.fromarray(decode_image(data, name, min_side=DISPLAY_SIDE))
     image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
@@ -86,9 +86,9 @@ MAX_EXPLANATIONS = 8  # oldest dropped first: each holds a figure with the image
 def explain_image(loaded, data: bytes, name: str, method: str):
     """(figure, legend) for one image, legend None for a flat map; a progress bar appears once it takes
     more than a second. Only the figure is kept, not the full-size arrays behind it."""
-    from core.eval_charts import heatmap_overlay_figure
-    from core.explain import explain
-    from core.images import decode_image
+    from core.data.images import decode_image
+    from core.present.evaluation_charts import heatmap_overlay_figure
+    from core.runs.explain import explain
 
     image = decode_image(data, name, min_side=loaded.image_size)  # the pixels the prediction used
     started, bar = time.monotonic(), None
@@ -113,7 +113,7 @@ def explain_controls(index: int, loaded, name: str, data: bytes, model_key: tupl
     """Method choice and an Explain button under a prediction; the heatmap once asked for."""
     import hashlib
 
-    from core.explain import METHOD_LABELS, available_methods
+    from core.runs.explain import METHOD_LABELS, available_methods
 
     methods = available_methods(loaded)
     how, ask = st.columns([3, 1], vertical_alignment="bottom")
@@ -170,7 +170,7 @@ if choice == "run":
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
 elif choice == "upload":
-    limit_mb = max(1, MAX_UPLOAD_BYTES // 1024**2)  # the browser refuses bigger files; core checks again
+    limit_mb = max(1, MAX_UPLOAD_BYTES // 10**6)  # the browser refuses bigger files; core checks again
     upload = st.file_uploader(f"A Keras .h5 model (up to {limit_mb} MB)", type=["h5"], key="up_model",
                               max_upload_size=limit_mb)
     if upload is None:

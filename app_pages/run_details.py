@@ -10,7 +10,7 @@ from functools import partial
 import streamlit as st
 
 from app_pages.common import show_error
-from core.errors import LabError
+from core.settings.errors import LabError
 
 GALLERY_COLUMNS = 4
 # A per-class table longer than this becomes a scrolling grid rather than a page-long table.
@@ -28,7 +28,7 @@ def _percent(value: float | None) -> str:
 
 def _run_evaluation(record):
     """Evaluate a run now, with a progress bar; None (and an error on the page) if it cannot be done."""
-    from core.evaluate import evaluate_run
+    from core.runs.evaluate import evaluate_run
 
     bar = st.progress(0.0, text="Reloading the model and opening the dataset ...")
 
@@ -75,8 +75,8 @@ def _gallery(evaluation) -> None:
 
 def show_evaluation(record) -> None:
     """A run's confusion matrix, per-class figures and worst mistakes; an Evaluate button if it has none."""
-    from core.eval_charts import confusion_matrix_figure
-    from core.evaluate import load_evaluation
+    from core.present.evaluation_charts import confusion_matrix_figure
+    from core.runs.evaluate import load_evaluation
 
     try:
         evaluation = load_evaluation(record.path)
@@ -103,7 +103,7 @@ def show_evaluation(record) -> None:
 
 
 def _prepare(record, fmt, label: str) -> bool:
-    from core.export import prepare_download
+    from core.runs.export import prepare_download
 
     try:
         with st.spinner(f"Converting to {label} ..."):
@@ -122,7 +122,7 @@ def _size(size_bytes: int | None) -> str:
 
 
 def _download_bytes(run_dir, fmt) -> bytes:
-    from core.export import export_download
+    from core.runs.export import export_download
 
     return export_download(run_dir, fmt).data
 
@@ -130,7 +130,7 @@ def _download_bytes(run_dir, fmt) -> bytes:
 def show_exports(record) -> None:
     """A download per export format; formats that need converting get a Prepare button first, so no
     conversion runs until the user asks for it."""
-    from core.export import FORMATS, download_info
+    from core.runs.export import FORMATS, download_info
 
     cells = [cell for _ in range(2) for cell in st.columns(2)]
     for cell, (fmt, fmt_info) in zip(cells, FORMATS.items()):
@@ -164,6 +164,6 @@ def show_exports(record) -> None:
 
 
 def _run_zip(run_dir) -> bytes:
-    from core.runio import export_run_zip
+    from core.runs.archives import export_run_zip
 
     return export_run_zip(run_dir)

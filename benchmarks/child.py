@@ -21,10 +21,10 @@ def peak_rss_bytes() -> int:
 def memory(args) -> dict:
     """A cached transfer run for the article's 3 epochs, as `python -m core train` would do it."""
     os.environ["LAB_CACHE_DIR"] = args.cache
-    from core.config import DataConfig, ModelKind, TrainConfig
-    from core.data import TRAIN, VALIDATION, open_source
-    from core.evaluate import evaluate_run
-    from core.train import fit, save_run
+    from core.data.sources import TRAIN, VALIDATION, open_source
+    from core.runs.evaluate import evaluate_run
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
+    from core.training.experiment import fit, save_run
 
     data = DataConfig(source=args.data, image_size=224, batch_size=32, limit=args.limit)
     train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=3, handle=args.handle)
@@ -50,8 +50,8 @@ def features(args) -> dict:
     import psutil
     import tf_keras
 
-    from core.features import FeatureKey, default_store, feature_batches
-    from core.models import compile_model
+    from core.models.architectures import compile_model
+    from core.training.features import FeatureKey, default_store, feature_batches
 
     dim, classes = 1280, 2  # MobileNetV2's feature vector; cats and dogs
     head = tf_keras.Sequential([tf_keras.Input((dim,)), tf_keras.layers.Dense(classes)])

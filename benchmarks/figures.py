@@ -48,14 +48,14 @@ def _fresh_cache(setup: Setup, name: str) -> Path:
 
 
 def _data(setup: Setup):
-    from core.config import DataConfig
+    from core.settings.config import DataConfig
 
     return DataConfig(source=f"folder:{setup.photos}", image_size=224, batch_size=32)
 
 
 def _timed_fit(data, train) -> tuple[float, object]:
-    from core.data import open_source
-    from core.train import fit
+    from core.data.sources import open_source
+    from core.training.experiment import fit
 
     start = time.perf_counter()
     result = fit(open_source(data), data, train)
@@ -72,8 +72,8 @@ def r1_training(setup: Setup, model_path: Path) -> dict:
     which its third epoch ended. Then a second cached experiment on the same data shows what reusing
     the stored features costs. The cached model is saved to model_path (for R3).
     """
-    from core.config import ModelKind, TrainConfig
-    from core.modelfile import save_model
+    from core.safety.model_files import save_model
+    from core.settings.config import ModelKind, TrainConfig
 
     data = _data(setup)
     base = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=ARTICLE_TRANSFER_EPOCHS, handle=str(setup.backbone))
@@ -135,15 +135,15 @@ def _decoding_every_epoch():
     would otherwise be held in memory after the first epoch, which only splits that small get."""
     import functools
 
-    import core.data
-    import core.train
+    import core.data.sources
+    import core.training.experiment
 
-    original = core.train.make_pipeline
-    core.train.make_pipeline = functools.partial(core.data.make_pipeline, cache_budget_bytes=0)
+    original = core.training.experiment.make_pipeline
+    core.training.experiment.make_pipeline = functools.partial(core.data.sources.make_pipeline, cache_budget_bytes=0)
     try:
         yield
     finally:
-        core.train.make_pipeline = original
+        core.training.experiment.make_pipeline = original
 
 
 def _replace(config, **changes):
@@ -153,7 +153,7 @@ def _replace(config, **changes):
 
 
 def _split_sizes(data) -> tuple[int, int]:
-    from core.data import TRAIN, VALIDATION, open_source
+    from core.data.sources import TRAIN, VALIDATION, open_source
 
     info = open_source(data).info
     return info.split_size(TRAIN), info.split_size(VALIDATION)
@@ -167,8 +167,8 @@ def r2_pipeline(setup: Setup, repeats: int) -> dict:
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    from core.data import TRAIN, make_pipeline, open_source
-    from core.features import EXTRACT_BATCH_SIZE
+    from core.data.sources import TRAIN, make_pipeline, open_source
+    from core.settings.config import EXTRACT_BATCH_SIZE
 
     data = _data(setup)
     source = open_source(data)
@@ -227,9 +227,9 @@ def r3_prediction(setup: Setup, model_path: Path, calls: int) -> dict:
     already prepared tensor; model.predict for comparison. Calls are interleaved, p50 of each."""
     import tensorflow as tf
 
-    from core.data import preprocess
-    from core.images import decode_image
-    from core.predict import load_for_prediction, predict_bytes
+    from core.data.images import decode_image
+    from core.data.sources import preprocess
+    from core.runs.predict import load_for_prediction, predict_bytes
 
     loaded = load_for_prediction(model_path)
     jpeg = next((setup.photos / "cats").glob("*.jpg"))

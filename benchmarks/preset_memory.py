@@ -2,11 +2,11 @@
 
     python -m benchmarks.preset_memory [--limits 300 880 2000] [--cases baseline both] [--batch-size 16]
 
-Each case runs one epoch the way the dashboard does (`core.train.run_experiment`: train, save the run
+Each case runs one epoch the way the dashboard does (`core.training.experiment.run_experiment`: train, save the run
 folder, evaluate it) on generated photo-like JPEGs of cats_vs_dogs' sizes and a MobileNetV2 with random
 weights, after importing what a dashboard server holds (Streamlit, pandas, plotly). It prints one JSON
 line per case: resident memory after the imports, the process's peak (ru_maxrss) and the seconds taken.
-The numbers behind core/presets.py's "cloud" preset.
+The numbers behind core/settings/presets.py's "cloud" preset.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def child(case: str, data_dir: Path, handle: Path, limit: int, batch_size: int, 
     import streamlit  # noqa: F401
     import tensorflow  # noqa: F401
 
-    from core.config import DataConfig, ModelKind, TrainConfig
-    from core.data import TRAIN, VALIDATION, open_source
-    from core.train import run_experiment
+    from core.data.sources import TRAIN, VALIDATION, open_source
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
+    from core.training.experiment import run_experiment
 
     after_imports = _rss_bytes()
     data = DataConfig(source=f"folder:{data_dir}", image_size=224, batch_size=batch_size, limit=limit)

@@ -63,7 +63,7 @@ def make_backbone(path: Path, image_size: int = 224) -> Path:
     import os
     import shutil
 
-    from core.synthetic import make_mobilenet_backbone
+    from core.data.demo import make_mobilenet_backbone
 
     if (path / "saved_model.pb").is_file():
         return path

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
-from core.config import (
+from core.models.distribute import STRATEGY_NAMES
+from core.settings.config import (
     ARTICLE_BATCH_SIZE,
     ARTICLE_IMAGE_SIZE,
     ARTICLE_LEARNING_RATE,
@@ -17,8 +17,7 @@ from core.config import (
     ModelKind,
     TrainConfig,
 )
-from core.distribute import STRATEGY_NAMES
-from core.errors import LabError, StopRequested
+from core.settings.errors import LabError, StopRequested
 
 
 def _positive_int(text: str) -> int:
@@ -42,7 +41,7 @@ def _learning_rate(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.paths import runs_dir
+    from core.settings.paths import runs_dir
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Transfer Learning Lab: train, "
                                      "predict and compare the article's baseline CNN and MobileNetV2 transfer model.")
@@ -131,7 +130,7 @@ class ProgressLine:
 
 
 def cmd_train(args) -> int:
-    from core.train import Callbacks, run_experiment
+    from core.training.experiment import Callbacks, run_experiment
 
     data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
                       limit=args.limit, seed=args.seed, augment=args.augment)
@@ -163,7 +162,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from core.predict import PredictionError, load_for_prediction, predict_bytes
+    from core.runs.predict import PredictionError, load_for_prediction, predict_bytes
 
     loaded = load_for_prediction(args.model)
     files, failed = [], 0
@@ -183,44 +182,17 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-def _megabytes(mb: float) -> str:
-    """One decimal for real models; a tiny head on a small backbone still shows a non-zero size."""
-    if math.isnan(mb):  # no model file
-        return "-"
-    return f"{mb:.1f}" if mb >= 1 else f"{mb:.3f}"
-
-
-def compare_rows(records) -> tuple[list[str], list[list[str]]]:
-    from core.artifacts import file_size_mb
-
-    headers = ["run", "model", "epochs", "total params", "trainable", "s/epoch", "best val acc",
-               "final val acc", "model MB"]
-    rows = []
-    for r in records:
-        m = r.metrics
-        pct = lambda v: f"{v:.2%}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
-        rows.append([r.run_id, r.model_kind, str(len(r.history)), f"{m.get('total_params', 0):,}",
-                     f"{m.get('trainable_params', 0):,}", f"{m.get('seconds_per_epoch', float('nan')):.1f}",
-                     pct(m.get("best_val_accuracy")), pct(m.get("final_val_accuracy")),
-                     _megabytes(file_size_mb(r.model_path))])
-    return headers, rows
-
-
 def cmd_compare(args) -> int:
-    from core.artifacts import open_run
+    from core.present.tables import compare_rows, format_table
+    from core.runs.folders import open_run
 
     print(format_table(*compare_rows([open_run(p) for p in args.runs])))
     return 0
 
 
 def cmd_runs(args) -> int:
-    from core.artifacts import list_runs
+    from core.present.tables import compare_rows, format_table
+    from core.runs.folders import list_runs
 
     listing = list_runs(args.runs_dir)
     if not listing.runs:
@@ -233,7 +205,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.synthetic import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+    from core.data.demo import DEMO_CLASSES, make_demo_backbone, make_demo_folder
 
     data = make_demo_folder(args.folder / "shapes", per_class=args.per_class, classes=tuple(DEMO_CLASSES),
                             size=(160, 160))
@@ -244,7 +216,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core.evaluate import evaluate_run, format_report
+    from core.present.tables import format_report
+    from core.runs.evaluate import evaluate_run
 
     if args.wrong < 0:
         raise LabError(f"--wrong must be 0 or more (got {args.wrong}).")
@@ -254,7 +227,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.export import FORMATS, export_run
+    from core.runs.export import FORMATS, export_run
 
     result = export_run(args.run, args.format, args.out)
     info = FORMATS[result.format]
@@ -264,7 +237,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_run(args) -> int:
-    from core.runio import import_run_file
+    from core.runs.archives import import_run_file
 
     imported = import_run_file(args.zip, args.runs_dir)
     for warning in imported.warnings:

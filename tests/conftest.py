@@ -25,22 +25,22 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """The machines have no internet; make the check instant and deterministic everywhere."""
-    import core.network
+    import core.data.network
 
-    monkeypatch.setattr(core.network, "can_reach", lambda host, port=443, timeout=3.0: False)
+    monkeypatch.setattr(core.data.network, "can_reach", lambda host, port=443, timeout=3.0: False)
 
 
 @pytest.fixture(scope="session")
 def demo_folder(tmp_path_factory) -> Path:
     """Two learnable classes (red circles, blue squares on noise), 60 images each."""
-    from core.synthetic import make_demo_folder
+    from core.data.demo import make_demo_folder
 
     return make_demo_folder(tmp_path_factory.mktemp("data") / "shapes", per_class=60, size=(80, 80))
 
 
 @pytest.fixture(scope="session")
 def demo_backbone(tmp_path_factory) -> Path:
-    from core.synthetic import make_demo_backbone
+    from core.data.demo import make_demo_backbone
 
     return make_demo_backbone(tmp_path_factory.mktemp("hub") / "backbone")
 
@@ -48,8 +48,8 @@ def demo_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path]:
     """One finished run per model on the demo folder, shared by prediction, CLI and page tests."""
-    from core.config import DataConfig, ModelKind, TrainConfig
-    from core.train import run_experiment
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
+    from core.training.experiment import run_experiment
 
     runs = tmp_path_factory.mktemp("runs")
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16)

@@ -1,0 +1,1 @@
+"""Models: the article's two architectures built with tf_keras, hub handles, and distribution strategies."""

@@ -1,0 +1,120 @@
+"""The article's two models, built with tf_keras (Keras 2).
+
+TF >= 2.16 ships Keras 3, and hub.KerasLayer is a Keras 2 layer: adding it to a Keras 3 model raises
+"Only instances of keras.Layer can be added to a Sequential model". So every model here, the baseline
+too, is built with tf_keras, and every .h5 is saved and loaded by the same Keras.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.settings.config import ModelKind
+from core.settings.errors import LabError, ModelFileError
+
+
+def tf_keras():
+    import tf_keras as keras  # imported lazily: pages that only read runs never pay for TensorFlow
+
+    return keras
+
+
+def build_baseline(num_classes: int, image_size: int):
+    """The article's Conv/MaxPool network, layer for layer (9,679,554 parameters at 224x224x3, 2 classes):
+
+    Conv2D(32,3x3,relu) MaxPool(2) Conv2D(64,3x3,relu) MaxPool(2) Conv2D(128,3x3,relu) MaxPool(2)
+    Conv2D(128,3x3,relu) MaxPool(2) Dropout(0.5) Flatten Dense(512,relu) Dense(num_classes) -> logits.
+    """
+    layers = tf_keras().layers
+    return tf_keras().Sequential([
+        layers.Conv2D(32, (3, 3), activation="relu", input_shape=(image_size, image_size, 3)),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(64, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(128, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(128, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Dropout(0.5),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        # float32 even under mixed precision: float16 logits overflow and make the loss unstable.
+        layers.Dense(num_classes, dtype="float32"),
+    ], name="baseline_cnn")
+
+
+def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bool = False):
+    """A frozen hub feature extractor plus one Dense layer producing logits, as in the article."""
+    import tensorflow_hub as hub
+
+    from core.models.hub import check_available
+
+    handle = check_available(handle)
+    try:
+        backbone = hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
+                                  name="feature_extractor")
+        model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes, dtype="float32")],
+                                     name="mobilenet_v2_transfer")
+    except LabError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(
+            f"The hub module '{handle}' could not be used with {image_size}x{image_size} RGB input "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}). The article's MobileNetV2 module "
+            "takes 224x224 images and returns a feature vector."
+        ) from None
+    if len(model.output_shape) != 2:
+        raise ModelFileError(f"The hub module '{handle}' does not return a feature vector "
+                             f"(its output shape is {backbone.output_shape}).")
+    return model
+
+
+def build_model(kind: ModelKind, num_classes: int, image_size: int, handle: str):
+    if kind is ModelKind.BASELINE:
+        return build_baseline(num_classes, image_size)
+    return build_transfer(num_classes, image_size, handle)
+
+
+def compile_model(model, learning_rate: float) -> None:
+    """adam, cross-entropy on logits, accuracy: the article's compile settings."""
+    keras = tf_keras()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    type: str
+    output_shape: str
+    params: int
+    trainable: bool
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    import numpy as np
+
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    total = trainable + int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return total, trainable
+
+
+def summary_rows(model) -> list[LayerRow]:
+    rows = []
+    for layer in model.layers:
+        try:
+            shape = str(layer.output_shape)
+        except (AttributeError, RuntimeError):
+            shape = "?"
+        rows.append(LayerRow(layer.name, type(layer).__name__, shape.replace("None", "batch"),
+                             int(layer.count_params()), bool(layer.trainable)))
+    return rows
+
+
+def summary_text(model) -> str:
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=96)
+    return "\n".join(lines)

@@ -1,0 +1,292 @@
+"""Run folders as zips: trained headless on one machine, looked at in another installation's dashboard.
+
+`export_run_zip` packs a finished run; `import_run_zip` unpacks one into a runs folder without trusting
+it. A zip from a browser can name `../x` or `/x`, hold symlinks, understate its sizes, carry a model file
+whose stored code runs when loaded, or JSON that would crash the charts. Every member is checked before
+a byte is written, sizes are counted while inflating, the run is assembled in a hidden
+`.incomplete-...` folder (which the run list never opens) and renamed into place only once its JSON
+has the shapes the pages read and its model.h5 passed core.safety.model_files.inspect_model_file.
+This module does not import TensorFlow until the model file is inspected.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
+from core.settings.errors import LabError
+from core.safety.zips import extract_members
+
+logger = logging.getLogger(__name__)
+
+MAX_RUN_FILES = 1000  # a run holds about ten files plus a few dozen evaluation thumbnails
+# Uncompressed: the model file's own limit (core.safety.model_files.MAX_MODEL_BYTES) plus room for the rest.
+MAX_RUN_BYTES = 600 * 1024**2
+# Files a run folder is made of; anything else in a zip (exports, caches, notes) is left out and counted.
+RUN_SUFFIXES = (".json", ".txt", ".h5", ".png")
+EXPORTS_DIR = "exports"  # exports are rebuilt from model.h5 on demand and can be far larger than it
+IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
+# Run ids the Lab writes (20261128-055615-baseline-759c) and anything tame enough to be a folder name.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+METRIC_FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+@dataclass
+class ImportedRun:
+    path: Path  # the run folder now in the runs folder
+    warnings: list[str] = field(default_factory=list)  # what may not work here, in words for the user
+    skipped: int = 0  # files in the zip that are not part of a run folder
+
+
+def _is_symlink(info: zipfile.ZipInfo) -> bool:
+    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+
+
+def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise LabError(f"The zip contains an absolute path ('{info.filename}'); refusing to import it.")
+    path = PurePosixPath(name)
+    if any(part == ".." for part in path.parts):
+        raise LabError(f"The zip contains a path that leaves its folder ('{info.filename}'); refusing to import it.")
+    return path
+
+
+def _run_root(paths: list[PurePosixPath]) -> PurePosixPath:
+    """The folder inside the zip that holds config.json beside model.h5, at any depth: `zip -r x.zip
+    runs/<id>` from the project folder nests it one level deeper than zipping from inside runs/."""
+    present = set(paths)
+    roots = {p.parent for p in paths if p.name == "config.json" and p.parent / "model.h5" in present}
+    if not roots:
+        raise LabError("The zip holds no run folder: zip a folder from runs/ (it has config.json, history.json, "
+                       "metrics.json and model.h5), or export one from the dashboard.")
+    if len(roots) > 1:
+        raise LabError(f"The zip holds {len(roots)} run folders; import them one zip at a time.")
+    return roots.pop()
+
+
+def _wanted(relative: PurePosixPath) -> bool:
+    """Whether a file at this path inside the run folder belongs to a run."""
+    if any(part in IGNORED_NAMES or part.startswith(".") for part in relative.parts):
+        return False
+    if relative.parts[0] == EXPORTS_DIR:
+        return False
+    return relative.suffix.lower() in RUN_SUFFIXES
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_run_json(folder: Path) -> dict:
+    """Load the three JSON files and check they have the shapes the pages read; returns config."""
+    loaded = {}
+    for name in ("config.json", "history.json", "metrics.json"):
+        try:
+            loaded[name] = json.loads((folder / name).read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise LabError(f"The run's {name} is not valid JSON ({exc.__class__.__name__}); refusing to import "
+                           "it.") from None
+    config, history, metrics = loaded["config.json"], loaded["history.json"], loaded["metrics.json"]
+    if not isinstance(config, dict) or not isinstance(metrics, dict):
+        raise LabError("The run's config.json and metrics.json must each hold a JSON object; refusing to import it.")
+    if not isinstance(history, list) or not history:
+        raise LabError("The run's history.json holds no epochs; only finished runs can be imported.")
+    for row in history:
+        if not isinstance(row, dict) or not all(_number(row[k]) for k in METRIC_FIELDS if k in row):
+            raise LabError("The run's history.json has an epoch that is not a set of numbers; refusing to import it.")
+    names = config.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise LabError("The run's config.json lists no class names; refusing to import it.")
+    for key in ("data", "train"):
+        if not isinstance(config.get(key, {}), dict):
+            raise LabError(f"The run's config.json has a malformed '{key}' entry; refusing to import it.")
+    return config
+
+
+def _check_evaluation(folder: Path) -> str | None:
+    """Drop an evaluation.json whose thumbnails point outside the run folder; returns a warning if dropped.
+
+    The pages open every thumbnail it names, so a crafted one could show any image file on the server.
+    """
+    path = folder / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        evaluation = json.loads(path.read_text())
+        thumbnails = [w["thumbnail"] for w in evaluation.get("wrong", [])]
+        root = folder.resolve()
+        ok = all(isinstance(t, str) and (folder / t).resolve().is_relative_to(root) and (folder / t).is_file()
+                 for t in thumbnails)
+    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+        ok = False
+    if ok:
+        return None
+    path.unlink()
+    shutil.rmtree(folder / "evaluation", ignore_errors=True)
+    return ("The run's evaluation (confusion matrix and wrong predictions) was damaged or pointed outside the "
+            "run folder and was left out.")
+
+
+def _handle_warnings(handles: list[str]) -> list[str]:
+    from core.models.hub import is_cached, is_local
+
+    out = []
+    for handle in handles:
+        if is_local(handle):
+            if not (Path(handle) / "saved_model.pb").is_file():
+                out.append(f"The model's hub module is the folder '{handle}' on the machine that trained it, "
+                           "which is not here: Predict needs that SavedModel at the same path (copy it there).")
+        elif not is_cached(handle):
+            out.append(f"The model's hub module '{handle}' is not in this installation's cache yet: Predict "
+                       "downloads it on first use, which needs the network.")
+    return out
+
+
+def _final_name(root: PurePosixPath, config: dict) -> str:
+    """The zipped folder's own name when it is a tame one, else a fresh run id."""
+    name = root.name if root.parts else ""
+    if SAFE_NAME.match(name):
+        return name
+    model = str(config.get("train", {}).get("model", ""))
+    return new_run_id(model if SAFE_NAME.match(model) else "run")
+
+
+def _publish(tmp: Path, runs_dir: Path, name: str) -> Path:
+    """Rename into place; a name already taken (or taken meanwhile) gets a fresh suffix."""
+    candidate = name
+    for _ in range(20):
+        final = runs_dir / candidate
+        if not final.exists():
+            try:
+                os.rename(tmp, final)
+                return final
+            except OSError:  # another import or run took the name between the check and the rename
+                pass
+        candidate = f"{name}-imported-{secrets.token_hex(2)}"
+    raise LabError(f"Could not find a free folder name for '{name}' in {runs_dir}.")
+
+
+def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
+                   allowed_handle: Callable[[str], bool] | None = None, max_files: int = MAX_RUN_FILES,
+                   max_bytes: int = MAX_RUN_BYTES) -> ImportedRun:
+    """Unpack a zipped run folder into runs_dir and return where it landed (and what may not work here).
+
+    allowed_handle is passed to inspect_model_file: the dashboard refuses hub modules in arbitrary server
+    folders, the command line (the machine's own user) does not. Raises LabError for anything unsafe or
+    incomplete; nothing is left behind then.
+    """
+    from core.safety.model_files import inspect_model_file
+
+    runs_dir = Path(runs_dir)
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise LabError("The file is not a zip. Zip a run folder (runs/<run-id>/) and import that.") from None
+    with archive:
+        infos = archive.infolist()
+        files = [m for m in infos if not m.is_dir()]
+        if len(files) > max_files:
+            raise LabError(f"The zip holds {len(files):,} files; a run folder has far fewer (the limit is "
+                           f"{max_files:,}).")
+        if sum(m.file_size for m in files) > max_bytes:
+            raise LabError(f"The zip would unpack to more than {max_bytes / 1e6:,.0f} MB, more than a run folder "
+                           "holds.")
+        paths = {}
+        for member in infos:
+            path = _member_path(member)
+            if _is_symlink(member):
+                raise LabError(f"The zip contains a symbolic link ('{member.filename}'); refusing to import it.")
+            if member.flag_bits & 0x1:
+                raise LabError("The zip is password-protected; zip the run folder without a password.")
+            if not member.is_dir():
+                paths[member.filename] = path
+        root = _run_root(list(paths.values()))
+        members, skipped = [], 0
+        for member in files:
+            path = paths[member.filename]
+            if root.parts and path.parts[:len(root.parts)] != root.parts:
+                skipped += 1
+                continue
+            relative = PurePosixPath(*path.parts[len(root.parts):])
+            if _wanted(relative):
+                members.append((member, relative))
+            else:
+                skipped += 1
+        present = {str(rel) for _, rel in members}
+        missing = [f for f in REQUIRED_FILES if f not in present]
+        if missing:
+            raise LabError(f"The zipped run is incomplete (missing {', '.join(missing)}); only finished runs "
+                           "can be imported.")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = runs_dir / f"{INCOMPLETE_PREFIX}import-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            # Like core.runs.folders.RunWriter: the owner's pid keeps a concurrent clean-up away from it.
+            (tmp / "owner.pid").write_text(str(os.getpid()))
+            extract_members(archive, members, tmp, max_bytes, error=LabError, outcome="nothing was imported")
+            config = _check_run_json(tmp)
+            info = inspect_model_file(tmp / "model.h5", allowed_handle=allowed_handle)
+            names = config["class_names"]
+            if info.num_outputs is not None and info.num_outputs != len(names):
+                raise LabError(f"The run's model has {info.num_outputs} outputs but its config lists "
+                               f"{len(names)} classes; refusing to import a mismatched run.")
+            warnings = _handle_warnings(info.hub_handles)
+            dropped = _check_evaluation(tmp)
+            if dropped:
+                warnings.append(dropped)
+            (tmp / "owner.pid").unlink()
+            final = _publish(tmp, runs_dir, _final_name(root, config))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if skipped:
+        warnings.append(f"{skipped} file(s) that are not part of a run folder (exports, other files) were left out.")
+    logger.info("Imported run %s into %s", final.name, runs_dir)
+    return ImportedRun(final, warnings, skipped)
+
+
+def import_run_file(path: str | Path, runs_dir: str | Path, allowed_handle=None) -> ImportedRun:
+    """import_run_zip for a zip on disk, refusing oversized files before reading them."""
+    path = Path(path).expanduser()
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise LabError(f"'{path}' does not exist; give the path of a zipped run folder.") from None
+    if not path.is_file():
+        raise LabError(f"'{path}' is not a file; give the path of a zipped run folder (zip runs/<run-id>/ first).")
+    if size > MAX_RUN_BYTES:
+        raise LabError(f"'{path.name}' is {size / 1e6:,.0f} MB, more than a run folder holds "
+                       f"({MAX_RUN_BYTES / 1e6:,.0f} MB).")
+    with open(path, "rb") as fh:
+        return import_run_zip(fh, runs_dir, allowed_handle=allowed_handle)
+
+
+def export_run_zip(run_dir: str | Path) -> bytes:
+    """A zip of a finished run folder (its name as the top folder), without exports or hidden files."""
+    from core.runs.folders import open_run
+
+    record = open_run(run_dir)
+    root = record.path
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(root.rglob("*")):
+            relative = PurePosixPath(path.relative_to(root).as_posix())
+            if path.is_symlink() or not path.is_file() or not _wanted(relative):
+                continue
+            archive.write(path, f"{root.name}/{relative}")
+    return buffer.getvalue()
+
+
+__all__ = ["MAX_RUN_BYTES", "MAX_RUN_FILES", "ImportedRun", "export_run_zip", "import_run_file", "import_run_zip"]

@@ -1,0 +1,337 @@
+"""Evaluation of a finished run on its validation split: confusion matrix, per-class metrics, worst mistakes.
+
+The metric functions are plain numpy so they can be checked on a known labelling. `evaluate_run` reopens
+a run, predicts every validation image once, and stores the result in the run folder: evaluation.json
+plus thumbnails of the most confidently wrong images under evaluation/. Reading a stored evaluation
+(`load_evaluation`) needs neither TensorFlow nor the dataset.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.settings.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+THUMBNAIL_DIR = "evaluation"
+FORMAT_VERSION = 1
+DEFAULT_MAX_WRONG = 12
+THUMBNAIL_SIDE = 128  # big enough to recognise the image in a gallery, small enough to keep many
+
+# Called after every batch with (images evaluated so far, images in the split).
+Progress = Callable[[int, int], None]
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.size} true labels but {y_pred.size} predictions")
+    for name, values in (("true", y_true), ("predicted", y_pred)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} labels must lie in [0, {num_classes}); got {values.min()}..{values.max()}")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def row_percentages(matrix: np.ndarray) -> np.ndarray:
+    """Each cell as a percentage of its row (its true class); NaN for a class with no images."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, 100.0 * matrix / totals, np.nan)
+
+
+def overall_accuracy(matrix: np.ndarray) -> float:
+    matrix = np.asarray(matrix)
+    total = matrix.sum()
+    return float(np.trace(matrix) / total) if total else math.nan
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class's figures. None marks a ratio with nothing to divide by (e.g. precision of a class
+    that was never predicted).
+
+    accuracy is one-vs-rest: the share of all images for which "is it this class?" was answered right.
+    recall is the share of this class's own images that were classified as it.
+    """
+    name: str
+    precision: float | None
+    recall: float | None
+    accuracy: float | None
+    support: int  # validation images of this class
+    predicted: int  # images the model assigned to this class
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
+def per_class_metrics(matrix: np.ndarray, class_names: list[str]) -> list[ClassMetrics]:
+    matrix = np.asarray(matrix, dtype=np.int64)
+    if matrix.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"a {matrix.shape} matrix does not fit {len(class_names)} class names")
+    total = int(matrix.sum())
+    out = []
+    for k, name in enumerate(class_names):
+        tp = int(matrix[k, k])
+        support = int(matrix[k].sum())
+        predicted = int(matrix[:, k].sum())
+        tn = total - support - predicted + tp
+        out.append(ClassMetrics(name, _ratio(tp, predicted), _ratio(tp, support), _ratio(tp + tn, total),
+                                support, predicted))
+    return out
+
+
+@dataclass(frozen=True)
+class WrongPrediction:
+    thumbnail: Path  # PNG of what the model saw (the resized input), inside the run folder
+    true_label: str
+    predicted_label: str
+    confidence: float  # probability of the predicted (wrong) class
+    true_probability: float  # probability the model gave the right class
+    source: str  # the image file for folder datasets, else its position in the validation split
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    run_dir: Path
+    class_names: list[str]
+    matrix: list[list[int]]  # [true class][predicted class] counts
+    row_percentages: list[list[float | None]]  # same shape; None for a class with no images
+    per_class: list[ClassMetrics]
+    accuracy: float
+    images: int  # validation images evaluated
+    skipped: int  # validation images that could not be read
+    wrong: list[WrongPrediction]  # most confident mistakes first
+    seconds: float
+    evaluated_at: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def errors(self) -> int:
+        return self.images - sum(self.matrix[k][k] for k in range(self.num_classes))
+
+    def to_dict(self) -> dict:
+        return {
+            "version": FORMAT_VERSION,
+            "class_names": self.class_names,
+            "matrix": self.matrix,
+            "row_percentages": self.row_percentages,
+            "per_class": [vars(m) for m in self.per_class],
+            "accuracy": self.accuracy,
+            "images": self.images,
+            "skipped": self.skipped,
+            "wrong": [
+                {**vars(w), "thumbnail": w.thumbnail.relative_to(self.run_dir).as_posix()} for w in self.wrong
+            ],
+            "seconds": self.seconds,
+            "evaluated_at": self.evaluated_at,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, run_dir: Path, d: dict) -> Evaluation:
+        run_dir = Path(run_dir)
+        return cls(
+            run_dir=run_dir,
+            class_names=list(d["class_names"]),
+            matrix=[[int(v) for v in row] for row in d["matrix"]],
+            row_percentages=[[None if v is None else float(v) for v in row] for row in d["row_percentages"]],
+            per_class=[ClassMetrics(**m) for m in d["per_class"]],
+            accuracy=float(d["accuracy"]),
+            images=int(d["images"]),
+            skipped=int(d.get("skipped", 0)),
+            wrong=[WrongPrediction(**{**w, "thumbnail": run_dir / w["thumbnail"]}) for w in d["wrong"]],
+            seconds=float(d.get("seconds", 0.0)),
+            evaluated_at=float(d.get("evaluated_at", 0.0)),
+            notes=list(d.get("notes", [])),
+        )
+
+
+def load_evaluation(run_dir: str | Path) -> Evaluation | None:
+    """The stored evaluation of a run, or None if it has not been evaluated yet."""
+    import json
+
+    run_dir = Path(run_dir)
+    path = run_dir / EVALUATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Evaluation.from_dict(run_dir, json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LabError(
+            f"{path} is damaged ({exc.__class__.__name__}); evaluate the run again to replace it."
+        ) from None
+
+
+def summarise(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, list, float]:
+    """(confusion matrix, per-class metrics, overall accuracy) of one labelling."""
+    matrix = confusion_matrix(y_true, y_pred, len(class_names))
+    return matrix, per_class_metrics(matrix, class_names), overall_accuracy(matrix)
+
+
+def _outputs_probabilities(model) -> bool:
+    try:
+        return model.layers[-1].get_config().get("activation") == "softmax"
+    except (AttributeError, IndexError):
+        return False
+
+
+def _validation_batches(source, image_size: int, batch_size: int):
+    """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
+    import tensorflow as tf
+
+    from core.data.sources import VALIDATION, FolderSource, preprocess
+    from core.settings.errors import ImageError
+    from core.data.images import decode_image
+
+    if isinstance(source, FolderSource):
+        files = source.files[VALIDATION]
+        names = [str(p) for p, _ in files]
+
+        def load(path: bytes) -> np.ndarray:
+            try:
+                return decode_image(Path(path.decode()).read_bytes(), path.decode(), min_side=image_size)
+            except (ImageError, OSError):
+                return np.zeros((0, 0, 3), np.uint8)
+
+        def decode(path, label, position):
+            image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+            image.set_shape([None, None, 3])
+            return image, label, position
+
+        ds = tf.data.Dataset.from_tensor_slices((
+            tf.constant(names), tf.constant([label for _, label in files], tf.int64),
+            tf.range(len(files), dtype=tf.int64)))
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0)
+    else:
+        names = None
+        ds = source.examples(VALIDATION).enumerate().map(lambda i, ex: (ex[0], ex[1], i))
+    ds = ds.map(lambda x, y, i: (preprocess(x, image_size), y, i), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), names
+
+
+def _thumbnail(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    img.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    img.save(path, "PNG")
+
+
+def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Progress | None = None,
+                 max_wrong: int = DEFAULT_MAX_WRONG) -> Evaluation:
+    """Evaluate a finished run on its validation split and store evaluation.json in its folder.
+
+    Training code that still holds the model and the opened source passes them to skip reloading;
+    otherwise the model is reloaded from model.h5 the article's way and the source reopened from the
+    run's data settings (same seed, so the same split).
+    """
+    import tensorflow as tf
+
+    from core.runs.folders import open_run, write_json
+    from core.settings.config import data_from_dict
+    from core.data.sources import VALIDATION, open_source
+    from core.settings.config import EXTRACT_BATCH_SIZE
+
+    start = time.perf_counter()
+    run = open_run(run_dir)
+    run_dir = run.path
+    data = data_from_dict(run.config.get("data", {}))
+    class_names = run.class_names
+    notes = []
+    if source is None:
+        source = open_source(data)
+    if model is None:
+        from core.safety.model_files import load_model
+
+        model, info = load_model(run.model_path)
+        softmax = info.softmax_output
+    else:
+        softmax = _outputs_probabilities(model)
+    if source.info.class_names != class_names:
+        raise LabError(
+            f"The dataset {data.source} now has the classes {source.info.class_names}, but the run was trained "
+            f"on {class_names}; restore the dataset as it was to evaluate this run."
+        )
+    if model.output_shape[-1] != len(class_names):
+        raise LabError(f"The run's model has {model.output_shape[-1]} outputs but the run lists "
+                       f"{len(class_names)} classes; the run folder is inconsistent.")
+    trained_counts = run.config.get("dataset", {}).get("counts", {}).get(VALIDATION)
+    if trained_counts and trained_counts != source.info.counts[VALIDATION]:
+        notes.append("The dataset has changed since training, so the validation split is not exactly the one "
+                     "the run was validated on.")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
+    def predict(x):
+        out = model(x, training=False)
+        return out if softmax else tf.nn.softmax(out)
+
+    total = source.info.split_size(VALIDATION)
+    # Small batches, as for feature extraction: MobileNetV2's activations for a batch of 32 at 224x224 would
+    # otherwise set the whole run's peak memory, and evaluation speed barely depends on the batch size.
+    batches, names = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
+    y_true, y_pred = [], []
+    # Candidates for the gallery: (confidence, position, true, predicted, true prob, image), best kept.
+    candidates: list[tuple] = []
+    done = 0
+    for x, y, positions in batches:
+        probs = predict(x).numpy()
+        labels = y.numpy()
+        preds = probs.argmax(axis=1)
+        y_true.append(labels)
+        y_pred.append(preds)
+        for j in np.flatnonzero(preds != labels):
+            candidates.append((float(probs[j, preds[j]]), int(positions[j]), int(labels[j]), int(preds[j]),
+                               float(probs[j, labels[j]]), x[j].numpy()))
+        candidates.sort(key=lambda c: c[0], reverse=True)
+        del candidates[max_wrong:]
+        done += len(labels)
+        if progress:
+            progress(done, total)
+    if not done:
+        raise LabError(f"None of the validation images of {data.source} could be read, so the run cannot be "
+                       "evaluated.")
+    y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
+    matrix, per_class, accuracy = summarise(y_true_all, y_pred_all, class_names)
+
+    # Each evaluation gets its own thumbnail folder, so a reader of the previous evaluation.json never
+    # finds its thumbnails replaced by another evaluation's images half-way.
+    thumbs_root = run_dir / THUMBNAIL_DIR
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    thumbs = thumbs_root / stamp
+    thumbs.mkdir(parents=True)
+    wrong = []
+    for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
+        path = thumbs / f"wrong_{rank:03d}.png"
+        _thumbnail(image, path)
+        wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
+                                     names[position] if names else f"{VALIDATION} image #{position}"))
+    percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in row_percentages(matrix)]
+    evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
+                            total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
+    write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
+    for old in thumbs_root.iterdir():
+        if old.is_dir() and old.name != stamp:
+            shutil.rmtree(old, ignore_errors=True)
+    logger.info("Evaluated %s: %d images, accuracy %.4f", run_dir.name, done, accuracy)
+    return evaluation

@@ -1,0 +1,308 @@
+"""Exports of a run's model for use outside the Lab.
+
+- h5: the article's file, copied as saved (architecture, weights, optimizer state, class names). For Keras
+  with `custom_objects={"KerasLayer": hub.KerasLayer}`; a hub model still needs its hub module to load.
+- savedmodel: a self-contained TF SavedModel for TF Serving or `tf.saved_model.load`. Its
+  `serving_default` signature takes `images`, float32 (batch, size, size, 3) RGB scaled to [0, 1], and
+  returns `probabilities`, float32 (batch, classes) summing to 1, classes in the order of
+  `assets/labels.txt`. The hub module is baked in, so no handle is resolved when it is loaded.
+- tflite / tflite-int8: TFLite flatbuffers converted from that SavedModel, with the same input and
+  output; the class names go to NAME.labels.txt beside NAME.tflite (labels.txt in a download's zip).
+  int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), activations in float.
+
+Expected agreement with the Keras model on the same input (checked by the tests): h5 identical,
+SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite int8 the same top class and within 0.05.
+"""
+from __future__ import annotations
+
+import enum
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.settings.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+EXPORTS_DIR = "exports"
+LABELS_FILE = "labels.txt"
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+
+
+class ExportFormat(str, enum.Enum):
+    H5 = "h5"
+    SAVEDMODEL = "savedmodel"
+    TFLITE = "tflite"
+    TFLITE_INT8 = "tflite-int8"
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    label: str
+    suffix: str  # added to the run id to name the export ("" for a folder)
+    use: str  # where this format belongs
+    tolerance: float  # largest probability difference from the Keras model the tests accept
+
+
+FORMATS = {
+    ExportFormat.H5: FormatInfo("Keras .h5", ".h5", "Keras / tf_keras in Python: the article's own file", 0.0),
+    ExportFormat.SAVEDMODEL: FormatInfo("TF SavedModel", "_savedmodel", "TF Serving, TensorFlow in any language",
+                                        1e-5),
+    ExportFormat.TFLITE: FormatInfo("TFLite float32", ".tflite", "mobile and edge devices, full precision", 1e-4),
+    ExportFormat.TFLITE_INT8: FormatInfo("TFLite int8 (dynamic range)", "_int8.tflite",
+                                         "mobile where size matters: about 4x smaller, same top class", 0.05),
+}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: ExportFormat
+    path: Path  # a file, or a folder for an unzipped SavedModel
+    size_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Download:
+    """What a download button needs."""
+    filename: str
+    data: bytes
+    mime: str
+
+
+@dataclass(frozen=True)
+class DownloadInfo:
+    """A download's name and type, and whether its export is already on disk (then reading it is quick;
+    otherwise export_download converts the model first, which takes seconds to minutes)."""
+    filename: str
+    mime: str
+    ready: bool
+    size_bytes: int | None  # of the export on disk when ready; a zipped download differs a little
+
+
+def parse_format(value: str | ExportFormat) -> ExportFormat:
+    try:
+        return ExportFormat(value)
+    except ValueError:
+        raise LabError(f"Unknown export format '{value}'; choose one of "
+                       f"{', '.join(f.value for f in ExportFormat)}.") from None
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _serving_module(model, image_size: int, softmax_output: bool, labels_file: Path):
+    import tensorflow as tf
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.labels = tf.saved_model.Asset(str(labels_file))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32,
+                                                    name=INPUT_NAME)])
+        def serve(self, images):
+            out = self.model(images, training=False)
+            return {OUTPUT_NAME: out if softmax_output else tf.nn.softmax(out)}
+
+    return Serving()
+
+
+def write_savedmodel(run_dir: Path, folder: Path) -> None:
+    """Save the run's model as a SavedModel with a probabilities signature into `folder` (new)."""
+    import tensorflow as tf
+
+    from core.runs.folders import open_run
+    from core.safety.model_files import load_model
+
+    run = open_run(run_dir)
+    model, info = load_model(run.model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = Path(tmp) / LABELS_FILE
+        labels.write_text("\n".join(info.class_names) + "\n")
+        module = _serving_module(model, int(model.input_shape[1]), info.softmax_output, labels)
+        tf.saved_model.save(module, str(folder), signatures={SIGNATURE: module.serve})
+
+
+def _tflite_bytes(savedmodel: Path, quantise: bool) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
+    if quantise:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises its own and MLIR error types for unsupported graphs
+        raise LabError(f"TFLite could not convert this model ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0][:200]}).") from None
+
+
+def labels_path(tflite: Path) -> Path:
+    """Where a .tflite export's class names go: beside it, one per line in output order."""
+    return tflite.with_suffix(".labels.txt")
+
+
+def _default_out(run_dir: Path, fmt: ExportFormat) -> Path:
+    return run_dir / EXPORTS_DIR / f"{run_dir.name}{FORMATS[fmt].suffix}"
+
+
+def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | None = None) -> ExportResult:
+    """Write one export of a run and return where it went.
+
+    Without `out` it goes to RUN_DIR/exports/, replacing an earlier export of the same format. A SavedModel
+    becomes a folder, or a zip when `out` ends in .zip. Everything is written under a temporary name and
+    renamed, so a killed export leaves no half file. An existing file at `out` is replaced; an existing
+    folder is refused rather than mixed with, or swapped for, a folder the Lab did not write.
+    """
+    from core.runs.folders import open_run
+
+    start = time.perf_counter()
+    fmt = parse_format(fmt)
+    run = open_run(run_dir)
+    run_dir = run.path
+    default = _default_out(run_dir, fmt)
+    out = Path(out).expanduser() if out is not None else default
+    if out.is_dir() and out != default:
+        raise LabError(f"'{out}' is an existing folder; remove it or choose another output path.")
+    if fmt is ExportFormat.SAVEDMODEL and out.suffix != ".zip" and out.exists() and not out.is_dir():
+        raise LabError(f"'{out}' is an existing file and a SavedModel is a folder; choose a new path, "
+                       "or one ending in .zip for a zipped SavedModel.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
+        tmp = Path(tmp)
+        staged = tmp / out.name
+        if fmt is ExportFormat.H5:
+            shutil.copyfile(run.model_path, staged)
+        else:
+            savedmodel = tmp / "savedmodel"
+            write_savedmodel(run_dir, savedmodel)
+            if fmt is ExportFormat.SAVEDMODEL:
+                if out.suffix == ".zip":
+                    _zip_folder(savedmodel, staged)
+                else:
+                    savedmodel.rename(staged)
+            else:
+                staged.write_bytes(_tflite_bytes(savedmodel, fmt is ExportFormat.TFLITE_INT8))
+                shutil.copyfile(savedmodel / "assets" / LABELS_FILE, tmp / LABELS_FILE)
+                os.replace(tmp / LABELS_FILE, labels_path(out))
+        if out.is_dir():
+            # os.replace cannot overwrite a folder: move the old export into the folder that is deleted.
+            out.rename(tmp / "previous")
+        os.replace(staged, out)
+    logger.info("Exported %s as %s to %s", run_dir.name, fmt.value, out)
+    return ExportResult(fmt, out, _size(out), round(time.perf_counter() - start, 3))
+
+
+def _zip_folder(folder: Path, target: Path) -> None:
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, Path(folder.name) / path.relative_to(folder))
+
+
+def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
+    """(download name, the file on disk it is made from, mime type) of one format."""
+    if fmt is ExportFormat.H5:
+        return f"{run.run_id}.h5", run.model_path, "application/x-hdf5"
+    if fmt is ExportFormat.SAVEDMODEL:
+        path = run.path / EXPORTS_DIR / f"{run.run_id}_savedmodel.zip"
+        return path.name, path, "application/zip"
+    path = _default_out(run.path, fmt)
+    return f"{path.name}.zip", path, "application/zip"
+
+
+def _on_disk(fmt: ExportFormat, path: Path) -> bool:
+    tflite = fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8)
+    return path.is_file() and (not tflite or labels_path(path).is_file())
+
+
+def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
+    """What export_download would return, without converting anything."""
+    from core.runs.folders import open_run
+
+    fmt = parse_format(fmt)
+    name, path, mime = _download_file(open_run(run_dir), fmt)
+    ready = _on_disk(fmt, path)
+    return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None)
+
+
+def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
+    """Write the export a download is made from into RUN_DIR/exports/ unless it is there already."""
+    from core.runs.folders import open_run
+
+    fmt = parse_format(fmt)
+    run = open_run(run_dir)
+    _, path, _ = _download_file(run, fmt)
+    if not _on_disk(fmt, path):
+        export_run(run.path, fmt, path)
+    return download_info(run.path, fmt)
+
+
+def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
+    """An export as bytes for a download button: the .h5 itself, the SavedModel as a zip, or a zip of the
+    .tflite file with its labels.txt. Exports are kept in RUN_DIR/exports/ and reused on later calls."""
+    from core.runs.folders import open_run
+
+    fmt = parse_format(fmt)
+    info = prepare_download(run_dir, fmt)
+    _, path, _ = _download_file(open_run(run_dir), fmt)
+    if fmt in (ExportFormat.H5, ExportFormat.SAVEDMODEL):
+        return Download(info.filename, path.read_bytes(), info.mime)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(path, path.name)
+        zf.write(labels_path(path), LABELS_FILE)
+    return Download(info.filename, buffer.getvalue(), info.mime)
+
+
+def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.ndarray:
+    """What the Keras model itself says, the reference every export is compared with."""
+    import tensorflow as tf
+
+    out = model(np.asarray(images, dtype=np.float32), training=False)
+    return (out if softmax_output else tf.nn.softmax(out)).numpy()
+
+
+def predict_with_export(path: str | Path, fmt: str | ExportFormat, images: np.ndarray) -> np.ndarray:
+    """Probabilities from an export (a SavedModel folder or its zip, or a file) for preprocessed images:
+    float32 (n, size, size, 3) in [0, 1]."""
+    import tensorflow as tf
+
+    fmt = parse_format(fmt)
+    path = Path(path)
+    images = np.asarray(images, dtype=np.float32)
+    if fmt is ExportFormat.H5:
+        from core.safety.model_files import load_model
+
+        model, info = load_model(path)
+        return keras_probabilities(model, info.softmax_output, images)
+    if fmt is ExportFormat.SAVEDMODEL:
+        if path.suffix == ".zip":
+            with tempfile.TemporaryDirectory() as tmp:
+                with zipfile.ZipFile(path) as zf:
+                    zf.extractall(tmp)
+                folder = next(p.parent for p in Path(tmp).rglob("saved_model.pb"))
+                return predict_with_export(folder, fmt, images)
+        serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+        return serve(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    with warnings.catch_warnings():
+        # TF 2.21 (pinned) still ships tf.lite.Interpreter; its notice points to a package not installed.
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    # The signature runner resizes the input, allocated for a batch of 1, to the batch given.
+    return interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME]

@@ -1,0 +1,208 @@
+"""Run directories: one folder per experiment, written atomically, listed and reopened later.
+
+Layout of runs/<id>/: config.json (everything needed to repeat the run, with library versions),
+history.json (per epoch: loss, accuracy, val_loss, val_accuracy, seconds), metrics.json, summary.txt and
+model.h5. A run is written into runs/.incomplete-<id>/ and renamed when every file is in place, so a
+killed process never leaves a folder that looks complete. This module does not import TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.settings.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+INCOMPLETE_PREFIX = ".incomplete-"
+REQUIRED_FILES = ("config.json", "history.json", "metrics.json", "model.h5")
+STALE_SECONDS = 6 * 3600  # an unfinished run folder untouched this long belongs to a dead process
+# A writer records its pid right after creating its folder; one without a pid file this old never will.
+ORPHAN_SECONDS = 60
+
+
+def new_run_id(model: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{secrets.token_hex(2)}"
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """Collects a run's files in a hidden folder and publishes it with one rename."""
+
+    def __init__(self, runs_dir: Path, run_id: str):
+        self.runs_dir = Path(runs_dir)
+        self.run_id = run_id
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.runs_dir / f"{INCOMPLETE_PREFIX}{run_id}"
+        self.tmp.mkdir()
+        (self.tmp / "owner.pid").write_text(str(os.getpid()))
+
+    def json(self, name: str, data) -> None:
+        write_json(self.tmp / name, data)
+
+    def text(self, name: str, text: str) -> None:
+        (self.tmp / name).write_text(text)
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def publish(self) -> Path:
+        missing = [f for f in REQUIRED_FILES if not (self.tmp / f).is_file()]
+        if missing:
+            raise RuntimeError(f"run {self.run_id} is missing {missing}")
+        (self.tmp / "owner.pid").unlink()
+        final = self.runs_dir / self.run_id
+        os.rename(self.tmp, final)
+        return final
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass
+class RunRecord:
+    path: Path
+    config: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def model_kind(self) -> str:
+        return self.config.get("train", {}).get("model", "?")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.get("class_names", []))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.get("data", {}).get("image_size", 224))
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.h5"
+
+    @property
+    def summary(self) -> str:
+        p = self.path / "summary.txt"
+        return p.read_text() if p.is_file() else ""
+
+    @property
+    def label(self) -> str:
+        acc = self.metrics.get("final_val_accuracy")
+        acc_text = f", val acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
+        return f"{self.run_id} ({len(self.history)} epochs{acc_text})"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{path} is missing or not valid JSON ({exc.__class__.__name__}).") from None
+
+
+def open_run(path: str | Path) -> RunRecord:
+    """Reopen a finished run directory, or raise LabError saying what is missing."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise LabError(f"Run folder '{path}' does not exist.")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise LabError(f"'{path}' is not a complete run folder (missing {', '.join(missing)}).")
+    config, history, metrics = (_read_json(path / f) for f in ("config.json", "history.json", "metrics.json"))
+    # Valid JSON of the wrong shape (a hand-edited or foreign file) would break every page that lists runs.
+    if not isinstance(config, dict) or not isinstance(metrics, dict):
+        raise LabError(f"'{path}' has a config.json or metrics.json that is not a JSON object.")
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        raise LabError(f"'{path}' has a history.json that is not a list of epochs.")
+    return RunRecord(path, config, history, metrics)
+
+
+def _finished_at(record: RunRecord) -> float:
+    value = record.metrics.get("finished_at")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+@dataclass
+class RunListing:
+    runs: list[RunRecord]
+    incomplete: list[Path]  # unfinished or damaged folders, shown but never opened
+
+
+def list_runs(runs_dir: str | Path) -> RunListing:
+    """Every complete run, newest first, plus folders that are not (killed runs, damaged copies)."""
+    runs_dir = Path(runs_dir)
+    runs, incomplete = [], []
+    if not runs_dir.is_dir():
+        return RunListing([], [])
+    for child in sorted(runs_dir.iterdir(), reverse=True):
+        if not child.is_dir():
+            continue
+        if child.name.startswith(INCOMPLETE_PREFIX):
+            incomplete.append(child)
+            continue
+        if child.name.startswith("."):
+            continue
+        try:
+            runs.append(open_run(child))
+        except LabError:
+            incomplete.append(child)
+    runs.sort(key=_finished_at, reverse=True)
+    return RunListing(runs, incomplete)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_incomplete(runs_dir: str | Path) -> list[Path]:
+    """Remove unfinished run folders whose writer is dead (or that are stale); returns what was removed."""
+    removed = []
+    runs_dir = Path(runs_dir)
+    # Only hidden unfinished folders are candidates: a damaged published run is the user's to inspect,
+    # never deleted here. Globbing them (rather than listing every run) keeps this cheap enough to run
+    # whenever a page lists runs.
+    try:
+        candidates = sorted(p for p in runs_dir.glob(f"{INCOMPLETE_PREFIX}*") if p.is_dir())
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            pid = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            pid = None
+        try:
+            age = time.time() - path.stat().st_mtime
+        except OSError:
+            continue  # removed meanwhile by another session's clean-up
+        dead = not _pid_alive(pid) if pid is not None else age > ORPHAN_SECONDS
+        if dead or age > STALE_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def file_size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6 if path.is_file() else float("nan")

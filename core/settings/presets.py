@@ -1,0 +1,149 @@
+"""Deployment presets: what a local workshop machine allows versus a small shared host.
+
+`LAB_PRESET=cloud` (chosen automatically on Streamlit Community Cloud, whose apps run from /mount/src)
+keeps a training run's memory under that host's 2.7 GB and stops strangers from pointing the server at
+its own files. All of a Streamlit server's sessions share one process, so the cloud preset also trains one
+run at a time (core.training.jobs enforces max_concurrent_jobs).
+
+Peak memory (ru_maxrss, GB) measured with `python -m benchmarks.preset_memory`: one process per case,
+Streamlit, pandas and plotly imported first as on a dashboard server (0.72 GB with TensorFlow), then
+`core.training.experiment.run_experiment` for one epoch (train, save, evaluate) at 224x224 on generated ~500x375 JPEGs,
+with a MobileNetV2 of random weights; 2 CPU cores, TensorFlow 2.21, Python 3.11:
+
+    training images (+ a quarter for validation)        300     880    2,000
+    baseline CNN, batches of 32                            -    2.54     2.18
+    baseline CNN, batches of 16                            -    2.08     1.65
+    MobileNetV2, cached features, batches of 32            -       -     1.63
+    MobileNetV2, article's way (uncached), batches of 16   -    2.03     1.65
+    "Run both" (baseline, then cached transfer), 16      1.92    2.27     1.87
+    "Run both", batches of 32                              -    2.75        -
+    MobileNetV2 + 1 fine-tuning epoch, batches of 16     2.73       -        -
+
+What grows with the image count: the input pipeline keeps a split's resized images in memory while they
+fit core.data.sources's 512 MB budget (up to ~890 images at 224x224, 0.6 MB each), so a baseline or uncached run
+peaks when its training split is just under that and its validation split is cached too (880 above is
+that worst case); beyond it the training split streams from disk and only the validation images stay, so
+2,000 images peak lower. A cached transfer run adds 5 KB of features per image. What does not grow:
+TensorFlow and the server, the model and its optimizer state (0.12 GB for the baseline) and one batch's
+activations, fixed by batch size and image size: halving the batch saved 0.45 GB at 880 images. Hence
+the cloud preset: batches of at most 16 and 224 pixels keep the worst case at 2.27 GB (the transfer run
+after the baseline added 0.19 GB: most of the first run's memory is reused), leaving room for the
+sessions and Predict's cached models; batches of 32 reach 2.75 GB and fine-tuning 2.73 GB, over the
+host's 2.7 GB.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from core.settings.config import DataConfig, TrainConfig
+from core.settings.errors import LabError
+
+logger = logging.getLogger(__name__)
+
+CLOUD_MOUNT = Path("/mount/src")  # where Streamlit Community Cloud checks out an app's repository
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    max_train_images: int | None  # cap on the training-image limit; None: the whole dataset
+    max_batch_size: int | None  # activations grow with it; None: no cap
+    max_image_size: int | None  # activations and cached images grow with its square; None: no cap
+    allow_local_paths: bool  # may the web page name server-side folders and model files?
+    max_concurrent_jobs: int  # training jobs at once across all sessions (core.training.jobs enforces it)
+    allow_fine_tuning: bool  # gradients through the whole backbone need far more memory than the head
+
+
+PRESETS = {
+    "local": Preset("local", "Your own machine: every dataset size, local folders and model paths allowed.",
+                    None, None, None, True, 4, True),
+    "cloud": Preset("cloud", "Shared host (Streamlit Community Cloud, 2.7 GB of memory): at most 2,000 training "
+                    "images at up to 224x224 in batches of up to 16, one training run at a time, no "
+                    "fine-tuning, datasets from uploads, the generated demo or TFDS.", 2000, 16, 224, False, 1,
+                    False),
+}
+DEFAULT_PRESET = "local"
+
+
+@dataclass(frozen=True)
+class ActivePreset:
+    preset: Preset
+    reason: str  # how it was chosen, for the Home page
+
+
+@functools.lru_cache(maxsize=8)
+def _warn_unknown(name: str) -> None:
+    """Once per name: pages ask for the preset on every rerun."""
+    logger.warning("LAB_PRESET=%s is not one of %s; using the cloud preset", name, ", ".join(PRESETS))
+
+
+def active() -> ActivePreset:
+    """The preset in force: $LAB_PRESET, else "cloud" under /mount/src, else "local".
+
+    An unknown LAB_PRESET gets the stricter "cloud" preset: a typo on a public server must not lift its limits.
+    """
+    name = os.environ.get("LAB_PRESET", "").strip().lower()
+    if name:
+        if name in PRESETS:
+            return ActivePreset(PRESETS[name], f"LAB_PRESET={name}")
+        _warn_unknown(name)
+        return ActivePreset(PRESETS["cloud"], f"LAB_PRESET={name} is unknown ({', '.join(PRESETS)}), so the "
+                                              "stricter cloud preset is used")
+    here = (Path.cwd(), Path(__file__).resolve())
+    if any(path.is_relative_to(CLOUD_MOUNT) for path in here):
+        return ActivePreset(PRESETS["cloud"], f"the app runs from {CLOUD_MOUNT} (Streamlit Community Cloud)")
+    return ActivePreset(PRESETS[DEFAULT_PRESET], "the default; set LAB_PRESET=cloud on a shared host")
+
+
+def active_preset() -> Preset:
+    return active().preset
+
+
+def capped_batch_size(batch_size: int, preset: Preset | None = None) -> int:
+    """batch_size, or the preset's cap if that is lower: what a page should offer by default."""
+    cap = (preset or active_preset()).max_batch_size
+    return batch_size if cap is None else min(batch_size, cap)
+
+
+def _inside_lab_folders(folder: str) -> bool:
+    """Dataset folders the web page may name under a preset without local paths: uploads and the demo."""
+    from core.settings.paths import cache_dir
+
+    try:
+        path = Path(folder).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    return path.is_relative_to(cache_dir().expanduser().resolve())
+
+
+def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Preset | None = None) -> DataConfig:
+    """The data settings a run may use under the preset: "all images" becomes the preset's cap; anything
+    over a limit raises LabError saying what to change. train, when given, is checked too.
+    """
+    preset = preset or active_preset()
+    cap = preset.max_train_images
+    if cap is not None:
+        if data.limit is None:
+            data = replace(data, limit=cap)
+        elif data.limit > cap:
+            raise LabError(f"The {preset.name} preset trains on at most {cap:,} images (asked for {data.limit:,}); "
+                           f"set the training-image limit to {cap:,} or fewer.")
+    if preset.max_batch_size is not None and data.batch_size > preset.max_batch_size:
+        raise LabError(f"The {preset.name} preset allows batches of at most {preset.max_batch_size} (asked for "
+                       f"{data.batch_size}); lower the batch size.")
+    if preset.max_image_size is not None and data.image_size > preset.max_image_size:
+        raise LabError(f"The {preset.name} preset allows images of at most {preset.max_image_size}x"
+                       f"{preset.max_image_size} (asked for {data.image_size}); lower the image size.")
+    kind, _, value = data.source.partition(":")
+    if not preset.allow_local_paths and kind == "folder" and not _inside_lab_folders(value):
+        raise LabError(f"The {preset.name} preset does not read folders on the server; upload a zip of class "
+                       "folders on the Dataset page, or use the generated demo or a TFDS dataset.")
+    if train is not None and train.fine_tune_epochs and not preset.allow_fine_tuning:
+        raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
+                       "memory than this host has. Set fine-tuning epochs to 0.")
+    return data

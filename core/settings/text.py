@@ -1,0 +1,45 @@
+"""Shared vocabulary and number formatting: one rule for each, used by messages, the CLI and the pages.
+
+Sizes are decimal megabytes (1 MB = 1,000,000 bytes) everywhere the Lab shows one.
+"""
+import math
+
+# The "phase" of a history row: a baseline epoch, a frozen-backbone epoch, or a fine-tuning epoch.
+TRAIN_PHASE = "train"
+FROZEN_PHASE = "frozen"
+FINE_TUNE_PHASE = "fine-tune"
+
+
+def _missing(value) -> bool:
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+
+
+def megabytes(n_bytes: float) -> str:
+    """'105 MB', '2.5 MB', '0.012 MB': whole numbers for big files, a tiny head on a small backbone still non-zero."""
+    if _missing(n_bytes):
+        return "-"
+    mb = n_bytes / 1e6
+    if mb >= 10:
+        return f"{mb:,.0f} MB"
+    return f"{mb:.1f} MB" if mb >= 1 else f"{mb:.3f} MB"
+
+
+def percent(value, digits: int = 1) -> str:
+    """A fraction in [0, 1] as '87.5%'; '-' when there is no number."""
+    return "-" if _missing(value) else f"{value:.{digits}%}"
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '3 min 20 s', '2 h 31 min': how long, at a glance."""
+    if _missing(seconds):
+        return "-"
+    if 0 < seconds < 0.5:
+        return "under 1 s"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s" if minutes < 10 and secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

@@ -1,0 +1,248 @@
+"""How long a run will take here, from a short warm-up on this machine, and the "Quick demo" preset.
+
+`measure_speed` times a few training and validation batches of the real model on random pixels, and
+`measure_decode` a few batches read from the real source; `estimate` extrapolates those per-image costs
+to a whole run the way `core.training.experiment.fit` will execute it (features computed once when cached, decoded
+images kept in memory when a split fits the pipeline's budget). Fine-tuning epochs run the whole model
+with the backbone unfrozen on decoded images, never on cached features; `measure_fine_tune` times that
+step separately, since only runs that fine-tune need it. `quick_demo` picks the training-image limit, and
+fewer epochs only when it must, so both experiments together fit a presenter's time budget.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from core.data.sources import DEFAULT_CACHE_BUDGET_BYTES, validation_limit
+from core.settings.config import ARTICLE_EPOCHS, ModelKind
+
+# Opening the data, writing model.h5 and the run's JSON files: seconds no warm-up batch sees.
+OVERHEAD_SECONDS = 3.0
+# Epoch pairs (baseline, transfer) tried in order when the article's 15 and 3 do not fit a budget:
+# fewer baseline epochs first, since the baseline costs far more per epoch.
+EPOCH_FALLBACKS = ((15, 3), (10, 3), (6, 3), (4, 3), (3, 2), (2, 2), (1, 1))
+MIN_DEMO_IMAGES = 200  # fewer training images than this make both curves too noisy to compare
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per image for one model configuration, measured here."""
+    train: float  # a training step of the whole model
+    evaluate: float  # a validation step of the whole model
+    setup: float  # building the model and tracing its first step (once per run)
+    features: float = 0.0  # the frozen backbone alone (transfer model)
+    head_train: float = 0.0  # a training step of the Dense head on cached features
+    head_evaluate: float = 0.0
+    decode: float = 0.0  # reading, decoding and resizing one image of the chosen source
+    fine_tune: float = 0.0  # a training step with the backbone unfrozen (measure_fine_tune)
+    fine_tune_setup: float = 0.0  # recompiling and tracing that step once
+
+
+@dataclass(frozen=True)
+class Estimate:
+    total_seconds: float
+    setup_seconds: float
+    feature_seconds: float  # computing cached backbone features (0 when not cached)
+    first_epoch_seconds: float
+    epoch_seconds: float  # each later epoch
+    train_images: int
+    val_images: int
+    epochs: int
+    fine_tune_epochs: int = 0
+    fine_tune_seconds: float = 0.0  # all fine-tuning epochs, their set-up and first decoding included
+    fine_tune_epoch_seconds: float = 0.0  # each fine-tuning epoch after the first
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    limit: int  # training images for both experiments
+    epochs: dict[ModelKind, int]
+    estimates: dict[ModelKind, Estimate]
+    budget_seconds: float
+    fits: bool  # False when even the smallest setting is over budget
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(e.total_seconds for e in self.estimates.values())
+
+
+def split_sizes(available_train: int, available_val: int, limit: int | None,
+                val_fraction: float = 0.2) -> tuple[int, int]:
+    """Training and validation images a run will use, as core.data.sources cuts them for a limit."""
+    if not limit:
+        return available_train, available_val
+    return min(limit, available_train), min(validation_limit(limit, val_fraction), available_val)
+
+
+def fits_memory(images: int, image_size: int) -> bool:
+    """Whether core.data.sources.make_pipeline keeps this split's decoded images in memory after epoch 1."""
+    return images * image_size * image_size * 3 * 4 <= DEFAULT_CACHE_BUDGET_BYTES
+
+
+def _redecode(train_images: int, val_images: int, image_size: int, decode: float) -> float:
+    """Decoding in an epoch after the first: only a split too big to keep in memory is read again."""
+    return (0 if fits_memory(train_images, image_size) else train_images * decode) + (
+        0 if fits_memory(val_images, image_size) else val_images * decode)
+
+
+def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, epochs: int,
+             image_size: int, cache_features: bool = True, fine_tune_epochs: int = 0) -> Estimate:
+    """Extrapolate measured per-image costs to a whole run.
+
+    cache_features is whether the run will use the feature cache (core.settings.config.uses_feature_cache: not
+    with augmentation). fine_tune_epochs counts for the transfer model only and needs speed.fine_tune.
+    """
+    epochs = max(1, int(epochs))
+    decode_all = (train_images + val_images) * speed.decode
+    if kind is ModelKind.MOBILENET_V2 and cache_features:
+        features = (train_images + val_images) * (speed.features + speed.decode)
+        epoch = train_images * speed.head_train + val_images * speed.head_evaluate
+        first = epoch
+    else:
+        features = 0.0
+        compute = train_images * speed.train + val_images * speed.evaluate
+        first = compute + decode_all
+        epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
+    setup = speed.setup + OVERHEAD_SECONDS
+    total = setup + features + first + (epochs - 1) * epoch
+    fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.MOBILENET_V2 else 0
+    fine_total = fine_epoch = 0.0
+    if fine_epochs:
+        if speed.fine_tune <= 0:
+            raise ValueError("fine-tuning epochs need speed.fine_tune; time it with measure_fine_tune")
+        # The fine-tuning phase builds a new image pipeline, so its first epoch decodes every image again.
+        compute = train_images * speed.fine_tune + val_images * speed.evaluate
+        fine_epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
+        fine_total = speed.fine_tune_setup + compute + decode_all + (fine_epochs - 1) * fine_epoch
+    return Estimate(total + fine_total, setup, features, first, epoch, train_images, val_images, epochs,
+                    fine_epochs, fine_total, fine_epoch)
+
+
+def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_train: int, available_val: int,
+               image_size: int, cache_features: bool = True, val_fraction: float = 0.2,
+               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0) -> DemoPreset:
+    """The largest shared training-image limit (and the most epochs) that runs both models within budget.
+
+    fine_tune_epochs are the transfer model's, kept as the user set them and counted in the budget.
+    """
+    floor = min(min_images, available_train)
+
+    def run(limit: int, epochs: dict[ModelKind, int]) -> dict[ModelKind, Estimate]:
+        n_train, n_val = split_sizes(available_train, available_val, limit, val_fraction)
+        return {k: estimate(k, speeds[k], n_train, n_val, epochs[k], image_size, cache_features, fine_tune_epochs)
+                for k in speeds}
+
+    def total(limit: int, epochs: dict[ModelKind, int]) -> float:
+        return sum(e.total_seconds for e in run(limit, epochs).values())
+
+    last = None
+    for pair in EPOCH_FALLBACKS:
+        epochs = {ModelKind.BASELINE: pair[0], ModelKind.MOBILENET_V2: pair[1]}
+        epochs = {k: min(v, ARTICLE_EPOCHS[k]) for k, v in epochs.items() if k in speeds}
+        last = epochs
+        if total(floor, epochs) > budget_seconds:
+            continue
+        lo, hi = floor, available_train  # total() grows with the limit: search the largest that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if total(mid, epochs) <= budget_seconds:
+                lo = mid
+            else:
+                hi = mid - 1
+        return DemoPreset(lo, epochs, run(lo, epochs), budget_seconds, True)
+    return DemoPreset(floor, last, run(floor, last), budget_seconds, False)
+
+
+def _per_image(step, x, y, warmup: int, batches: int) -> float:
+    for _ in range(warmup):
+        step(x, y)
+    start = time.perf_counter()
+    for _ in range(batches):
+        step(x, y)
+    return (time.perf_counter() - start) / (batches * len(x))
+
+
+def measure_speed(kind: ModelKind, image_size: int, batch_size: int, handle: str, num_classes: int = 2,
+                  batches: int = 2, seed: int = 0) -> Speed:
+    """Time the model's own steps on random pixels; raises LabError if the model cannot be built."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from core.models.architectures import build_model, compile_model
+    from core.settings.paths import configure_caches
+
+    configure_caches()
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
+    y = rng.integers(0, num_classes, size=batch_size)
+    start = time.perf_counter()
+    model = build_model(kind, num_classes, image_size, handle)
+    compile_model(model, 1e-3)
+    model.train_on_batch(x, y)
+    model.test_on_batch(x, y)
+    setup = time.perf_counter() - start
+    train = _per_image(model.train_on_batch, x, y, 1, batches)
+    evaluate = _per_image(model.test_on_batch, x, y, 0, batches)
+    if kind is not ModelKind.MOBILENET_V2:
+        return Speed(train, evaluate, setup)
+    backbone = model.layers[0]
+
+    @tf.function(reduce_retracing=True)
+    def call(images):
+        return backbone(images, training=False)
+
+    def forward(images, _labels):
+        return call(images).numpy()
+
+    features = _per_image(forward, x, y, 1, batches)
+    feats = call(x).numpy()
+    head = tf_keras.Sequential([tf_keras.Input(shape=feats.shape[1:]), tf_keras.layers.Dense(num_classes)])
+    compile_model(head, 1e-3)
+    head_train = _per_image(head.train_on_batch, feats, y, 1, batches)
+    head_evaluate = _per_image(head.test_on_batch, feats, y, 1, batches)
+    return Speed(train, evaluate, setup, features, head_train, head_evaluate)
+
+
+def measure_fine_tune(image_size: int, batch_size: int, handle: str, num_classes: int = 2, batches: int = 2,
+                      seed: int = 0) -> tuple[float, float]:
+    """(seconds per image, set-up seconds) of a transfer-model training step with the backbone unfrozen:
+    a forward and a backward pass through the whole backbone, as core.training.experiment.fine_tune runs it."""
+    import numpy as np
+
+    from core.models.architectures import build_transfer, compile_model
+    from core.settings.paths import configure_caches
+
+    configure_caches()
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, image_size, image_size, 3), dtype=np.float32)
+    y = rng.integers(0, num_classes, size=batch_size)
+    model = build_transfer(num_classes, image_size, handle, trainable=True)
+    # Training only recompiles the model it already has, so building it is not part of the set-up.
+    start = time.perf_counter()
+    compile_model(model, 1e-5)
+    model.train_on_batch(x, y)
+    setup = time.perf_counter() - start
+    return _per_image(model.train_on_batch, x, y, 0, batches), setup
+
+
+def measure_decode(source, image_size: int, batch_size: int, batches: int = 2) -> float:
+    """Seconds per image to read, decode and resize images of an opened source (as training does)."""
+    import tensorflow as tf
+
+    from core.data.sources import TRAIN, preprocess
+
+    def resize(image, label):
+        return preprocess(image, image_size), label
+
+    ds = source.examples(TRAIN, min_side=image_size).map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    count, first, first_seconds, start = 0, 0, 0.0, time.perf_counter()
+    for i, (x, _) in enumerate(ds.batch(batch_size).take(batches + 1)):
+        if i == 0:
+            # The first batch pays for starting the pipeline's threads; it only counts when it is all there is.
+            first, first_seconds, start = int(x.shape[0]), time.perf_counter() - start, time.perf_counter()
+            continue
+        count += int(x.shape[0])
+    if count:
+        return (time.perf_counter() - start) / count
+    return first_seconds / first if first else 0.0

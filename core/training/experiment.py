@@ -1,0 +1,302 @@
+"""One experiment: open the data, build the model, fit with per-epoch reporting, write a run directory.
+
+With a frozen hub backbone (the article's transfer model) and `cache_features` on, the backbone's outputs
+are computed once per split and only the Dense head is fitted on them; the head layer is shared with the
+full hub+Dense model, so what gets saved is the same kind of model as the uncached path produces.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.data.sources import TRAIN, VALIDATION, make_pipeline, open_source
+from core.runs.folders import RunWriter, new_run_id
+from core.settings.config import DataConfig, ModelKind, TrainConfig, to_dict, total_epochs, uses_feature_cache, validate
+from core.settings.errors import LabError, StopRequested
+from core.settings.text import FINE_TUNE_PHASE, FROZEN_PHASE, TRAIN_PHASE
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    metrics: dict  # loss, accuracy, val_loss, val_accuracy
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps: int
+    seconds_in_epoch: float
+
+
+@dataclass
+class Callbacks:
+    """How a caller follows a run: all optional, none of them may raise."""
+    on_epoch: Callable[[EpochReport], None] | None = None
+    on_batch: Callable[[BatchReport], None] | None = None
+    on_status: Callable[[str], None] | None = None  # phase messages: loading data, extracting features
+    should_stop: Callable[[], bool] | None = None  # polled after every batch
+
+
+@dataclass
+class TrainResult:
+    model: object
+    history: list[dict]  # per epoch: loss, accuracy, val_loss, val_accuracy, seconds
+    total_params: int
+    trainable_params: int
+    stopped_early: bool
+    feature_seconds: float = 0.0  # time spent computing cached backbone features
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def _keras_callback(epochs: int, steps: int, callbacks: Callbacks, history: list[dict]):
+    import tf_keras
+
+    class Reporter(tf_keras.callbacks.Callback):
+        """Times each epoch, reports it, and turns a stop request into Keras's stop_training."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if callbacks.on_batch:
+                callbacks.on_batch(BatchReport(len(history) + 1, epochs, batch + 1, steps,
+                                               time.perf_counter() - self.start))
+            if callbacks.should_stop and callbacks.should_stop():
+                self.model.stop_training = True
+                raise StopRequested()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.start
+            row = {k: float(logs[k]) for k in METRIC_KEYS if k in logs}
+            row["seconds"] = round(seconds, 3)
+            history.append(row)
+            if callbacks.on_epoch:
+                callbacks.on_epoch(EpochReport(len(history), epochs, dict(row), seconds))
+
+    return Reporter()
+
+
+def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    """Train one model on an opened source. Raises StopRequested if stopped before any epoch finished.
+
+    The model, its optimizer and the backbone's features are made under the tf.distribute strategy that
+    train.strategy picks; data.batch_size is per replica, so the global batch grows with the replicas.
+    result.extra["distribution"] records what was used.
+    """
+    import dataclasses
+
+    from core.models.distribute import choose_precision, choose_strategy, describe, precision_policy
+
+    validate(data, train)
+    choice = choose_strategy(train.strategy)
+    precision = choose_precision(train.mixed_precision, choice, supported=train.model is ModelKind.BASELINE)
+    global_batch = choice.global_batch_size(data.batch_size)
+    if choice.replicas > 1 and global_batch > source.info.split_size(TRAIN):
+        raise LabError(
+            f"The global batch ({data.batch_size} per replica x {choice.replicas} replicas = {global_batch}) is "
+            f"larger than the {source.info.split_size(TRAIN)} training images; use a smaller batch size or more images."
+        )
+    if callbacks and callbacks.on_status and (choice.kind != "default" or precision.note):
+        callbacks.on_status(f"Strategy {choice.kind}: {choice.replicas} replica(s), global batch {global_batch}"
+                            + (f"; {precision.note}" if precision.note else "") + ".")
+    with choice.strategy.scope(), precision_policy(precision.mixed):
+        result = _fit(source, dataclasses.replace(data, batch_size=global_batch), train, callbacks)
+    result.extra["distribution"] = describe(choice, data.batch_size, precision)
+    return result
+
+
+def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+    """fit() inside the strategy's scope; data.batch_size is the global batch."""
+    import tf_keras
+
+    from core.data.sources import steps_per_epoch
+    from core.models.architectures import build_model, compile_model, param_counts
+
+    callbacks = callbacks or Callbacks()
+    status = callbacks.on_status or (lambda _msg: None)
+    validate(data, train)
+    if data.batch_size > source.info.split_size(TRAIN):
+        raise LabError(
+            f"Batch size {data.batch_size} is larger than the {source.info.split_size(TRAIN)} training images; "
+            "use a smaller batch size or more images."
+        )
+    tf_keras.utils.set_random_seed(data.seed)
+    epochs = train.resolved_epochs
+    all_epochs = total_epochs(train)
+    status("Building the model ...")
+    model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
+    compile_model(model, train.learning_rate)
+    history: list[dict] = []
+    steps = steps_per_epoch(source, TRAIN, data.batch_size)
+    reporter = _keras_callback(all_epochs, steps, callbacks, history)
+    use_features = uses_feature_cache(data, train)
+    feature_seconds = 0.0
+    feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
+    stopped = False
+    try:
+        if use_features:
+            from core.training.features import feature_batches, split_features
+
+            start = time.perf_counter()
+            backbone, head_layer = model.layers[0], model.layers[-1]
+            arrays = {}
+            for split in (TRAIN, VALIDATION):
+                got = split_features(backbone, source, split, data, train.handle,
+                                     on_status=callbacks.on_status, should_stop=callbacks.should_stop)
+                arrays[split] = (got.features, got.labels)
+                feature_origin[split] = got.origin
+            feature_seconds = time.perf_counter() - start
+            head = tf_keras.Sequential([tf_keras.Input(shape=arrays[TRAIN][0].shape[1:]), head_layer])
+            # The head shares the Dense layer and the optimizer with the full model, so training it
+            # trains the full model's only trainable weights and leaves the optimizer state in place.
+            head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+            status("Training the Dense head on the cached features ...")
+            head.fit(feature_batches(*arrays[TRAIN], data.batch_size, seed=data.seed), epochs=epochs,
+                     validation_data=feature_batches(*arrays[VALIDATION], data.batch_size),
+                     shuffle=False, verbose=0, callbacks=[reporter])  # the batches shuffle themselves
+        else:
+            status("Training ...")
+            model.fit(make_pipeline(source, TRAIN, data, training=True), epochs=epochs,
+                      validation_data=make_pipeline(source, VALIDATION, data, training=False),
+                      verbose=0, callbacks=[reporter])
+        if train.fine_tune_epochs and len(history) == epochs:
+            status("Fine-tuning: the backbone is unfrozen ...")
+            fine_tune(model, train)
+            model.fit(make_pipeline(source, TRAIN, data, training=True), initial_epoch=epochs, epochs=all_epochs,
+                      validation_data=make_pipeline(source, VALIDATION, data, training=False),
+                      verbose=0, callbacks=[reporter])
+    except StopRequested:
+        stopped = True
+    if not history:
+        raise StopRequested()
+    transfer = train.model is ModelKind.MOBILENET_V2
+    for i, row in enumerate(history):
+        row["phase"] = (FROZEN_PHASE if i < epochs else FINE_TUNE_PHASE) if transfer else TRAIN_PHASE
+    total, trainable = param_counts(model)
+    extra = {"feature_origin": feature_origin} if feature_origin else {}
+    if train.fine_tune_epochs:
+        extra["fine_tune_start_epoch"] = epochs + 1
+    return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, feature_seconds,
+                       extra)
+
+
+def fine_tune(model, train: TrainConfig) -> None:
+    """Unfreeze the hub backbone and recompile with a small learning rate.
+
+    Keras reads `trainable` when a model is compiled, so the change only takes effect after compiling
+    again; a fresh optimizer keeps the head's large frozen-phase steps from hitting the backbone.
+    The hub layer is one opaque module, so it is unfrozen whole: its inner layers cannot be reached.
+    """
+    from core.models.architectures import compile_model
+
+    model.layers[0].trainable = True
+    compile_model(model, train.fine_tune_learning_rate)
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "tf-keras", "tensorflow-hub", "tensorflow-datasets", "numpy", "pillow"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, runs_dir: Path,
+             extra_config: dict | None = None) -> Path:
+    """Write the run directory atomically and return its final path."""
+    from core.models.architectures import summary_rows, summary_text
+    from core.safety.model_files import save_model
+
+    writer = RunWriter(Path(runs_dir), new_run_id(train.model.value))
+    try:
+        config = {
+            "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
+            "total_epochs": total_epochs(train), "feature_cache_used": uses_feature_cache(data, train),
+            "class_names": source.info.class_names, "dataset": source.info.to_dict(),
+            "versions": library_versions(), "machine": platform.machine(),
+            "distribution": result.extra.get("distribution"), **(extra_config or {}),
+        }
+        writer.json("config.json", config)
+        writer.json("history.json", result.history)
+        save_model(result.model, writer.path("model.h5"), source.info.class_names)
+        writer.text("summary.txt", summary_text(result.model))
+        writer.json("layers.json", [row.__dict__ for row in summary_rows(result.model)])
+        vals = [row.get("val_accuracy", math.nan) for row in result.history]
+        best_epoch = max(range(len(vals)), key=lambda i: vals[i]) + 1
+        metrics = {
+            "model": train.model.value,
+            "epochs_completed": len(result.history),
+            "stopped_early": result.stopped_early,
+            "final_val_accuracy": result.final.get("val_accuracy"),
+            "final_val_loss": result.final.get("val_loss"),
+            "best_val_accuracy": vals[best_epoch - 1],
+            "best_epoch": best_epoch,
+            "total_params": result.total_params,
+            "trainable_params": result.trainable_params,
+            "train_seconds": round(sum(r["seconds"] for r in result.history), 3),
+            "feature_seconds": round(result.feature_seconds, 3),
+            "seconds_per_epoch": round(sum(r["seconds"] for r in result.history) / len(result.history), 3),
+            "train_images": source.info.split_size(TRAIN),
+            "val_images": source.info.split_size(VALIDATION),
+            "skipped_images": sum(source.info.skipped.values()) + source.runtime_skipped,
+            "model_size_mb": round(writer.path("model.h5").stat().st_size / 1e6, 3),
+            "finished_at": time.time(),
+            **result.extra,  # where cached features came from; the epoch fine-tuning started at
+        }
+        writer.json("metrics.json", metrics)
+        return writer.publish()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
+                   callbacks: Callbacks | None = None, evaluate: bool = True) -> Path:
+    """Open the data, train, write the run directory and (unless told not to) evaluate the run on its
+    validation split; returns the run directory's path."""
+    from core.settings.paths import configure_caches
+
+    configure_caches()
+    validate(data, train)
+    callbacks = callbacks or Callbacks()
+    if callbacks.on_status:
+        callbacks.on_status(f"Opening {data.source} ...")
+    source = open_source(data, progress=callbacks.on_status)
+    result = fit(source, data, train, callbacks)
+    run_dir = save_run(result, source, data, train, runs_dir)
+    if evaluate:
+        from core.runs.evaluate import evaluate_run
+
+        if callbacks.on_status:
+            callbacks.on_status("Evaluating on the validation split ...")
+        # A model built under MirroredStrategy or TPUStrategy only runs inside its replicas; its saved
+        # file reloads as an ordinary model.
+        distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
+        try:
+            evaluate_run(run_dir, model=None if distributed else result.model, source=source)
+        except LabError as exc:
+            # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
+            logger.warning("Evaluation of %s failed: %s", run_dir, exc)
+    return run_dir

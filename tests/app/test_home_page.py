@@ -1,0 +1,56 @@
+"""The entry script and the home page, offline."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def texts(at) -> str:
+    return "\n".join(str(e.value) for e in (*at.markdown, *at.caption, *at.info, *at.metric))
+
+
+def test_home_renders_offline_with_the_articles_numbers(open_page, tmp_path):
+    at = open_page("home")
+    assert not at.exception
+    assert not at.error
+    assert at.title[0].value == "Transfer Learning Lab"
+    values = [m.value for m in at.metric]
+    assert "≈88%" in values and "≈98%" in values
+    assert "9.68 M" in values and "2.26 M" in values
+    page_links = [link.proto.page for link in at.get("page_link")]
+    assert any(p.endswith("dataset") for p in page_links)
+    assert any(p.endswith("experiments") for p in page_links)
+    assert any(p.endswith("predict") for p in page_links)
+    body = texts(at)
+    assert "Offline" in body  # the network check is forced offline in tests
+    assert str(tmp_path / "runs") in body  # the runs folder the page reads
+
+
+def test_sidebar_names_the_chosen_dataset(open_page, demo_folder):
+    at = open_page("home", state={"lab_source": f"folder:{demo_folder}"})
+    sidebar = "\n".join(c.value for c in at.sidebar.caption)
+    assert str(demo_folder) in sidebar
+    assert "offline" in sidebar
+
+
+def test_entry_and_home_do_not_import_tensorflow(tmp_path):
+    """First paint must not pay TensorFlow's start-up; checked in a fresh interpreter."""
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "import core.data.network\n"
+        "core.data.network.can_reach = lambda *a, **k: False\n"
+        f"at = AppTest.from_file({str(ROOT / 'streamlit_app.py')!r}, default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "assert at.title[0].value == 'Transfer Learning Lab'\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    env = {"LAB_RUNS_DIR": str(tmp_path / "runs"), "LAB_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -1,0 +1,104 @@
+"""The Predict page: a reloaded run classifies uploads and camera photos; bad files get one error each."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def circle(demo_folder) -> tuple[str, bytes]:
+    path = min((demo_folder / "circles").iterdir())
+    return path.name, path.read_bytes()
+
+
+def expected_prediction(run_dir, name: str, data: bytes):
+    from core.runs.predict import load_for_prediction, predict_bytes
+
+    return predict_bytes(load_for_prediction(run_dir), [(name, data)])[0]
+
+
+def headings(at) -> list[str]:
+    """The predicted class of each classified image, as the page titles its result."""
+    return [m.value.removeprefix("### ") for m in at.markdown if m.value.startswith("### ")]
+
+
+def test_without_runs_the_page_says_where_models_come_from(open_page):
+    at = open_page("predict")
+    assert not at.exception
+    assert "No finished runs yet" in at.info[0].value
+
+
+def test_the_best_transfer_run_classifies_an_upload(open_page, trained_runs, circle):
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    assert not at.exception and not at.error
+    assert at.selectbox[0].value == trained_runs["mobilenet_v2"].name
+    assert any("input 64x64" in m.value for m in at.markdown)
+    at.file_uploader[0].set_value([(circle[0], circle[1], "image/jpeg")]).run()
+    assert not at.exception and not at.error
+    expected = expected_prediction(trained_runs["mobilenet_v2"], *circle)
+    assert headings(at) == [expected.label]
+    assert any(c.value == f"{expected.confidence:.1%} confident" for c in at.caption)
+    assert len(at.get("plotly_chart")) == 1
+    assert any("Reused from the shared cache" in m.value for m in at.markdown)  # loaded once, then reused
+
+
+def test_bad_files_get_one_error_each_and_the_rest_are_still_classified(open_page, trained_runs, circle):
+    png = io.BytesIO()
+    Image.new("RGB", (30, 20), (200, 30, 30)).save(png, "PNG")
+    files = [
+        ("empty.png", b"", "image/png"),
+        (circle[0], circle[1], "image/jpeg"),
+        ("noise.jpg", os.urandom(2048), "image/jpeg"),
+        ("page.png", b"<html><body>not a picture</body></html>", "image/png"),
+        ("truncated.jpg", circle[1][: len(circle[1]) // 3], "image/jpeg"),
+        ("red.png", png.getvalue(), "image/png"),
+    ]
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.file_uploader[0].set_value(files).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert [e.split(":")[0] for e in errors] == ["empty.png", "noise.jpg", "page.png", "truncated.jpg"]
+    assert len(headings(at)) == 2
+    assert any(c.value == "2 image(s) classified, 4 could not be read." for c in at.caption)
+
+
+def test_a_camera_photo_is_classified(open_page, trained_runs, circle):
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.toggle(key="pred_camera").set_value(True).run()
+    at.camera_input[0].set_value(("photo.jpg", circle[1], "image/jpeg")).run()
+    assert not at.exception and not at.error
+    assert headings(at) == [expected_prediction(trained_runs["mobilenet_v2"], *circle).label]
+    assert any(img.proto.imgs[0].caption == "camera photo" for img in at.get("image"))
+
+
+def test_a_replaced_model_file_is_loaded_again(open_page, trained_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_runs["dir"], runs)
+    at = open_page("predict", runs_dir=runs)
+    at.run()
+    assert any("Reused from the shared cache" in m.value for m in at.markdown)
+    model = runs / trained_runs["mobilenet_v2"].name / "model.h5"
+    os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 60))
+    at.run()
+    assert any("Loaded from disk in" in m.value for m in at.markdown)
+
+
+def test_h5_paths_load_or_say_what_is_wrong(open_page, trained_runs, tmp_path):
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.radio(key="pred_model_source").set_value("path").run()
+    assert not at.exception
+    not_h5 = tmp_path / "notes.h5"
+    not_h5.write_text("hello")
+    at.text_input(key="pred_h5_path").set_value(str(not_h5)).run()
+    assert "not an HDF5" in at.error[0].value
+    at.text_input(key="pred_h5_path").set_value(str(tmp_path / "missing.h5")).run()
+    assert "does not exist" in at.error[0].value
+    # Whoever can type server paths runs the Lab locally, so the file's hub module may be any local folder
+    # (the demo backbone here lives outside the Lab's cache and runs folders); uploads are held to more.
+    at.text_input(key="pred_h5_path").set_value(str(trained_runs["mobilenet_v2"] / "model.h5")).run()
+    assert not at.exception and not at.error
+    assert any("classes: circles, squares" in m.value for m in at.markdown)

@@ -1,0 +1,53 @@
+"""`python -m benchmarks --quick` runs end to end and reports all five figures (their values are not judged here:
+timings belong to the benchmark's own output, not to pass/fail)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = REPO / "benchmarks" / "work"  # generated images and SavedModel are kept there between runs
+
+
+def number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_benchmark_reports_all_five_figures(tmp_path):
+    output = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("LAB_CACHE_DIR", None)  # the benchmark chooses its own caches under its work folder
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+
+    report = json.loads(output.read_text())
+    assert report["mode"] == "quick"
+    figures = report["figures"]
+    assert sorted(figures) == ["R1", "R2", "R3", "R4", "R5"]
+    expected = {
+        "R1": ("ratio_3_epochs", "ratio_15_epochs", "uncached_3_epochs_s", "cached_3_epochs_s",
+               "uncached_15_epochs_s_extrapolated", "cached_15_epochs_s"),
+        "R2": ("ratio", "pipeline_images_per_s", "backbone_images_per_s"),
+        "R3": ("ratio", "predict_bytes_p50_ms", "bare_call_p50_ms"),
+        "R4": ("peak_gb", "estimate_gb", "bytes_per_image"),
+        "R5": ("seconds",),
+    }
+    for figure, keys in expected.items():
+        for key in keys:
+            assert number(figures[figure][key]) and figures[figure][key] > 0, (figure, key, figures[figure])
+        assert isinstance(figures[figure]["met"], bool)
+    assert figures["R4"]["estimate_images"] == 23_262
+    assert figures["R4"]["estimate_gb"] >= figures["R4"]["peak_gb"]
+    assert figures["R1"]["second_experiment_features_from"] == {"train": "memory", "validation": "memory"}
+
+    table = out[out.index("figure"):]
+    for figure in ("R1", "R2", "R3", "R4", "R5"):
+        assert f"\n{figure} " in table
+    assert not (WORK / "cache" / str(proc.pid)).exists()  # its caches and model file are cleaned up
+    assert not list(WORK.glob(f"r1-cached-model-{proc.pid}.h5"))

@@ -1,0 +1,297 @@
+"""Run folders as zips: a run trained elsewhere is imported safely and works here like one trained here."""
+from __future__ import annotations
+
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_zip
+
+from core.runs.folders import INCOMPLETE_PREFIX, list_runs, open_run
+from core.settings.errors import LabError, ModelFileError
+from core.runs.archives import export_run_zip, import_run_file, import_run_zip
+
+
+def entries_of(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
+
+
+def left_behind(runs: Path) -> list[str]:
+    return [p.name for p in runs.iterdir()] if runs.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def transfer_zip(trained_runs) -> bytes:
+    return export_run_zip(trained_runs["mobilenet_v2"])
+
+
+def test_export_holds_the_run_folder_under_its_own_name_without_exports(trained_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / trained_runs["baseline"].name
+    shutil.copytree(trained_runs["baseline"], run)
+    (run / "exports").mkdir()
+    (run / "exports" / "model.tflite").write_bytes(b"\0" * 100)
+    (run / ".config.json.tmp-1").write_text("{}")
+    names = set(entries_of(export_run_zip(run)))
+    top = {name.split("/")[0] for name in names}
+    assert top == {run.name}
+    assert {f"{run.name}/{f}" for f in ("config.json", "history.json", "metrics.json", "model.h5", "summary.txt",
+                                        "layers.json", "evaluation.json")} <= names
+    assert not [n for n in names if "/exports/" in n or "/." in n]
+
+
+def test_an_imported_run_is_listed_charted_and_predicts_like_the_original(trained_runs, transfer_zip, tmp_path,
+                                                                          demo_folder):
+    from core.runs.predict import load_for_prediction, predict_bytes
+
+    runs = tmp_path / "runs"
+    imported = import_run_zip(transfer_zip, runs)
+    original = open_run(trained_runs["mobilenet_v2"])
+    assert imported.path == runs / original.run_id and imported.warnings == [] and imported.skipped == 0
+    [record] = list_runs(runs).runs
+    assert record.history == original.history and record.metrics == original.metrics
+    assert record.config == original.config
+    assert (record.path / "evaluation.json").is_file()
+    images = [(p.name, p.read_bytes()) for p in sorted((demo_folder / "circles").glob("*.jpg"))[:3]]
+    here = predict_bytes(load_for_prediction(record.path), images)
+    there = predict_bytes(load_for_prediction(original.path), images)
+    for a, b in zip(here, there, strict=True):
+        assert a.label == b.label
+        assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-6)
+
+
+def test_a_second_import_of_the_same_run_gets_a_fresh_name(transfer_zip, tmp_path):
+    first = import_run_zip(transfer_zip, tmp_path)
+    second = import_run_zip(io.BytesIO(transfer_zip), tmp_path)
+    assert first.path != second.path and second.path.name.startswith(first.path.name + "-imported-")
+    assert len(list_runs(tmp_path).runs) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(INCOMPLETE_PREFIX)]
+
+
+def test_a_zip_of_the_files_themselves_gets_a_run_id_and_foreign_files_are_left_out(transfer_zip, tmp_path):
+    flat = {name.split("/", 1)[1]: data for name, data in entries_of(transfer_zip).items()}
+    flat |= {"exports/model.tflite": b"\0", "notes.docx": b"x", "__MACOSX/._config.json": b"\0"}
+    imported = import_run_zip(make_zip(flat), tmp_path)
+    assert "-mobilenet_v2-" in imported.path.name
+    assert imported.skipped == 3 and "3 file(s)" in imported.warnings[-1]
+    assert not (imported.path / "exports").exists() and not (imported.path / "notes.docx").exists()
+
+
+def test_a_run_zipped_from_the_project_folder_is_found_one_level_down(transfer_zip, tmp_path):
+    nested = {f"runs/{name}": data for name, data in entries_of(transfer_zip).items()}
+    imported = import_run_zip(make_zip(nested), tmp_path)
+    assert imported.path.name == next(iter(entries_of(transfer_zip))).split("/")[0]
+    assert imported.skipped == 0
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../run/config.json", "leaves its folder"),
+    ("run/../../x.json", "leaves its folder"),
+    ("/etc/run/x.json", "absolute path"),
+    ("C:/run/x.json", "absolute path"),
+])
+def test_paths_leaving_the_folder_are_refused_before_anything_is_written(transfer_zip, tmp_path, name, message):
+    data = make_zip(entries_of(transfer_zip) | {name: b"{}"})
+    with pytest.raises(LabError, match=message):
+        import_run_zip(data, tmp_path / "runs")
+    assert left_behind(tmp_path / "runs") == []
+
+
+def test_symlinks_are_refused(transfer_zip, tmp_path):
+    entries = entries_of(transfer_zip)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        link = zipfile.ZipInfo(next(iter(entries)).split("/")[0] + "/notes.txt")
+        link.create_system = 3
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(LabError, match="symbolic link"):
+        import_run_zip(buffer.getvalue(), tmp_path)
+    assert left_behind(tmp_path) == []
+
+
+def test_too_many_files_or_too_many_bytes_are_refused(transfer_zip, tmp_path):
+    files = len(entries_of(transfer_zip))
+    with pytest.raises(LabError, match=f"holds {files} files; a run folder has far fewer .the limit is {files - 1}"):
+        import_run_zip(transfer_zip, tmp_path, max_files=files - 1)
+    with pytest.raises(LabError, match="would unpack to more than"):
+        import_run_zip(transfer_zip, tmp_path, max_bytes=1000)
+    assert left_behind(tmp_path) == []
+
+
+def test_sizes_are_counted_while_inflating_not_taken_from_the_headers(transfer_zip, tmp_path):
+    """A zip whose headers understate its sizes is cut off while inflating (by the byte count here, or by
+    zipfile's own check of the declared size), and nothing is kept."""
+    entries = entries_of(transfer_zip)
+    root = next(iter(entries)).split("/")[0]
+    data = bytearray(make_zip(entries | {f"{root}/padding.txt": b"x" * 200_000}))
+    # Rewrite the uncompressed size of padding.txt in its central-directory record to 10 bytes.
+    name = f"{root}/padding.txt".encode()
+    at = data.rfind(b"PK\x01\x02", 0, data.rfind(name))
+    data[at + 24:at + 28] = (10).to_bytes(4, "little")
+    total = sum(len(v) for v in entries.values())
+    with pytest.raises(LabError, match="understate|damaged"):
+        import_run_zip(bytes(data), tmp_path, max_bytes=total + 100_000)
+    assert left_behind(tmp_path) == []
+
+
+@pytest.mark.parametrize("missing", ["model.h5", "history.json", "config.json"])
+def test_an_incomplete_run_is_refused(transfer_zip, tmp_path, missing):
+    entries = {k: v for k, v in entries_of(transfer_zip).items() if not k.endswith("/" + missing)}
+    with pytest.raises(LabError, match="incomplete|no run folder"):
+        import_run_zip(make_zip(entries), tmp_path)
+    assert left_behind(tmp_path) == []
+
+
+def test_two_runs_in_one_zip_and_non_zips_are_refused(trained_runs, transfer_zip, tmp_path):
+    both = entries_of(transfer_zip) | entries_of(export_run_zip(trained_runs["baseline"]))
+    with pytest.raises(LabError, match="2 run folders; import them one zip at a time"):
+        import_run_zip(make_zip(both), tmp_path)
+    with pytest.raises(LabError, match="not a zip"):
+        import_run_zip(b"model.h5 but not zipped", tmp_path)
+
+
+def replace_file(data: bytes, name: str, content: bytes) -> bytes:
+    entries = entries_of(data)
+    [key] = [k for k in entries if k.endswith("/" + name)]
+    return make_zip(entries | {key: content})
+
+
+def test_a_model_file_that_would_run_code_is_refused(transfer_zip, tmp_path):
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Lambda(lambda x: x * 2),
+                                 tf_keras.layers.Dense(2)])
+    path = tmp_path / "lambda.h5"
+    model.save(str(path), save_format="h5")
+    with pytest.raises(ModelFileError, match="Lambda"):
+        import_run_zip(replace_file(transfer_zip, "model.h5", path.read_bytes()), tmp_path / "runs")
+    assert left_behind(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("history.json", b"[{\"loss\": \"NaN please\"}]", "not a set of numbers"),
+    ("history.json", b"[]", "holds no epochs"),
+    ("metrics.json", b"[1, 2]", "must each hold a JSON object"),
+    ("config.json", b"{not json", "not valid JSON"),
+    ("config.json", json.dumps({"class_names": ["a", "b", "c"]}).encode(), "2 outputs but its config lists 3"),
+])
+def test_json_the_pages_could_not_read_is_refused(transfer_zip, tmp_path, name, content, message):
+    with pytest.raises(LabError, match=message):
+        import_run_zip(replace_file(transfer_zip, name, content), tmp_path)
+    assert left_behind(tmp_path) == []
+
+
+def test_an_evaluation_pointing_outside_the_run_is_dropped_with_a_warning(transfer_zip, tmp_path):
+    evaluation = json.loads(next(v for k, v in entries_of(transfer_zip).items() if k.endswith("/evaluation.json")))
+    evaluation["wrong"] = [{"thumbnail": "../../../etc/hostname"}]
+    imported = import_run_zip(replace_file(transfer_zip, "evaluation.json", json.dumps(evaluation).encode()),
+                              tmp_path)
+    assert not (imported.path / "evaluation.json").exists()
+    assert any("evaluation" in w and "left out" in w for w in imported.warnings)
+    assert open_run(imported.path).history  # the run itself is imported
+
+
+def test_the_web_check_refuses_a_hub_module_in_a_server_folder(transfer_zip, tmp_path):
+    """The demo run's hub handle is a SavedModel in a temporary folder outside the Lab's own folders."""
+    from core.models.hub import web_upload_handle_allowed
+
+    with pytest.raises(ModelFileError, match="may not use"):
+        import_run_zip(transfer_zip, tmp_path, allowed_handle=web_upload_handle_allowed)
+    assert left_behind(tmp_path) == []
+
+
+def run_with_handle(trained_run: Path, handle: Path, dest: Path) -> Path:
+    """A copy of a transfer run whose model.h5 points its KerasLayer at another SavedModel folder."""
+    import shutil
+
+    from core.settings.config import ModelKind
+    from core.safety.model_files import save_model
+    from core.models.architectures import build_model
+
+    shutil.copytree(trained_run, dest)
+    save_model(build_model(ModelKind.MOBILENET_V2, 2, 64, str(handle)), dest / "model.h5", ["circles", "squares"])
+    return dest
+
+
+def test_a_hub_module_missing_here_is_imported_with_a_warning(trained_runs, demo_backbone, tmp_path):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "backbone"
+    shutil.copytree(demo_backbone, moved)
+    run = run_with_handle(trained_runs["mobilenet_v2"], moved, tmp_path / "run")
+    shutil.rmtree(moved)
+    imported = import_run_zip(export_run_zip(run), tmp_path / "runs")
+    assert any(str(moved) in w and "not here" in w for w in imported.warnings)
+
+
+def test_import_run_file_refuses_missing_and_oversized_files(tmp_path, monkeypatch):
+    import core.runs.archives
+
+    with pytest.raises(LabError, match="does not exist"):
+        import_run_file(tmp_path / "nothing.zip", tmp_path)
+    big = tmp_path / "big.zip"
+    big.write_bytes(b"\0" * 2000)
+    monkeypatch.setattr(core.runs.archives, "MAX_RUN_BYTES", 1000)
+    with pytest.raises(LabError, match="more than a run folder holds"):
+        import_run_file(big, tmp_path)
+
+
+def test_the_cli_imports_a_zip_into_its_runs_folder(transfer_zip, tmp_path, capsys):
+    from core.cli import main
+
+    archive = tmp_path / "run.zip"
+    archive.write_bytes(transfer_zip)
+    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    [record] = list_runs(tmp_path / "runs").runs
+    assert out[-1] == str(record.path)
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert record.run_id in capsys.readouterr().out
+    archive.write_bytes(b"not a zip")
+    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "not a zip" in capsys.readouterr().err
+
+
+def test_the_experiments_page_imports_an_uploaded_run_and_shows_it(open_page, trained_runs, demo_backbone,
+                                                                   tmp_path):
+    """The upload goes through the web check, so the run's hub module lies in the Lab's cache folder here,
+    as the Dataset page's generated demo module does."""
+    import shutil
+
+    from core.settings.paths import cache_dir
+
+    backbone = cache_dir() / "import-test" / "backbone"
+    if not backbone.exists():
+        shutil.copytree(demo_backbone, backbone)
+    data = export_run_zip(run_with_handle(trained_runs["mobilenet_v2"], backbone, tmp_path / "upload"))
+    at = open_page("experiments", runs_dir=tmp_path / "runs")
+    assert not at.exception
+    [uploader] = [u for u in at.file_uploader if u.key == "run_import_zip"]
+    uploader.set_value(("upload.zip", data, "application/zip")).run()
+    at.button(key="run_import").click().run()
+    assert not at.exception
+    [record] = list_runs(tmp_path / "runs").runs
+    assert any(record.run_id in s.value for s in at.success)
+    assert record.run_id in at.multiselect(key="exp_shown").value
+    # Its accuracy and loss curves (training and validation) are drawn beside the article's.
+    names = [[trace.get("name") for trace in json.loads(chart.proto.spec)["data"]] for chart in at.get("plotly_chart")]
+    assert names[:2] == [["MobileNetV2 transfer", "MobileNetV2 transfer", "Article: MobileNetV2 transfer"]] * 2
+
+
+def test_the_experiments_page_shows_why_an_upload_was_refused(open_page, transfer_zip, tmp_path):
+    at = open_page("experiments", runs_dir=tmp_path / "runs")
+    [uploader] = [u for u in at.file_uploader if u.key == "run_import_zip"]
+    uploader.set_value(("run.zip", transfer_zip, "application/zip")).run()
+    at.button(key="run_import").click().run()
+    assert not at.exception
+    assert any("may not use" in e.value for e in at.error)
+    assert left_behind(tmp_path / "runs") == []

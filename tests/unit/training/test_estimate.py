@@ -1,0 +1,132 @@
+"""Duration estimates from measured per-image costs, and the Quick demo preset that fits a budget."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from core.settings.config import DataConfig, ModelKind
+from core.settings.errors import LabError
+from core.settings.text import duration
+from core.training.estimate import (
+    OVERHEAD_SECONDS,
+    Speed,
+    estimate,
+    fits_memory,
+    quick_demo,
+    split_sizes,
+)
+
+BASELINE = Speed(train=0.01, evaluate=0.005, setup=2.0, decode=0.002)
+TRANSFER = Speed(train=0.004, evaluate=0.003, setup=1.0, features=0.003, head_train=0.0001, head_evaluate=0.00005,
+                 decode=0.002)
+SPEEDS = {ModelKind.BASELINE: BASELINE, ModelKind.MOBILENET_V2: TRANSFER}
+
+
+def test_baseline_decodes_in_the_first_epoch_only_when_the_split_fits_memory():
+    est = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64)
+    compute = 100 * 0.01 + 25 * 0.005
+    assert est.first_epoch_seconds == pytest.approx(compute + 125 * 0.002)
+    assert est.epoch_seconds == pytest.approx(compute)
+    assert est.setup_seconds == pytest.approx(2.0 + OVERHEAD_SECONDS)
+    assert est.total_seconds == pytest.approx(est.setup_seconds + est.first_epoch_seconds + 2 * compute)
+    assert est.feature_seconds == 0
+    # 100 images at 1024x1024 are too big to keep in memory and are decoded in every epoch, as the pipeline
+    # will do; the 25 validation images still fit.
+    assert not fits_memory(100, 1024) and fits_memory(25, 1024)
+    big = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=1024)
+    assert big.epoch_seconds == pytest.approx(compute + 100 * 0.002)
+
+
+def test_cached_transfer_pays_for_features_once_then_only_for_the_head():
+    est = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=True)
+    assert est.feature_seconds == pytest.approx(125 * (0.003 + 0.002))
+    assert est.epoch_seconds == pytest.approx(100 * 0.0001 + 25 * 0.00005)
+    assert est.total_seconds == pytest.approx(1.0 + OVERHEAD_SECONDS + est.feature_seconds + 3 * est.epoch_seconds)
+    uncached = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=False)
+    assert uncached.feature_seconds == 0
+    assert uncached.epoch_seconds == pytest.approx(100 * 0.004 + 25 * 0.003)
+    assert uncached.total_seconds > est.total_seconds
+
+
+def test_fine_tuning_epochs_run_the_whole_model_on_decoded_images_after_the_cached_ones():
+    speed = dataclasses.replace(TRANSFER, fine_tune=0.012, fine_tune_setup=4.0)
+    frozen = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224)
+    tuned = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224, fine_tune_epochs=2)
+    compute = 100 * 0.012 + 25 * 0.003
+    assert tuned.fine_tune_epochs == 2 and tuned.fine_tune_epoch_seconds == pytest.approx(compute)
+    # Its own pipeline decodes every image again in the first fine-tuning epoch, then keeps them in memory.
+    assert tuned.fine_tune_seconds == pytest.approx(4.0 + 2 * compute + 125 * 0.002)
+    assert tuned.feature_seconds == frozen.feature_seconds
+    assert tuned.total_seconds == pytest.approx(frozen.total_seconds + tuned.fine_tune_seconds)
+    baseline = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64, fine_tune_epochs=2)
+    assert baseline.fine_tune_seconds == 0 and baseline.fine_tune_epochs == 0
+    with pytest.raises(ValueError, match="measure_fine_tune"):
+        estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, fine_tune_epochs=1)
+
+
+def test_split_sizes_follow_the_limit_and_the_80_20_proportion():
+    assert split_sizes(18610, 4652, None) == (18610, 4652)
+    assert split_sizes(18610, 4652, 200) == (200, 50)
+    assert split_sizes(96, 24, 500) == (96, 24)
+
+
+def test_quick_demo_takes_the_largest_limit_that_fits_with_the_articles_epochs():
+    preset = quick_demo(60, SPEEDS, available_train=18610, available_val=4652, image_size=224)
+    assert preset.fits
+    assert preset.epochs == {ModelKind.BASELINE: 15, ModelKind.MOBILENET_V2: 3}
+    assert preset.total_seconds <= 60
+    one_more = quick_demo(10**6, SPEEDS, 18610, 4652, 224)  # what the next image would cost
+    assert one_more.limit == 18610
+    n_train, n_val = split_sizes(18610, 4652, preset.limit + 1)
+    over = sum(estimate(k, SPEEDS[k], n_train, n_val, preset.epochs[k], 224).total_seconds for k in SPEEDS)
+    assert over > 60
+
+
+def test_quick_demo_drops_baseline_epochs_before_images_and_says_when_nothing_fits():
+    tight = quick_demo(25, SPEEDS, 18610, 4652, image_size=224, min_images=200)
+    assert tight.fits and tight.limit >= 200
+    assert tight.epochs[ModelKind.BASELINE] < 15
+    assert tight.total_seconds <= 25
+    hopeless = quick_demo(5, SPEEDS, 18610, 4652, image_size=224)
+    assert not hopeless.fits
+    assert hopeless.limit == 200 and hopeless.epochs == {ModelKind.BASELINE: 1, ModelKind.MOBILENET_V2: 1}
+
+
+def test_quick_demo_on_a_small_dataset_uses_all_of_it():
+    preset = quick_demo(180, SPEEDS, available_train=96, available_val=24, image_size=64)
+    assert preset.fits and preset.limit == 96
+    assert preset.estimates[ModelKind.BASELINE].train_images == 96
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0 s"), (0.4, "under 1 s"), (45, "45 s"), (200, "3 min 20 s"), (180, "3 min"),
+                                           (1500, "25 min"), (9000, "2 h 30 min")])
+def test_durations_read_at_a_glance(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_measured_speeds_come_from_the_real_models(demo_backbone, demo_folder):
+    from core.data.sources import open_source
+    from core.training.estimate import measure_decode, measure_speed
+
+    baseline = measure_speed(ModelKind.BASELINE, 48, 8, handle="", num_classes=2)
+    assert baseline.train > 0 and baseline.evaluate > 0 and baseline.setup > 0
+    assert baseline.features == baseline.head_train == 0
+    transfer = measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(demo_backbone), num_classes=2)
+    assert min(transfer.train, transfer.features, transfer.head_train, transfer.head_evaluate) > 0
+    source = open_source(DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=8))
+    assert measure_decode(source, 48, 8) > 0
+
+
+def test_a_fine_tuning_step_is_timed_through_the_unfrozen_backbone(demo_backbone):
+    from core.training.estimate import measure_fine_tune
+
+    per_image, setup = measure_fine_tune(48, 8, handle=str(demo_backbone), num_classes=2)
+    assert per_image > 0 and setup > 0
+
+
+def test_measuring_a_model_that_cannot_be_built_says_why(tmp_path):
+    from core.training.estimate import measure_speed
+
+    with pytest.raises(LabError, match="not a SavedModel folder"):
+        measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(tmp_path), num_classes=2)
