@@ -20,6 +20,12 @@ SOURCE_KEY = "lab_source"  # the dataset the Experiments page trains on ("tfds:N
 HANDLE_KEY = "lab_handle"  # the hub handle the transfer model starts from
 HANDLE_FIELD_KEY = "exp_t_handle"  # the Experiments page's hub handle field, filled from HANDLE_KEY
 DEMO_NOTE_KEY = "lab_demo_note"
+TOKEN_KEY = "lab_token"  # this browser session's key: owns its trainings and names its saved choices
+SAVED_KEY = "lab_saved_choices"  # the choices as last saved, to write only when they change
+# What a reload must find again: the dataset, the hub handle and every page's settings. Widget keys with
+# these prefixes hold plain values only (buttons and uploaders have other keys, see keep_widget_state).
+PERSISTED_PREFIXES = ("exp_", "ds_", "pred_")
+PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY)
 
 
 def current_source() -> str:
@@ -103,6 +109,52 @@ def keep_widget_state(prefixes: tuple[str, ...] = ("exp_", "pred_", "ds_")) -> N
             st.session_state[key] = st.session_state[key]
 
 
+def session_token() -> str:
+    return st.session_state[TOKEN_KEY]
+
+
+def _choices() -> dict:
+    from core.settings.choices import plain_choices
+
+    return plain_choices({k: v for k, v in st.session_state.items() if isinstance(k, str) and (
+        k in PERSISTED_KEYS or k.startswith(PERSISTED_PREFIXES))})
+
+
+def restore_session() -> None:
+    """Give this browser session its key (from the address, or a new one) and bring back its choices.
+
+    The key sits in the page's address as ?s=..., so a reload, or the same address in a new tab, finds
+    the same dataset, settings and trainings. Sharing a training uses a link without it.
+    """
+    from core.settings.choices import is_token, load_choices, new_token
+
+    if TOKEN_KEY not in st.session_state:
+        from_url = st.query_params.get("s")
+        token = from_url if is_token(from_url) else new_token()
+        st.session_state[TOKEN_KEY] = token
+        saved = load_choices(token)
+        for key, value in saved.items():
+            if key in PERSISTED_KEYS or key.startswith(PERSISTED_PREFIXES):
+                st.session_state.setdefault(key, value)
+        st.session_state[SAVED_KEY] = saved
+    if st.query_params.get("s") != session_token():
+        st.query_params["s"] = session_token()
+
+
+def save_session() -> None:
+    """Write this session's choices where a reload finds them, when they changed since the last write."""
+    from core.settings.choices import save_choices
+
+    choices = _choices()
+    if choices == st.session_state.get(SAVED_KEY):
+        return
+    try:
+        save_choices(session_token(), choices)
+        st.session_state[SAVED_KEY] = choices
+    except OSError as exc:  # a full or read-only disk costs the reload memory, never the page
+        logger.warning("could not save the session's choices: %s", exc)
+
+
 def tidy_runs_folder() -> None:
     """Remove run folders that killed training processes left unfinished (a live writer's stay).
 
@@ -121,7 +173,9 @@ def sidebar() -> None:
     from core.runs.folders import list_runs
     from core.settings.paths import cache_dir
 
+    restore_session()
     keep_widget_state()
+    save_session()
     tidy_runs_folder()
     with st.sidebar:
         st.markdown("#### Lab status")

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, default=HERE / "work",
                         help="generated images, the SavedModel and caches (default %(default)s)")
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    parser.add_argument("--live", action="store_true",
+                        help="instead: the live-training figures W1-W3 and L1, measured with `streamlit run` and "
+                             "headless Chromium (several minutes; written to benchmarks/live-results.json)")
     return parser
 
 
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
+    if args.live:
+        return live_main(args, work, say, start)
     say("Preparing generated JPEGs and the MobileNetV2 SavedModel (reused when already there) ...")
     setup = figures.Setup(
         photos=make_photo_folder(work / f"photos-{settings['per_class']}", settings["per_class"]),
@@ -152,4 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(rows))
     print(f"\nWritten to {args.output} ({report['seconds']:.0f} s in all).")
+    return 0
+
+
+def live_main(args, work: Path, say, start: float) -> int:
+    from benchmarks import live
+
+    results = live.main(work, args.quick, say)
+    rows = live.table_rows(results)
+    output = args.output if args.output != HERE / "results.json" else HERE / "live-results.json"
+    report = {"mode": "live-quick" if args.quick else "live", "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "seconds": round(time.perf_counter() - start, 1), "machine": machine(), "figures": results,
+              "table": rows}
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(format_table(rows))
+    print(f"\nWritten to {output} ({report['seconds']:.0f} s in all).")
     return 0

@@ -130,7 +130,9 @@ class ProgressLine:
 
 
 def cmd_train(args) -> int:
+    from core.training.board import Board
     from core.training.experiment import Callbacks, run_experiment
+    from core.training.jobs import Experiment, Job
 
     data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
                       limit=args.limit, seed=args.seed, augment=args.augment)
@@ -154,10 +156,15 @@ def cmd_train(args) -> int:
         elif not msg.startswith("Features for"):
             print(msg, file=sys.stderr, flush=True)
 
-    run_dir = run_experiment(data, train, args.runs_dir,
-                             Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status))
+    printing = Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status)
+
+    def runner(data, train, runs_dir, callbacks):
+        return run_experiment(data, train, runs_dir, callbacks.joined(printing))
+
+    # Listed on the job board while it trains, so the dashboard shows it (and can stop it) too.
+    snapshot = Board(args.runs_dir).run_here(Job([Experiment(data, train)], args.runs_dir, runner))
     bar.clear()
-    print(run_dir)
+    print(snapshot.run_dirs[-1])
     return 0
 
 

@@ -1,7 +1,14 @@
-"""Plain-text tables for the command line and the dashboard's comparison table."""
+"""Tables for the command line and the dashboard: run comparisons (with the article's rows), layer
+summaries, evaluation reports."""
+import json
+
 from core.runs.evaluate import Evaluation
 from core.runs.folders import file_size_mb
+from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.reference import article, article_history, article_params
 from core.settings.text import megabytes, percent
+
+MAX_LAYER_ROWS = 500  # a layers.json longer than this was not written by the Lab; its first rows are shown
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -22,6 +29,41 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
                      percent(m.get("best_val_accuracy"), 2), percent(m.get("final_val_accuracy"), 2),
                      megabytes(file_size_mb(r.model_path) * 1e6).removesuffix(" MB")])
     return headers, rows
+
+
+def article_rows() -> list[list[str]]:
+    """The article's two models as rows of compare_rows' columns, to sit beside this Lab's runs."""
+    rows = []
+    for kind in (ModelKind.BASELINE, ModelKind.MOBILENET_V2):
+        ref = article_history(kind)
+        vals = [row["val_accuracy"] for row in ref]
+        trainable = article()["mobilenet_v2_transfer"]["trainable_params"] if kind is ModelKind.MOBILENET_V2 \
+            else article_params(kind)
+        rows.append(["The article (GPU)", MODEL_LABELS[kind], str(len(ref)), f"{article_params(kind):,}",
+                     f"{trainable:,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
+                     percent(max(vals), 2), percent(vals[-1], 2), "-"])
+    return rows
+
+
+def layer_rows(record, shape=str) -> list[dict] | None:
+    """The run's layers (name, type, output shape, parameters, trained) from its layers.json, or None."""
+    try:
+        layers = json.loads((record.path / "layers.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(layers, list):
+        return None
+    rows = []
+    for r in layers[:MAX_LAYER_ROWS]:
+        if not isinstance(r, dict):
+            return None
+        params = r.get("params", 0)
+        rows.append({"Layer": str(r.get("name", ""))[:200], "Type": str(r.get("type", ""))[:200],
+                     "Output shape": shape(r.get("output_shape")),
+                     "Parameters": f"{int(params):,}" if isinstance(params, (int, float)) and abs(params) < 1e15
+                     else "-",
+                     "Trained": "yes" if r.get("trainable") else "no"})
+    return rows
 
 
 def format_report(evaluation: Evaluation) -> str:

@@ -44,23 +44,17 @@ logger = logging.getLogger(__name__)
 
 JOBS_DIR = ".jobs"
 SPEC, STATUS, LAUNCH, STOP, EXIT, LOG = "spec.json", "status.json", "launch.json", "stop", "exit.json", "worker.log"
+ENDED = "ended"  # written beside a final status, so listing active jobs need not read finished ones
 KEPT_FINISHED = 200  # finished jobs kept on the board for reuse and links; older ones are removed
 # A launch that never recorded its worker's pid this long after it began counts as lost.
 LAUNCH_GRACE_SECONDS = 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_START = "worker-start.json"  # how long the latest worker took to start, for estimates
+DEFAULT_WORKER_START_SECONDS = 4.0  # Python and TensorFlow starting on a quiet 2-core machine
 
 
 def jobs_root(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / JOBS_DIR
-
-
-def new_owner_token() -> str:
-    """A session's proof that it started a job (and the key to its saved choices); unguessable."""
-    return secrets.token_hex(16)
-
-
-def is_token(text) -> bool:
-    return isinstance(text, str) and len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def experiment_fingerprint(source, data, train) -> str:
@@ -76,6 +70,20 @@ def experiment_fingerprint(source, data, train) -> str:
     if is_local(handle) and Path(handle).is_dir():
         parts["handle_files"] = _saved_model_fingerprint(Path(handle))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def worker_start_seconds(runs_dir: str | Path) -> float:
+    """Seconds a worker process needs before it trains (interpreter, TensorFlow), as last measured here."""
+    recorded = _read(jobs_root(runs_dir) / WORKER_START)
+    value = recorded.get("seconds") if isinstance(recorded, dict) else None
+    if isinstance(value, (int, float)) and 0 < value < 600:
+        return float(value)
+    return DEFAULT_WORKER_START_SECONDS
+
+
+def record_worker_start(runs_dir: str | Path, seconds: float) -> None:
+    with contextlib.suppress(OSError):
+        write_json(jobs_root(runs_dir) / WORKER_START, {"seconds": round(seconds, 3), "at": time.time()})
 
 
 def _pid_alive(pid) -> bool:
@@ -210,14 +218,17 @@ class Board:
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
                        title=_title(spec), fingerprints=tuple(spec.get("fingerprints", ())), snapshot=snapshot)
 
-    def views(self) -> list[JobView]:
-        """Every job, oldest first, queued ones with their place in the queue and their wait."""
-        views = [v for v in map(self._view, self._job_dirs()) if v is not None]
+    def views(self, active_only: bool = False) -> list[JobView]:
+        """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
+        dirs = self._job_dirs()
+        if active_only:
+            dirs = [d for d in dirs if not (d / ENDED).exists()]
+        views = [v for v in map(self._view, dirs) if v is not None]
         views.sort(key=lambda v: (v.created, v.job_id))
         return self._with_queue(views)
 
     def active(self) -> list[JobView]:
-        return [v for v in self.views() if v.active]
+        return [v for v in self.views(active_only=True) if v.active]
 
     def view(self, job_id: str) -> JobView | None:
         if not isinstance(job_id, str) or not job_id.replace("-", "").isalnum():
@@ -288,7 +299,7 @@ class Board:
             if not todo:
                 return Submission(None, False, reused)
             wanted = tuple(fingerprints[i] for i in todo)
-            for v in self.views():
+            for v in self.views(active_only=True):
                 if v.active and v.fingerprints == wanted:
                     return Submission(v.job_id, True, reused)
             job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin)
@@ -328,7 +339,7 @@ class Board:
             self._start_queued()
 
     def _reap(self) -> None:
-        for v in self.views():
+        for v in self.views(active_only=True):
             if v.finished:
                 continue
             if v.origin == "cli":
@@ -355,7 +366,7 @@ class Board:
         self._prune()
 
     def _start_queued(self) -> None:
-        views = self.views()
+        views = self.views(active_only=True)
         running = sum(1 for v in views if v.active and not v.queued)
         for v in views:
             if running >= self.max_concurrent:
@@ -373,17 +384,38 @@ class Board:
                 running += 1
 
     def _prune(self) -> None:
-        finished = [v for v in self.views() if v.finished]
-        for v in finished[:-KEPT_FINISHED] if len(finished) > KEPT_FINISHED else []:
-            shutil.rmtree(v.path, ignore_errors=True)
+        ended = [d for d in self._job_dirs() if (d / ENDED).exists()]  # job ids sort by creation time
+        for path in ended[:-KEPT_FINISHED] if len(ended) > KEPT_FINISHED else []:
+            shutil.rmtree(path, ignore_errors=True)
 
     # -- a job trained by the calling process (the CLI) ------------------------------------------------
 
-    def run_here(self, job: Job, fingerprints: list[str], owner: str = "cli") -> Snapshot:
-        """Train job in this process, listed on the board like a worker's job (with Stop from any page)."""
+    def run_here(self, job: Job, owner: str = "cli") -> Snapshot:
+        """Train job in this process, listed on the board like a worker's job (with Stop from any page).
+
+        Ctrl-C asks it to stop after the current batch, keeping finished epochs; a second one aborts.
+        What ended a failed or stopped job is re-raised, so the caller reports it as it always did.
+        """
+        fingerprints = [f"here-{secrets.token_hex(8)}" for _ in job.experiments]  # never taken for another run
         with self._locked():
             job_id = self._create(job.experiments, fingerprints, owner, "cli", pid=os.getpid())
-        return follow(job, self.root / job_id)
+        job_dir = self.root / job_id
+        try:
+            snapshot = follow(job, job_dir)
+        except KeyboardInterrupt:
+            job.stop()
+            print("\nStopping after the current batch; finished epochs are kept (Ctrl-C again aborts).",
+                  file=sys.stderr, flush=True)
+            snapshot = follow(job, job_dir, started=True)
+        if job.exception is not None and (snapshot.phase == FAILED or not snapshot.run_dirs):
+            # The caller reports the error where it was asked; a record of a job that saved nothing would
+            # only clutter the runs folder.
+            shutil.rmtree(job_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if {p.name for p in self.root.iterdir()} <= {".lock"}:
+                    shutil.rmtree(self.root)
+            raise job.exception
+        return snapshot
 
 
 def _with(snapshot: Snapshot, **changes) -> Snapshot:
@@ -394,6 +426,8 @@ def _with(snapshot: Snapshot, **changes) -> Snapshot:
 
 def _publish(job_dir: Path, snapshot: Snapshot) -> None:
     write_json(job_dir / STATUS, {**snapshot.to_dict(), "written_at": time.time(), "pid": os.getpid()})
+    if snapshot.finished:
+        (job_dir / ENDED).touch()
 
 
 def launch_worker(job_dir: Path) -> subprocess.Popen:
@@ -419,14 +453,16 @@ def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:
     threading.Thread(target=wait, name=f"lab-worker-{job_dir.name}", daemon=True).start()
 
 
-def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: float = 0.25) -> Snapshot:
+def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: float = 0.25,
+           started: bool = False) -> Snapshot:
     """Run job to its end in this process, publishing its progress and honouring the stop file.
 
     Progress is published a few times a second and at once when an epoch ends or a stop is seen, so a
     page polling the status file shows every epoch and "Stopping ..." without asking the trainer anything.
     """
     stop_file = job_dir / STOP
-    job.start()
+    if not started:
+        job.start()
     published, last_key = 0.0, None
     while True:
         running = job.alive

@@ -50,6 +50,18 @@ class Callbacks:
     on_status: Callable[[str], None] | None = None  # phase messages: loading data, extracting features
     should_stop: Callable[[], bool] | None = None  # polled after every batch
 
+    def joined(self, other: Callbacks) -> Callbacks:
+        """Both sets of callbacks: each report goes to self first, then other; either may stop the run."""
+        def both(a, b):
+            if a is None or b is None:
+                return a or b
+            return lambda report: (a(report), b(report))[-1]
+
+        stops = [f for f in (self.should_stop, other.should_stop) if f is not None]
+        return Callbacks(on_epoch=both(self.on_epoch, other.on_epoch), on_batch=both(self.on_batch, other.on_batch),
+                         on_status=both(self.on_status, other.on_status),
+                         should_stop=(lambda: any(f() for f in stops)) if stops else None)
+
 
 @dataclass
 class TrainResult:

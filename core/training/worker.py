@@ -6,11 +6,15 @@ the job ends; a stop file there stops it after the current batch, keeping finish
 """
 from __future__ import annotations
 
+import time
+
+STARTED = time.monotonic()  # as early as this module can see: the interpreter's own start is not counted
+
 import logging
 import sys
 from pathlib import Path
 
-from core.training.board import SPEC, _experiments_from_spec, _publish, _read, follow
+from core.training.board import SPEC, _experiments_from_spec, _publish, _read, follow, record_worker_start
 from core.training.jobs import FAILED, Job
 
 logger = logging.getLogger("core.training.worker")
@@ -29,6 +33,12 @@ def main(argv: list[str]) -> int:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         logger.error("unreadable job spec in %s: %s", job_dir, exc)
         return 2
+    # Imported before the job starts, so the time it takes is measured once and estimates can count it.
+    import tensorflow  # noqa: F401
+    import tensorflow_hub  # noqa: F401
+    import tf_keras  # noqa: F401
+
+    record_worker_start(runs_dir, time.monotonic() - STARTED)
     job = Job(experiments, runs_dir)
     try:
         final = follow(job, job_dir)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main
-from core.runs.folders import open_run
+from core.runs.folders import list_runs, open_run
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)  loss \d+\.\d{4}  accuracy \d\.\d{4}  val_loss \d+\.\d{4}  "
@@ -55,7 +55,7 @@ def test_train_prints_one_line_per_epoch_and_the_run_dir_last(cli_run):
 
 def test_predict_subprocess_one_line_per_image_and_exit_1_on_any_failure(cli_run, tmp_path):
     _, runs = cli_run
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = [r.path for r in list_runs(runs).runs]
     red = write_image(tmp_path / "red.png")
     blue = write_image(tmp_path / "blue.jpg", (40, 90, 220))
     broken = tmp_path / "broken.jpg"
