@@ -129,8 +129,8 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
         return
     except Exception as exc:
         logger.exception("queueing a training failed")
-        st.session_state[NOTICE_KEY] = ("error", f"The training could not be queued ({exc.__class__.__name__}); "
-                                                 "the server log has the details.")
+        text = f"The training could not be queued ({exc.__class__.__name__}); the server log has the details."
+        st.session_state[NOTICE_KEY] = ("error", text)
         return
     reused = [open_run(path) for path in submission.reused.values()]
     st.session_state[REUSED_KEY] = [r.run_id for r in reused]
