@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages.common import runs_folder, session_token
+from app_pages.common import describe_source, runs_folder, session_token
 from core.present.charts import CurveSeries, training_curves
 from core.present.labels import job_status_line
 from core.settings.config import MODEL_LABELS
@@ -69,9 +69,10 @@ def _job_card(view, mine: bool) -> None:
         head, stop = st.columns([5, 1], vertical_alignment="center")
         who = "yours" if view.owner == session_token() else ("from the command line" if view.origin == "cli"
                                                               else "another visitor's")
-        head.markdown(f"**{MODEL_LABELS.get(snap.model, 'Training') if snap.model else 'Training'}**"
-                      + (f" ({snap.index + 1} of {snap.total})" if snap.total > 1 else "") + f" · {who}")
-        head.caption(view.title)
+        model = MODEL_LABELS[snap.model] if snap.model else view.title
+        head.markdown(f"**{model}**" + (f" ({snap.index + 1} of {snap.total})" if snap.total > 1 and snap.model
+                                        else "") + f" · {who}")
+        head.caption(f"{view.title} on {describe_source(view.source)}")
         if may_stop(view) and not snap.finished:
             stop.button("Cancel" if view.queued else "Stop", key=f"stop_{view.job_id}", icon=":material/stop_circle:",
                         on_click=_stop, args=(view.job_id,), disabled=stopping, width="stretch",

@@ -125,7 +125,8 @@ class JobView:
     created: float
     origin: str  # "dashboard" or "cli"
     owner: str
-    title: str  # e.g. "Baseline CNN, then MobileNetV2 transfer on folder:/data/faces"
+    title: str  # e.g. "Baseline CNN, then MobileNetV2 transfer"
+    source: str  # the data it trains on, e.g. "folder:/data/faces"
     fingerprints: tuple[str, ...]
     snapshot: Snapshot
     queue_position: int | None = None  # 1 = next to start; None when running or finished
@@ -165,8 +166,7 @@ def _title(spec: dict) -> str:
             names.append(MODEL_LABELS[ModelKind(e["train"]["model"])])
         except (KeyError, ValueError, TypeError):
             names.append("an unknown model")
-    source = (spec.get("experiments") or [{}])[0].get("data", {}).get("source", "?")
-    return f"{', then '.join(names)} on {source}"
+    return ", then ".join(names)
 
 
 class Board:
@@ -216,7 +216,8 @@ class Board:
                              elapsed_seconds=snapshot.elapsed_seconds + age)
         return JobView(job_id=path.name, path=path, created=float(spec.get("created", 0)),
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
-                       title=_title(spec), fingerprints=tuple(spec.get("fingerprints", ())), snapshot=snapshot)
+                       title=_title(spec), source=str(spec["experiments"][0]["data"].get("source", "?")),
+                       fingerprints=tuple(spec.get("fingerprints", ())), snapshot=snapshot)
 
     def views(self, active_only: bool = False) -> list[JobView]:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""

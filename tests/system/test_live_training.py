@@ -111,11 +111,13 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted):
     bob.get_by_role("button", name="Run Baseline CNN").click()
     bob.get_by_text(re.compile(r"Waiting: 1st in line")).wait_for()
     no_exception(bob)
+    settle(bob)
     shoot(bob, "live-3-queued")
     bob_job = next(j for j in job_ids(runs) if j != alice_job)
 
     # A shared link shows the training to anyone.
     stranger = browser.new_context().new_page()
+    stranger.set_default_timeout(TIMEOUT_MS)
     stranger.goto(f"{hosted['url']}/experiments?job={alice_job}")
     card(stranger, "Baseline CNN · another visitor's").wait_for(timeout=TIMEOUT_MS)
 
