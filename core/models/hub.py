@@ -49,9 +49,9 @@ def is_cached(handle: str) -> bool:
 def check_available(handle: str) -> str:
     """Normalise the handle and make sure loading it will not hang on a dead network.
 
-    Local folders must hold a SavedModel; URLs must be in the hub cache or the network must be up.
+    Local folders must hold a SavedModel; URLs must be in the hub cache or their host must answer.
     """
-    from core.data.network import is_online, offline_message
+    from core.data.network import DOWNLOAD_HOSTS, hosts_of, is_online, offline_message
     from core.settings.paths import hub_cache_dir
 
     handle = normalise_handle(handle)
@@ -59,7 +59,8 @@ def check_available(handle: str) -> str:
         if not (Path(handle) / "saved_model.pb").is_file():
             raise ModelFileError(f"'{handle}' is not a SavedModel folder (it has no saved_model.pb).")
         return handle
-    if not is_cached(handle) and not is_online():
+    # The handle's own host is the one to ask: a mirror or a local stand-in server is online when it answers.
+    if not is_cached(handle) and not is_online(hosts_of([handle]) or DOWNLOAD_HOSTS):
         raise OfflineError(
             offline_message(f"the hub module '{handle}' (looked for in {hub_cache_dir()})")
         )
