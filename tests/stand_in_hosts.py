@@ -16,6 +16,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image
@@ -113,7 +114,7 @@ class StandInHost:
         host = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (the standard library's name)
+            def do_GET(self):
                 host.requests.append(self.path)
                 route = host.routes.get(self.path.split("?")[0])
                 if route is None or route.status != 200:
@@ -151,7 +152,7 @@ class StandInHost:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def __enter__(self) -> StandInHost:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 

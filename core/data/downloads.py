@@ -373,7 +373,7 @@ def _work(name: str, data_dir: Path) -> int:
     except BaseException as exc:
         stop.set()
         watcher.join()
-        done = reporter.status.done if reporter.status.phase == DOWNLOADING else _downloaded_bytes(data_dir)
+        done = max(reporter.status.done if reporter.status.phase == DOWNLOADING else 0, _downloaded_bytes(data_dir))
         message = _failure_message(exc, name, url, data_dir, done, total)
         _remove(_leftovers(data_dir, name))
         reporter.update(phase=FAILED, error=message)

@@ -67,6 +67,37 @@ def check_available(handle: str) -> str:
     return handle
 
 
+def fetch(handle: str) -> str:
+    """Download a URL handle into the hub cache once (a no-op when cached or local); the normalised handle.
+
+    TF Hub asks for `?tf-hub-format=compressed` and unpacks the tarball into the cache folder; a failure
+    here names the handle and what to do, instead of surfacing later as a layer that cannot be built.
+    """
+    import tarfile
+    import urllib.error
+
+    import tensorflow_hub as hub
+
+    handle = check_available(handle)
+    if is_local(handle) or is_cached(handle):
+        return handle
+    from core.settings.paths import configure_caches, hub_cache_dir
+
+    configure_caches()  # TF Hub reads TFHUB_CACHE_DIR: the module must land where is_cached looks
+
+    next_step = ("Next: check the handle, or download the module elsewhere and give its SavedModel folder as the "
+                 f"handle (the cache folder is {hub_cache_dir()}).")
+    try:
+        hub.resolve(handle)
+    except urllib.error.HTTPError as exc:
+        raise ModelFileError(f"{handle} answered HTTP {exc.code}. {next_step}") from None
+    except (urllib.error.URLError, OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelFileError(f"Downloading the hub module {handle} failed ({exc.__class__.__name__}: {first}). "
+                             f"{next_step}") from None
+    return handle
+
+
 TRUSTED_HUB_PREFIXES = ("https://tfhub.dev/", "https://www.kaggle.com/models/", "https://kaggle.com/models/")
 
 
