@@ -176,6 +176,8 @@ def test_a_running_download_is_shown_and_can_be_cancelled(open_page, stand_in_ar
     from core.data.downloads import read_status
     from core.settings.paths import tfds_dir
 
+    host, _ = stand_in_archive_host
+    host.routes["/k.zip"].rate = 30_000  # a download that surely outlasts opening the page
     root = Path(__file__).resolve().parents[2]
     cli = subprocess.Popen([sys.executable, "-m", "core", "download", "--data", "tfds:cats_vs_dogs"], cwd=root,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
