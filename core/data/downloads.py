@@ -190,6 +190,22 @@ def _use_archives(builder, archives: list[Archive]) -> None:
             infos[archive.url] = UrlInfo(size=Size(archive.size), checksum=archive.sha256, filename=archive.filename)
 
 
+def dropped_while_preparing(name: str) -> dict[str, int]:
+    """Files TFDS leaves out of `name` while preparing it, by reason, where the builder says how many."""
+    if name != ARTICLE_DATASET:
+        return {}
+    import tensorflow_datasets.image_classification.cats_vs_dogs as module
+
+    return {"without a JFIF header (dropped by TFDS)": module._NUM_CORRUPT_IMAGES}
+
+
+def configured_hosts() -> tuple:
+    """The hosts that downloads go to: TFDS's and TF Hub's, and a mirror of the article's archive if one is set."""
+    from core.data.network import DOWNLOAD_HOSTS, hosts_of
+
+    return tuple(DOWNLOAD_HOSTS) + hosts_of([os.environ.get(MIRROR_ENV, "")])
+
+
 def manual_copies(data_dir: Path, archives: list[Archive]) -> list[Path]:
     """The archives already placed in the manual folder; all of them present means no network is needed."""
     return [manual_dir(data_dir) / a.filename for a in archives if (manual_dir(data_dir) / a.filename).is_file()]

@@ -232,7 +232,7 @@ class TfdsSource:
 
     def __init__(self, name: str, config: DataConfig, data_dir: Path | None = None,
                  progress: Callable[[str], None] | None = None):
-        from core.data.downloads import cancel, open_builder, preparation
+        from core.data.downloads import cancel, dropped_while_preparing, open_builder, preparation
         from core.settings.paths import tfds_dir
 
         self.name = name
@@ -271,7 +271,7 @@ class TfdsSource:
         notes = []
         if config.limit:
             notes.append("With a limit, TFDS images are taken class by class in equal numbers (balanced).")
-        self.info = DatasetInfo(f"tfds:{name}", self.class_names, counts, {}, [], notes)
+        self.info = DatasetInfo(f"tfds:{name}", self.class_names, counts, dropped_while_preparing(name), [], notes)
 
     runtime_skipped = 0  # TFDS drops corrupt images itself while preparing a dataset
 

@@ -108,7 +108,9 @@ def test_article_path_downloads_prepares_trains_and_reloads_offline(cache, onlin
     x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
     assert model.predict(x, verbose=0).shape == (3, 2)
     # Offline now: the dataset opens from the prepared folder, the module from the hub cache.
-    assert open_article().info.split_size("train") > 0
+    opened = open_article()
+    assert opened.info.split_size("train") > 0
+    assert opened.info.skipped == {"without a JFIF header (dropped by TFDS)": 1738}  # shown as "Files skipped"
     assert len(host.requests) == served
 
 
