@@ -499,8 +499,9 @@ def follow(name: str, data_dir: Path, is_prepared: Callable[[], bool], hosts: tu
                 yield status
             return
         if followed:
-            raise DataError(f"The download of TFDS '{name}' stopped before it finished (its worker was killed). "
-                            "Load again to start over.")
+            log = data_dir / f"{name}.lab-download.log"
+            raise DataError(f"The download of TFDS '{name}' stopped before it finished (its worker process ended; "
+                            f"its output is in {log}). Load again to start over.")
         if hosts and not is_online(hosts):
             raise OfflineError(offline_message(f"the TFDS dataset '{name}'"))
         with _workers_lock:
