@@ -74,9 +74,10 @@ def open_source_cached(source: str, _progress=None):
 # session shares one answer for a short while.
 @st.cache_data(ttl=30, show_spinner=False)
 def network_online() -> bool:
+    from core.data.downloads import configured_hosts
     from core.data.network import is_online
 
-    return is_online()
+    return is_online(configured_hosts())
 
 
 def chip(kind: ModelKind | str | None) -> str:

@@ -20,6 +20,7 @@ CHOICES = {
 LOADED_KEY = "ds_loaded"  # the source this session has opened on this page
 SEED_KEY = "ds_sample_seed"
 ZIP_KEY = "ds_zip"  # (upload id, extraction result) so a rerun never unpacks the same upload again
+CANCEL_KEY = "dl_cancel"  # a button: outside keep_widget_state's prefixes, which buttons refuse
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
@@ -56,6 +57,19 @@ def demo_source() -> str:
         make_demo_backbone(backbone)
     set_handle(str(backbone))
     return f"folder:{data}"
+
+
+def follow_download(name: str) -> None:
+    """Show the one download of TFDS `name` (this session's, another's or the CLI's) until it is prepared.
+
+    The work runs in its own process: a rerun or a closed tab stops only this view of it, Cancel stops it.
+    """
+    from core.data.downloads import preparation
+
+    bar = st.progress(0.0, text=f"Checking TFDS '{name}' ...")
+    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
+    for status in preparation(name):
+        bar.progress(status.fraction or 0.0, text=status.line())
 
 
 def unpack_upload(upload) -> str | None:
@@ -114,12 +128,27 @@ except Exception as exc:
     show_error(exc)
     candidate = None
 
+tfds_name = candidate[5:] if candidate and candidate.startswith("tfds:") else None
+downloading = False
+if tfds_name:
+    from core.data.downloads import cancel, is_running
+    from core.settings.paths import tfds_dir
+
+    downloading = is_running(tfds_dir(), tfds_name)
+    if downloading and st.session_state.get(CANCEL_KEY):
+        cancel(tfds_name, tfds_dir())
+        downloading = False
+        st.warning(f"Cancelled the download of TFDS '{tfds_name}'; its partial files were removed.",
+                   icon=":material/cancel:")
+
 load, reload, _ = st.columns([1, 1, 3])
 if load.button("Load dataset", type="primary", disabled=candidate is None, width="stretch"):
     try:
         if candidate == "demo":
             with st.spinner("Generating the demo dataset and feature extractor (once) ..."):
                 candidate = demo_source()
+        if tfds_name:
+            follow_download(tfds_name)
         with st.status(f"Opening {describe_source(candidate)} ...") as status:
             open_source_cached(candidate, _progress=lambda message: status.update(label=message))
             overview(candidate)
@@ -129,6 +158,10 @@ if load.button("Load dataset", type="primary", disabled=candidate is None, width
         st.rerun()  # the sidebar, drawn before this page, names the new dataset
     except Exception as exc:
         show_error(exc)
+elif downloading:
+    st.info(f"TFDS '{tfds_name}' is being downloaded (by this or another session, or the command line). Press "
+            "**Load dataset** to follow its progress.", icon=":material/download:")
+    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
 if loaded and reload.button("Reload from disk", width="stretch",
                             help="Read the folder again after adding or removing images."):
     open_source_cached.clear()

@@ -1,4 +1,5 @@
-"""python -m core train | predict | compare | runs | evaluate | export | import-run | demo: what a workshop host types."""
+"""python -m core train | download | predict | compare | runs | evaluate | export | import-run | demo: what a workshop
+host types."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "per replica (default %(default)s)")
     train.add_argument("--mixed-precision", action="store_true",
                        help="compute in float16 on GPUs (baseline CNN); recorded as unused elsewhere")
+
+    download = sub.add_parser("download", help="download and prepare a TFDS dataset and fetch a hub module into the "
+                              "cache folder, with progress (then training works offline)")
+    download.add_argument("--data", help=f"tfds:NAME to download and prepare (default {DEFAULT_SOURCE} unless only "
+                          "--handle is given)")
+    download.add_argument("--handle", help=f"hub URL to fetch (default {MOBILENET_V2_HANDLE} unless only --data is given)")
 
     predict = sub.add_parser("predict", help="classify images with a saved run or .h5 model")
     predict.add_argument("--model", required=True, help="a run directory or an .h5 file")
@@ -168,6 +175,61 @@ def cmd_train(args) -> int:
     return 0
 
 
+class DownloadLines:
+    """Download progress on stderr: one line rewritten in place on a terminal, else a line per phase or 10 s."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.active = self.stream.isatty()
+        self.last: tuple[str, float] = ("", 0.0)
+
+    def show(self, status) -> None:
+        import time
+
+        line = status.line()
+        if self.active:
+            self.stream.write("\r" + line[:110].ljust(110))
+        elif status.phase != self.last[0] or time.monotonic() - self.last[1] >= 10:
+            self.stream.write(line + "\n")
+        else:
+            return
+        self.last = (status.phase, time.monotonic())
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active and self.last[0]:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_download(args) -> int:
+    from core.data.downloads import cancel, preparation
+    from core.models.hub import fetch
+    from core.settings.paths import tfds_dir
+
+    data, handle = args.data, args.handle
+    if data is None and handle is None:
+        data, handle = DEFAULT_SOURCE, MOBILENET_V2_HANDLE
+    if data is not None:
+        kind, _, name = data.partition(":")
+        if kind != "tfds" or not name.strip():
+            raise LabError(f"--data must be tfds:NAME (got '{data}'); folders need no download.")
+        lines = DownloadLines()
+        try:
+            for status in preparation(name.strip()):
+                lines.show(status)
+        except KeyboardInterrupt:
+            lines.close()
+            cancel(name.strip(), tfds_dir())
+            print("Cancelled; the partial download was removed.", file=sys.stderr)
+            return 130
+        lines.close()
+        print(f"{data}: ready in {tfds_dir()}")
+    if handle is not None:
+        print(f"{fetch(handle)}: ready in the hub cache")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from core.runs.predict import PredictionError, load_for_prediction, predict_bytes
 
@@ -253,7 +315,7 @@ def cmd_import_run(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
             "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 

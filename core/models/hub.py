@@ -49,9 +49,9 @@ def is_cached(handle: str) -> bool:
 def check_available(handle: str) -> str:
     """Normalise the handle and make sure loading it will not hang on a dead network.
 
-    Local folders must hold a SavedModel; URLs must be in the hub cache or the network must be up.
+    Local folders must hold a SavedModel; URLs must be in the hub cache or their host must answer.
     """
-    from core.data.network import is_online, offline_message
+    from core.data.network import DOWNLOAD_HOSTS, hosts_of, is_online, offline_message
     from core.settings.paths import hub_cache_dir
 
     handle = normalise_handle(handle)
@@ -59,10 +59,42 @@ def check_available(handle: str) -> str:
         if not (Path(handle) / "saved_model.pb").is_file():
             raise ModelFileError(f"'{handle}' is not a SavedModel folder (it has no saved_model.pb).")
         return handle
-    if not is_cached(handle) and not is_online():
+    # The handle's own host is the one to ask: a mirror or a local stand-in server is online when it answers.
+    if not is_cached(handle) and not is_online(hosts_of([handle]) or DOWNLOAD_HOSTS):
         raise OfflineError(
             offline_message(f"the hub module '{handle}' (looked for in {hub_cache_dir()})")
         )
+    return handle
+
+
+def fetch(handle: str) -> str:
+    """Download a URL handle into the hub cache once (a no-op when cached or local); the normalised handle.
+
+    TF Hub asks for `?tf-hub-format=compressed` and unpacks the tarball into the cache folder; a failure
+    here names the handle and what to do, instead of surfacing later as a layer that cannot be built.
+    """
+    import tarfile
+    import urllib.error
+
+    import tensorflow_hub as hub
+
+    handle = check_available(handle)
+    if is_local(handle) or is_cached(handle):
+        return handle
+    from core.settings.paths import configure_caches, hub_cache_dir
+
+    configure_caches()  # TF Hub reads TFHUB_CACHE_DIR: the module must land where is_cached looks
+
+    next_step = ("Next: check the handle, or download the module elsewhere and give its SavedModel folder as the "
+                 f"handle (the cache folder is {hub_cache_dir()}).")
+    try:
+        hub.resolve(handle)
+    except urllib.error.HTTPError as exc:
+        raise ModelFileError(f"{handle} answered HTTP {exc.code}. {next_step}") from None
+    except (urllib.error.URLError, OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelFileError(f"Downloading the hub module {handle} failed ({exc.__class__.__name__}: {first}). "
+                             f"{next_step}") from None
     return handle
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 import io
 import zipfile
 
+import pytest
+import streamlit as st
 from PIL import Image
+from stand_in_hosts import Route, StandInHost, petimages_zip
+
+from core.data.downloads import DownloadStatus
+from core.data.network import can_reach as real_can_reach  # bound before the autouse fixture replaces it
 
 
 def choose_folder(at, path) -> None:
@@ -132,3 +138,57 @@ def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page):
     assert not at.exception and not at.error
     assert at.text_input(key="exp_t_handle").value == str(cache_dir() / "demo" / "backbone")
     assert len([m for m in at.markdown if m.value.startswith("**Estimated duration")]) == 2
+
+
+@pytest.fixture
+def stand_in_archive_host(tmp_path, monkeypatch):
+    """The article's archive (a miniature in its real layout) served on loopback, with an empty cache folder."""
+    import core.data.network
+
+    archive = petimages_zip(tmp_path / "kagglecatsanddogs_5340.zip", per_class=4, filler_bytes=2_000_000)
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(core.data.network, "can_reach", real_can_reach)
+    with StandInHost({"/k.zip": Route(archive.path.read_bytes(), rate=250_000)}) as host:
+        monkeypatch.setenv("LAB_CATS_VS_DOGS_URL", host.url("/k.zip"))
+        monkeypatch.setenv("LAB_CATS_VS_DOGS_CHECKSUM", archive.checksum)
+        yield host, archive
+    # Opened sources are shared by every session of a server (and so by the tests): forget this cache folder's.
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_the_article_dataset_downloads_then_opens(open_page, stand_in_archive_host):
+    host, archive = stand_in_archive_host
+    at = open_page("dataset")
+    at.button[0].click().run()  # Load dataset: downloads through the worker, follows it, opens it
+    assert not at.exception and not at.error
+    assert host.requests == ["/k.zip"]
+    assert int(metric(at, "Training images")) + int(metric(at, "Validation images")) == archive.cats + archive.dogs
+    assert at.session_state["lab_source"] == "tfds:cats_vs_dogs"
+
+
+def test_a_running_download_is_shown_and_can_be_cancelled(open_page, stand_in_archive_host):
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from core.data.downloads import read_status
+    from core.settings.paths import tfds_dir
+
+    host, _ = stand_in_archive_host
+    host.routes["/k.zip"].rate = 30_000  # a download that surely outlasts opening the page
+    root = Path(__file__).resolve().parents[2]
+    cli = subprocess.Popen([sys.executable, "-m", "core", "download", "--data", "tfds:cats_vs_dogs"], cwd=root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (read_status(tfds_dir(), "cats_vs_dogs") or DownloadStatus("x")).phase != "downloading":
+        assert time.monotonic() < deadline and cli.poll() is None, cli.stderr.read() if cli.poll() else ""
+        time.sleep(0.2)
+    at = open_page("dataset")
+    assert "is being downloaded" in at.info[0].value
+    next(b for b in at.button if b.label == "Cancel download").click().run()
+    assert "Cancelled the download" in at.warning[0].value
+    _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 2 and "cancelled" in err
+    assert read_status(tfds_dir(), "cats_vs_dogs").phase == "cancelled"

@@ -168,6 +168,9 @@ def test_bad_options_in_a_real_process_print_no_traceback(tmp_path):
     (["train", "--data", "tfds:cats_vs_dogs"], "network is unreachable"),
     (["train", "--handle", "not/a/real/handle/here/x/y"], "neither a URL nor an existing folder"),
     (["compare", "/no/such/run"], "does not exist"),
+    (["download"], "network is unreachable and the TFDS dataset 'cats_vs_dogs'"),
+    (["download", "--data", "folder:/data/pets"], "--data must be tfds:NAME"),
+    (["download", "--handle", "https://tfhub.dev/google/x/1"], "the hub module 'https://tfhub.dev/google/x/1'"),
 ])
 def test_user_errors_exit_2_with_one_message(args, message, capsys, tmp_path, demo_folder):
     args = [a.replace("folder:.", f"folder:{demo_folder}") for a in args]

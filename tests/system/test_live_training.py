@@ -94,7 +94,7 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted):
     card(alice, "Baseline CNN · yours").wait_for()
     (alice_job,) = job_ids(runs)
     alice.get_by_role("button", name="Stop").wait_for()
-    assert alice.get_by_label("Epochs", exact=True).first.input_value() == "500"
+    assert alice.locator("input[aria-label='Epochs']").first.input_value() == "500"
     assert alice.get_by_role("button", name="Run Baseline CNN").is_disabled()
     shoot(alice, "live-2-after-reload")
 
