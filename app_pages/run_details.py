@@ -1,4 +1,4 @@
-"""The Experiments page's per-run sections: evaluation on the validation split, and export downloads.
+"""The Experiments page's per-run sections: the reload check, evaluation on the validation split, exports.
 
 Kept out of experiments.py so that page stays a list of sections. Reading a stored evaluation needs no
 TensorFlow; evaluating a run or converting its model does, and happens only when the user asks.
@@ -46,14 +46,19 @@ def _run_evaluation(record):
 
 def _per_class_table(evaluation) -> None:
     rows = [{"Class": m.name, "Precision": _percent(m.precision), "Recall": _percent(m.recall),
-             "Accuracy": _percent(m.accuracy), "Images": f"{m.support:,}", "Predicted as": f"{m.predicted:,}"}
-            for m in evaluation.per_class]
-    if len(rows) <= MAX_TABLE_CLASSES:
+             "F1": _percent(m.f1), "Accuracy": _percent(m.accuracy), "Images": f"{m.support:,}",
+             "Predicted as": f"{m.predicted:,}"} for m in evaluation.per_class]
+    macro = evaluation.macro
+    rows.append({"Class": "Macro average", "Precision": _percent(macro.precision), "Recall": _percent(macro.recall),
+                 "F1": _percent(macro.f1), "Accuracy": "", "Images": "", "Predicted as": ""})
+    if len(rows) <= MAX_TABLE_CLASSES + 1:
         st.table(rows, hide_index=True, border="horizontal")
     else:
         st.dataframe(rows, hide_index=True)
     st.caption("Precision: of the images predicted as the class, the share that were. Recall: of the class's "
-               "images, the share found. Accuracy: one class against the rest. – where nothing to divide by.")
+               "images, the share found. F1: the harmonic mean of the two. Accuracy: one class against the "
+               "rest. Macro average: every class counts once, whatever its size (an undefined figure counts "
+               "as 0). – where nothing to divide by.")
 
 
 def _gallery(evaluation) -> None:
@@ -100,6 +105,21 @@ def show_evaluation(record) -> None:
     st.plotly_chart(confusion_matrix_figure(evaluation), key=f"confusion_{record.run_id}")
     _per_class_table(evaluation)
     _gallery(evaluation)
+
+
+def show_reload_check(record) -> None:
+    """The article's last step for this run: the reload line of code and what it gave when the run was saved."""
+    from core.present.tables import describe_reload_check
+    from core.runs.reload_check import RELOAD_CHECK_KEY, RELOAD_CODE
+
+    st.markdown("**Saved and reloaded, as the article ends**")
+    st.code(RELOAD_CODE, language="python")
+    check = record.metrics.get(RELOAD_CHECK_KEY)
+    if isinstance(check, dict) and "error" in check:
+        st.text(describe_reload_check(record.metrics))  # the stored message is data from the run folder
+        return
+    exact = isinstance(check, dict) and check.get("max_abs_diff") == 0
+    st.caption(f"{':material/check_circle:' if exact else ':material/info:'} {describe_reload_check(record.metrics)}")
 
 
 def _prepare(record, fmt, label: str) -> bool:
