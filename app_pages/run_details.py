@@ -48,17 +48,16 @@ def _per_class_table(evaluation) -> None:
     rows = [{"Class": m.name, "Precision": _percent(m.precision), "Recall": _percent(m.recall),
              "F1": _percent(m.f1), "Accuracy": _percent(m.accuracy), "Images": f"{m.support:,}",
              "Predicted as": f"{m.predicted:,}"} for m in evaluation.per_class]
-    macro = evaluation.macro
-    rows.append({"Class": "Macro average", "Precision": _percent(macro.precision), "Recall": _percent(macro.recall),
-                 "F1": _percent(macro.f1), "Accuracy": "", "Images": "", "Predicted as": ""})
-    if len(rows) <= MAX_TABLE_CLASSES + 1:
+    if len(rows) <= MAX_TABLE_CLASSES:
         st.table(rows, hide_index=True, border="horizontal")
     else:
         st.dataframe(rows, hide_index=True)
+    macro = evaluation.macro
+    st.markdown(f"**Macro average** (every class counts once, whatever its size): precision "
+                f"{_percent(macro.precision)} · recall {_percent(macro.recall)} · F1 {_percent(macro.f1)}")
     st.caption("Precision: of the images predicted as the class, the share that were. Recall: of the class's "
                "images, the share found. F1: the harmonic mean of the two. Accuracy: one class against the "
-               "rest. Macro average: every class counts once, whatever its size (an undefined figure counts "
-               "as 0). – where nothing to divide by.")
+               "rest. – where nothing to divide by; in the macro average such a figure counts as 0.")
 
 
 def _gallery(evaluation) -> None:

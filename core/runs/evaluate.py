@@ -91,20 +91,22 @@ def f1_score(tp: int, support: int, predicted: int) -> float | None:
 
 
 class MacroAverages(NamedTuple):
-    """Unweighted means over the classes, every class counting once whatever its size (sklearn's "macro"
-    average with zero_division=0: an undefined precision or recall counts as 0)."""
+    """Unweighted means over the classes, every class counting once whatever its size, as sklearn's
+    "macro" average with zero_division=0: a class with neither images nor predictions is left out, an
+    undefined precision or recall of any other class counts as 0."""
     precision: float
     recall: float
     f1: float
 
 
 def macro_averages(per_class: list[ClassMetrics]) -> MacroAverages:
+    seen = [m for m in per_class if m.support or m.predicted]
+
     def mean(values) -> float:
         values = [0.0 if v is None else v for v in values]
         return float(sum(values) / len(values)) if values else math.nan
 
-    return MacroAverages(mean(m.precision for m in per_class), mean(m.recall for m in per_class),
-                         mean(m.f1 for m in per_class))
+    return MacroAverages(mean(m.precision for m in seen), mean(m.recall for m in seen), mean(m.f1 for m in seen))
 
 
 def per_class_metrics(matrix: np.ndarray, class_names: list[str]) -> list[ClassMetrics]:

@@ -257,7 +257,7 @@ def test_the_cli_imports_a_zip_into_its_runs_folder(transfer_zip, tmp_path, caps
     assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert record.run_id in capsys.readouterr().out
     archive.write_bytes(b"not a zip")
-    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 1
     assert "not a zip" in capsys.readouterr().err
 
 
