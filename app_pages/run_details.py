@@ -133,11 +133,12 @@ def _prepare(record, fmt, label: str) -> bool:
     return True
 
 
-def _size(size_bytes: int | None) -> str:
-    if size_bytes is None:
-        return ""
-    mb = size_bytes / 1e6
-    return f" · {mb:.2f} MB" if mb < 10 else f" · {mb:.0f} MB"
+def _what(filename: str, size_bytes: int | None) -> str:
+    """What the button hands over: its kind of file and, once known, that very file's size."""
+    from core.settings.text import megabytes
+
+    kind = ".zip" if filename.endswith(".zip") else ".h5" if filename.endswith(".h5") else ""
+    return (f" · {kind}" if kind else "") + (f" · {megabytes(size_bytes)}" if size_bytes is not None else "")
 
 
 def _download_bytes(run_dir, fmt) -> bytes:
@@ -169,7 +170,7 @@ def show_exports(record) -> None:
                     continue
             info = download_info(record.path, fmt)
         # A callable: the file is read when the button is clicked, not on every rerun of the page.
-        slot.download_button(f"{label}{_size(info.size_bytes)}",
+        slot.download_button(f"{label}{_what(info.filename, info.size_bytes)}",
                              data=partial(_download_bytes, record.path, fmt), file_name=info.filename,
                              mime=info.mime, key=f"download_{fmt.value}_{record.run_id}", icon=":material/download:",
                              width="stretch", on_click="ignore", help=f"{fmt_info.label}: {fmt_info.use}")

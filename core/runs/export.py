@@ -16,9 +16,9 @@ SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite int8 the same top cla
 from __future__ import annotations
 
 import enum
-import io
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -88,7 +88,7 @@ class DownloadInfo:
     filename: str
     mime: str
     ready: bool
-    size_bytes: int | None  # of the export on disk when ready; a zipped download differs a little
+    size_bytes: int | None  # of the very file the download hands over, once it is on disk
 
 
 def parse_format(value: str | ExportFormat) -> ExportFormat:
@@ -216,19 +216,30 @@ def _zip_folder(folder: Path, target: Path) -> None:
 
 
 def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
-    """(download name, the file on disk it is made from, mime type) of one format."""
+    """(download name, the file on disk the download hands over, mime type) of one format.
+
+    A TFLite download is a zip of the .tflite file and its labels.txt, kept beside them, so the size a
+    button shows is the size of what it downloads.
+    """
     if fmt is ExportFormat.H5:
         return f"{run.run_id}.h5", run.model_path, "application/x-hdf5"
     if fmt is ExportFormat.SAVEDMODEL:
         path = run.path / EXPORTS_DIR / f"{run.run_id}_savedmodel.zip"
         return path.name, path, "application/zip"
     path = _default_out(run.path, fmt)
-    return f"{path.name}.zip", path, "application/zip"
+    return f"{path.name}.zip", path.with_name(f"{path.name}.zip"), "application/zip"
 
 
-def _on_disk(fmt: ExportFormat, path: Path) -> bool:
-    tflite = fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8)
-    return path.is_file() and (not tflite or labels_path(path).is_file())
+def _zip_tflite(tflite: Path, target: Path) -> None:
+    """The .tflite file and its labels as labels.txt, written under a temporary name and renamed."""
+    staged = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(tflite, tflite.name)
+            zf.write(labels_path(tflite), LABELS_FILE)
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
@@ -237,7 +248,7 @@ def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
 
     fmt = parse_format(fmt)
     name, path, mime = _download_file(open_run(run_dir), fmt)
-    ready = _on_disk(fmt, path)
+    ready = path.is_file()
     return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None)
 
 
@@ -248,7 +259,14 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
     fmt = parse_format(fmt)
     run = open_run(run_dir)
     _, path, _ = _download_file(run, fmt)
-    if not _on_disk(fmt, path):
+    if path.is_file():
+        return download_info(run.path, fmt)
+    if fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8):
+        tflite = _default_out(run.path, fmt)
+        if not (tflite.is_file() and labels_path(tflite).is_file()):
+            export_run(run.path, fmt, tflite)
+        _zip_tflite(tflite, path)
+    else:
         export_run(run.path, fmt, path)
     return download_info(run.path, fmt)
 
@@ -261,13 +279,7 @@ def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
     fmt = parse_format(fmt)
     info = prepare_download(run_dir, fmt)
     _, path, _ = _download_file(open_run(run_dir), fmt)
-    if fmt in (ExportFormat.H5, ExportFormat.SAVEDMODEL):
-        return Download(info.filename, path.read_bytes(), info.mime)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(path, path.name)
-        zf.write(labels_path(path), LABELS_FILE)
-    return Download(info.filename, buffer.getvalue(), info.mime)
+    return Download(info.filename, path.read_bytes(), info.mime)
 
 
 def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.ndarray:

@@ -273,3 +273,18 @@ def test_the_per_class_table_has_f1_and_the_macro_averages_follow_it(runs_copy):
     macro = load_evaluation(run).macro
     assert any(m.value == f"**Macro average** (every class counts once, whatever its size): precision "
                           f"{macro.precision:.1%} · recall {macro.recall:.1%} · F1 {macro.f1:.1%}" for m in at.markdown)
+
+
+def test_a_tflite_download_is_labelled_with_what_it_downloads(open_page, runs_copy, folder_state, downloads):
+    from core.settings.text import megabytes
+
+    run = runs_copy["baseline"]
+    at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
+    at.button(key=f"prepare_tflite-int8_{run.name}").click().run()
+    assert not at.exception and not at.error
+    data, name = downloads[f"download_tflite-int8_{run.name}"]
+    [button] = [b for b in at.get("download_button") if f"download_tflite-int8_{run.name}" in b.proto.id]
+    assert name.endswith(".zip")
+    assert button.proto.label == f"TFLite int8 · .zip · {megabytes(len(data()))}"
+    [h5] = [b for b in at.get("download_button") if f"download_h5_{run.name}" in b.proto.id]
+    assert h5.proto.label == f"Keras .h5 · .h5 · {megabytes((run / 'model.h5').stat().st_size)}"
