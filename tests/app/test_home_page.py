@@ -57,8 +57,7 @@ def test_entry_and_home_do_not_import_tensorflow(tmp_path):
 
 
 def test_sidebar_shows_the_servers_folders_only_on_the_local_preset(open_page, monkeypatch, tmp_path):
-    from core.settings.paths import cache_dir
-    from core.settings.paths import uploads_dir
+    from core.settings.paths import cache_dir, uploads_dir
 
     source = f"folder:{uploads_dir() / 'abc123' / 'pets'}"
     local = "\n".join(c.value for c in open_page("home", state={"lab_source": source}).sidebar.caption)

@@ -163,11 +163,11 @@ def test_cli_export_never_mixes_a_savedmodel_with_existing_files(run_copies, tmp
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     rc = main(["export", str(run_copies["baseline"]), "--format", "savedmodel", "--out", str(tmp_path / "taken")])
-    assert rc == 2 and "existing folder" in capsys.readouterr().err
+    assert rc == 1 and "existing folder" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     (tmp_path / "notes.txt").write_text("mine")
     rc = main(["export", str(run_copies["baseline"]), "--format", "savedmodel", "--out", str(tmp_path / "notes.txt")])
-    assert rc == 2 and "ending in .zip" in capsys.readouterr().err
+    assert rc == 1 and "ending in .zip" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
