@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chip, current_classes, current_source, runs_folder, show_error
+from app_pages.common import SOURCE_KEY, chip, current_classes, current_source, runs_folder, show_error
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs, matches_dataset, preferred_run_index
@@ -62,7 +62,10 @@ def run_option(record) -> str:
 
 
 def dataset_mismatch(model_classes: list[str], record, dataset_classes: list[str] | None) -> str | None:
-    """A warning (markdown, names escaped) when the model cannot answer in the current dataset's terms."""
+    """A warning (markdown, names escaped) when the model cannot answer in the current dataset's terms;
+    None until the session has chosen a dataset (someone who only came to predict has none)."""
+    if SOURCE_KEY not in st.session_state:
+        return None
     source = current_source()
     ours, theirs = markdown_literal(class_list(model_classes, 6)), markdown_literal(dataset_name(source))
     if dataset_classes is not None and list(model_classes) != list(dataset_classes):

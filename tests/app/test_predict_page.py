@@ -149,3 +149,8 @@ def test_a_model_whose_classes_differ_from_the_loaded_dataset_is_flagged(open_pa
     assert warning.startswith("This model's classes (circles, squares) are not those of the current dataset, "
                               "faces (happy, sad): it can only answer with its own classes.")
     assert any(m.value.startswith("trained on ") and "classes: circles, squares" in m.value for m in at.markdown)
+
+
+def test_no_dataset_warning_until_the_session_has_chosen_a_dataset(open_page, trained_runs):
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    assert not at.exception and not at.warning
