@@ -288,10 +288,13 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     from core.runs.export import FORMATS, export_run
+    from core.settings.text import megabytes
 
     result = export_run(args.run, args.format, args.out)
     info = FORMATS[result.format]
-    print(f"{info.label}, {result.size_bytes / 1e6:.2f} MB, written in {result.seconds:.1f}s. Use: {info.use}.")
+    print(f"{info.label}, {megabytes(result.size_bytes)}, written in {result.seconds:.1f}s. Use: {info.use}.")
+    if result.check:
+        print(f"{result.check}.")
     print(result.path)
     return 0
 

@@ -327,3 +327,17 @@ def test_a_terminal_sees_keras_progress_bars(demo_folder, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert len(re.findall(r"3/3 \[==============================\] - ", out)) == 2  # 40 images, batches of 16
     assert len(re.findall(r"Epoch \d/2  loss", out)) == 2
+
+
+def test_export_says_how_the_tflite_file_was_checked(cli_run, tmp_path):
+    import importlib.util
+
+    _, runs = cli_run
+    (run_dir,) = list(runs.iterdir())
+    proc = python_m_core("export", run_dir, "--format", "tflite", "--out", tmp_path / "model.tflite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runtime = "ai-edge-litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
+    lines = proc.stdout.strip().splitlines()
+    assert re.match(r"^TFLite float32, \d+\.\d+ MB, written in", lines[0])
+    assert lines[1].startswith(f"checked with {runtime}: on 4 test images its probabilities are within ")
+    assert lines[2] == str(tmp_path / "model.tflite")

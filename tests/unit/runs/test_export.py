@@ -180,3 +180,30 @@ def test_unknown_formats_and_missing_runs_are_reported(tmp_path):
         from core.cli import main
 
         main(["export", str(tmp_path), "--format", "onnx"])
+
+
+def test_tflite_files_are_checked_when_written_with_litert_where_it_is_installed(run_copies, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from core.runs.export import LITERT, TF_LITE
+
+    expected = LITERT if importlib.util.find_spec("ai_edge_litert") else TF_LITE
+    result = export_run(run_copies["baseline"], "tflite", tmp_path / "a.tflite")
+    assert result.check.startswith(f"checked with {expected}: on 4 test images its probabilities are within ")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # as where it does not install
+    result = export_run(run_copies["baseline"], "tflite-int8", tmp_path / "b.tflite")
+    assert result.check.startswith(f"checked with {TF_LITE}: ")
+
+
+def test_a_tflite_file_that_disagrees_with_its_model_is_not_written(run_copies, tmp_path, monkeypatch):
+    import dataclasses
+
+    import core.runs.export
+
+    strict = {**FORMATS, ExportFormat.TFLITE_INT8: dataclasses.replace(FORMATS[ExportFormat.TFLITE_INT8],
+                                                                        tolerance=0.0)}
+    monkeypatch.setattr(core.runs.export, "FORMATS", strict)
+    with pytest.raises(LabError, match="disagrees with the model by up to"):
+        export_run(run_copies["mobilenet_v2"], "tflite-int8", tmp_path / "c.tflite")
+    assert list(tmp_path.iterdir()) == []
