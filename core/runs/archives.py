@@ -26,12 +26,13 @@ from pathlib import Path, PurePosixPath
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
 from core.settings.errors import LabError
 from core.safety.zips import extract_members
+from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)
 
 MAX_RUN_FILES = 1000  # a run holds about ten files plus a few dozen evaluation thumbnails
 # Uncompressed: the model file's own limit (core.safety.model_files.MAX_MODEL_BYTES) plus room for the rest.
-MAX_RUN_BYTES = 600 * 1024**2
+MAX_RUN_BYTES = 600 * 10**6
 # Files a run folder is made of; anything else in a zip (exports, caches, notes) is left out and counted.
 RUN_SUFFIXES = (".json", ".txt", ".h5", ".png")
 EXPORTS_DIR = "exports"  # exports are rebuilt from model.h5 on demand and can be far larger than it
@@ -213,7 +214,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             raise LabError(f"The zip holds {len(files):,} files; a run folder has far fewer (the limit is "
                            f"{max_files:,}).")
         if sum(m.file_size for m in files) > max_bytes:
-            raise LabError(f"The zip would unpack to more than {max_bytes / 1e6:,.0f} MB, more than a run folder "
+            raise LabError(f"The zip would unpack to more than {megabytes(max_bytes)}, more than a run folder "
                            "holds.")
         paths = {}
         for member in infos:
@@ -279,8 +280,8 @@ def import_run_file(path: str | Path, runs_dir: str | Path, allowed_handle=None)
     if not path.is_file():
         raise LabError(f"'{path}' is not a file; give the path of a zipped run folder (zip runs/<run-id>/ first).")
     if size > MAX_RUN_BYTES:
-        raise LabError(f"'{path.name}' is {size / 1e6:,.0f} MB, more than a run folder holds "
-                       f"({MAX_RUN_BYTES / 1e6:,.0f} MB).")
+        raise LabError(f"'{path.name}' is {megabytes(size)}, more than a run folder holds "
+                       f"({megabytes(MAX_RUN_BYTES)}).")
     with open(path, "rb") as fh:
         return import_run_zip(fh, runs_dir, allowed_handle=allowed_handle)
 
