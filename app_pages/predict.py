@@ -225,12 +225,13 @@ except Exception as exc:
 from_cache = loaded_at < started
 with st.container(border=True):
     info, timing = st.columns([3, 2])
+    label = ""
     if kind:
         info.markdown(chip(kind), unsafe_allow_html=True)  # the Lab's own colour and label, nothing from the file
     else:
-        info.markdown(f"**{markdown_literal(shown_name or model_path.name)}**")
+        label = f"**{markdown_literal(shown_name or model_path.name)}** · "
     trained_on = f"trained on {markdown_literal(dataset_name(record.source))} · " if record and record.source else ""
-    info.markdown(f"{trained_on}classes: {markdown_literal(', '.join(loaded.class_names))} · input "
+    info.markdown(f"{label}{trained_on}classes: {markdown_literal(', '.join(loaded.class_names))} · input "
                   f"{loaded.image_size}x{loaded.image_size}")
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache

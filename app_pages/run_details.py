@@ -137,8 +137,8 @@ def _what(filename: str, size_bytes: int | None) -> str:
     """What the button hands over: its kind of file and, once known, that very file's size."""
     from core.settings.text import megabytes
 
-    kind = ".zip" if filename.endswith(".zip") else ".h5" if filename.endswith(".h5") else ""
-    return (f" · {kind}" if kind else "") + (f" · {megabytes(size_bytes)}" if size_bytes is not None else "")
+    zipped = " · .zip" if filename.endswith(".zip") else ""  # the label already says .h5 for the model file
+    return zipped + (f" · {megabytes(size_bytes)}" if size_bytes is not None else "")
 
 
 def _download_bytes(run_dir, fmt) -> bytes:

@@ -47,7 +47,8 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+# Characters that start markdown syntax inside a line (a name is never at the start of a line, so "1." is safe).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~$:])")
 
 
 def markdown_literal(text: str) -> str:

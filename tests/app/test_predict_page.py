@@ -154,3 +154,20 @@ def test_a_model_whose_classes_differ_from_the_loaded_dataset_is_flagged(open_pa
 def test_no_dataset_warning_until_the_session_has_chosen_a_dataset(open_page, trained_runs):
     at = open_page("predict", runs_dir=trained_runs["dir"])
     assert not at.exception and not at.warning
+
+
+def test_class_names_from_an_uploaded_model_are_shown_as_text(open_page, trained_runs, tmp_path):
+    import h5py
+
+    hostile = ["<img src=x onerror=alert(1)>", "[x](javascript:alert(1))"]
+    model = tmp_path / "hostile.h5"
+    shutil.copy(trained_runs["baseline"] / "model.h5", model)
+    with h5py.File(model, "a") as f:
+        f.attrs["lab_class_names"] = __import__("json").dumps(hostile)
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.radio(key="pred_model_source").set_value("upload").run()
+    at.file_uploader(key="up_model").set_value(("hostile.h5", model.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and not at.error
+    [line] = [m for m in at.markdown if "classes: " in m.value]
+    assert not line.proto.allow_html
+    assert r"\<img src=x onerror=alert\(1\)\>, \[x\]\(javascript\:alert\(1\)\)" in line.value

@@ -287,4 +287,4 @@ def test_a_tflite_download_is_labelled_with_what_it_downloads(open_page, runs_co
     assert name.endswith(".zip")
     assert button.proto.label == f"TFLite int8 · .zip · {megabytes(len(data()))}"
     [h5] = [b for b in at.get("download_button") if f"download_h5_{run.name}" in b.proto.id]
-    assert h5.proto.label == f"Keras .h5 · .h5 · {megabytes((run / 'model.h5').stat().st_size)}"
+    assert h5.proto.label == f"Keras .h5 · {megabytes((run / 'model.h5').stat().st_size)}"
