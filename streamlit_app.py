@@ -5,7 +5,7 @@ import streamlit as st
 from app_pages.common import save_session, sidebar
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/science:", layout="wide",
-                   initial_sidebar_state="expanded")
+                   initial_sidebar_state="auto")  # collapsed on phones
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),

@@ -26,10 +26,24 @@ SAVED_KEY = "lab_saved_choices"  # the choices as last saved, to write only when
 # these prefixes hold plain values only (buttons and uploaders have other keys, see keep_widget_state).
 PERSISTED_PREFIXES = ("exp_", "ds_", "pred_")
 PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY)
+LOADED_KEY = "ds_loaded"  # the source this session has opened on the Dataset page
 
 
 def current_source() -> str:
     return st.session_state.get(SOURCE_KEY, DEFAULT_SOURCE)
+
+
+def current_classes() -> list[str] | None:
+    """The current dataset's class names when this session has opened it on the Dataset page, else None
+    (opening one here could mean minutes of TFDS retries offline)."""
+    source = current_source()
+    if st.session_state.get(LOADED_KEY) != source:
+        return None
+    try:
+        return list(open_source_cached(source).info.class_names)
+    except Exception:  # the Dataset page shows what is wrong with it; here it only means "not known"
+        logger.info("the current dataset %s could not be reopened", source)
+        return None
 
 
 def set_source(source: str) -> None:
@@ -47,9 +61,13 @@ def set_handle(handle: str) -> None:
 
 
 def describe_source(source: str) -> str:
+    from core.settings.presets import active_preset
+    from core.settings.text import dataset_name
+
     kind, _, value = source.partition(":")
     if kind == "folder":
-        return f"folder `{value}`"
+        # On a public host the folder is one of the server's (an unpacked upload, the demo): its name only.
+        return f"folder `{value if active_preset().allow_local_paths else dataset_name(source)}`"
     if kind == "tfds":
         return f"TFDS `{value}`"
     return f"`{source}`"
@@ -173,6 +191,7 @@ def tidy_runs_folder() -> None:
 def sidebar() -> None:
     from core.runs.folders import list_runs
     from core.settings.paths import cache_dir
+    from core.settings.presets import active_preset
 
     restore_session()
     keep_widget_state()
@@ -185,8 +204,13 @@ def sidebar() -> None:
             count = len(list_runs(runs_folder()).runs)
         except (OSError, LabError):
             count = 0
-        st.caption(f"Runs folder: `{runs_folder()}` ({count} finished)")
-        st.caption(f"Cache folder: `{cache_dir()}`")
+        # The server's own folders are the user's business only on their own machine; a public host keeps
+        # its layout to itself.
+        if active_preset().allow_local_paths:
+            st.caption(f"Runs folder: `{runs_folder()}` ({count} finished)")
+            st.caption(f"Cache folder: `{cache_dir()}`")
+        else:
+            st.caption(f"Runs: {count} finished")
         online = network_online()
         st.caption("Network: " + ("online: TFDS and TF Hub downloads work" if online
                                   else "offline: use folders and local SavedModels"))

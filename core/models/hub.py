@@ -31,6 +31,25 @@ def normalise_handle(handle: str) -> str:
     )
 
 
+# A handle written "./NAME" names a SavedModel folder beside the model file, inside its run folder: a run
+# zip carries its backbone that way, so the run works wherever it is unpacked.
+RELATIVE_PREFIX = "./"
+
+
+def resolve_relative(handle: str, base: str | Path) -> str:
+    """handle with a "./" one made absolute against base (the model file's folder); others unchanged.
+
+    A relative handle must stay inside base: "./../x" could otherwise name any folder on the machine.
+    """
+    if not isinstance(handle, str) or not handle.startswith(RELATIVE_PREFIX):
+        return handle
+    root = Path(base).expanduser().resolve()
+    target = (root / handle[len(RELATIVE_PREFIX):]).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise ModelFileError(f"The hub handle '{handle}' leaves the model's own folder; refusing it.")
+    return str(target)
+
+
 def is_local(handle: str) -> bool:
     return not handle.startswith(("http://", "https://", "gs://"))
 

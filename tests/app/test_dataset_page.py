@@ -134,10 +134,13 @@ def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page):
     assert not at.exception and not at.error
     assert metric(at, "Classes") == "3"
     assert at.session_state["lab_source"] == f"folder:{cache_dir() / 'demo' / 'shapes'}"
+    assert at.radio[0].value == "demo"  # the user's choice, not "A folder on this machine"
     at.switch_page("app_pages/experiments.py").run()
     assert not at.exception and not at.error
     assert at.text_input(key="exp_t_handle").value == str(cache_dir() / "demo" / "backbone")
     assert len([m for m in at.markdown if m.value.startswith("**Estimated duration")]) == 2
+    at.switch_page("app_pages/dataset.py").run()
+    assert at.radio[0].value == "demo"
 
 
 @pytest.fixture
@@ -190,5 +193,32 @@ def test_a_running_download_is_shown_and_can_be_cancelled(open_page, stand_in_ar
     next(b for b in at.button if b.label == "Cancel download").click().run()
     assert "Cancelled the download" in at.warning[0].value
     _, err = cli.communicate(timeout=60)
-    assert cli.returncode == 2 and "cancelled" in err
+    assert cli.returncode == 1 and "cancelled" in err
     assert read_status(tfds_dir(), "cats_vs_dogs").phase == "cancelled"
+
+
+def tiny_folder(root, side: int):
+    for k, colour in enumerate(((220, 40, 40), (40, 40, 220))):
+        (root / f"class{k}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (side, side), tuple(c - 5 * i for c in colour)).save(root / f"class{k}" / f"{i}.png")
+    return root
+
+
+def test_images_far_smaller_than_the_models_input_are_said_to_be_enlarged(open_page, tmp_path):
+    at = open_page("dataset")
+    choose_folder(at, tiny_folder(tmp_path / "tiny", 25))
+    assert not at.exception and not at.error
+    [note] = [i.value for i in at.info]
+    assert note.startswith("10 of 10 images are at most half the model's input side and get enlarged to 224x224 "
+                           "(the smallest, 25x25, about 9x)")
+    # The side is the Experiments page's image size: at 48 pixels, 25x25 images are no longer far smaller.
+    at = open_page("dataset", state={"exp_image_size": 48})
+    choose_folder(at, tmp_path / "tiny")
+    assert not at.info
+
+
+def test_images_near_the_models_input_get_no_note(open_page, tmp_path):
+    at = open_page("dataset")
+    choose_folder(at, tiny_folder(tmp_path / "fine", 200))
+    assert not at.exception and not at.error and not at.info

@@ -104,3 +104,39 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     assert page.locator(".js-plotly-plot").count() == 2  # the probabilities and the heatmap
     no_exception(page)
     shoot(page, "5-predict-explained")
+
+
+def test_predict_on_a_phone(server, demo_folder, trained_runs):
+    """A 390-px phone screen: the sidebar starts collapsed, the camera comes before the uploader and the verdict
+    before the picture, and nothing is wider than the screen. The screenshot is 6-predict-phone.png."""
+    from playwright.sync_api import sync_playwright
+
+    from core.runs.predict import load_for_prediction, predict_bytes
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                    has_touch=True).new_page()
+        phone.set_default_timeout(TIMEOUT_MS)
+        phone.goto(f"{server}/predict")
+        phone.get_by_text("Loaded from disk").or_(phone.get_by_text("Reused from the shared cache")).first.wait_for()
+        settle(phone)
+        assert phone.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
+        camera = phone.get_by_text("Take a photo with the camera").bounding_box()
+        uploader = phone.get_by_test_id("stFileUploader").bounding_box()
+        assert camera["y"] < uploader["y"]
+        image = next((demo_folder / "squares").iterdir())
+        expected = predict_bytes(load_for_prediction(trained_runs["mobilenet_v2"]),
+                                 [(image.name, image.read_bytes())])[0]
+        phone.locator("input[type=file]").first.set_input_files(str(image))
+        verdict = phone.get_by_role("heading", name=expected.label, exact=True)
+        verdict.wait_for()
+        settle(phone)
+        no_exception(phone)
+        picture = phone.get_by_test_id("stImage").last.bounding_box()
+        assert verdict.bounding_box()["y"] < picture["y"]
+        assert picture["width"] <= 390
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        shoot(phone, "6-predict-phone")
+        browser.close()

@@ -158,7 +158,7 @@ def test_a_full_disk_says_so(cache, online, host):
 
     proc = cli("download", "--data", "tfds:cats_vs_dogs", preexec_fn=small_files)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2, (out, err)
+    assert proc.returncode == 1, (out, err)
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: The disk ran out of space while downloading " + host.url(ARCHIVE_PATH))
     assert "LAB_CACHE_DIR" in line
@@ -246,7 +246,7 @@ def test_a_killed_download_does_not_block_the_next_one(cache, online, slow_host)
     worker = read_status(cache / "tfds", "cats_vs_dogs").pid
     os.kill(worker, signal.SIGKILL)  # no chance to tidy up or release anything itself
     _out, err = first.communicate(timeout=120)
-    assert first.returncode == 2 and "stopped before it finished" in err
+    assert first.returncode == 1 and "stopped before it finished" in err
     assert not is_running(cache / "tfds", "cats_vs_dogs")
     assert leftovers(cache)  # what the killed worker left ...
 
@@ -264,7 +264,7 @@ def test_cancel_stops_the_download_for_everyone_following_it(cache, online, slow
     wait_for(lambda: downloading(cache), what="the download to start")
     assert cancel("cats_vs_dogs", cache / "tfds")
     _out, err = follower.communicate(timeout=120)
-    assert follower.returncode == 2 and "cancelled" in err.strip().splitlines()[-1]
+    assert follower.returncode == 1 and "cancelled" in err.strip().splitlines()[-1]
     assert not is_running(cache / "tfds", "cats_vs_dogs")
     assert read_status(cache / "tfds", "cats_vs_dogs").phase == "cancelled"
     assert not leftovers(cache)
