@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
-from core.settings.errors import LabError
 from core.safety.zips import extract_members
+from core.settings.errors import LabError
 from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)

@@ -241,9 +241,9 @@ def _validation_batches(source, image_size: int, batch_size: int):
     """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
     import tensorflow as tf
 
+    from core.data.images import decode_image
     from core.data.sources import VALIDATION, FolderSource, preprocess
     from core.settings.errors import ImageError
-    from core.data.images import decode_image
 
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
@@ -290,10 +290,9 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     """
     import tensorflow as tf
 
-    from core.runs.folders import open_run, write_json
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
-    from core.settings.config import EXTRACT_BATCH_SIZE
+    from core.runs.folders import open_run, write_json
+    from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
 
     start = time.perf_counter()
     run = open_run(run_dir)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.settings.errors import LabError
 from core.present.tables import format_report
 from core.runs.evaluate import (
     EVALUATION_FILE,
@@ -23,6 +22,7 @@ from core.runs.evaluate import (
     per_class_metrics,
     row_percentages,
 )
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 # A three-class labelling worked out by hand.
@@ -107,10 +107,10 @@ def run_copies(trained_runs, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["baseline", "mobilenet_v2"])
 def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
+    from core.runs.folders import open_run
     from core.runs.predict import load_for_prediction, predict_bytes
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies[kind])
     calls = []
@@ -135,10 +135,10 @@ def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind
 
 
 def test_training_code_can_pass_the_model_and_source_it_holds(run_copies):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import open_source
+    from core.runs.folders import open_run
     from core.safety.model_files import load_model
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies["baseline"])
     model, _ = load_model(run.model_path)
@@ -160,9 +160,9 @@ def mock_tfds(monkeypatch, tmp_path):
 
 
 def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds):
-    from core.settings.config import DataConfig
     from core.data.sources import VALIDATION, open_source
     from core.runs.predict import load_for_prediction
+    from core.settings.config import DataConfig
 
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
@@ -208,8 +208,8 @@ def test_a_run_whose_dataset_is_gone_cannot_be_evaluated(run_copies, tmp_path):
 def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
     """A three-class run whose validation folder has three images filed under the wrong class: a model
     that learned the shapes is confidently wrong about exactly those."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.data.demo import make_demo_folder
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("mislabelled")

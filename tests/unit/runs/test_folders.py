@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from core.runs.folders import INCOMPLETE_PREFIX, RunWriter, clean_incomplete, list_runs, new_run_id, open_run, write_json
+from core.runs.folders import (
+    INCOMPLETE_PREFIX,
+    RunWriter,
+    clean_incomplete,
+    list_runs,
+    new_run_id,
+    open_run,
+    write_json,
+)
 from core.settings.config import DataConfig, TrainConfig, data_from_dict, train_from_dict
 from core.settings.errors import LabError
 
