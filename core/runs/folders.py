@@ -127,7 +127,7 @@ def preferred_run_index(runs: list[RunRecord], source: str, class_names: list[st
     best final validation accuracy (the saved weights are the last epoch's)."""
     def score(record: RunRecord):
         acc = record.metrics.get("final_val_accuracy")
-        usable = isinstance(acc, (int, float)) and not isinstance(acc, bool) and acc == acc
+        usable = isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
         return (matches_dataset(record, source, class_names), record.model_kind == "mobilenet_v2",
                 acc if usable else -1)
 
