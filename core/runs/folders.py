@@ -8,8 +8,8 @@ killed process never leaves a folder that looks complete. This module does not i
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 import secrets
 import shutil
