@@ -73,11 +73,33 @@ def network_online() -> bool:
     return is_online()
 
 
+# Markdown's punctuation; backslashed, each shows as itself. ":" and "$" start Streamlit's icons, colours and maths.
+_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()#+-.!|~:$=")
+_HTML_SPECIALS = {"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#x27;"}
+
+
+def plain(text) -> str:
+    """Text from a file, run, model or upload, made safe to place in st.markdown (with or without HTML).
+
+    HTML's characters become entities and markdown's are backslashed, so `<iframe srcdoc=...>`,
+    `[x](javascript:...)` or `:red[...]` show literally and never become markup. Line breaks become spaces.
+    """
+    out = []
+    for char in " ".join(str(text).split()) if text is not None else "":
+        if char in _HTML_SPECIALS:
+            out.append(_HTML_SPECIALS[char])
+        elif char in _MARKDOWN_SPECIALS:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
 def chip(kind: ModelKind | str | None) -> str:
-    """A coloured dot and the model's name, for markdown."""
+    """A coloured dot and the model's name, for markdown; a name the Lab does not know is shown as text."""
     k = kind if isinstance(kind, ModelKind) else model_kind(kind) if kind else None
     if k is None:
-        return f"**{kind}**"
+        return f"**{plain(kind) or '?'}**"
     return f'<span style="color:{MODEL_COLOURS[k]}; font-size:1.1em">●</span> **{MODEL_LABELS[k]}**'
 
 

@@ -1,7 +1,15 @@
 """Dataset: choose where the images come from and look at them before anything trains."""
 import streamlit as st
 
-from app_pages.common import current_source, describe_source, open_source_cached, set_handle, set_source, show_error
+from app_pages.common import (
+    current_source,
+    describe_source,
+    open_source_cached,
+    plain,
+    set_handle,
+    set_source,
+    show_error,
+)
 from core.data.sources import SPLITS
 from core.present.charts import class_counts_bar, image_size_scatter
 from core.settings.config import DEFAULT_SOURCE
@@ -65,7 +73,7 @@ def unpack_upload(upload) -> str | None:
     if cached and cached[0] == upload.file_id:
         result = cached[1]
     else:
-        with st.spinner(f"Unpacking {upload.name} ..."):
+        with st.spinner(f"Unpacking {plain(upload.name)} ..."):
             result = extract_zip(upload, uploads_dir())
         st.session_state[ZIP_KEY] = (upload.file_id, result)
     skipped = sum(result.skipped.values())

@@ -12,6 +12,7 @@ from app_pages.common import (
     current_source,
     describe_source,
     open_source_cached,
+    plain,
     runs_folder,
     show_error,
 )
@@ -360,7 +361,7 @@ def show_summary(record) -> None:
     import json
 
     m = record.metrics
-    st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+    st.markdown(chip(record.model_kind) + f" &nbsp; <small>{plain(run_time(record))}</small>", unsafe_allow_html=True)
     a, b = st.columns(2)
     a.metric("Total parameters", f"{m.get('total_params', 0):,}")
     b.metric("Trainable", f"{m.get('trainable_params', 0):,}")
@@ -527,7 +528,7 @@ st.caption("Each run's saved model on the images it was validated on. In the con
 for start in range(0, len(records), per_row):
     for column, record in zip(st.columns(per_row, gap="large"), records[start:start + per_row]):
         with column:
-            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{plain(run_time(record))}</small>", unsafe_allow_html=True)
             show_evaluation(record)
 
 st.subheader("Export")
@@ -535,5 +536,5 @@ st.caption(EXPORT_GUIDE)
 for start in range(0, len(records), per_row):
     for column, record in zip(st.columns(per_row, gap="large"), records[start:start + per_row]):
         with column:
-            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+            st.markdown(chip(record.model_kind) + f" &nbsp; <small>{plain(run_time(record))}</small>", unsafe_allow_html=True)
             show_exports(record)

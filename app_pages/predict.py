@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chip, runs_folder, show_error
+from app_pages.common import chip, plain, runs_folder, show_error
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs
@@ -39,7 +39,7 @@ def stored_upload(upload) -> Path:
     kept = st.session_state.get(MODEL_UPLOAD_KEY)
     if kept and kept[0] == upload.file_id and kept[1].is_file():
         return kept[1]
-    with st.spinner(f"Checking {upload.name} ..."):
+    with st.spinner(f"Checking {plain(upload.name)} ..."):
         path = store_uploaded_model(upload, upload.name)
     st.session_state[MODEL_UPLOAD_KEY] = (upload.file_id, path)
     return path
@@ -105,7 +105,7 @@ def explain_image(loaded, data: bytes, name: str, method: str):
     finally:
         if bar is not None:
             bar.empty()
-    legend = EXPLAIN_LEGENDS[method].format(name=explanation.class_name) if explanation.peak else None
+    legend = EXPLAIN_LEGENDS[method].format(name=plain(explanation.class_name)) if explanation.peak else None
     return heatmap_overlay_figure(image, explanation), legend
 
 
@@ -195,7 +195,7 @@ else:
 try:
     mtime = model_path.stat().st_mtime
     started = time.time()
-    with st.spinner(f"Reloading {shown_name or model_path.name} ..."):
+    with st.spinner(f"Reloading {plain(shown_name or model_path.name)} ..."):
         loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
 except FileNotFoundError:
     st.error(f"'{model_path}' does not exist.", icon=":material/error:")
@@ -207,8 +207,8 @@ except Exception as exc:
 from_cache = loaded_at < started
 with st.container(border=True):
     info, timing = st.columns([3, 2])
-    label = chip(kind) if kind else f"**{shown_name or model_path.name}**"
-    info.markdown(f"{label} &nbsp; classes: {', '.join(loaded.class_names)} · input "
+    label = chip(kind) if kind else f"**{plain(shown_name or model_path.name)}**"
+    info.markdown(f"{label} &nbsp; classes: {', '.join(plain(n) for n in loaded.class_names)} · input "
                   f"{loaded.image_size}x{loaded.image_size}", unsafe_allow_html=True)
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache
@@ -240,7 +240,7 @@ for start in range(0, len(good), PER_ROW):
         with column, st.container(border=True):
             picture, verdict = st.columns([1, 1.3], vertical_alignment="center")
             picture.image(thumbnail(data, result.name), caption=result.name, width="stretch")
-            verdict.markdown(f"### {result.label}")
+            verdict.markdown(f"### {plain(result.label)}")
             verdict.caption(f"{result.confidence:.1%} confident")
             verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}")
             explain_controls(index, loaded, result.name, data, (str(model_path), mtime))

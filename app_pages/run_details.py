@@ -9,7 +9,7 @@ from functools import partial
 
 import streamlit as st
 
-from app_pages.common import show_error
+from app_pages.common import plain, show_error
 from core.settings.errors import LabError
 
 GALLERY_COLUMNS = 4
@@ -69,7 +69,7 @@ def _gallery(evaluation) -> None:
     for start in range(0, len(wrong), GALLERY_COLUMNS):
         for column, item in zip(st.columns(GALLERY_COLUMNS), wrong[start:start + GALLERY_COLUMNS]):
             column.image(str(item.thumbnail), width="stretch")
-            column.caption(f"true **{item.true_label}**  \npredicted **{item.predicted_label}** "
+            column.caption(f"true **{plain(item.true_label)}**  \npredicted **{plain(item.predicted_label)}** "
                            f"({item.confidence:.0%})")
 
 

@@ -5,6 +5,7 @@ person can look at what the pages really look like.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -30,12 +31,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_runs, _isolated_cache):
+@contextlib.contextmanager
+def streamlit_server(runs_dir: Path, log_name: str = "streamlit-server.log"):
+    """`streamlit run` on a free port over runs_dir; yields its URL and stops it afterwards."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    env = dict(os.environ, LAB_RUNS_DIR=str(trained_runs["dir"]), PYTHONUNBUFFERED="1")
-    with open(ARTIFACTS / "streamlit-server.log", "w") as log:
+    env = dict(os.environ, LAB_RUNS_DIR=str(runs_dir), PYTHONUNBUFFERED="1")
+    with open(ARTIFACTS / log_name, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -52,6 +54,12 @@ def server(trained_runs, _isolated_cache):
                 proc.kill()
 
 
+@pytest.fixture(scope="module")
+def server(trained_runs, _isolated_cache):
+    with streamlit_server(trained_runs["dir"]) as url:
+        yield url
+
+
 def wait_until_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -62,7 +70,7 @@ def wait_until_healthy(url: str, proc: subprocess.Popen, seconds: float = 60) ->
         except OSError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"streamlit did not start; see {ARTIFACTS / 'streamlit-server.log'}")
+            pytest.fail(f"streamlit did not start; see its log in {ARTIFACTS}")
         time.sleep(0.5)
 
 
@@ -171,3 +179,42 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     assert page.locator(".js-plotly-plot").count() == 2  # the probabilities and the heatmap
     no_exception(page)
     shoot(page, "5-predict-explained")
+
+
+def test_hostile_run_and_upload_names_show_as_text_and_run_no_script(page, trained_runs, tmp_path_factory):
+    from hostile_files import XSS_CLASSES, XSS_KIND, hostile_run
+
+    runs = tmp_path_factory.mktemp("hostile-runs")
+    hostile_run(trained_runs["baseline"], runs)
+    with streamlit_server(runs, "streamlit-hostile-server.log") as url:
+        page.goto(f"{url}/experiments")
+        page.get_by_role("heading", name="Comparison").wait_for()
+        settle(page)
+        no_exception(page)
+        assert page.get_by_text(XSS_KIND, exact=True).count() >= 1  # the model kind, literally
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("[data-testid=stMain] iframe[srcdoc], img[src=x]").count() == 0
+
+        go(page, "Predict")
+        page.get_by_text("Loaded from disk").or_(page.get_by_text("Reused from the shared cache")).first.wait_for()
+        upload_name = '<img src=x onerror="window.__xss=\'upload\'">.png'
+        page.locator("input[type=file]").first.set_input_files(
+            {"name": upload_name, "mimeType": "image/png", "buffer": _tiny_png()})
+        page.get_by_text("confident").first.wait_for()
+        settle(page)
+        no_exception(page)
+        main = page.get_by_test_id("stMain").inner_text()
+        assert all(name in main for name in XSS_CLASSES)  # the .h5's class names, literally
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("[data-testid=stMain] iframe[srcdoc], img[src=x]").count() == 0
+        shoot(page, "6-hostile-names")
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
