@@ -168,15 +168,17 @@ class Evaluation:
 
 def load_evaluation(run_dir: str | Path) -> Evaluation | None:
     """The stored evaluation of a run, or None if it has not been evaluated yet."""
-    import json
+    from core.runs.schema import RunSchemaError, load_json
 
     run_dir = Path(run_dir)
     path = run_dir / EVALUATION_FILE
     if not path.is_file():
         return None
     try:
-        return Evaluation.from_dict(run_dir, json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return Evaluation.from_dict(run_dir, load_json(path))
+    except RunSchemaError as exc:
+        raise LabError(f"{path} is damaged ({exc}); evaluate the run again to replace it.") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LabError(
             f"{path} is damaged ({exc.__class__.__name__}); evaluate the run again to replace it."
         ) from None
