@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import make_zip
 
+from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 from core.runs.folders import INCOMPLETE_PREFIX, list_runs, open_run
 from core.settings.errors import LabError, ModelFileError
-from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 
 
 def entries_of(data: bytes) -> dict[str, bytes]:
@@ -213,9 +213,9 @@ def run_with_handle(trained_run: Path, handle: Path, dest: Path) -> Path:
     """A copy of a transfer run whose model.h5 points its KerasLayer at another SavedModel folder."""
     import shutil
 
-    from core.settings.config import ModelKind
-    from core.safety.model_files import save_model
     from core.models.architectures import build_model
+    from core.safety.model_files import save_model
+    from core.settings.config import ModelKind
 
     shutil.copytree(trained_run, dest)
     save_model(build_model(ModelKind.MOBILENET_V2, 2, 64, str(handle)), dest / "model.h5", ["circles", "squares"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.settings.errors import LabError
 from core.runs.export import (
     FORMATS,
     LABELS_FILE,
@@ -21,6 +20,7 @@ from core.runs.export import (
     parse_format,
     predict_with_export,
 )
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 KINDS = ["baseline", "mobilenet_v2"]
@@ -36,8 +36,8 @@ def run_copies(trained_runs, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     """Preprocessed generated images: both demo classes and plain noise, at the runs' input size."""
-    from core.data.sources import preprocess
     from core.data.demo import demo_image
+    from core.data.sources import preprocess
 
     rng = np.random.default_rng(11)
     decoded = [np.asarray(demo_image(name, rng, (80, 80))) for name in ("circles", "squares") * 4]
@@ -127,8 +127,8 @@ def test_downloads_are_single_files(run_copies, images, reference, tmp_path):
 
 def test_hub_model_exports_do_not_need_the_hub_module(tmp_path, demo_folder, demo_backbone, images):
     """The SavedModel and TFLite files carry the backbone: they still work once its folder is gone."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.runs.predict import load_for_prediction
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     backbone = Path(shutil.copytree(demo_backbone, tmp_path / "backbone"))
