@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
 from core.runs.schema import RunSchemaError, load_json, load_run_json
-from core.settings.errors import LabError
 from core.safety.zips import extract_members
+from core.settings.errors import LabError
 
 logger = logging.getLogger(__name__)
 

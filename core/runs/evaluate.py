@@ -103,7 +103,7 @@ class WrongPrediction:
     predicted_label: str
     confidence: float  # probability of the predicted (wrong) class
     true_probability: float  # probability the model gave the right class
-    source: str  # the image file for folder datasets, else its position in the validation split
+    source: str  # the image file (relative to the dataset folder) for folder datasets, else its split position
 
 
 @dataclass(frozen=True)
@@ -197,17 +197,26 @@ def _outputs_probabilities(model) -> bool:
         return False
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _validation_batches(source, image_size: int, batch_size: int):
     """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
     import tensorflow as tf
 
+    from core.data.images import decode_image
     from core.data.sources import VALIDATION, FolderSource, preprocess
     from core.settings.errors import ImageError
-    from core.data.images import decode_image
 
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
-        names = [str(p) for p, _ in files]
+        paths = [str(p) for p, _ in files]
+        # Shown and stored relative to the dataset folder: evaluation.json travels in run zips, server paths must not.
+        names = [_relative(p, source.root) for p, _ in files]
 
         def load(path: bytes) -> np.ndarray:
             try:
@@ -221,7 +230,7 @@ def _validation_batches(source, image_size: int, batch_size: int):
             return image, label, position
 
         ds = tf.data.Dataset.from_tensor_slices((
-            tf.constant(names), tf.constant([label for _, label in files], tf.int64),
+            tf.constant(paths), tf.constant([label for _, label in files], tf.int64),
             tf.range(len(files), dtype=tf.int64)))
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0)
@@ -250,10 +259,10 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     """
     import tensorflow as tf
 
-    from core.runs.folders import open_run, write_json
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
-    from core.settings.config import EXTRACT_BATCH_SIZE
+    from core.runs.folders import open_run, write_json
+    from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
+    from core.settings.presets import check_source
 
     start = time.perf_counter()
     run = open_run(run_dir)
@@ -262,6 +271,8 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     class_names = run.class_names
     notes = []
     if source is None:
+        # The run may come from another machine: what it names obeys this server's preset, like a visitor's input.
+        check_source(data.source)
         source = open_source(data)
     if model is None:
         from core.safety.model_files import load_model

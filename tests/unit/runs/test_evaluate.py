@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.settings.errors import LabError
 from core.present.tables import format_report
 from core.runs.evaluate import (
     EVALUATION_FILE,
@@ -22,6 +21,7 @@ from core.runs.evaluate import (
     per_class_metrics,
     row_percentages,
 )
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 # A three-class labelling worked out by hand.
@@ -79,10 +79,10 @@ def run_copies(trained_runs, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["baseline", "mobilenet_v2"])
 def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
+    from core.runs.folders import open_run
     from core.runs.predict import load_for_prediction, predict_bytes
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies[kind])
     calls = []
@@ -107,10 +107,10 @@ def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind
 
 
 def test_training_code_can_pass_the_model_and_source_it_holds(run_copies):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import open_source
+    from core.runs.folders import open_run
     from core.safety.model_files import load_model
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies["baseline"])
     model, _ = load_model(run.model_path)
@@ -132,9 +132,9 @@ def mock_tfds(monkeypatch, tmp_path):
 
 
 def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds):
-    from core.settings.config import DataConfig
     from core.data.sources import VALIDATION, open_source
     from core.runs.predict import load_for_prediction
+    from core.settings.config import DataConfig
 
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
@@ -180,8 +180,8 @@ def test_a_run_whose_dataset_is_gone_cannot_be_evaluated(run_copies, tmp_path):
 def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
     """A three-class run whose validation folder has three images filed under the wrong class: a model
     that learned the shapes is confidently wrong about exactly those."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.data.demo import make_demo_folder
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("mislabelled")
@@ -193,7 +193,7 @@ def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
                       ("triangles_0000.jpg", "triangles")):
         target = root / "val" / "circles" / f"mislabelled_{name}"
         (root / "val" / cls / name).rename(target)
-        wrong.add(str(target))
+        wrong.add(target.relative_to(root).as_posix())  # stored relative: no server path in evaluation.json
     data = DataConfig(source=f"folder:{root}", image_size=TEST_IMAGE_SIZE, batch_size=16)
     run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=10, learning_rate=1e-2,
                                            handle=str(demo_backbone)), tmp_path_factory.mktemp("runs"))
@@ -220,6 +220,31 @@ def test_gallery_holds_the_most_confidently_wrong_images(mislabelled_run):
         with Image.open(w.thumbnail) as thumb:
             assert thumb.format == "PNG" and max(thumb.size) <= THUMBNAIL_SIDE
         assert w.thumbnail.is_relative_to(run / "evaluation")
+
+
+def test_evaluation_json_names_images_relative_to_the_dataset(mislabelled_run):
+    run, _ = mislabelled_run
+    evaluate_run(run)
+    stored = (run / EVALUATION_FILE).read_text()
+    root = json.loads((run / "config.json").read_text())["data"]["source"].removeprefix("folder:")
+    assert root not in stored
+    assert all(not Path(w["source"]).is_absolute() for w in json.loads(stored)["wrong"])
+
+
+def test_a_run_naming_a_server_folder_is_not_evaluated_on_a_hosted_lab(run_copies, tmp_path, monkeypatch):
+    """An imported run records its data source; a hosted Lab must not open a server folder because of it."""
+    from core.data import sources
+
+    run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "imported"))
+    (run / EVALUATION_FILE).unlink(missing_ok=True)
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["source"].startswith("folder:/")  # the demo folder: a server path, outside the cache
+    opened = []
+    monkeypatch.setattr(sources, "open_source", lambda *a, **k: opened.append(a))
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    with pytest.raises(LabError, match="does not read folders on the server"):
+        evaluate_run(run)
+    assert opened == [] and not (run / EVALUATION_FILE).exists()
 
 
 def test_evaluating_again_keeps_only_the_new_thumbnails(mislabelled_run):

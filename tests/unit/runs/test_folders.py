@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from core.runs.folders import INCOMPLETE_PREFIX, RunWriter, clean_incomplete, list_runs, new_run_id, open_run, write_json
+from core.runs.folders import (
+    INCOMPLETE_PREFIX,
+    RunWriter,
+    clean_incomplete,
+    list_runs,
+    new_run_id,
+    open_run,
+    write_json,
+)
 from core.settings.config import DataConfig, TrainConfig, data_from_dict, train_from_dict
 from core.settings.errors import LabError
 
@@ -233,7 +241,7 @@ def test_write_json_from_many_threads_at_once_leaves_one_whole_file(tmp_path):
         for round_ in range(150):
             try:
                 write_json(target, {"writer": n, "round": round_, "rows": list(range(200))})
-            except Exception as exc:  # noqa: BLE001 - any failure of a concurrent write is what is tested
+            except Exception as exc:  # any failure of a concurrent write is what is tested
                 errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
