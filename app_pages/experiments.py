@@ -450,8 +450,11 @@ if SHOWN_KEY not in st.session_state:
         newest.setdefault(record.model_kind, record.run_id)
     st.session_state[SHOWN_KEY] = list(newest.values())
 st.session_state[SHOWN_KEY] = [i for i in st.session_state[SHOWN_KEY] if i in by_id]
+labels = {i: run_option(r) for i, r in by_id.items()}
+# The multiselect tells options apart by label: a run imported twice must not share its copy's.
+repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
 st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
-               format_func=lambda i: run_option(by_id[i]), key=SHOWN_KEY,
+               format_func=lambda i: f"{labels[i]} · {i}" if labels[i] in repeated else labels[i], key=SHOWN_KEY,
                placeholder="Pick finished runs from the runs folder")
 if listing.incomplete:
     with st.expander(f"{len(listing.incomplete)} unfinished or damaged run folder(s), not shown"):

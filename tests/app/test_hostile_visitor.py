@@ -1,7 +1,8 @@
-"""Text a hostile visitor controls (a run's model kind and class names, an .h5's class names, an uploaded
-file's name) reaches the pages only as text: never as HTML, never as a markdown link.
+"""What a hostile visitor of a hosted Lab brings, through the pages: text they control (a run's model kind
+and class names, an .h5's class names, an uploaded file's name) reaches the pages only as text, never as
+HTML or a markdown link; and a run imported twice leaves the Experiments page working.
 
-The browser half of this (the same run in Chromium, asserting no script ran) is in tests/system.
+The browser half of the text checks (the same run in Chromium, asserting no script ran) is in tests/system.
 """
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ def test_a_run_named_with_markup_is_shown_as_text_on_experiments_and_predict(ope
     assert_only_literal(predict)
     headings = [m.value for m in predict.markdown if m.value.startswith("### ")]
     assert headings and all(h.removeprefix("### ") in {plain(n) for n in XSS_CLASSES} for h in headings)
+
+
+def test_importing_a_run_already_here_keeps_the_page_working(open_page, trained_runs, tmp_path):
+    import shutil
+
+    from core.runs.archives import export_run_zip
+
+    runs = tmp_path / "runs"
+    original = trained_runs["baseline"].name
+    shutil.copytree(trained_runs["baseline"], runs / original)
+    at = open_page("experiments", runs_dir=runs)
+    [uploader] = [u for u in at.file_uploader if u.key == "run_import_zip"]
+    uploader.set_value(("again.zip", export_run_zip(trained_runs["baseline"]), "application/zip")).run()
+    at.button(key="run_import").click().run()
+    for _ in range(2):  # the next clicks used to raise StreamlitDuplicateElementKey
+        assert not at.exception
+        shown = at.multiselect(key="exp_shown").value
+        assert len(shown) == len(set(shown)) == 2 and original in shown
+        at.toggle(key="exp_show_article").set_value(False).run()
+    options = at.multiselect(key="exp_shown").options
+    assert len(options) == len(set(options)) == 2
