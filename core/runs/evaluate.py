@@ -260,7 +260,7 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     import tensorflow as tf
 
     from core.data.sources import VALIDATION, open_source
-    from core.runs.folders import open_run, write_json
+    from core.runs.folders import disk_error, open_run, write_json
     from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
     from core.settings.presets import check_source
 
@@ -332,17 +332,23 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     thumbs_root = run_dir / THUMBNAIL_DIR
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     thumbs = thumbs_root / stamp
-    thumbs.mkdir(parents=True)
     wrong = []
-    for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
-        path = thumbs / f"wrong_{rank:03d}.png"
-        _thumbnail(image, path)
-        wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
-                                     names[position] if names else f"{VALIDATION} image #{position}"))
-    percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in row_percentages(matrix)]
-    evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
-                            total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
-    write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
+    try:
+        thumbs.mkdir(parents=True)
+        for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
+            path = thumbs / f"wrong_{rank:03d}.png"
+            _thumbnail(image, path)
+            wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
+                                         names[position] if names else f"{VALIDATION} image #{position}"))
+        percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row]
+                       for row in row_percentages(matrix)]
+        evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
+                                total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
+        write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
+    except OSError as exc:
+        # The previous evaluation (if any) stays whole: its file and thumbnails are only replaced after this.
+        shutil.rmtree(thumbs, ignore_errors=True)
+        raise disk_error(exc, "store the evaluation", run_dir) from None
     for old in thumbs_root.iterdir():
         if old.is_dir() and old.name != stamp:
             shutil.rmtree(old, ignore_errors=True)

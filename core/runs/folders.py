@@ -48,6 +48,13 @@ def write_json(path: Path, data) -> None:
         raise
 
 
+def disk_error(exc: OSError, doing: str, where: Path) -> LabError:
+    """One line for a full, read-only or otherwise failing disk: what failed, where, and what to do."""
+    reason = exc.strerror or exc.__class__.__name__
+    return LabError(f"Could not {doing} in {where} ({reason}); free disk space or make that folder writable "
+                    "(LAB_RUNS_DIR chooses another runs folder), then try again.")
+
+
 class RunWriter:
     """Collects a run's files in a hidden folder and publishes it with one rename."""
 
