@@ -295,7 +295,7 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         raise ModelFileError(f"'{label}' is damaged or truncated ({exc.__class__.__name__}).") from None
     config = _parse_attr(raw, label, "model config")
     if not isinstance(config, dict) or config.get("class_name") not in MODEL_CLASSES:
-        kind = config.get("class_name") if isinstance(config, dict) else type(config).__name__
+        kind = config.get("class_name") if isinstance(config, dict) else "null" if config is None else type(config).__name__
         raise ModelFileError(f"'{label}' holds a '{str(kind)[:80]}', not a Keras model the Lab can load.")
     _check_structure(config, label)
     allowed = _allowed_layer_names()
