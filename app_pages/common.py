@@ -73,8 +73,10 @@ def network_online() -> bool:
     return is_online()
 
 
-# Markdown's punctuation; backslashed, each shows as itself. ":" and "$" start Streamlit's icons, colours and maths.
-_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()#+-.!|~:$=")
+# Markdown's punctuation that can make markup inline (links, images, emphasis, code, tables; ":" and "$"
+# start Streamlit's icons, colours and maths); backslashed, each shows as itself. Dots and dashes, which
+# matter only at the start of a line, stay as they are so that file names read plainly.
+_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()#+!|~:$")
 _HTML_SPECIALS = {"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#x27;"}
 
 

@@ -358,17 +358,13 @@ def show_comparison(records, include_article: bool) -> None:
 
 
 def show_summary(record) -> None:
-    import json
-
     m = record.metrics
     st.markdown(chip(record.model_kind) + f" &nbsp; <small>{plain(run_time(record))}</small>", unsafe_allow_html=True)
     a, b = st.columns(2)
     a.metric("Total parameters", f"{m.get('total_params', 0):,}")
     b.metric("Trainable", f"{m.get('trainable_params', 0):,}")
-    layers_file = record.path / "layers.json"
-    try:
-        layers = json.loads(layers_file.read_text())
-    except (OSError, ValueError):
+    layers = record.layers
+    if layers is None:
         st.code(record.summary or "No layer summary in this run folder.", language=None)
         return
     rows = [{"Layer": r.get("name"), "Type": r.get("type"), "Output shape": compact_shape(r.get("output_shape")),

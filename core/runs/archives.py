@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
-from core.runs.schema import RunSchemaError, load_json, load_run_json
+from core.runs.schema import RunSchemaError, load_json, load_layers, load_run_json
 from core.safety.zips import extract_members
 from core.settings.errors import LabError
 
@@ -227,6 +227,10 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             dropped = _check_evaluation(tmp)
             if dropped:
                 warnings.append(dropped)
+            if (tmp / "layers.json").is_file() and load_layers(tmp) is None:
+                (tmp / "layers.json").unlink()
+                warnings.append("The run's layer table (layers.json) was damaged and was left out; its text "
+                                "summary is shown instead.")
             (tmp / "owner.pid").unlink()
             final = _publish(tmp, runs_dir, _final_name(root, config))
         except BaseException:

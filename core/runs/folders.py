@@ -26,6 +26,7 @@ REQUIRED_FILES = ("config.json", "history.json", "metrics.json", "model.h5")
 STALE_SECONDS = 6 * 3600  # an unfinished run folder untouched this long belongs to a dead process
 # A writer records its pid right after creating its folder; one without a pid file this old never will.
 ORPHAN_SECONDS = 60
+MAX_SUMMARY_CHARS = 200_000  # MobileNetV2's full Keras summary is about 40,000
 
 
 def new_run_id(model: str) -> str:
@@ -122,8 +123,12 @@ class RunRecord:
 
     @property
     def summary(self) -> str:
-        p = self.path / "summary.txt"
-        return p.read_text() if p.is_file() else ""
+        """summary.txt (Keras's text summary), at most MAX_SUMMARY_CHARS of it: a copied run's could be huge."""
+        try:
+            with open(self.path / "summary.txt", encoding="utf-8", errors="replace") as fh:
+                return fh.read(MAX_SUMMARY_CHARS)
+        except OSError:
+            return ""
 
     @property
     def label(self) -> str:

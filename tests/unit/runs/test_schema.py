@@ -188,3 +188,15 @@ def test_fuzzed_run_json_is_either_refused_in_one_line_or_read_without_error(cha
     else:
         assert list_runs(runs).runs[0].path == imported.path
     read_like_the_pages(runs)
+
+
+@pytest.mark.parametrize("content", [NESTED, json.dumps([{"name": "x", "params": "many"}]), json.dumps({"a": 1})])
+def test_a_damaged_layer_table_is_left_out_of_an_import_and_ignored_on_disk(content, baseline_zip, tmp_path):
+    run = unpacked(baseline_zip, tmp_path / "src")
+    (run / "layers.json").write_text(content)
+    imported = import_run_zip(zipped(run), tmp_path / "runs")
+    assert not (imported.path / "layers.json").exists()
+    assert any("layers.json" in w for w in imported.warnings)
+    shutil.copy(run / "layers.json", imported.path / "layers.json")  # copied by hand: the page falls back
+    [record] = list_runs(tmp_path / "runs").runs
+    assert record.layers is None and "Total params" in record.summary
