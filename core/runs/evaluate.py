@@ -175,7 +175,12 @@ def load_evaluation(run_dir: str | Path) -> Evaluation | None:
     if not path.is_file():
         return None
     try:
-        return Evaluation.from_dict(run_dir, load_json(path))
+        evaluation = Evaluation.from_dict(run_dir, load_json(path))
+        root = run_dir.resolve()
+        # The gallery opens every thumbnail named here: only files inside the run folder, never the server's.
+        if not all(w.thumbnail.resolve().is_relative_to(root) for w in evaluation.wrong):
+            raise ValueError("a thumbnail outside the run folder")
+        return evaluation
     except RunSchemaError as exc:
         raise LabError(f"{path} is damaged ({exc}); evaluate the run again to replace it.") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

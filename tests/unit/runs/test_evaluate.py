@@ -311,3 +311,14 @@ def test_figures_handle_classes_without_images():
                             overall_accuracy(matrix), 3, 0, [], 0.0, 0.0)
     assert confusion_matrix_figure(evaluation).data[0].text[2][0] == "0<br>-"
     assert per_class_figure(evaluation).data[0].y[2] is None
+
+
+def test_a_stored_evaluation_naming_a_thumbnail_outside_the_run_is_damaged(run_copies, tmp_path):
+    run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
+    evaluate_run(run)
+    stored = json.loads((run / EVALUATION_FILE).read_text())
+    stored["wrong"] = [{"thumbnail": "../../../etc/hostname", "true_label": "a", "predicted_label": "b",
+                        "confidence": 0.9, "true_probability": 0.1, "source": "x"}]
+    (run / EVALUATION_FILE).write_text(json.dumps(stored))
+    with pytest.raises(LabError, match="is damaged .*evaluate the run again"):
+        load_evaluation(run)
