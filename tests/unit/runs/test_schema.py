@@ -163,11 +163,15 @@ def mutations(draw):
 
 
 def apply(folder: Path, name: str, path: tuple, value) -> None:
+    """Set the value at path; a path an earlier mutation already replaced a parent of is left alone."""
     doc = json.loads((folder / name).read_text())
     node = doc
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
+    try:
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        return
     (folder / name).write_text(json.dumps(doc))  # NaN and Infinity are written as JSON's extensions
 
 
