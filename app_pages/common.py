@@ -12,6 +12,7 @@ import streamlit as st
 from core.present.charts import MODEL_COLOURS, model_kind
 from core.settings.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, MODEL_LABELS, ModelKind
 from core.settings.errors import LabError
+from core.settings.text import markdown_literal
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +65,14 @@ def describe_source(source: str) -> str:
     from core.settings.presets import active_preset
     from core.settings.text import dataset_name
 
-    kind, _, value = source.partition(":")
+    # Shown in code spans, where only a backtick could end the span and let the rest become markup.
+    kind, _, value = source.replace("`", "'").partition(":")
     if kind == "folder":
         # On a public host the folder is one of the server's (an unpacked upload, the demo): its name only.
-        return f"folder `{value if active_preset().allow_local_paths else dataset_name(source)}`"
+        return f"folder `{value if active_preset().allow_local_paths else dataset_name('folder:' + value)}`"
     if kind == "tfds":
         return f"TFDS `{value}`"
-    return f"`{source}`"
+    return f"`{kind}{':' if value else ''}{value}`"
 
 
 def runs_folder() -> Path:
@@ -99,10 +101,10 @@ def network_online() -> bool:
 
 
 def chip(kind: ModelKind | str | None) -> str:
-    """A coloured dot and the model's name, for markdown."""
+    """A coloured dot and the model's name, for markdown; a name the Lab does not know is shown as text."""
     k = kind if isinstance(kind, ModelKind) else model_kind(kind) if kind else None
     if k is None:
-        return f"**{kind}**"
+        return f"**{markdown_literal(kind) or '?'}**"
     return f'<span style="color:{MODEL_COLOURS[k]}; font-size:1.1em">●</span> **{MODEL_LABELS[k]}**'
 
 

@@ -16,6 +16,7 @@ from core.present.charts import class_counts_bar, image_size_scatter
 from core.settings.config import ARTICLE_IMAGE_SIZE, DEFAULT_SOURCE
 from core.settings.paths import cache_dir, uploads_dir
 from core.settings.presets import active_preset
+from core.settings.text import markdown_literal
 
 SAMPLES = 16
 THUMB = 160
@@ -89,7 +90,7 @@ def unpack_upload(upload) -> str | None:
     if cached and cached[0] == upload.file_id:
         result = cached[1]
     else:
-        with st.spinner(f"Unpacking {upload.name} ..."):
+        with st.spinner(f"Unpacking {markdown_literal(upload.name)} ..."):
             result = extract_zip(upload, uploads_dir())
         st.session_state[ZIP_KEY] = (upload.file_id, result)
     skipped = sum(result.skipped.values())

@@ -40,7 +40,7 @@ def stored_upload(upload) -> Path:
     kept = st.session_state.get(MODEL_UPLOAD_KEY)
     if kept and kept[0] == upload.file_id and kept[1].is_file():
         return kept[1]
-    with st.spinner(f"Checking {upload.name} ..."):
+    with st.spinner(f"Checking {markdown_literal(upload.name)} ..."):
         path = store_uploaded_model(upload, upload.name)
     st.session_state[MODEL_UPLOAD_KEY] = (upload.file_id, path)
     return path
@@ -122,7 +122,7 @@ def explain_image(loaded, data: bytes, name: str, method: str):
     finally:
         if bar is not None:
             bar.empty()
-    legend = EXPLAIN_LEGENDS[method].format(name=explanation.class_name) if explanation.peak else None
+    legend = EXPLAIN_LEGENDS[method].format(name=markdown_literal(explanation.class_name)) if explanation.peak else None
     return heatmap_overlay_figure(image, explanation), legend
 
 
@@ -213,7 +213,7 @@ else:
 try:
     mtime = model_path.stat().st_mtime
     started = time.time()
-    with st.spinner(f"Reloading {shown_name or model_path.name} ..."):
+    with st.spinner(f"Reloading {markdown_literal(shown_name or model_path.name)} ..."):
         loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
 except FileNotFoundError:
     st.error(f"'{model_path}' does not exist.", icon=":material/error:")

@@ -12,6 +12,7 @@ from core.present.tables import article_rows, compare_rows, layer_rows
 from core.runs.folders import list_runs
 from core.settings.config import ModelKind
 from core.settings.errors import LabError
+from core.settings.text import markdown_literal
 
 SHOWN_KEY = "exp_shown"  # run ids on the charts
 IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
@@ -80,8 +81,11 @@ def pick_runs() -> list:
             newest.setdefault(record.model_kind, record.run_id)
         st.session_state[SHOWN_KEY] = list(newest.values())
     st.session_state[SHOWN_KEY] = list(dict.fromkeys(i for i in st.session_state[SHOWN_KEY] if i in by_id))
+    labels = {i: run_option(r) for i, r in by_id.items()}
+    # The multiselect tells options apart by label: a run imported twice must not share its copy's.
+    repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
     st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
-                   format_func=lambda i: run_option(by_id[i]), key=SHOWN_KEY,
+                   format_func=lambda i: f"{labels[i]} · {i}" if labels[i] in repeated else labels[i], key=SHOWN_KEY,
                    placeholder="Pick finished runs from the runs folder")
     if listing.incomplete:
         with st.expander(f"{len(listing.incomplete)} unfinished or damaged run folder(s), not shown"):
@@ -116,7 +120,8 @@ def show_comparison(records, include_article: bool) -> None:
 
 def show_summary(record) -> None:
     m = record.metrics
-    st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+    st.markdown(chip(record.model_kind) + f" &nbsp; <small>{markdown_literal(run_time(record))}</small>",
+                unsafe_allow_html=True)
     a, b = st.columns(2)
     a.metric("Total parameters", f"{m.get('total_params', 0):,}")
     b.metric("Trainable", f"{m.get('trainable_params', 0):,}")
@@ -136,7 +141,8 @@ def _in_pairs(records, draw) -> None:
 
 def _headed(draw):
     def drawn(record) -> None:
-        st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+        st.markdown(chip(record.model_kind) + f" &nbsp; <small>{markdown_literal(run_time(record))}</small>",
+                    unsafe_allow_html=True)
         draw(record)
     return drawn
 

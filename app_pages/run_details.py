@@ -11,6 +11,7 @@ import streamlit as st
 
 from app_pages.common import show_error
 from core.settings.errors import LabError
+from core.settings.text import markdown_literal
 
 GALLERY_COLUMNS = 4
 # A per-class table longer than this becomes a scrolling grid rather than a page-long table.
@@ -73,7 +74,7 @@ def _gallery(evaluation) -> None:
     for start in range(0, len(wrong), GALLERY_COLUMNS):
         for column, item in zip(st.columns(GALLERY_COLUMNS), wrong[start:start + GALLERY_COLUMNS]):
             column.image(str(item.thumbnail), width="stretch")
-            column.caption(f"true **{item.true_label}**  \npredicted **{item.predicted_label}** "
+            column.caption(f"true **{markdown_literal(item.true_label)}**  \npredicted **{markdown_literal(item.predicted_label)}** "
                            f"({item.confidence:.0%})")
 
 

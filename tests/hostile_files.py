@@ -45,3 +45,26 @@ def with_handle(src: Path, dst: Path, handle: str) -> Path:
                 layer["config"]["handle"] = handle
 
     return edit_config(src, dst, edit)
+
+
+# Names that run script in the page if any of them is ever rendered as HTML or followed as a link: each
+# records that it ran in window.__xss (the iframe's srcdoc shares the app's origin, so it reaches parent).
+XSS_KIND = "<iframe srcdoc=\"<script>parent.__xss='kind'</script>\"></iframe>"
+XSS_CLASSES = ["<img src=x onerror=\"window.__xss='class'\">", "[tap](javascript:window.__xss='link')"]
+
+
+def hostile_run(src: Path, runs_dir: Path, name: str = "20300101-000000-hostile") -> Path:
+    """A copy of a finished run whose model kind and class names (config.json and the .h5) are the XSS_ names."""
+    import shutil
+
+    dst = runs_dir / name
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["train"]["model"] = XSS_KIND
+    config["class_names"] = XSS_CLASSES
+    (dst / "config.json").write_text(json.dumps(config))
+    with h5py.File(dst / "model.h5", "a") as f:
+        f.attrs["lab_class_names"] = json.dumps(XSS_CLASSES)
+    shutil.rmtree(dst / "evaluation", ignore_errors=True)
+    (dst / "evaluation.json").unlink(missing_ok=True)
+    return dst

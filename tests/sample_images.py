@@ -38,6 +38,24 @@ def png_bomb(side: int = 30000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
 
+def png_16bit_bomb(side: int = 8000, colour_type: int = 0, depth: int = 16) -> bytes:
+    """A one-colour PNG of side x side pixels (16-bit greyscale by default; colour_type 6 and depth 8 for RGBA),
+    written row by row: ~120 KB on disk, several bytes a pixel decoded."""
+    channels = {0: 1, 2: 3, 6: 4}[colour_type]
+    row = b"\x00" + b"\xff" * (side * channels * depth // 8)
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row * 500) for _ in range(side // 500)) + comp.compress(row * (side % 500))
+    ihdr = struct.pack(">IIBBBBB", side, side, depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", body + comp.flush())
+            + _png_chunk(b"IEND", b""))
+
+def ico_bomb(side: int = 20000) -> bytes:
+    """An ICO file (meant to be named .png) holding one side x side PNG: Pillow's ICO reader decodes it on open."""
+    inner = png_bomb(side)
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(inner), 6 + 16)
+    return header + entry + inner
+
 @lru_cache(maxsize=1)
 def large_photo() -> bytes:
     """An 8000x6000 JPEG, left half reddish and right half bluish, with texture so it is not trivial."""

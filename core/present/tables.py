@@ -1,6 +1,5 @@
 """Tables for the command line and the dashboard: run comparisons (with the article's rows), layer
 summaries, evaluation reports."""
-import json
 import math
 
 from core.runs.evaluate import Evaluation
@@ -48,19 +47,14 @@ def article_rows() -> list[list[str]]:
 
 
 def layer_rows(record, shape=str) -> list[dict] | None:
-    """The run's layers (name, type, output shape, parameters, trained) from its layers.json, or None."""
-    try:
-        layers = json.loads((record.path / "layers.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(layers, list):
+    """The run's layers (name, type, output shape, parameters, trained) from its checked layers.json, or None."""
+    layers = record.layers
+    if layers is None:
         return None
     rows = []
     for r in layers[:MAX_LAYER_ROWS]:
-        if not isinstance(r, dict):
-            return None
         params = r.get("params", 0)
-        rows.append({"Layer": str(r.get("name", ""))[:200], "Type": str(r.get("type", ""))[:200],
+        rows.append({"Layer": str(r.get("name", "")), "Type": str(r.get("type", "")),
                      "Output shape": shape(r.get("output_shape")),
                      "Parameters": f"{int(params):,}" if isinstance(params, (int, float)) and abs(params) < 1e15
                      else "-",

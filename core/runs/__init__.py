@@ -1,5 +1,6 @@
 """Runs: the folder each experiment leaves behind, and what is done with it afterwards.
 
-Run folders written atomically and listed, zips of run folders, evaluation on the validation split,
-exports, prediction with a reloaded model, and explanation heatmaps.
+Run folders written atomically and listed, the schema their JSON must match before a run is listed or
+imported, zips of run folders, evaluation on the validation split, exports, prediction with a reloaded
+model, and explanation heatmaps.
 """

@@ -11,7 +11,6 @@ This module does not import TensorFlow until the model file is inspected.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
+from core.runs.schema import RunSchemaError, load_json, load_layers, load_run_json
 from core.safety.zips import extract_members
 from core.settings.errors import LabError
 from core.settings.text import megabytes
@@ -42,7 +42,6 @@ BACKBONE_DIR = "backbone"
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 # Run ids the Lab writes (20261128-055615-baseline-759c) and anything tame enough to be a folder name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-METRIC_FIELDS = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 @dataclass
@@ -90,33 +89,12 @@ def _wanted(relative: PurePosixPath) -> bool:
     return relative.suffix.lower() in RUN_SUFFIXES
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_run_json(folder: Path) -> dict:
-    """Load the three JSON files and check they have the shapes the pages read; returns config."""
-    loaded = {}
-    for name in ("config.json", "history.json", "metrics.json"):
-        try:
-            loaded[name] = json.loads((folder / name).read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise LabError(f"The run's {name} is not valid JSON ({exc.__class__.__name__}); refusing to import "
-                           "it.") from None
-    config, history, metrics = loaded["config.json"], loaded["history.json"], loaded["metrics.json"]
-    if not isinstance(config, dict) or not isinstance(metrics, dict):
-        raise LabError("The run's config.json and metrics.json must each hold a JSON object; refusing to import it.")
-    if not isinstance(history, list) or not history:
-        raise LabError("The run's history.json holds no epochs; only finished runs can be imported.")
-    for row in history:
-        if not isinstance(row, dict) or not all(_number(row[k]) for k in METRIC_FIELDS if k in row):
-            raise LabError("The run's history.json has an epoch that is not a set of numbers; refusing to import it.")
-    names = config.get("class_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise LabError("The run's config.json lists no class names; refusing to import it.")
-    for key in ("data", "train"):
-        if not isinstance(config.get(key, {}), dict):
-            raise LabError(f"The run's config.json has a malformed '{key}' entry; refusing to import it.")
+    """Check the three JSON files against core.runs.schema; returns config."""
+    try:
+        config, _, _ = load_run_json(folder)
+    except RunSchemaError as exc:
+        raise LabError(f"The run's {exc} Refusing to import it.") from None
     return config
 
 
@@ -125,16 +103,19 @@ def _check_evaluation(folder: Path) -> str | None:
 
     The pages open every thumbnail it names, so a crafted one could show any image file on the server.
     """
+    from core.runs.evaluate import Evaluation
+
     path = folder / "evaluation.json"
     if not path.is_file():
         return None
     try:
-        evaluation = json.loads(path.read_text())
+        evaluation = load_json(path)
+        Evaluation.from_dict(folder, evaluation)  # the shapes the pages read
         thumbnails = [w["thumbnail"] for w in evaluation.get("wrong", [])]
         root = folder.resolve()
         ok = all(isinstance(t, str) and (folder / t).resolve().is_relative_to(root) and (folder / t).is_file()
                  for t in thumbnails)
-    except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+    except (LabError, OSError, ValueError, TypeError, KeyError, AttributeError):
         ok = False
     if ok:
         return None
@@ -259,6 +240,10 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             dropped = _check_evaluation(tmp)
             if dropped:
                 warnings.append(dropped)
+            if (tmp / "layers.json").is_file() and load_layers(tmp) is None:
+                (tmp / "layers.json").unlink()
+                warnings.append("The run's layer table (layers.json) was damaged and was left out; its text "
+                                "summary is shown instead.")
             (tmp / "owner.pid").unlink()
             final = _publish(tmp, runs_dir, _final_name(root, config))
         except BaseException:

@@ -132,7 +132,7 @@ class WrongPrediction:
     predicted_label: str
     confidence: float  # probability of the predicted (wrong) class
     true_probability: float  # probability the model gave the right class
-    source: str  # the image file for folder datasets, else its position in the validation split
+    source: str  # the image file (relative to the dataset folder) for folder datasets, else its split position
 
 
 @dataclass(frozen=True)
@@ -210,15 +210,22 @@ def _class_metrics(stored: dict) -> ClassMetrics:
 
 def load_evaluation(run_dir: str | Path) -> Evaluation | None:
     """The stored evaluation of a run, or None if it has not been evaluated yet."""
-    import json
+    from core.runs.schema import RunSchemaError, load_json
 
     run_dir = Path(run_dir)
     path = run_dir / EVALUATION_FILE
     if not path.is_file():
         return None
     try:
-        return Evaluation.from_dict(run_dir, json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        evaluation = Evaluation.from_dict(run_dir, load_json(path))
+        root = run_dir.resolve()
+        # The gallery opens every thumbnail named here: only files inside the run folder, never the server's.
+        if not all(w.thumbnail.resolve().is_relative_to(root) for w in evaluation.wrong):
+            raise ValueError("a thumbnail outside the run folder")
+        return evaluation
+    except RunSchemaError as exc:
+        raise LabError(f"{path} is damaged ({exc}); evaluate the run again to replace it.") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise LabError(
             f"{path} is damaged ({exc.__class__.__name__}); evaluate the run again to replace it."
         ) from None
@@ -237,6 +244,13 @@ def _outputs_probabilities(model) -> bool:
         return False
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def _validation_batches(source, image_size: int, batch_size: int):
     """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
     import tensorflow as tf
@@ -247,7 +261,9 @@ def _validation_batches(source, image_size: int, batch_size: int):
 
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
-        names = [str(p) for p, _ in files]
+        paths = [str(p) for p, _ in files]
+        # Shown and stored relative to the dataset folder: evaluation.json travels in run zips, server paths must not.
+        names = [_relative(p, source.root) for p, _ in files]
 
         def load(path: bytes) -> np.ndarray:
             try:
@@ -261,7 +277,7 @@ def _validation_batches(source, image_size: int, batch_size: int):
             return image, label, position
 
         ds = tf.data.Dataset.from_tensor_slices((
-            tf.constant(names), tf.constant([label for _, label in files], tf.int64),
+            tf.constant(paths), tf.constant([label for _, label in files], tf.int64),
             tf.range(len(files), dtype=tf.int64)))
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0)
@@ -291,8 +307,9 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     import tensorflow as tf
 
     from core.data.sources import VALIDATION, open_source
-    from core.runs.folders import open_run, write_json
+    from core.runs.folders import disk_error, open_run, write_json
     from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
+    from core.settings.presets import check_source
 
     start = time.perf_counter()
     run = open_run(run_dir)
@@ -301,6 +318,8 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     class_names = run.class_names
     notes = []
     if source is None:
+        # The run may come from another machine: what it names obeys this server's preset, like a visitor's input.
+        check_source(data.source)
         source = open_source(data)
     if model is None:
         from core.safety.model_files import load_model
@@ -360,17 +379,23 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
     thumbs_root = run_dir / THUMBNAIL_DIR
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     thumbs = thumbs_root / stamp
-    thumbs.mkdir(parents=True)
     wrong = []
-    for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
-        path = thumbs / f"wrong_{rank:03d}.png"
-        _thumbnail(image, path)
-        wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
-                                     names[position] if names else f"{VALIDATION} image #{position}"))
-    percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in row_percentages(matrix)]
-    evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
-                            total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
-    write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
+    try:
+        thumbs.mkdir(parents=True)
+        for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
+            path = thumbs / f"wrong_{rank:03d}.png"
+            _thumbnail(image, path)
+            wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
+                                         names[position] if names else f"{VALIDATION} image #{position}"))
+        percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row]
+                       for row in row_percentages(matrix)]
+        evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
+                                total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
+        write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
+    except OSError as exc:
+        # The previous evaluation (if any) stays whole: its file and thumbnails are only replaced after this.
+        shutil.rmtree(thumbs, ignore_errors=True)
+        raise disk_error(exc, "store the evaluation", run_dir) from None
     for old in thumbs_root.iterdir():
         if old.is_dir() and old.name != stamp:
             shutil.rmtree(old, ignore_errors=True)

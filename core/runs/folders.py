@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.runs.schema import RunSchemaError, load_layers, load_run_json
 from core.settings.errors import LabError
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ REQUIRED_FILES = ("config.json", "history.json", "metrics.json", "model.h5")
 STALE_SECONDS = 6 * 3600  # an unfinished run folder untouched this long belongs to a dead process
 # A writer records its pid right after creating its folder; one without a pid file this old never will.
 ORPHAN_SECONDS = 60
+MAX_SUMMARY_CHARS = 200_000  # MobileNetV2's full Keras summary is about 40,000
 
 
 def new_run_id(model: str) -> str:
@@ -33,10 +35,26 @@ def new_run_id(model: str) -> str:
 
 
 def write_json(path: Path, data) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
+    """Write JSON through a temporary file and a rename, so readers never see half a file.
+
+    The temporary name is unique to this call, not just this process: two sessions of one server (two
+    threads) evaluating the same run each write their own file, and the last rename wins whole. On a
+    failed write (a full or read-only disk) the temporary file is removed and the old file left as it was.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def disk_error(exc: OSError, doing: str, where: Path) -> LabError:
+    """One line for a full, read-only or otherwise failing disk: what failed, where, and what to do."""
+    reason = exc.strerror or exc.__class__.__name__
+    return LabError(f"Could not {doing} in {where} ({reason}); free disk space or make that folder writable "
+                    "(LAB_RUNS_DIR chooses another runs folder), then try again.")
 
 
 class RunWriter:
@@ -107,9 +125,18 @@ class RunRecord:
         return self.path / "model.h5"
 
     @property
+    def layers(self) -> list[dict] | None:
+        """The layer table (layers.json), checked; None when the run has none or a damaged one."""
+        return load_layers(self.path)
+
+    @property
     def summary(self) -> str:
-        p = self.path / "summary.txt"
-        return p.read_text() if p.is_file() else ""
+        """summary.txt (Keras's text summary), at most MAX_SUMMARY_CHARS of it: a copied run's could be huge."""
+        try:
+            with open(self.path / "summary.txt", encoding="utf-8", errors="replace") as fh:
+                return fh.read(MAX_SUMMARY_CHARS)
+        except OSError:
+            return ""
 
     @property
     def label(self) -> str:
@@ -135,27 +162,35 @@ def preferred_run_index(runs: list[RunRecord], source: str, class_names: list[st
     return max(range(len(runs)), key=lambda i: score(runs[i])) if runs else 0
 
 
-def _read_json(path: Path):
+def _model_file_whole(path: Path) -> bool:
+    """Whether model.h5 is an HDF5 file that opens: an empty or truncated copy fails HDF5's own end-of-file check."""
+    import h5py
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise LabError(f"{path} is missing or not valid JSON ({exc.__class__.__name__}).") from None
+        with h5py.File(path, "r"):
+            return True
+    except Exception:  # h5py raises OSError, and others for corrupt structures
+        return False
 
 
 def open_run(path: str | Path) -> RunRecord:
-    """Reopen a finished run directory, or raise LabError saying what is missing."""
+    """Reopen a finished run directory, or raise LabError saying what is missing or malformed.
+
+    Its JSON is checked against core.runs.schema (a hand-edited or foreign file of the wrong shape
+    would break every page that lists runs) and its model.h5 must open.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise LabError(f"Run folder '{path}' does not exist.")
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
         raise LabError(f"'{path}' is not a complete run folder (missing {', '.join(missing)}).")
-    config, history, metrics = (_read_json(path / f) for f in ("config.json", "history.json", "metrics.json"))
-    # Valid JSON of the wrong shape (a hand-edited or foreign file) would break every page that lists runs.
-    if not isinstance(config, dict) or not isinstance(metrics, dict):
-        raise LabError(f"'{path}' has a config.json or metrics.json that is not a JSON object.")
-    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
-        raise LabError(f"'{path}' has a history.json that is not a list of epochs.")
+    try:
+        config, history, metrics = load_run_json(path)
+    except RunSchemaError as exc:
+        raise LabError(f"'{path}' is damaged: {exc}") from None
+    if not _model_file_whole(path / "model.h5"):
+        raise LabError(f"'{path}' is damaged: its model.h5 is empty, truncated or not an HDF5 file.")
     return RunRecord(path, config, history, metrics)
 
 

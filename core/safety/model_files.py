@@ -34,6 +34,18 @@ KEPT_UPLOADS = 20
 UPLOAD_PREFIX = "model-"
 
 
+# A model's config is read, walked and finally built before its weights load, so it is bounded first:
+# a 6.5 KB file can declare a 12288x40000 Dense (2 GB once built), and a 100 MB layer name is copied into
+# every message, log line and Keras structure that names the layer.
+MAX_CONFIG_BYTES = 4 * 10**6  # the whole config; MobileNetV2 spelled out layer by layer is about 0.2 MB
+MAX_CONFIG_DEPTH = 64  # nested models and initialiser configs reach about 12
+MAX_CONFIG_STRING = 4096  # a layer name or a hub handle (a URL or a folder path)
+MAX_DECLARED_PARAMS = 60_000_000  # the baseline CNN has 9.7 M, MobileNetV2 with its head 2.3 M; VGG16 138 M
+MAX_CLASSES = 1000
+MAX_CLASS_NAME = 200
+UNKNOWN_FEATURES = 2048  # the width assumed where a config does not say (a hub module's output): a large backbone's
+
+
 @dataclass(frozen=True)
 class ModelFileInfo:
     path: Path
@@ -46,10 +58,159 @@ class ModelFileInfo:
 
 def _walk_layers(config: dict):
     """Every layer config in a (possibly nested) model config."""
-    for layer in config.get("config", {}).get("layers", []) if isinstance(config.get("config"), dict) else []:
+    for layer in _layers(config):
         yield layer
-        if layer.get("class_name") in ("Sequential", "Functional", "Model"):
+        if layer.get("class_name") in MODEL_CLASSES:
             yield from _walk_layers(layer)
+
+
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+def _layers(config: dict) -> list[dict]:
+    """A model config's own layer list (checked to be a list of layer objects by _check_structure)."""
+    inner = config.get("config")
+    return inner.get("layers", []) if isinstance(inner, dict) else []
+
+
+def _check_structure(node, label: str) -> None:
+    """Depth and string lengths of the whole config, and that every layer list holds layer objects.
+
+    Iterative, so a config nested thousands deep is refused rather than exhausting Python's stack.
+    """
+    stack = [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CONFIG_DEPTH:
+            raise ModelFileError(f"'{label}' has a model config nested more than {MAX_CONFIG_DEPTH} levels deep; "
+                                 "refusing to load it.")
+        if isinstance(value, str) and len(value) > MAX_CONFIG_STRING:
+            raise ModelFileError(f"'{label}' has a name or setting of {len(value):,} characters in its model "
+                                 f"config (at most {MAX_CONFIG_STRING:,}); refusing to load it.")
+        if isinstance(value, dict):
+            if value.get("class_name") in MODEL_CLASSES and isinstance(value.get("config"), dict):
+                layers = value["config"].get("layers", [])
+                if not isinstance(layers, list) or not all(isinstance(layer, dict) for layer in layers):
+                    raise ModelFileError(f"'{label}' has a model config whose layer list is malformed.")
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _ints(value, n: int) -> list[int]:
+    """A kernel size, stride or pool size as n positive ints (Keras accepts one int for all)."""
+    values = [value] * n if isinstance(value, int) else list(value) if isinstance(value, list) else []
+    return [v if isinstance(v, int) and v > 0 else 1 for v in values[:n]] + [1] * (n - len(values[:n]))
+
+
+def _spatial(dims: list, kernel: list[int], strides: list[int], padding) -> list:
+    out = []
+    for size, k, s in zip(dims, kernel, strides):
+        if not isinstance(size, int):
+            out.append(size)
+        elif padding == "same":
+            out.append(-(-size // s))
+        else:
+            out.append(max(1, -(-(size - k + 1) // s)))
+    return out
+
+
+def _layer_cost(cls: str, cfg: dict, shape: list) -> tuple[int, list]:
+    """(parameters, output shape without the batch axis) a layer declares, from its config and input shape.
+
+    None in a shape is a size the config does not fix; a layer the estimate does not know passes its
+    input shape through and counts no parameters (the built-in layers that hold many are all covered).
+    """
+    last = shape[-1] if shape and isinstance(shape[-1], int) else UNKNOWN_FEATURES
+    def number(key, default=1):
+        v = cfg.get(key, default)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+    if cls == "Dense":
+        units = number("units")
+        return last * units + units, [*shape[:-1], units] if shape else [units]
+    if cls in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+               "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D"):
+        n = int(cls[-2]) if cls[-2].isdigit() else int(cls[cls.index("D") - 1])
+        kernel = _ints(cfg.get("kernel_size"), n)
+        strides = _ints(cfg.get("strides"), n)
+        area = 1
+        for k in kernel:
+            area *= k
+        filters = number("filters", last * number("depth_multiplier"))
+        if cls.startswith("Depthwise"):
+            params = area * last * number("depth_multiplier") + filters
+        elif cls.startswith("Separable"):
+            params = area * last * number("depth_multiplier") + last * number("depth_multiplier") * filters + filters
+        else:
+            params = area * last * filters + filters
+        dims = shape[:-1] if len(shape) == n + 1 else [None] * n
+        if "Transpose" in cls:
+            dims = [d * s if isinstance(d, int) else d for d, s in zip(dims, strides)]
+        else:
+            dims = _spatial(dims, kernel, strides, cfg.get("padding"))
+        return params, [*dims, filters]
+    if cls in ("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+               "AveragePooling3D"):
+        n = len(shape) - 1
+        pool = _ints(cfg.get("pool_size", 2), n)
+        strides = _ints(cfg.get("strides") or pool, n)
+        return 0, [*_spatial(shape[:-1], pool, strides, cfg.get("padding")), shape[-1]] if shape else shape
+    if cls.startswith("Global"):
+        return 0, [shape[-1]] if shape else shape
+    if cls == "Flatten":
+        size = 1
+        for d in shape:
+            size *= d if isinstance(d, int) else UNKNOWN_FEATURES
+        return 0, [size]
+    if cls == "Reshape" and isinstance(cfg.get("target_shape"), list):
+        return 0, list(cfg["target_shape"])
+    if cls == "Embedding":
+        dim = number("output_dim")
+        return number("input_dim") * dim, [*shape, dim]
+    if cls in ("LSTM", "GRU", "SimpleRNN"):
+        units = number("units")
+        gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[cls]
+        out = [*shape[:-1], units] if cfg.get("return_sequences") else [units]
+        return gates * units * (last + units + 2), out
+    if cls == "KerasLayer":  # a hub module: its weights are its own, its output width may be in the config
+        out = cfg.get("output_shape")
+        return 0, list(out) if isinstance(out, list) and out else [UNKNOWN_FEATURES]
+    if cls in ("BatchNormalization", "LayerNormalization"):
+        return 4 * last, shape
+    return 0, shape
+
+
+def _declared_params(config: dict, shape: list | None = None) -> int:
+    """A conservative count of the parameters a model config declares, following shapes layer by layer.
+
+    Sequential configs run in order; in a functional one each layer takes the shape of its first
+    inbound layer (the configs list layers in an order where inbound layers come first).
+    """
+    total, shapes = 0, {}
+    for layer in _layers(config):
+        cls, cfg = layer.get("class_name"), layer.get("config")
+        cfg = cfg if isinstance(cfg, dict) else {}
+        declared = cfg.get("batch_input_shape") or cfg.get("batch_shape")
+        if isinstance(declared, list) and declared:
+            shape = list(declared[1:])
+        inbound = layer.get("inbound_nodes")
+        try:
+            first = inbound[0][0][0]
+        except (IndexError, KeyError, TypeError):
+            first = None
+        if isinstance(first, str) and first in shapes:
+            shape = shapes[first]
+        shape = [d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None for d in (shape or [])]
+        if cls in MODEL_CLASSES:
+            total += _declared_params(layer, shape)
+            params = 0
+        else:
+            params, shape = _layer_cost(cls, cfg, shape)
+        total += params
+        if isinstance(cfg.get("name"), str):
+            shapes[cfg["name"]] = shape
+    return total
 
 
 def _nested_dicts(node):
@@ -78,6 +239,25 @@ def _allowed_layer_names() -> set[str]:
     return (names - REFUSED_LAYERS) | {"KerasLayer", "Sequential", "Functional", "Model"}
 
 
+def _parse_attr(raw, label: str, what: str):
+    """JSON from an HDF5 attribute: text or bytes within MAX_CONFIG_BYTES (not an array or a number)."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode()
+        except UnicodeDecodeError:
+            raise ModelFileError(f"'{label}' has an unreadable {what} (not UTF-8 text).") from None
+    if not isinstance(raw, str):
+        raise ModelFileError(f"'{label}' has a {what} that is not text ({type(raw).__name__}).")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"'{label}' has a {what} over {megabytes(MAX_CONFIG_BYTES)}; refusing to load it.")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ModelFileError(f"'{label}' has a {what} nested too deeply to read.") from None
+    except ValueError:
+        raise ModelFileError(f"'{label}' has an unreadable {what}.") from None
+
+
 def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None = None) -> ModelFileInfo:
     """Read an .h5 model's config without deserialising it; refuse anything that could run code.
 
@@ -97,6 +277,11 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         raise ModelFileError(f"'{label}' is not an HDF5 (.h5) model file.")
     try:
         with h5py.File(path, "r") as f:
+            for attr, limit in (("model_config", MAX_CONFIG_BYTES), (CLASS_NAMES_ATTR, MAX_CONFIG_BYTES)):
+                # Fixed-length strings (what Keras writes) state their size before they are read.
+                if attr in f.attrs and f.attrs.get_id(attr).get_storage_size() > limit:
+                    raise ModelFileError(f"'{label}' has a model config over {megabytes(limit)}; refusing to "
+                                         "load it.")
             raw = f.attrs.get("model_config")
             names_raw = f.attrs.get(CLASS_NAMES_ATTR)
             if raw is None and "layer_names" in f.attrs:
@@ -109,12 +294,11 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         raise
     except Exception as exc:
         raise ModelFileError(f"'{label}' is damaged or truncated ({exc.__class__.__name__}).") from None
-    try:
-        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except ValueError:
-        raise ModelFileError(f"'{label}' has an unreadable model config.") from None
-    if config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise ModelFileError(f"'{label}' holds a '{config.get('class_name')}', not a Keras model the Lab can load.")
+    config = _parse_attr(raw, label, "model config")
+    if not isinstance(config, dict) or config.get("class_name") not in MODEL_CLASSES:
+        kind = config.get("class_name") if isinstance(config, dict) else "null" if config is None else type(config).__name__
+        raise ModelFileError(f"'{label}' holds a '{str(kind)[:80]}', not a Keras model the Lab can load.")
+    _check_structure(config, label)
     allowed = _allowed_layer_names()
     layers = list(_walk_layers(config))
     # Wrappers (TimeDistributed, Bidirectional, RNN cells) nest layer configs under keys that
@@ -130,6 +314,8 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         raise ModelFileError(f"'{label}' stores a Python function that would run when loaded; refusing to load it.")
     for layer in layers:
         cls = layer.get("class_name", "?")
+        if not isinstance(cls, str):
+            raise ModelFileError(f"'{label}' has a layer without a class name; refusing to load it.")
         if cls not in allowed:
             raise ModelFileError(
                 f"'{label}' uses a custom layer '{cls}'; only built-in Keras layers and hub.KerasLayer "
@@ -149,6 +335,10 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
                 "only TF Hub / Kaggle URLs and folders inside the Lab's cache or runs folder."
             )
         handles.append(handle)
+    declared = _declared_params(config)
+    if declared > MAX_DECLARED_PARAMS:
+        raise ModelFileError(f"'{label}' declares about {declared / 1e6:,.0f} million parameters; the Lab loads models "
+                             f"of up to {MAX_DECLARED_PARAMS / 1e6:,.0f} million. Refusing to build it.")
     input_size = num_outputs = None
     try:
         first = layers[0]["config"]
@@ -160,14 +350,16 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         last = layers[-1]
         num_outputs = int(last["config"].get("units")) if last.get("class_name") == "Dense" else None
         softmax = last["config"].get("activation") == "softmax"
-    except (IndexError, KeyError, TypeError, ValueError):
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError):
         softmax = False
     class_names = []
     if names_raw is not None:
-        try:
-            class_names = [str(n) for n in json.loads(names_raw)]
-        except (ValueError, TypeError):
-            class_names = []
+        names = _parse_attr(names_raw, label, "list of class names")
+        if (not isinstance(names, list) or len(names) > MAX_CLASSES
+                or not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names)):
+            raise ModelFileError(f"'{label}' stores class names that are not a list of up to {MAX_CLASSES:,} names "
+                                 f"of up to {MAX_CLASS_NAME} characters; refusing to load it.")
+        class_names = names
     return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax)
 
 

@@ -128,6 +128,16 @@ def _inside_lab_folders(folder: str) -> bool:
     return path.is_relative_to(cache_dir().expanduser().resolve())
 
 
+def check_source(source: str, preset: Preset | None = None) -> None:
+    """Raise LabError if the preset may not open this data source: a visitor's own choice, or one that a
+    run imported from elsewhere names (evaluating it reopens its source)."""
+    preset = preset or active_preset()
+    kind, _, value = source.partition(":")
+    if not preset.allow_local_paths and kind == "folder" and not _inside_lab_folders(value):
+        raise LabError(f"The {preset.name} preset does not read folders on the server; upload a zip of class "
+                       "folders on the Dataset page, or use the generated demo or a TFDS dataset.")
+
+
 def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Preset | None = None) -> DataConfig:
     """The data settings a run may use under the preset: "all images" becomes the preset's cap; anything
     over a limit raises LabError saying what to change. train, when given, is checked too.
@@ -146,10 +156,7 @@ def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Pre
     if preset.max_image_size is not None and data.image_size > preset.max_image_size:
         raise LabError(f"The {preset.name} preset allows images of at most {preset.max_image_size}x"
                        f"{preset.max_image_size} (asked for {data.image_size}); lower the image size.")
-    kind, _, value = data.source.partition(":")
-    if not preset.allow_local_paths and kind == "folder" and not _inside_lab_folders(value):
-        raise LabError(f"The {preset.name} preset does not read folders on the server; upload a zip of class "
-                       "folders on the Dataset page, or use the generated demo or a TFDS dataset.")
+    check_source(data.source, preset)
     if train is not None and train.fine_tune_epochs and not preset.allow_fine_tuning:
         raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
                        "memory than this host has. Set fine-tuning epochs to 0.")

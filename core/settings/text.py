@@ -3,7 +3,6 @@
 Sizes are decimal megabytes (1 MB = 1,000,000 bytes) everywhere the Lab shows one.
 """
 import math
-import re
 from pathlib import PurePath
 
 # The "phase" of a history row: a baseline epoch, a frozen-backbone epoch, or a fine-tuning epoch.
@@ -47,14 +46,28 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-# Characters that start markdown syntax inside a line (a name is never at the start of a line, so "1." is safe).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~$:])")
+# Markdown's punctuation that can make markup inline (links, images, emphasis, code, tables; ":" and "$"
+# start Streamlit's icons, colours and maths); backslashed, each shows as itself. Dots and dashes, which
+# matter only at the start of a line, stay as they are so that file names read plainly.
+_MARKDOWN_SPECIALS = frozenset("\\`*_{}[]()#+!|~:$")
+_HTML_SPECIALS = {"<": "&lt;", ">": "&gt;", "&": "&amp;", '"': "&quot;", "'": "&#x27;"}
 
 
-def markdown_literal(text: str) -> str:
-    """text for st.markdown/st.caption shown as written: names from files, zips and models are data, so
-    their brackets, stars and angle brackets must not become links, emphasis or tags."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+def markdown_literal(text) -> str:
+    """Text from a file, run, model or upload, made safe to place in st.markdown (with or without HTML).
+
+    HTML's characters become entities and markdown's are backslashed, so `<iframe srcdoc=...>`,
+    `[x](javascript:...)` or `:red[...]` show literally and never become markup. Line breaks become spaces.
+    """
+    out = []
+    for char in " ".join(str(text).split()) if text is not None else "":
+        if char in _HTML_SPECIALS:
+            out.append(_HTML_SPECIALS[char])
+        elif char in _MARKDOWN_SPECIALS:
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def dataset_name(source: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.data.sources import TRAIN, VALIDATION, make_pipeline, open_source
-from core.runs.folders import RunWriter, new_run_id
+from core.runs.folders import RunWriter, disk_error, new_run_id
 from core.runs.reload_check import RELOAD_CHECK_KEY
 from core.settings.config import (
     DataConfig,
@@ -277,7 +277,10 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
     from core.models.architectures import summary_rows, summary_text
     from core.safety.model_files import save_model
 
-    writer = RunWriter(Path(runs_dir), new_run_id(train.model.value))
+    try:
+        writer = RunWriter(Path(runs_dir), new_run_id(train.model.value))
+    except OSError as exc:
+        raise disk_error(exc, "save the trained run", runs_dir) from None
     try:
         config = {
             "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
@@ -319,6 +322,9 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
         }
         writer.json("metrics.json", metrics)
         return writer.publish()
+    except OSError as exc:
+        writer.abandon()
+        raise disk_error(exc, "save the trained run", runs_dir) from None
     except BaseException:
         writer.abandon()
         raise
@@ -368,7 +374,7 @@ def _evaluate_saved(run_dir: Path, result: TrainResult, source, callbacks: Callb
     distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
     try:
         evaluate_run(run_dir, model=None if distributed else result.model, source=source)
-    except LabError as exc:
+    except (LabError, OSError) as exc:
         # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
         logger.warning("Evaluation of %s failed: %s", run_dir, exc)
 

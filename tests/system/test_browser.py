@@ -140,3 +140,42 @@ def test_predict_on_a_phone(server, demo_folder, trained_runs):
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
         shoot(phone, "6-predict-phone")
         browser.close()
+
+
+def test_hostile_run_and_upload_names_show_as_text_and_run_no_script(page, trained_runs, tmp_path_factory):
+    from hostile_files import XSS_CLASSES, XSS_KIND, hostile_run
+
+    runs = tmp_path_factory.mktemp("hostile-runs")
+    hostile_run(trained_runs["baseline"], runs)
+    with start_server(runs, name="streamlit-hostile-server") as url:
+        page.goto(f"{url}/experiments")
+        page.get_by_role("heading", name="Comparison").wait_for()
+        settle(page)
+        no_exception(page)
+        assert page.get_by_text(XSS_KIND, exact=True).count() >= 1  # the model kind, literally
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("[data-testid=stMain] iframe[srcdoc], img[src=x]").count() == 0
+
+        go(page, "Predict")
+        page.get_by_text("Loaded from disk").or_(page.get_by_text("Reused from the shared cache")).first.wait_for()
+        upload_name = '<img src=x onerror="window.__xss=\'upload\'">.png'
+        page.locator("input[type=file]").first.set_input_files(
+            {"name": upload_name, "mimeType": "image/png", "buffer": _tiny_png()})
+        page.get_by_text("confident").first.wait_for()
+        settle(page)
+        no_exception(page)
+        main = page.get_by_test_id("stMain").inner_text()
+        assert all(name in main for name in XSS_CLASSES)  # the .h5's class names, literally
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("[data-testid=stMain] iframe[srcdoc], img[src=x]").count() == 0
+        shoot(page, "6-hostile-names")
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()

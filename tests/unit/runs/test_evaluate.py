@@ -221,7 +221,7 @@ def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
                       ("triangles_0000.jpg", "triangles")):
         target = root / "val" / "circles" / f"mislabelled_{name}"
         (root / "val" / cls / name).rename(target)
-        wrong.add(str(target))
+        wrong.add(target.relative_to(root).as_posix())  # stored relative: no server path in evaluation.json
     data = DataConfig(source=f"folder:{root}", image_size=TEST_IMAGE_SIZE, batch_size=16)
     run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=10, learning_rate=1e-2,
                                            handle=str(demo_backbone)), tmp_path_factory.mktemp("runs"))
@@ -248,6 +248,31 @@ def test_gallery_holds_the_most_confidently_wrong_images(mislabelled_run):
         with Image.open(w.thumbnail) as thumb:
             assert thumb.format == "PNG" and max(thumb.size) <= THUMBNAIL_SIDE
         assert w.thumbnail.is_relative_to(run / "evaluation")
+
+
+def test_evaluation_json_names_images_relative_to_the_dataset(mislabelled_run):
+    run, _ = mislabelled_run
+    evaluate_run(run)
+    stored = (run / EVALUATION_FILE).read_text()
+    root = json.loads((run / "config.json").read_text())["data"]["source"].removeprefix("folder:")
+    assert root not in stored
+    assert all(not Path(w["source"]).is_absolute() for w in json.loads(stored)["wrong"])
+
+
+def test_a_run_naming_a_server_folder_is_not_evaluated_on_a_hosted_lab(run_copies, tmp_path, monkeypatch):
+    """An imported run records its data source; a hosted Lab must not open a server folder because of it."""
+    from core.data import sources
+
+    run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "imported"))
+    (run / EVALUATION_FILE).unlink(missing_ok=True)
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["source"].startswith("folder:/")  # the demo folder: a server path, outside the cache
+    opened = []
+    monkeypatch.setattr(sources, "open_source", lambda *a, **k: opened.append(a))
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    with pytest.raises(LabError, match="does not read folders on the server"):
+        evaluate_run(run)
+    assert opened == [] and not (run / EVALUATION_FILE).exists()
 
 
 def test_evaluating_again_keeps_only_the_new_thumbnails(mislabelled_run):
@@ -319,3 +344,14 @@ def test_figures_handle_classes_without_images():
                             overall_accuracy(matrix), 3, 0, [], 0.0, 0.0)
     assert confusion_matrix_figure(evaluation).data[0].text[2][0] == "0<br>-"
     assert per_class_figure(evaluation).data[0].y[2] is None
+
+
+def test_a_stored_evaluation_naming_a_thumbnail_outside_the_run_is_damaged(run_copies, tmp_path):
+    run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
+    evaluate_run(run)
+    stored = json.loads((run / EVALUATION_FILE).read_text())
+    stored["wrong"] = [{"thumbnail": "../../../etc/hostname", "true_label": "a", "predicted_label": "b",
+                        "confidence": 0.9, "true_probability": 0.1, "source": "x"}]
+    (run / EVALUATION_FILE).write_text(json.dumps(stored))
+    with pytest.raises(LabError, match="is damaged .*evaluate the run again"):
+        load_evaluation(run)

@@ -237,3 +237,42 @@ def test_a_writer_killed_before_recording_its_pid_is_cleaned_after_a_minute(tmp_
     os.utime(orphan, (long_ago, long_ago))
     assert clean_incomplete(tmp_path) == [orphan]
     assert fresh.is_dir() and not orphan.exists()
+
+
+def test_write_json_from_many_threads_at_once_leaves_one_whole_file(tmp_path):
+    import threading
+
+    target, errors = tmp_path / "evaluation.json", []
+
+    def writer(n: int) -> None:
+        for round_ in range(150):
+            try:
+                write_json(target, {"writer": n, "round": round_, "rows": list(range(200))})
+            except Exception as exc:  # any failure of a concurrent write is what is tested
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads(target.read_text())["rows"] == list(range(200))
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]  # no temporary file left over
+
+
+def test_write_json_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "metrics.json"
+    write_json(target, {"old": True})
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        write_json(target, {"old": False})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
