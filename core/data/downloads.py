@@ -179,6 +179,8 @@ def _use_archives(builder, archives: list[Archive]) -> None:
     from tensorflow_datasets.core.utils import Size
 
     if builder.name == ARTICLE_DATASET and archives:
+        from core.data.tfds_import import tfds
+        tfds()  # first, so that TFDS's own imports leave other threads alone
         import tensorflow_datasets.image_classification.cats_vs_dogs as module
 
         module._URL = archives[0].url
@@ -194,6 +196,8 @@ def dropped_while_preparing(name: str) -> dict[str, int]:
     """Files TFDS leaves out of `name` while preparing it, by reason, where the builder says how many."""
     if name != ARTICLE_DATASET:
         return {}
+    from core.data.tfds_import import tfds
+    tfds()  # first, so that TFDS's own imports leave other threads alone
     import tensorflow_datasets.image_classification.cats_vs_dogs as module
 
     return {"without a JFIF header (dropped by TFDS)": module._NUM_CORRUPT_IMAGES}
@@ -244,6 +248,10 @@ def _expected_examples(data_dir: Path, name: str, archives: list[Archive]) -> in
     if name != ARTICLE_DATASET or not archives:
         return None
     import zipfile
+
+    from core.data.tfds_import import tfds
+
+    tfds()  # first, so that TFDS's own imports leave other threads alone
 
     import tensorflow_datasets.image_classification.cats_vs_dogs as module
     from tensorflow_datasets.core.download.resource import get_dl_fname
@@ -349,7 +357,9 @@ def _work(name: str, data_dir: Path) -> int:
     signal.signal(signal.SIGTERM, cancelled)
     _remove(_leftovers(data_dir, name))  # safe: holding the lock, nobody else writes here
 
-    import tensorflow_datasets as tfds
+    from core.data.tfds_import import tfds as _tfds
+
+    tfds = _tfds()
 
     builder = tfds.builder(name, data_dir=str(data_dir))
     if builder.is_prepared():
@@ -430,7 +440,8 @@ def _start_worker(name: str, data_dir: Path) -> subprocess.Popen:
 
 def open_builder(name: str, data_dir: Path):
     """The TFDS builder of `name` in data_dir, or a DataError saying what is wrong with the name."""
-    import tensorflow_datasets as tfds
+    from core.data.tfds_import import tfds as _tfds
+    tfds = _tfds()
 
     try:
         return tfds.builder(name, data_dir=str(data_dir))

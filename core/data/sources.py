@@ -276,7 +276,8 @@ class TfdsSource:
     runtime_skipped = 0  # TFDS drops corrupt images itself while preparing a dataset
 
     def _raw(self, split: str, shuffle_files: bool = False, decode: bool = True):
-        import tensorflow_datasets as tfds
+        from core.data.tfds_import import tfds as _tfds
+        tfds = _tfds()
 
         decoders = None if decode else {"image": tfds.decode.SkipDecoding()}
         return self.builder.as_dataset(
