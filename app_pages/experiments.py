@@ -192,9 +192,9 @@ def start_job(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
 
 
 def offline_hint() -> str:
-    from core.settings.paths import cache_dir
+    from core.models.demo_backbone import backbone_dir
 
-    demo = cache_dir() / "demo" / "backbone"
+    demo = backbone_dir()
     if (demo / "saved_model.pb").is_file():
         return f"use the demo feature extractor as the hub handle: `{demo}`"
     return "use a local SavedModel folder as the hub handle (the Dataset page's generated demo includes one)"
@@ -267,8 +267,7 @@ def run_time(record) -> str:
 
 
 def run_title(record) -> str:
-    kind = model_kind(record.model_kind)
-    return f"{MODEL_LABELS.get(kind, record.model_kind)} · {run_time(record)}"
+    return f"{record.model_name} · {run_time(record)}"
 
 
 def compact_shape(shape: str) -> str:
@@ -333,12 +332,12 @@ def show_comparison(records, include_article: bool) -> None:
     import pandas as pd
 
     from core.present.tables import compare_rows
-    from core.settings.reference import article, article_history, article_params
+    from core.settings.reference import ARTICLE_MODELS, article, article_history, article_params
 
     headers, rows = compare_rows(records)
     table = pd.DataFrame(rows, columns=headers)
     table["run"] = [run_time(r) for r in records]
-    table["model"] = [MODEL_LABELS.get(model_kind(r.model_kind), r.model_kind) for r in records]
+    table["model"] = [r.model_name for r in records]
     if include_article:
         extra = []
         for kind in KINDS:
@@ -346,7 +345,7 @@ def show_comparison(records, include_article: bool) -> None:
             vals = [row["val_accuracy"] for row in ref]
             trainable = article()["mobilenet_v2_transfer"]["trainable_params"] if kind is ModelKind.MOBILENET_V2 \
                 else article_params(kind)
-            extra.append(["The article (GPU)", MODEL_LABELS[kind], str(len(ref)), f"{article_params(kind):,}",
+            extra.append(["The article (GPU)", ARTICLE_MODELS[kind], str(len(ref)), f"{article_params(kind):,}",
                           f"{trainable:,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
                           f"{max(vals):.2%}", f"{vals[-1]:.2%}", "–"])
         table = pd.concat([table, pd.DataFrame(extra, columns=headers)], ignore_index=True)
@@ -507,7 +506,7 @@ if not records:
     st.stop()
 
 multiple = {k: sum(1 for r in records if r.model_kind == k) > 1 for k in {r.model_kind for r in records}}
-items = [(run_title(r) if multiple[r.model_kind] else MODEL_LABELS.get(model_kind(r.model_kind), r.model_kind),
+items = [(run_title(r) if multiple[r.model_kind] else r.model_name,
           model_kind(r.model_kind), r.history) for r in records]
 show_curves(curve_series(items), key="results")
 

@@ -10,7 +10,7 @@ from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs
 from core.runs.predict import PredictionError, predict_bytes
 from core.safety.model_files import MAX_UPLOAD_BYTES
-from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.config import ModelKind
 from core.settings.presets import active_preset
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
@@ -55,11 +55,10 @@ def best_transfer_index(runs) -> int:
 
 
 def run_option(record) -> str:
-    kind = model_kind(record.model_kind)
     acc = record.metrics.get("final_val_accuracy")
     acc_text = f"val {acc:.1%}" if isinstance(acc, (int, float)) else "no val accuracy"
     when = time.strftime("%d %b %H:%M", time.localtime(record.metrics.get("finished_at", 0)))
-    return f"{MODEL_LABELS.get(kind, record.model_kind)} · {when} · {acc_text} · {record.run_id}"
+    return f"{record.model_name} · {when} · {acc_text} · {record.run_id}"
 
 
 def thumbnail(data: bytes, name: str):
@@ -154,7 +153,7 @@ sources = [s for s in MODEL_SOURCES if s != "path" or active_preset().allow_loca
 if st.session_state.get("pred_model_source") not in sources:
     st.session_state["pred_model_source"] = "run"
 choice = st.radio("Model", sources, horizontal=True, key="pred_model_source", format_func=MODEL_SOURCES.get)
-model_path, trusted, kind, shown_name = None, False, None, None
+model_path, trusted, kind, shown_name, run_model_name = None, False, None, None, None
 if choice == "run":
     runs = list_runs(runs_folder()).runs
     if not runs:
@@ -169,6 +168,7 @@ if choice == "run":
                           format_func=lambda i: run_option(by_id[i]))
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
+    run_model_name = record.model_name
 elif choice == "upload":
     limit_mb = max(1, MAX_UPLOAD_BYTES // 10**6)  # the browser refuses bigger files; core checks again
     upload = st.file_uploader(f"A Keras .h5 model (up to {limit_mb} MB)", type=["h5"], key="up_model",
@@ -210,6 +210,8 @@ with st.container(border=True):
     label = chip(kind) if kind else f"**{shown_name or model_path.name}**"
     info.markdown(f"{label} &nbsp; classes: {', '.join(loaded.class_names)} · input "
                   f"{loaded.image_size}x{loaded.image_size}", unsafe_allow_html=True)
+    if run_model_name:
+        info.text(run_model_name)  # the run's own name for its model: data from a file, never markup
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache
         else f":material/hard_drive: Loaded from disk in {loaded.load_seconds:.2f} s")

@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the runs in a runs folder")
     runs.add_argument("--runs-dir", type=Path, default=runs_dir())
 
-    demo = sub.add_parser("demo", help="write an offline demo dataset and a small SavedModel backbone")
-    demo.add_argument("folder", type=Path)
+    demo = sub.add_parser("demo", help="write the offline demo dataset and pretrain its backbone (once, cached)")
+    demo.add_argument("folder", type=Path, help="where the dataset goes; the backbone stays in the cache folder")
     demo.add_argument("--per-class", type=_positive_int, default=100)
 
     evaluate = sub.add_parser("evaluate", help="confusion matrix and per-class metrics of a run's validation split")
@@ -205,13 +205,17 @@ def cmd_runs(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.data.demo import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+    from core.models.demo_backbone import prepare_demo
 
-    data = make_demo_folder(args.folder / "shapes", per_class=args.per_class, classes=tuple(DEMO_CLASSES),
-                            size=(160, 160))
-    backbone = make_demo_backbone(args.folder / "backbone")
-    print(f"Dataset: folder:{data}\nHub handle: {backbone}")
-    print(f"Try: python -m core train --data folder:{data} --handle {backbone} --limit 200")
+    def progress(_fraction: float, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    demo = prepare_demo(args.folder / "scenes", args.per_class, progress)
+    if demo.pretrain:
+        print(f"Pretrained the backbone on {demo.pretrain.source_images:,} images of {demo.pretrain.source_classes} "
+              f"source shapes in {demo.pretrain.seconds:.0f} s.")
+    print(f"Dataset: {demo.source}\nHub handle: {demo.backbone}")
+    print(f"Try: python -m core train --data {demo.source} --handle {demo.backbone} --image-size 64")
     return 0
 
 

@@ -211,6 +211,21 @@ def fine_tune(model, train: TrainConfig) -> None:
     compile_model(model, train.fine_tune_learning_rate)
 
 
+def run_model_label(train: TrainConfig) -> str:
+    """The model's honest name: the transfer model is named after the backbone its handle loads."""
+    from core.models.demo_backbone import backbone_name
+    from core.models.hub import is_local, normalise_handle
+    from core.settings.config import model_label
+
+    if train.model is ModelKind.BASELINE:
+        return model_label(train.model)
+    try:
+        handle = normalise_handle(train.handle)
+    except LabError:
+        handle = train.handle
+    return model_label(train.model, handle, backbone_name(handle) if is_local(handle) else None)
+
+
 def library_versions() -> dict:
     import importlib.metadata as md
 
@@ -230,8 +245,10 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
     from core.safety.model_files import save_model
 
     writer = RunWriter(Path(runs_dir), new_run_id(train.model.value))
+    label = run_model_label(train)
     try:
         config = {
+            "model_label": label,
             "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
             "total_epochs": total_epochs(train), "feature_cache_used": uses_feature_cache(data, train),
             "class_names": source.info.class_names, "dataset": source.info.to_dict(),
@@ -247,6 +264,7 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
         best_epoch = max(range(len(vals)), key=lambda i: vals[i]) + 1
         metrics = {
             "model": train.model.value,
+            "model_label": label,
             "epochs_completed": len(result.history),
             "stopped_early": result.stopped_early,
             "final_val_accuracy": result.final.get("val_accuracy"),
