@@ -1,8 +1,7 @@
 """Honest names: the transfer model is named after the backbone it really uses; the article's lines as the article's."""
 import pytest
 
-from core.settings.config import (MOBILENET_V2_HANDLE, ModelKind, model_label, plain_label, short_handle,
-                                  transfer_label)
+from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label, plain_label, short_handle, transfer_label
 from core.settings.reference import article_headline_label, article_label
 
 
