@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("folder", type=Path, help="where the dataset goes; the backbone stays in the cache folder")
     demo.add_argument("--per-class", type=_positive_int, default=100)
 
+    efficiency = sub.add_parser("efficiency", help="validation accuracy of both models by training images per class")
+    efficiency.add_argument("--data", default=DEFAULT_SOURCE, help="tfds:NAME or folder:PATH (default %(default)s)")
+    efficiency.add_argument("--handle", default=MOBILENET_V2_HANDLE, help="the transfer model's hub handle")
+    efficiency.add_argument("--image-size", type=_positive_int, default=ARTICLE_IMAGE_SIZE)
+    efficiency.add_argument("--counts", type=_positive_int, nargs="+", default=[5, 10, 20, 40, 80],
+                            help="training images per class to try (default %(default)s)")
+    efficiency.add_argument("--baseline-epochs", type=_positive_int, default=15)
+    efficiency.add_argument("--seed", type=int, default=42)
+
     evaluate = sub.add_parser("evaluate", help="confusion matrix and per-class metrics of a run's validation split")
     evaluate.add_argument("run", type=Path, help="a run directory")
     evaluate.add_argument("--wrong", type=int, default=12, metavar="N",
@@ -219,6 +228,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_efficiency(args) -> int:
+    from core.present.tables import format_table
+    from core.settings.config import DataConfig, ModelKind
+    from core.training.efficiency import data_efficiency
+
+    data = DataConfig(source=args.data, image_size=args.image_size, seed=args.seed)
+    result = data_efficiency(data, args.handle, args.counts, {ModelKind.BASELINE: args.baseline_epochs},
+                             on_status=lambda msg: print(msg, file=sys.stderr, flush=True))
+    counts = [n for n, _ in result.accuracies(ModelKind.BASELINE)]
+    rows = [[result.labels[kind]] + [f"{acc:.1%}" for _, acc in result.accuracies(kind)] for kind in ModelKind]
+    print(format_table(["images per class"] + [str(n) for n in counts], rows))
+    print(f"Validation accuracy on {result.val_images} images.")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from core.present.tables import format_report
     from core.runs.evaluate import evaluate_run
@@ -251,6 +275,7 @@ def cmd_import_run(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
+            "efficiency": cmd_efficiency,
             "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 

@@ -190,3 +190,14 @@ def test_demo_writes_a_dataset_and_names_the_cached_pretrained_backbone(tmp_path
     assert f"Dataset: folder:{tmp_path / 'scenes'}" in out and f"Hub handle: {pretrained_demo.backbone}" in out
     assert sorted(p.name for p in (tmp_path / "scenes").iterdir() if p.is_dir()) == ["arrows", "crescents", "hearts"]
     assert len(list((tmp_path / "scenes" / "hearts").glob("*.jpg"))) == 2
+
+
+def test_efficiency_prints_both_models_accuracy_by_images_per_class(demo_folder, demo_backbone, capsys):
+    assert main(["efficiency", "--data", f"folder:{demo_folder}", "--handle", str(demo_backbone), "--image-size",
+                 "48", "--counts", "4", "2", "--baseline-epochs", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cells = [re.split(r"\s{2,}", line) for line in lines]
+    assert cells[0] == ["images per class", "2", "4"]
+    assert [row[0] for row in cells[2:4]] == ["Baseline CNN", "Transfer (backbone)"]
+    assert all(cell.endswith("%") for row in cells[2:4] for cell in row[1:])
+    assert lines[-1] == "Validation accuracy on 24 images."
