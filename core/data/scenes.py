@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 Draw = Callable[[ImageDraw.ImageDraw, float, float, float, float], None]  # (draw, cx, cy, radius, angle)
-HUE_SPREAD = 0.2  # each target class's hue lies within this of its centre, so classes overlap in colour
+HUE_SPREAD = 0.25  # each target class's hue lies within this of its centre, so classes overlap in colour
 MIN_CONTRAST = 200  # sum of |RGB differences| between the shape's and the background's colours
 
 

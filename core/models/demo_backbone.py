@@ -42,6 +42,7 @@ Progress = Callable[[float, str], None]
 @dataclass(frozen=True)
 class PretrainReport:
     seconds: float  # generating the source images and training on them
+    cpu_seconds: float  # CPU time of this process meanwhile: on an idle machine, seconds >= cpu_seconds / cores
     source_classes: int
     source_images: int
     source_accuracy: float  # on held-out source images: how well the source task was learned
@@ -91,7 +92,7 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
     from core.data.scenes import SOURCE_SHAPES, source_images
 
     progress = progress or (lambda _fraction, _message: None)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     progress(0.0, f"Drawing {SOURCE_PER_CLASS * len(SOURCE_SHAPES):,} source images of {len(SOURCE_SHAPES)} shapes ...")
     images, labels = source_images(SOURCE_PER_CLASS, NATIVE_SIZE, seed)
     x = images.astype(np.float32) / 255.0
@@ -118,7 +119,7 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
             return self.net(images, training=False)
 
     seconds = time.perf_counter() - start
-    report = PretrainReport(round(seconds, 2), len(SOURCE_SHAPES), len(labels),
+    report = PretrainReport(round(seconds, 2), round(time.process_time() - cpu_start, 2), len(SOURCE_SHAPES), len(labels),
                             float(history.history["val_accuracy"][-1]), int(extractor.output_shape[-1]))
     tf.saved_model.save(reusable(Backbone(), extractor.variables, extractor.trainable_variables), str(path))
     (Path(path) / INFO_FILE).write_text(json.dumps({
