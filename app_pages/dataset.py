@@ -106,7 +106,7 @@ try:
         upload = st.file_uploader("A zip of class folders (up to 200 MB)", type=["zip"])
         candidate = unpack_upload(upload) if upload else None
     else:
-        st.caption("Hearts, crescents and arrows (150 images each) and a small CNN pretrained here, once, on 20 "
+        st.caption("Hearts, crescents and arrows (200 images each) and a small CNN pretrained here, once, on 20 "
                    "other shapes, to use as the hub handle: a miniature of the article's experiment that works "
                    "offline. The first load pretrains it (about 2 minutes on 2 cores).")
         candidate = "demo"

@@ -196,7 +196,7 @@ def offline_hint() -> str:
 
     demo = backbone_dir()
     if (demo / "saved_model.pb").is_file():
-        return f"use the demo feature extractor as the hub handle: `{demo}`"
+        return f"use the demo's pretrained backbone as the hub handle: `{demo}`"
     return "use a local SavedModel folder as the hub handle (the Dataset page's generated demo includes one)"
 
 

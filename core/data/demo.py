@@ -55,7 +55,7 @@ def make_demo_folder(root: str | Path, per_class: int = 40, classes: tuple[str, 
     return root
 
 
-DEMO_PER_CLASS = 150  # a few hundred images: what a workshop fine-tunes on, not what a CNN learns from
+DEMO_PER_CLASS = 200  # a few hundred images: what a workshop fine-tunes on, not what a CNN learns from
 DEMO_IMAGE_SIZE = 96
 
 
