@@ -123,7 +123,7 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
                             float(history.history["val_accuracy"][-1]), int(extractor.output_shape[-1]))
     tf.saved_model.save(reusable(Backbone(), extractor.variables, extractor.trainable_variables), str(path))
     (Path(path) / INFO_FILE).write_text(json.dumps({
-        "name": BACKBONE_NAME, "version": BACKBONE_VERSION, "source_classes": sorted(SOURCE_SHAPES),
+        "name": BACKBONE_NAME, "version": BACKBONE_VERSION, "source_shapes": sorted(SOURCE_SHAPES),
         "native_size": NATIVE_SIZE, "seed": seed, **report.__dict__}, indent=2))
     progress(1.0, f"Demo backbone pretrained in {seconds:.0f} s (source-task accuracy {report.source_accuracy:.0%}).")
     return report

@@ -19,7 +19,7 @@ def test_the_pretrained_backbone_loads_like_a_hub_module_and_names_itself(pretra
     from core.models.architectures import build_transfer, param_counts
 
     info = json.loads((pretrained_demo.backbone / INFO_FILE).read_text())
-    assert info["name"] == BACKBONE_NAME and info["source_classes"] == sorted(SOURCE_SHAPES)
+    assert info["name"] == BACKBONE_NAME and info["source_shapes"] == sorted(SOURCE_SHAPES)
     assert info["source_accuracy"] > 0.5  # it learned its 20-way source task (chance: 5%)
     model = build_transfer(3, 64, str(pretrained_demo.backbone))
     total, trainable = param_counts(model)
