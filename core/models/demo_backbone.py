@@ -70,7 +70,7 @@ def _network(num_classes: int):
     return tf_keras.Model(inputs, features, name="demo_backbone"), tf_keras.Model(inputs, logits)
 
 
-def _epoch_reporter(progress: Progress, start: float, epochs: int):
+def _epoch_reporter(progress: Progress, epochs: int):
     import tf_keras
 
     class Reporter(tf_keras.callbacks.Callback):
@@ -104,7 +104,7 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
     progress(0.1, "Pretraining the demo backbone ...")
     history = classifier.fit(x[held_out:], labels[held_out:], batch_size=SOURCE_BATCH, epochs=SOURCE_EPOCHS,
                              validation_data=(x[:held_out], labels[:held_out]), verbose=0,
-                             callbacks=[_epoch_reporter(progress, start, SOURCE_EPOCHS)])
+                             callbacks=[_epoch_reporter(progress, SOURCE_EPOCHS)])
     progress(0.96, "Saving the demo backbone ...")
 
     class Backbone(tf.Module):
