@@ -11,6 +11,8 @@ PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", url_path="dataset"),
     st.Page("app_pages/experiments.py", title="Experiments", icon=":material/monitoring:", url_path="experiments"),
+    st.Page("app_pages/data_efficiency.py", title="Data efficiency", icon=":material/stacked_line_chart:",
+            url_path="data-efficiency"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:", url_path="predict"),
 ]
 

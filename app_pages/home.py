@@ -74,5 +74,5 @@ st.caption(f"**Preset: {preset.preset.name}** ({preset.reason}). {preset.preset.
 if not online:
     st.info(
         "Offline: cats_vs_dogs and the TF Hub module can only be used if they are already in the cache "
-        "folder. The Dataset page can generate a small demo dataset and a local feature extractor, so "
+        "folder. The Dataset page can generate a small demo dataset and pretrain a backbone for it here, so "
         "every page works without a network.", icon=":material/wifi_off:")

@@ -10,7 +10,6 @@ from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs, matches_dataset, preferred_run_index
 from core.runs.predict import PredictionError, predict_bytes
 from core.safety.model_files import MAX_UPLOAD_BYTES
-from core.settings.config import MODEL_LABELS
 from core.settings.presets import active_preset
 from core.settings.text import class_list, dataset_name, markdown_literal
 
@@ -48,7 +47,6 @@ def stored_upload(upload) -> Path:
 
 def run_option(record) -> str:
     """Model, dataset and classes, accuracy, time: enough to tell a shapes model from a faces model."""
-    kind = model_kind(record.model_kind)
     acc = record.metrics.get("final_val_accuracy")
     acc_text = f"val {acc:.1%}" if isinstance(acc, (int, float)) else "no val accuracy"
     finished = record.metrics.get("finished_at", 0)
@@ -57,7 +55,7 @@ def run_option(record) -> str:
     except (OverflowError, OSError, ValueError, TypeError):  # an imported run's timestamp may be anything
         when = "unknown time"
     data = dataset_name(record.source) if record.source else "unknown dataset"
-    return (f"{MODEL_LABELS.get(kind, record.model_kind)} · {data} ({class_list(record.class_names)}) · "
+    return (f"{record.model_name} · {data} ({class_list(record.class_names)}) · "
             f"{acc_text} · {when} · {record.run_id}")
 
 
@@ -171,7 +169,7 @@ sources = [s for s in MODEL_SOURCES if s != "path" or active_preset().allow_loca
 if st.session_state.get("pred_model_source") not in sources:
     st.session_state["pred_model_source"] = "run"
 choice = st.radio("Model", sources, horizontal=True, key="pred_model_source", format_func=MODEL_SOURCES.get)
-model_path, trusted, kind, shown_name, record = None, False, None, None, None
+model_path, trusted, kind, shown_name, record, run_model_name = None, False, None, None, None, None
 dataset_classes = current_classes()
 if choice == "run":
     runs = list_runs(runs_folder()).runs
@@ -187,6 +185,7 @@ if choice == "run":
                           format_func=lambda i: run_option(by_id[i]))
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
+    run_model_name = record.model_name
 elif choice == "upload":
     limit_mb = max(1, MAX_UPLOAD_BYTES // 10**6)  # the browser refuses bigger files; core checks again
     upload = st.file_uploader(f"A Keras .h5 model (up to {limit_mb} MB)", type=["h5"], key="up_model",
@@ -227,7 +226,10 @@ with st.container(border=True):
     info, timing = st.columns([3, 2])
     label = ""
     if kind:
-        info.markdown(chip(kind), unsafe_allow_html=True)  # the Lab's own colour and label, nothing from the file
+        # The Lab's own colour and label, nothing from the file; the run's model name below it as text.
+        info.markdown(chip(kind), unsafe_allow_html=True)
+        if run_model_name:
+            info.text(run_model_name)
     else:
         label = f"**{markdown_literal(shown_name or model_path.name)}** · "
     trained_on = f"trained on {markdown_literal(dataset_name(record.source))} · " if record and record.source else ""

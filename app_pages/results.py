@@ -7,7 +7,7 @@ import streamlit as st
 from app_pages.common import chip, runs_folder, show_error
 from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports
 from core.present.charts import CurveSeries, model_kind, training_curves
-from core.present.labels import compact_shape, model_name, run_option, run_time, run_title
+from core.present.labels import compact_shape, run_option, run_time, run_title
 from core.present.tables import article_rows, compare_rows, layer_rows
 from core.runs.folders import list_runs
 from core.settings.config import ModelKind
@@ -98,8 +98,8 @@ def pick_runs() -> list:
 
 def show_curves(records) -> None:
     multiple = {k: sum(1 for r in records if r.model_kind == k) > 1 for k in {r.model_kind for r in records}}
-    items = [(run_title(r) if multiple[r.model_kind] else model_name(r.model_kind), model_kind(r.model_kind),
-              r.history) for r in records]
+    items = [(run_title(r) if multiple[r.model_kind] else r.model_name, model_kind(r.model_kind), r.history)
+             for r in records]
     show_article = st.session_state.get("exp_show_article", True)
     show_reference = st.session_state.get("exp_show_reference", True)
     left, right = st.columns(2, gap="medium")
@@ -110,7 +110,7 @@ def show_curves(records) -> None:
 def show_comparison(records, include_article: bool) -> None:
     _, rows = compare_rows(records)
     for row, record in zip(rows, records):
-        row[0], row[1] = run_time(record), model_name(record.model_kind)
+        row[0], row[1] = run_time(record), record.model_name
     if include_article:
         rows += article_rows()
     # A lone hyphen in a table cell would render as a bullet.

@@ -11,7 +11,6 @@ import streamlit as st
 from app_pages.common import describe_source, runs_folder, session_token
 from core.present.charts import CurveSeries, training_curves
 from core.present.labels import job_status_line
-from core.settings.config import MODEL_LABELS
 from core.settings.presets import active_preset
 
 FOLLOWING_KEY = "exp_following"  # job ids this session follows (its own and the ones it joined); kept on reload
@@ -69,7 +68,8 @@ def _job_card(view, mine: bool) -> None:
         head, stop = st.columns([5, 1], vertical_alignment="center")
         who = "yours" if view.owner == session_token() else ("from the command line" if view.origin == "cli"
                                                               else "another visitor's")
-        model = MODEL_LABELS[snap.model] if snap.model else view.title
+        names = view.title.split(", then ")
+        model = names[snap.index] if snap.model and snap.index < len(names) else view.title
         head.markdown(f"**{model}**" + (f" ({snap.index + 1} of {snap.total})" if snap.total > 1 and snap.model
                                         else "") + f" · {who}")
         head.caption(f"{view.title} on {describe_source(view.source)}")
@@ -90,7 +90,7 @@ def _job_card(view, mine: bool) -> None:
 # watching browser time that the training needs.
 @st.cache_data(show_spinner=False, max_entries=64)
 def _curves(histories: tuple):
-    items = [CurveSeries(MODEL_LABELS[kind] + " (this run)", kind, list(rows)) for kind, rows in histories if rows]
+    items = [CurveSeries(f"{name} (this run)", kind, list(rows)) for name, kind, rows in histories if rows]
     return training_curves(items, "accuracy", False, True), training_curves(items, "loss", False, True)
 
 
@@ -100,8 +100,9 @@ def live_curves() -> None:
     views = [v for v in (board().view(j) for j in following()) if v is not None and v.active and not v.queued]
     if not views:
         return
-    histories = tuple((kind, tuple(rows)) for v in views for kind, rows in v.snapshot.histories)
-    if not any(rows for _, rows in histories):
+    histories = tuple((name, kind, tuple(rows)) for v in views
+                      for name, (kind, rows) in zip(v.title.split(", then "), v.snapshot.histories))
+    if not any(rows for _, _, rows in histories):
         st.caption("The loss and accuracy curves appear here after the first epoch.")
         return
     accuracy, loss = _curves(histories)

@@ -334,3 +334,26 @@ def r5_home_page(renders: int) -> dict:
         "goal_s": 1.5,
         "met": seconds <= 1.5,
     }
+
+
+def d_demo(setup: Setup, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+    """D2: pretraining the demo backbone from nothing, in a fresh cache folder. D1: the demo's lesson, the
+    transfer model's final validation accuracy minus the baseline's at the Quick demo's settings, per seed."""
+    from core.models.demo_backbone import prepare_demo
+    from core.training.lesson import DEMO_IMAGE_SIZE, compare_models, median_gap
+
+    _fresh_cache(setup, "demo")
+    start = time.perf_counter()
+    demo = prepare_demo()
+    prepare_seconds = time.perf_counter() - start
+    results = compare_models(demo.source, str(demo.backbone), seeds)
+    gap = median_gap(results)
+    return {
+        "D1": {"median_gap_points": round(gap * 100, 2), "goal_points": 10, "met": gap >= 0.10,
+               "image_size": DEMO_IMAGE_SIZE,
+               "seeds": [{"seed": r.seed, "baseline": r.baseline, "transfer": r.transfer} for r in results]},
+        "D2": {"pretrain_seconds": demo.pretrain.seconds, "goal_seconds": 120, "met": demo.pretrain.seconds <= 120,
+               "prepare_seconds": round(prepare_seconds, 2),
+               "pretrain_cpu_seconds": demo.pretrain.cpu_seconds, "source_accuracy": demo.pretrain.source_accuracy,
+               "source_images": demo.pretrain.source_images, "cpus": os.cpu_count()},
+    }

@@ -120,9 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--runs-dir", type=Path, default=runs_dir())
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    demo = sub.add_parser("demo", help="write an offline demo dataset and a small SavedModel backbone")
-    demo.add_argument("folder", type=Path)
+    demo = sub.add_parser("demo", help="write the offline demo dataset and pretrain its backbone (once, cached)")
+    demo.add_argument("folder", type=Path, help="where the dataset goes; the backbone stays in the cache folder")
     demo.add_argument("--per-class", type=_positive_int, default=100)
+
+    efficiency = sub.add_parser("efficiency", help="validation accuracy of both models by training images per class")
+    efficiency.add_argument("--data", default=DEFAULT_SOURCE, help="tfds:NAME or folder:PATH (default %(default)s)")
+    efficiency.add_argument("--handle", default=MOBILENET_V2_HANDLE, help="the transfer model's hub handle")
+    efficiency.add_argument("--image-size", type=_positive_int, default=ARTICLE_IMAGE_SIZE)
+    efficiency.add_argument("--counts", type=_positive_int, nargs="+", default=[5, 10, 20, 40, 80],
+                            help="training images per class to try (default %(default)s)")
+    efficiency.add_argument("--baseline-epochs", type=_positive_int, default=15)
+    efficiency.add_argument("--seed", type=int, default=42)
 
     evaluate = sub.add_parser("evaluate", help="confusion matrix and per-class metrics of a run's validation split")
     evaluate.add_argument("run", type=Path, help="a run directory")
@@ -325,13 +334,32 @@ def cmd_runs(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from core.data.demo import DEMO_CLASSES, make_demo_backbone, make_demo_folder
+    from core.models.demo_backbone import prepare_demo
 
-    data = make_demo_folder(args.folder / "shapes", per_class=args.per_class, classes=tuple(DEMO_CLASSES),
-                            size=(160, 160))
-    backbone = make_demo_backbone(args.folder / "backbone")
-    print(f"Dataset: folder:{data}\nHub handle: {backbone}")
-    print(f"Try: python -m core train --data folder:{data} --handle {backbone} --limit 200")
+    def progress(_fraction: float, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    demo = prepare_demo(args.folder / "scenes", args.per_class, progress)
+    if demo.pretrain:
+        print(f"Pretrained the backbone on {demo.pretrain.source_images:,} images of {demo.pretrain.source_classes} "
+              f"source shapes in {demo.pretrain.seconds:.0f} s.")
+    print(f"Dataset: {demo.source}\nHub handle: {demo.backbone}")
+    print(f"Try: python -m core train --data {demo.source} --handle {demo.backbone} --image-size 64")
+    return 0
+
+
+def cmd_efficiency(args) -> int:
+    from core.present.tables import format_table
+    from core.settings.config import DataConfig, ModelKind
+    from core.training.efficiency import data_efficiency
+
+    data = DataConfig(source=args.data, image_size=args.image_size, seed=args.seed)
+    result = data_efficiency(data, args.handle, args.counts, {ModelKind.BASELINE: args.baseline_epochs},
+                             on_status=lambda msg: print(msg, file=sys.stderr, flush=True))
+    counts = [n for n, _ in result.accuracies(ModelKind.BASELINE)]
+    rows = [[result.labels[kind]] + [f"{acc:.1%}" for _, acc in result.accuracies(kind)] for kind in ModelKind]
+    print(format_table(["images per class"] + [str(n) for n in counts], rows))
+    print(f"Validation accuracy on {result.val_images} images.")
     return 0
 
 
@@ -379,6 +407,7 @@ def cmd_import_run(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
+            "efficiency": cmd_efficiency,
             "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 

@@ -46,6 +46,15 @@ def demo_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pretrained_demo():
+    """The generated demo as the Dataset page makes it: the scenes folder and the really pretrained
+    backbone, both in the session's cache folder (pretrained once per session, about 1-2 minutes)."""
+    from core.models.demo_backbone import prepare_demo
+
+    return prepare_demo()
+
+
+@pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path]:
     """One finished run per model on the demo folder, shared by prediction, CLI and page tests."""
     from core.settings.config import DataConfig, ModelKind, TrainConfig

@@ -1,6 +1,11 @@
-"""Offline stand-ins for the article's downloads: a learnable image-folder dataset and small backbones.
+"""Offline stand-ins for the article's downloads: image-folder datasets and SavedModel backbones.
 
-Used by the tests and benchmarks, and by workshop hosts without a network (`python -m core demo`).
+- make_scenes_folder writes the offline demo's dataset (core.data.scenes.TARGET_SHAPES); its backbone is
+  pretrained by core.models.demo_backbone. Workshop hosts without a network use both (`python -m core demo`,
+  the Dataset page's generated demo).
+- make_demo_folder (coloured circles, squares, triangles) and make_demo_backbone (fixed random filters,
+  never trained) are cheap fixtures for tests that need a learnable folder and a loadable module, not a
+  lesson; make_mobilenet_backbone has the real module's shape and speed for benchmarks.
 """
 from __future__ import annotations
 
@@ -50,11 +55,31 @@ def make_demo_folder(root: str | Path, per_class: int = 40, classes: tuple[str, 
     return root
 
 
+DEMO_PER_CLASS = 200  # a few hundred images: what a workshop fine-tunes on, not what a CNN learns from
+DEMO_IMAGE_SIZE = 96
+
+
+def make_scenes_folder(root: str | Path, per_class: int = DEMO_PER_CLASS, size: int = DEMO_IMAGE_SIZE,
+                       seed: int = 0) -> Path:
+    """Write root/<class>/<n>.jpg for the demo's target classes (hearts, crescents, arrows); returns root."""
+    from core.data.scenes import TARGET_SHAPES, target_image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for name in TARGET_SHAPES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):  # classes interleaved, so one seed's images do not depend on the class order
+        for name in TARGET_SHAPES:
+            target_image(name, rng, size).save(root / name / f"{name}_{i:04d}.jpg", "JPEG", quality=90)
+    return root
+
+
 def make_demo_backbone(path: str | Path, features: int = 32, seed: int = 0) -> Path:
     """Save a tiny SavedModel feature extractor that hub.KerasLayer can load like the real module.
 
-    Fixed random 5x5 conv filters, ReLU, global average and max pooling: outputs that separate images by
-    colour and shape, so a Dense head on them learns, unlike an untrained MobileNetV2's (~1e-12) features.
+    Fixed random 5x5 conv filters, ReLU, global average and max pooling, never trained: outputs that
+    separate make_demo_folder's colours, so a Dense head on them learns in tests, unlike an untrained
+    MobileNetV2's (~1e-12) features. Not a pretrained backbone: the demo uses core.models.demo_backbone.
     """
     import tensorflow as tf
 
@@ -75,11 +100,11 @@ def make_demo_backbone(path: str | Path, features: int = 32, seed: int = 0) -> P
             return tf.concat([tf.reduce_mean(x, axis=[1, 2]), tf.reduce_max(x, axis=[1, 2])], axis=-1)
 
     module = Extractor()
-    tf.saved_model.save(_reusable(module, [module.kernel, module.bias], [module.kernel, module.bias]), str(path))
+    tf.saved_model.save(reusable(module, [module.kernel, module.bias], [module.kernel, module.bias]), str(path))
     return Path(path)
 
 
-def _reusable(module, variables, trainable_variables):
+def reusable(module, variables, trainable_variables):
     """Wrap a module as TF Hub publishes one (the Reusable SavedModel API).
 
     hub.KerasLayer takes its weights from these attributes: without them a model built on the module
@@ -112,5 +137,5 @@ def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
         def __call__(self, images):
             return self.net(images, training=False)
 
-    tf.saved_model.save(_reusable(Wrapper(), net.variables, net.trainable_variables), str(path))
+    tf.saved_model.save(reusable(Wrapper(), net.variables, net.trainable_variables), str(path))
     return Path(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.settings.config import ModelKind
+from core.settings.config import ModelKind, is_mobilenet_v2_handle
 from core.settings.errors import LabError, ModelFileError
 
 
@@ -53,7 +53,7 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
         backbone = hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
                                   name="feature_extractor")
         model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes, dtype="float32")],
-                                     name="mobilenet_v2_transfer")
+                                     name="mobilenet_v2_transfer" if is_mobilenet_v2_handle(handle) else "transfer")
     except LabError:
         raise
     except Exception as exc:

@@ -144,7 +144,7 @@ def check_web_handle(handle: str) -> str:
 
     On a public host the Experiments page's handle field is a server path like any other: a SavedModel
     is a TensorFlow graph, which can read files, so strangers may only name downloads and the Lab's own
-    folders (the generated demo's feature extractor lives in the cache folder).
+    folders (the generated demo's pretrained backbone lives in the cache folder).
     """
     normalised = normalise_handle(handle)
     if not web_upload_handle_allowed(normalised):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from core.settings.config import MODEL_LABELS, ModelKind
-from core.settings.reference import HEADLINE_VAL_ACCURACY, article_history
+from core.settings.config import ModelKind
+from core.settings.reference import HEADLINE_VAL_ACCURACY, article_headline_label, article_history, article_label
 from core.settings.text import FINE_TUNE_PHASE
 
 MODEL_COLOURS = {ModelKind.BASELINE: "#E8731A", ModelKind.MOBILENET_V2: "#1F6FB2"}
@@ -119,10 +119,10 @@ def training_curves(series: list[CurveSeries], metric: str = "accuracy", show_ar
             ref = article_history(kind)
             values = _scaled([row[val_key] for row in ref], metric)
             fig.add_trace(go.Scatter(
-                x=[row["epoch"] for row in ref], y=values, name=f"Article: {MODEL_LABELS[kind]}",
+                x=[row["epoch"] for row in ref], y=values, name=article_label(kind),
                 legendgroup=f"article-{kind.value}", mode="lines", opacity=0.45,
                 line={"color": model_colour(kind), "dash": "dot", "width": 2},
-                hovertemplate=f"validation: %{{y:.2f}}{unit}<extra>Article: {MODEL_LABELS[kind]}</extra>",
+                hovertemplate=f"validation: %{{y:.2f}}{unit}<extra>{article_label(kind)}</extra>",
             ))
             max_epoch = max(max_epoch, len(ref))
     if show_reference and metric == "accuracy":
@@ -130,7 +130,7 @@ def training_curves(series: list[CurveSeries], metric: str = "accuracy", show_ar
             value = HEADLINE_VAL_ACCURACY[kind] * 100
             fig.add_hline(
                 y=value, line={"color": model_colour(kind), "width": 1.5, "dash": "longdashdot"}, opacity=0.8,
-                annotation_text=f"article ≈ {value:.0f}%", annotation_position="bottom right",
+                annotation_text=article_headline_label(kind), annotation_position="bottom right",
                 annotation_font={"color": model_colour(kind), "size": 13},
             )
     boundaries: dict[int, str] = {}
@@ -204,4 +204,28 @@ def probability_bar(probabilities: dict[str, float], colour: str | None = None) 
     fig.update_layout(margin={"l": 10, "r": 40, "t": 10, "b": 10}, showlegend=False, hovermode="closest")
     fig.update_xaxes(range=[0, 112], ticksuffix="%")
     fig.update_yaxes(autorange="reversed", title_text=None)
+    return fig
+
+
+def data_efficiency_chart(result) -> go.Figure:
+    """Validation accuracy against training images per class, one line per model (a
+    core.training.efficiency.EfficiencyResult): how much data each model needs."""
+    fig = go.Figure()
+    for kind in ModelKind:
+        points = result.accuracies(kind)
+        if not points:
+            continue
+        label = result.labels.get(kind, kind.value)
+        fig.add_trace(go.Scatter(
+            x=[n for n, _ in points], y=[acc * 100 for _, acc in points], name=label, mode="lines+markers",
+            line={"color": model_colour(kind), "width": 3}, marker={"size": 9},
+            hovertemplate=f"%{{x}} images per class: %{{y:.1f}}%<extra>{label}</extra>",
+        ))
+    epochs = " · ".join(f"{result.labels.get(k, k.value)}: {n} epochs" for k, n in result.epochs.items())
+    _style(fig, "Validation accuracy by training images per class", "Training images per class (log scale)",
+           "Validation accuracy (%)", height=440, subtitle=f"{result.val_images} validation images · {epochs}")
+    counts = sorted({n for k in ModelKind for n, _ in result.accuracies(k)})
+    fig.update_layout(hovermode="closest")
+    fig.update_xaxes(type="log", tickvals=counts, ticktext=[str(n) for n in counts])
+    fig.update_yaxes(ticksuffix="%", range=[0, 103])
     return fig

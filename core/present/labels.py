@@ -3,14 +3,7 @@ from __future__ import annotations
 
 import time
 
-from core.present.charts import model_kind
-from core.settings.config import MODEL_LABELS
 from core.settings.text import duration, percent
-
-
-def model_name(value) -> str:
-    kind = model_kind(value)
-    return MODEL_LABELS[kind] if kind is not None else str(value)
 
 
 def run_time(record) -> str:
@@ -21,7 +14,7 @@ def run_time(record) -> str:
 
 
 def run_title(record) -> str:
-    return f"{model_name(record.model_kind)} · {run_time(record)}"
+    return f"{record.model_name} · {run_time(record)}"
 
 
 def run_option(record) -> str:

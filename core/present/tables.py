@@ -25,7 +25,7 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in records:
         m = r.metrics
-        rows.append([r.run_id, r.model_kind, str(len(r.history)), f"{m.get('total_params', 0):,}",
+        rows.append([r.run_id, r.model_name, str(len(r.history)), f"{m.get('total_params', 0):,}",
                      f"{m.get('trainable_params', 0):,}", f"{m.get('seconds_per_epoch', float('nan')):.1f}",
                      percent(m.get("best_val_accuracy"), 2), percent(m.get("final_val_accuracy"), 2),
                      megabytes(file_size_mb(r.model_path) * 1e6).removesuffix(" MB")])

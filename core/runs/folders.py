@@ -106,6 +106,23 @@ class RunRecord:
         return self.config.get("train", {}).get("model", "?")
 
     @property
+    def model_name(self) -> str:
+        """What the run calls its model (recorded when it was trained, after its backbone); runs saved
+        before names were recorded are named from their settings."""
+        from core.settings.config import ModelKind, model_label, plain_label
+
+        label = plain_label(self.config.get("model_label"))
+        if label:
+            return label
+        train = self.config.get("train") if isinstance(self.config.get("train"), dict) else {}
+        try:
+            kind = ModelKind(train.get("model"))
+        except ValueError:
+            return str(self.model_kind)[:100]
+        handle = train.get("handle")
+        return model_label(kind, handle if isinstance(handle, str) else None)
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.config.get("class_names", []))
 

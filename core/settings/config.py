@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -29,7 +30,60 @@ EXTRACT_BATCH_SIZE = 8
 # How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
 # images weigh total / (classes x images of the class), so a small class counts as much as a large one.
 CLASS_WEIGHT_CHOICES = ("balanced",)
-MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.MOBILENET_V2: "MobileNetV2 transfer"}
+# What a model is called before its backbone is known (a settings column, a run in progress); a finished
+# run is named by model_label, after the backbone it really used.
+MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.MOBILENET_V2: "Transfer model"}
+MOBILENET_V2_LABEL = "MobileNetV2 transfer"
+# Where Google publishes MobileNetV2 feature vectors: TF Hub and its successor, Kaggle Models.
+_MOBILENET_V2_PUBLISHERS = ("https://tfhub.dev/google/", "https://www.kaggle.com/models/google/",
+                            "https://kaggle.com/models/google/")
+
+
+def is_mobilenet_v2_handle(handle: str | None) -> bool:
+    """Whether a hub handle names Google's MobileNetV2 module (the article's, or another of its variants)."""
+    h = (handle or "").strip().lower()
+    if not h.startswith(("http://", "https://")) and h.count("/") >= 3 and not h.startswith((".", "/", "~")):
+        h = "https://www.kaggle.com/models/" + h  # a bare Kaggle handle, as core.models.hub normalises it
+    return h.startswith(_MOBILENET_V2_PUBLISHERS) and ("mobilenet_v2" in h or "mobilenet-v2" in h)
+
+
+_PLAIN_LABEL = re.compile(r"[\w ().,:'-]+")
+_GENERIC_HANDLE_PARTS = {"feature_vector", "feature-vector", "tensorflow2", "tf2", "saved_model", "classification"}
+
+
+def short_handle(handle: str, limit: int = 40) -> str:
+    """The last meaningful part of a handle: a folder's name, a URL's model name."""
+    parts = [p for p in (handle or "").replace("\\", "/").split("/")
+             if p and not p.isdigit() and p.lower() not in _GENERIC_HANDLE_PARTS]
+    # A handle read from a run folder is outside data: only plain name characters reach a label.
+    name = re.sub(r"[^\w.-]", "_", parts[-1]) if parts else "?"
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+def plain_label(text) -> str | None:
+    """A model name read from a file, if it is plain words (letters, digits, spaces, ().,:'_-), else None."""
+    if not isinstance(text, str) or not text.strip() or len(text) > 100 or not _PLAIN_LABEL.fullmatch(text):
+        return None
+    return text.strip()
+
+
+def transfer_label(handle: str | None, backbone_name: str | None = None) -> str:
+    """The transfer model named after its actual backbone.
+
+    backbone_name is what a local backbone calls itself (core.models.demo_backbone.backbone_name), e.g.
+    the offline demo's. "MobileNetV2 transfer" only for Google's MobileNetV2 module; any other handle is
+    "Transfer (<its short name>)".
+    """
+    if backbone_name:
+        return f"{backbone_name} transfer"
+    if is_mobilenet_v2_handle(handle):
+        return MOBILENET_V2_LABEL
+    return f"Transfer ({short_handle(handle)})" if handle else MODEL_LABELS[ModelKind.MOBILENET_V2]
+
+
+def model_label(kind: ModelKind, handle: str | None = None, backbone_name: str | None = None) -> str:
+    """A model's name everywhere: charts, tables, Predict, exports, the CLI."""
+    return MODEL_LABELS[kind] if kind is ModelKind.BASELINE else transfer_label(handle, backbone_name)
 
 
 @dataclass(frozen=True)

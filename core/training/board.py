@@ -158,13 +158,14 @@ def _experiments_from_spec(spec: dict) -> list[Experiment]:
 
 
 def _title(spec: dict) -> str:
-    from core.settings.config import MODEL_LABELS, ModelKind
+    """The job's models by their honest names, e.g. "Baseline CNN, then MobileNetV2 transfer"."""
+    from core.training.experiment import run_model_label
 
     names = []
     for e in spec.get("experiments", []):
         try:
-            names.append(MODEL_LABELS[ModelKind(e["train"]["model"])])
-        except (KeyError, ValueError, TypeError):
+            names.append(run_model_label(train_from_dict(e["train"])))
+        except (KeyError, ValueError, TypeError, LabError):
             names.append("an unknown model")
     return ", then ".join(names)
 

@@ -259,6 +259,21 @@ def fine_tune(model, train: TrainConfig) -> None:
     compile_model(model, train.fine_tune_learning_rate)
 
 
+def run_model_label(train: TrainConfig) -> str:
+    """The model's honest name: the transfer model is named after the backbone its handle loads."""
+    from core.models.demo_backbone import backbone_name
+    from core.models.hub import is_local, normalise_handle
+    from core.settings.config import model_label
+
+    if train.model is ModelKind.BASELINE:
+        return model_label(train.model)
+    try:
+        handle = normalise_handle(train.handle)
+    except LabError:
+        handle = train.handle
+    return model_label(train.model, handle, backbone_name(handle) if is_local(handle) else None)
+
+
 def library_versions() -> dict:
     import importlib.metadata as md
 
@@ -281,8 +296,10 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
         writer = RunWriter(Path(runs_dir), new_run_id(train.model.value))
     except OSError as exc:
         raise disk_error(exc, "save the trained run", runs_dir) from None
+    label = run_model_label(train)
     try:
         config = {
+            "model_label": label,
             "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
             "total_epochs": total_epochs(train), "feature_cache_used": bool(result.extra.get("feature_origin")),
             "class_names": source.info.class_names, "dataset": source.info.to_dict(),
@@ -301,6 +318,7 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
         best_epoch = max(range(len(vals)), key=lambda i: vals[i]) + 1
         metrics = {
             "model": train.model.value,
+            "model_label": label,
             "epochs_completed": len(result.history),
             "stopped_early": result.stopped_early,
             "final_val_accuracy": result.final.get("val_accuracy"),

@@ -123,7 +123,7 @@ def test_a_zip_that_is_not_a_zip_is_refused(open_page):
     assert at.button[0].disabled
 
 
-def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page):
+def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page, pretrained_demo):
     from core.settings.paths import cache_dir
 
     at = open_page("experiments", state={"exp_image_size": 64})
@@ -133,11 +133,12 @@ def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page):
     at.button[0].click().run()
     assert not at.exception and not at.error
     assert metric(at, "Classes") == "3"
-    assert at.session_state["lab_source"] == f"folder:{cache_dir() / 'demo' / 'shapes'}"
+    assert at.session_state["lab_source"] == pretrained_demo.source == f"folder:{cache_dir() / 'demo' / 'scenes-v1'}"
     assert at.radio[0].value == "demo"  # the user's choice, not "A folder on this machine"
     at.switch_page("app_pages/experiments.py").run()
     assert not at.exception and not at.error
-    assert at.text_input(key="exp_t_handle").value == str(cache_dir() / "demo" / "backbone")
+    assert at.text_input(key="exp_t_handle").value == str(pretrained_demo.backbone) == str(
+        cache_dir() / "demo" / "backbone-v1")
     assert len([m for m in at.markdown if m.value.startswith("**Estimated duration")]) == 2
     at.switch_page("app_pages/dataset.py").run()
     assert at.radio[0].value == "demo"

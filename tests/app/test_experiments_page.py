@@ -58,12 +58,13 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     assert at.multiselect[0].value == run_ids
     accuracy, loss = chart_specs(at)[:2]  # the curves come first, the runs' confusion matrices later
     names = trace_names(accuracy)
-    assert {"Baseline CNN", "MobileNetV2 transfer"} <= names
+    # The runs are named after their own backbone (the test's, a folder named "backbone"), the article's as its.
+    assert {"Baseline CNN", "Transfer (backbone)"} <= names and "MobileNetV2 transfer" not in names
     assert {"Article: Baseline CNN", "Article: MobileNetV2 transfer"} <= names
     assert accuracy["layout"]["yaxis"]["title"]["text"] == "Accuracy (%)"
     assert loss["layout"]["yaxis"]["title"]["text"].startswith("Loss")
     comparison = at.table[0].value
-    assert list(comparison["Model"]) == ["Baseline CNN", "MobileNetV2 transfer", "Baseline CNN",
+    assert list(comparison["Model"]) == ["Baseline CNN", "Transfer (backbone)", "Baseline CNN",
                                          "MobileNetV2 transfer"]
     assert list(comparison["Epochs"]) == ["2", "2", "15", "3"]
     assert len(at.table) == 3  # the comparison, then a per-class table per model
@@ -217,8 +218,7 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     assert [m.value for m in predicting.markdown if m.value.startswith("### ")] == [f"### {expected[0].label}"]
     assert not any(followed_job(at).finished for at in sessions)  # served while both were still training
 
-    for at, own, other in zip(sessions, ("Baseline CNN", "MobileNetV2 transfer"),
-                              ("MobileNetV2 transfer", "Baseline CNN")):
+    for at, own, other in zip(sessions, ("Baseline CNN", "Transfer model"), ("Transfer model", "Baseline CNN")):
         at.run()
         assert not at.exception
         cards = [m.value for m in at.markdown]

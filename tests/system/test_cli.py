@@ -103,14 +103,16 @@ def test_compare_prints_a_table_of_runs(trained_runs, capsys):
     base, transfer = trained_runs["baseline"], trained_runs["mobilenet_v2"]
     assert main(["compare", str(base), str(transfer)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["run", "model", "epochs", "total", "params", "trainable", "s/epoch", "best", "val",
-                                "acc", "final", "val", "acc", "model", "MB"]
+    columns = [re.split(r"\s{2,}", line) for line in lines]  # cells are two spaces apart; names hold one
+    assert columns[0] == ["run", "model", "epochs", "total params", "trainable", "s/epoch", "best val acc",
+                          "final val acc", "model MB"]
     assert set(lines[1]) <= {"-", " "}
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    rows = {cells[0]: cells for cells in columns[2:]}
     assert set(rows) == {base.name, transfer.name}
     metrics = open_run(transfer).metrics
     t = rows[transfer.name]
-    assert t[1:5] == ["mobilenet_v2", "8", f"{metrics['total_params']:,}", f"{metrics['trainable_params']:,}"]
+    assert t[1:5] == ["Transfer (backbone)", "8", f"{metrics['total_params']:,}", f"{metrics['trainable_params']:,}"]
+    assert rows[base.name][1] == "Baseline CNN"
     assert t[6].endswith("%") and t[7].endswith("%")
 
 
@@ -185,12 +187,12 @@ def test_user_errors_exit_1_with_one_message(args, message, capsys, tmp_path, de
     assert not any(tmp_path.iterdir())
 
 
-def test_demo_writes_a_dataset_and_a_backbone(tmp_path, capsys):
+def test_demo_writes_a_dataset_and_names_the_cached_pretrained_backbone(tmp_path, capsys, pretrained_demo):
     assert main(["demo", str(tmp_path), "--per-class", "2"]) == 0
     out = capsys.readouterr().out
-    assert f"folder:{tmp_path / 'shapes'}" in out and str(tmp_path / "backbone") in out
-    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["circles", "squares", "triangles"]
-    assert (tmp_path / "backbone" / "saved_model.pb").is_file()
+    assert f"Dataset: folder:{tmp_path / 'scenes'}" in out and f"Hub handle: {pretrained_demo.backbone}" in out
+    assert sorted(p.name for p in (tmp_path / "scenes").iterdir() if p.is_dir()) == ["arrows", "crescents", "hearts"]
+    assert len(list((tmp_path / "scenes" / "hearts").glob("*.jpg"))) == 2
 
 
 def test_every_run_records_the_articles_reload_check_and_evaluate_prints_it(cli_run):
@@ -344,3 +346,14 @@ def test_export_says_how_the_tflite_file_was_checked(cli_run, tmp_path):
     assert re.match(r"^TFLite float32, \d+\.\d+ MB, written in", lines[0])
     assert lines[1].startswith(f"checked with {runtime}: on 4 test images its probabilities are within ")
     assert lines[2] == str(tmp_path / "model.tflite")
+
+
+def test_efficiency_prints_both_models_accuracy_by_images_per_class(demo_folder, demo_backbone, capsys):
+    assert main(["efficiency", "--data", f"folder:{demo_folder}", "--handle", str(demo_backbone), "--image-size",
+                 "48", "--counts", "4", "2", "--baseline-epochs", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cells = [re.split(r"\s{2,}", line) for line in lines]
+    assert cells[0] == ["images per class", "2", "4"]
+    assert [row[0] for row in cells[2:4]] == ["Baseline CNN", "Transfer (backbone)"]
+    assert all(cell.endswith("%") for row in cells[2:4] for cell in row[1:])
+    assert lines[-1] == "Validation accuracy on 24 images."

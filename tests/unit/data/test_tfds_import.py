@@ -56,5 +56,5 @@ def test_other_threads_keep_real_modules_while_tfds_imports():
 
 def test_a_bare_tfds_import_is_what_breaks_them():
     """The hazard the wrapper removes, shown: etils swaps the import of the whole process meanwhile."""
-    imports, failures, kinds = run_child("import tensorflow_datasets")
+    _, failures, kinds = run_child("import tensorflow_datasets")
     assert failures > 0 and "LazyModule" in kinds

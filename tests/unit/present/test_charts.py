@@ -53,7 +53,7 @@ def test_the_articles_curves_and_reported_accuracies_are_optional_overlays():
     assert list(article.y) == pytest.approx([r["val_accuracy"] * 100 for r in article_history(ModelKind.BASELINE)])
     assert sorted(shape.y0 for shape in fig.layout.shapes) == pytest.approx([88, 98])
     labels = {a.text for a in fig.layout.annotations}
-    assert labels == {"article ≈ 88%", "article ≈ 98%"}
+    assert labels == {"Article: Baseline CNN 88%", "Article: MobileNetV2 98%"}  # the article's, never this run's target
     assert {a.font.color for a in fig.layout.annotations} == set(MODEL_COLOURS.values())
     # Only the models on the chart get the article's overlays.
     only_baseline = training_curves(series()[:1], "accuracy")

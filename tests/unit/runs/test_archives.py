@@ -298,7 +298,7 @@ def test_the_experiments_page_imports_an_uploaded_run_and_shows_it(open_page, tr
     assert record.run_id in at.multiselect(key="exp_shown").value
     # Its accuracy and loss curves (training and validation) are drawn beside the article's.
     names = [[trace.get("name") for trace in json.loads(chart.proto.spec)["data"]] for chart in at.get("plotly_chart")]
-    assert names[:2] == [["MobileNetV2 transfer", "MobileNetV2 transfer", "Article: MobileNetV2 transfer"]] * 2
+    assert names[:2] == [["Transfer (backbone)", "Transfer (backbone)", "Article: MobileNetV2 transfer"]] * 2
 
 
 def test_the_experiments_page_shows_why_an_upload_was_refused(open_page, hand_zip, tmp_path):

@@ -1,0 +1,211 @@
+"""The offline demo's backbone: a small CNN really pretrained, here, on a source task of its own.
+
+The article's transfer model starts from MobileNetV2, trained on ImageNet. Offline there is no ImageNet
+and no download, so the demo makes its own miniature of it: a small CNN trained once on twenty synthetic
+shape classes (core.data.scenes.SOURCE_SHAPES) that are not the demo dataset's classes, then saved, without
+its classification layer, as a Reusable SavedModel that hub.KerasLayer loads exactly as it loads the TF Hub
+module. Training is seeded, so every machine builds the same network up to floating-point rounding.
+
+The saved folder lives in the cache folder under a versioned name (BACKBONE_VERSION): a change to the
+source task or the network makes a new folder instead of reusing one built the old way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.settings.config import plain_label
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_VERSION = 1
+BACKBONE_NAME = "Demo backbone (pretrained on synthetic shapes)"
+INFO_FILE = "lab_backbone.json"  # beside saved_model.pb: what the backbone is, for honest labels
+NATIVE_SIZE = 32  # the backbone resizes any input to this; 32 pixels keep pretraining within 2 minutes
+WIDTH = 16  # channels of the first convolution, doubled at each of the five stages
+SOURCE_PER_CLASS = 450
+SOURCE_EPOCHS = 8
+SOURCE_BATCH = 32
+SOURCE_LEARNING_RATE = 1e-3
+SEED = 1234
+
+# (fraction done in [0, 1], message): how a page or the CLI follows the pretraining.
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class PretrainReport:
+    seconds: float  # generating the source images and training on them
+    cpu_seconds: float  # CPU time of this process meanwhile: on an idle machine, seconds >= cpu_seconds / cores
+    source_classes: int
+    source_images: int
+    source_accuracy: float  # on held-out source images: how well the source task was learned
+    features: int
+
+
+def _network(num_classes: int):
+    """The feature extractor and the source classifier on top of it, sharing every layer but the last."""
+    import tf_keras
+
+    layers = tf_keras.layers
+    inputs = tf_keras.Input((None, None, 3))
+    x = layers.Resizing(NATIVE_SIZE, NATIVE_SIZE)(inputs)
+    for stage in range(5):
+        x = layers.Conv2D(WIDTH * 2 ** stage, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        if stage < 4:
+            x = layers.MaxPooling2D(2)(x)
+    # Average and maximum response of each filter, standardised over the source images: features
+    # on a common scale, so a Dense layer on them learns in a few steps, as on MobileNetV2's.
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    features = layers.BatchNormalization(name="features")(x)
+    logits = layers.Dense(num_classes, name="source_classes")(features)
+    return tf_keras.Model(inputs, features, name="demo_backbone"), tf_keras.Model(inputs, logits)
+
+
+def _epoch_reporter(progress: Progress, epochs: int):
+    import tf_keras
+
+    class Reporter(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            acc = (logs or {}).get("val_accuracy", float("nan"))
+            progress(0.1 + 0.85 * (epoch + 1) / epochs,
+                     f"Pretraining the demo backbone: epoch {epoch + 1}/{epochs}, source-task accuracy {acc:.0%}")
+
+    return Reporter()
+
+
+def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEED) -> PretrainReport:
+    """Train the backbone on the source shapes and save it to path (which must not exist yet)."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from core.data.demo import reusable
+    from core.data.scenes import SOURCE_SHAPES, source_images
+
+    progress = progress or (lambda _fraction, _message: None)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    progress(0.0, f"Drawing {SOURCE_PER_CLASS * len(SOURCE_SHAPES):,} source images of {len(SOURCE_SHAPES)} shapes ...")
+    images, labels = source_images(SOURCE_PER_CLASS, NATIVE_SIZE, seed)
+    x = images.astype(np.float32) / 255.0
+    held_out = len(labels) // 10
+    tf_keras.utils.set_random_seed(seed)
+    extractor, classifier = _network(len(SOURCE_SHAPES))
+    classifier.compile(optimizer=tf_keras.optimizers.Adam(SOURCE_LEARNING_RATE),
+                       loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    progress(0.1, "Pretraining the demo backbone ...")
+    history = classifier.fit(x[held_out:], labels[held_out:], batch_size=SOURCE_BATCH, epochs=SOURCE_EPOCHS,
+                             validation_data=(x[:held_out], labels[:held_out]), verbose=0,
+                             callbacks=[_epoch_reporter(progress, SOURCE_EPOCHS)])
+    progress(0.96, "Saving the demo backbone ...")
+
+    class Backbone(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = extractor
+
+        # No autograph: it cannot convert this class, defined in a function, and there is no Python
+        # control flow to convert anyway.
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)], autograph=False)
+        def __call__(self, images):
+            return self.net(images, training=False)
+
+    seconds = time.perf_counter() - start
+    report = PretrainReport(round(seconds, 2), round(time.process_time() - cpu_start, 2), len(SOURCE_SHAPES), len(labels),
+                            float(history.history["val_accuracy"][-1]), int(extractor.output_shape[-1]))
+    tf.saved_model.save(reusable(Backbone(), extractor.variables, extractor.trainable_variables), str(path))
+    (Path(path) / INFO_FILE).write_text(json.dumps({
+        "name": BACKBONE_NAME, "version": BACKBONE_VERSION, "source_shapes": sorted(SOURCE_SHAPES),
+        "native_size": NATIVE_SIZE, "seed": seed, **report.__dict__}, indent=2))
+    progress(1.0, f"Demo backbone pretrained in {seconds:.0f} s (source-task accuracy {report.source_accuracy:.0%}).")
+    return report
+
+
+def backbone_dir(root: Path | None = None) -> Path:
+    """Where the pretrained demo backbone is kept: the cache folder, under this version's name."""
+    from core.settings.paths import cache_dir
+
+    return (root or cache_dir() / "demo") / f"backbone-v{BACKBONE_VERSION}"
+
+
+def ensure_backbone(root: Path | None = None, progress: Progress | None = None) -> tuple[Path, PretrainReport | None]:
+    """The pretrained backbone's folder, pretraining it first if this version is not cached yet.
+
+    Returns (folder, report of the pretraining, or None when the cached one was reused). Built in a
+    temporary folder and renamed, so a killed pretraining never leaves a folder that looks complete.
+    """
+    final = backbone_dir(root)
+    if (final / INFO_FILE).is_file():
+        if progress:
+            progress(1.0, "Demo backbone already pretrained (cached).")
+        return final, None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        report = pretrain(tmp, progress)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / INFO_FILE).is_file():  # not another process finishing the same work first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("pretrained the demo backbone into %s in %.1f s", final, report.seconds)
+    return final, report
+
+
+def backbone_name(handle: str) -> str | None:
+    """The name a local backbone folder gives itself in its INFO_FILE; None for any other handle."""
+    info = Path(handle) / INFO_FILE if handle and not handle.startswith(("http://", "https://", "gs://")) else None
+    try:
+        name = json.loads(info.read_text()).get("name") if info and info.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return plain_label(name)
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    source: str  # "folder:PATH" of the demo dataset
+    backbone: Path  # the pretrained backbone's SavedModel folder: the transfer model's hub handle
+    pretrain: PretrainReport | None  # None when the cached backbone was reused
+
+
+def prepare_demo(data_root: Path | None = None, per_class: int | None = None,
+                 progress: Progress | None = None) -> DemoAssets:
+    """Write the demo dataset (once per version and size) into data_root, default the cache folder's
+    demo/, and pretrain the backbone into the cache folder unless it is there already."""
+    from core.data.demo import DEMO_PER_CLASS, make_scenes_folder
+    from core.settings.paths import cache_dir
+
+    per_class = per_class or DEMO_PER_CLASS
+    folder = Path(data_root) if data_root else cache_dir() / "demo" / f"scenes-v{BACKBONE_VERSION}"
+    stamp = f"version {BACKBONE_VERSION}, {per_class} per class\n"
+    ready = folder / "ready"
+    if not (ready.is_file() and ready.read_text() == stamp):
+        if progress:
+            progress(0.0, "Drawing the demo dataset (hearts, crescents, arrows) ...")
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_scenes_folder(tmp, per_class)
+        (tmp / "ready").write_text(stamp)
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (ready.is_file() and ready.read_text() == stamp):  # unless another process finished first
+                raise
+    backbone, report = ensure_backbone(progress=progress)
+    return DemoAssets(f"folder:{folder}", backbone, report)
