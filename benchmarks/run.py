@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="Speed figures of the Lab on generated JPEGs and a random-weight MobileNetV2, offline.")
     parser.add_argument("--quick", action="store_true",
-                        help="few images and repetitions: checks that everything runs (under a minute)")
+                        help="few images and repetitions: checks that everything runs (a few minutes), figures meaningless")
     parser.add_argument("--work-dir", type=Path, default=HERE / "work",
                         help="generated images, the SavedModel and caches (default %(default)s)")
     parser.add_argument("--output", type=Path, default=HERE / "results.json")

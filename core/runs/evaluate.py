@@ -253,6 +253,8 @@ def _images_at(source, image_size: int, positions: set[int]) -> dict[int, np.nda
     from core.data.images import decode_image
     from core.data.sources import VALIDATION, FolderSource, preprocess
 
+    if not positions:
+        return {}
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
         return {i: preprocess(decode_image(files[i][0].read_bytes(), str(files[i][0]), min_side=image_size),

@@ -156,6 +156,24 @@ def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds)
         assert position in wrong and w.confidence == pytest.approx(probs[position].max(), abs=1e-5)
 
 
+def test_tfds_runs_evaluated_from_cached_features_match_the_whole_model(run_copies, tmp_path, mock_tfds,
+                                                                        monkeypatch):
+    from core.data.sources import open_source
+    from core.settings.config import DataConfig
+
+    run = Path(shutil.copytree(run_copies["mobilenet_v2"], tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = "tfds:cats_vs_dogs"
+    config["class_names"] = ["cat", "dog"]
+    del config["dataset"]
+    (run / "config.json").write_text(json.dumps(config))
+    source = open_source(DataConfig(source="tfds:cats_vs_dogs", image_size=TEST_IMAGE_SIZE))
+    full, cached, full_calls, cached_calls = _evaluate_both_ways(run, source, monkeypatch, tmp_path)
+    assert full_calls > 0 and cached_calls == 0 and cached.images == 20
+    assert all(w.source.startswith("validation image #") for w in cached.wrong)
+    _assert_same_evaluation(full, cached)
+
+
 def test_a_run_that_was_never_evaluated_has_no_evaluation(run_copies, tmp_path):
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run", ignore=shutil.ignore_patterns("eval*")))
     assert load_evaluation(run) is None
