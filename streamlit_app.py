@@ -2,10 +2,10 @@
 first paint is fast; each page imports what it needs when it runs."""
 import streamlit as st
 
-from app_pages.common import sidebar
+from app_pages.common import save_session, sidebar
 
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/science:", layout="wide",
-                   initial_sidebar_state="expanded")
+                   initial_sidebar_state="auto")  # collapsed on phones
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
@@ -17,3 +17,4 @@ PAGES = [
 page = st.navigation(PAGES)
 sidebar()
 page.run()
+save_session()  # what this run changed (a loaded dataset, a preset), for the next reload

@@ -20,10 +20,30 @@ SOURCE_KEY = "lab_source"  # the dataset the Experiments page trains on ("tfds:N
 HANDLE_KEY = "lab_handle"  # the hub handle the transfer model starts from
 HANDLE_FIELD_KEY = "exp_t_handle"  # the Experiments page's hub handle field, filled from HANDLE_KEY
 DEMO_NOTE_KEY = "lab_demo_note"
+TOKEN_KEY = "lab_token"  # this browser session's key: owns its trainings and names its saved choices
+SAVED_KEY = "lab_saved_choices"  # the choices as last saved, to write only when they change
+# What a reload must find again: the dataset, the hub handle and every page's settings. Widget keys with
+# these prefixes hold plain values only (buttons and uploaders have other keys, see keep_widget_state).
+PERSISTED_PREFIXES = ("exp_", "ds_", "pred_")
+PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY)
+LOADED_KEY = "ds_loaded"  # the source this session has opened on the Dataset page
 
 
 def current_source() -> str:
     return st.session_state.get(SOURCE_KEY, DEFAULT_SOURCE)
+
+
+def current_classes() -> list[str] | None:
+    """The current dataset's class names when this session has opened it on the Dataset page, else None
+    (opening one here could mean minutes of TFDS retries offline)."""
+    source = current_source()
+    if st.session_state.get(LOADED_KEY) != source:
+        return None
+    try:
+        return list(open_source_cached(source).info.class_names)
+    except Exception:  # the Dataset page shows what is wrong with it; here it only means "not known"
+        logger.info("the current dataset %s could not be reopened", source)
+        return None
 
 
 def set_source(source: str) -> None:
@@ -41,9 +61,13 @@ def set_handle(handle: str) -> None:
 
 
 def describe_source(source: str) -> str:
+    from core.settings.presets import active_preset
+    from core.settings.text import dataset_name
+
     kind, _, value = source.partition(":")
     if kind == "folder":
-        return f"folder `{value}`"
+        # On a public host the folder is one of the server's (an unpacked upload, the demo): its name only.
+        return f"folder `{value if active_preset().allow_local_paths else dataset_name(source)}`"
     if kind == "tfds":
         return f"TFDS `{value}`"
     return f"`{source}`"
@@ -68,9 +92,10 @@ def open_source_cached(source: str, _progress=None):
 # session shares one answer for a short while.
 @st.cache_data(ttl=30, show_spinner=False)
 def network_online() -> bool:
+    from core.data.downloads import configured_hosts
     from core.data.network import is_online
 
-    return is_online()
+    return is_online(configured_hosts())
 
 
 def chip(kind: ModelKind | str | None) -> str:
@@ -103,6 +128,52 @@ def keep_widget_state(prefixes: tuple[str, ...] = ("exp_", "pred_", "ds_")) -> N
             st.session_state[key] = st.session_state[key]
 
 
+def session_token() -> str:
+    return st.session_state[TOKEN_KEY]
+
+
+def _choices() -> dict:
+    from core.settings.choices import plain_choices
+
+    return plain_choices({k: v for k, v in st.session_state.items() if isinstance(k, str) and (
+        k in PERSISTED_KEYS or k.startswith(PERSISTED_PREFIXES))})
+
+
+def restore_session() -> None:
+    """Give this browser session its key (from the address, or a new one) and bring back its choices.
+
+    The key sits in the page's address as ?s=..., so a reload, or the same address in a new tab, finds
+    the same dataset, settings and trainings. Sharing a training uses a link without it.
+    """
+    from core.settings.choices import is_token, load_choices, new_token
+
+    if TOKEN_KEY not in st.session_state:
+        from_url = st.query_params.get("s")
+        token = from_url if is_token(from_url) else new_token()
+        st.session_state[TOKEN_KEY] = token
+        saved = load_choices(token)
+        for key, value in saved.items():
+            if key in PERSISTED_KEYS or key.startswith(PERSISTED_PREFIXES):
+                st.session_state.setdefault(key, value)
+        st.session_state[SAVED_KEY] = saved
+    if st.query_params.get("s") != session_token():
+        st.query_params["s"] = session_token()
+
+
+def save_session() -> None:
+    """Write this session's choices where a reload finds them, when they changed since the last write."""
+    from core.settings.choices import save_choices
+
+    choices = _choices()
+    if choices == st.session_state.get(SAVED_KEY):
+        return
+    try:
+        save_choices(session_token(), choices)
+        st.session_state[SAVED_KEY] = choices
+    except OSError as exc:  # a full or read-only disk costs the reload memory, never the page
+        logger.warning("could not save the session's choices: %s", exc)
+
+
 def tidy_runs_folder() -> None:
     """Remove run folders that killed training processes left unfinished (a live writer's stay).
 
@@ -120,8 +191,11 @@ def tidy_runs_folder() -> None:
 def sidebar() -> None:
     from core.runs.folders import list_runs
     from core.settings.paths import cache_dir
+    from core.settings.presets import active_preset
 
+    restore_session()
     keep_widget_state()
+    save_session()
     tidy_runs_folder()
     with st.sidebar:
         st.markdown("#### Lab status")
@@ -130,8 +204,13 @@ def sidebar() -> None:
             count = len(list_runs(runs_folder()).runs)
         except (OSError, LabError):
             count = 0
-        st.caption(f"Runs folder: `{runs_folder()}` ({count} finished)")
-        st.caption(f"Cache folder: `{cache_dir()}`")
+        # The server's own folders are the user's business only on their own machine; a public host keeps
+        # its layout to itself.
+        if active_preset().allow_local_paths:
+            st.caption(f"Runs folder: `{runs_folder()}` ({count} finished)")
+            st.caption(f"Cache folder: `{cache_dir()}`")
+        else:
+            st.caption(f"Runs: {count} finished")
         online = network_online()
         st.caption("Network: " + ("online: TFDS and TF Hub downloads work" if online
                                   else "offline: use folders and local SavedModels"))

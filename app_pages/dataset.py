@@ -1,10 +1,19 @@
 """Dataset: choose where the images come from and look at them before anything trains."""
 import streamlit as st
 
-from app_pages.common import current_source, describe_source, open_source_cached, set_handle, set_source, show_error
+from app_pages.common import (
+    LOADED_KEY,
+    current_source,
+    describe_source,
+    open_source_cached,
+    set_handle,
+    set_source,
+    show_error,
+)
+from core.data.images import upscaling_note
 from core.data.sources import SPLITS
 from core.present.charts import class_counts_bar, image_size_scatter
-from core.settings.config import DEFAULT_SOURCE
+from core.settings.config import ARTICLE_IMAGE_SIZE, DEFAULT_SOURCE
 from core.settings.paths import cache_dir, uploads_dir
 from core.settings.presets import active_preset
 
@@ -17,9 +26,11 @@ CHOICES = {
     "zip": "Upload a zip",
     "demo": "Generated demo (works offline)",
 }
-LOADED_KEY = "ds_loaded"  # the source this session has opened on this page
 SEED_KEY = "ds_sample_seed"
+IMAGE_SIZE_KEY = "exp_image_size"  # the Experiments page's image size: the side every image is resized to
+CHOICE_KEY = "ds_choice"  # where the images come from, kept across reruns and visits to other pages
 ZIP_KEY = "ds_zip"  # (upload id, extraction result) so a rerun never unpacks the same upload again
+CANCEL_KEY = "dl_cancel"  # a button: outside keep_widget_state's prefixes, which buttons refuse
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
@@ -58,6 +69,19 @@ def demo_source() -> str:
     return f"folder:{data}"
 
 
+def follow_download(name: str) -> None:
+    """Show the one download of TFDS `name` (this session's, another's or the CLI's) until it is prepared.
+
+    The work runs in its own process: a rerun or a closed tab stops only this view of it, Cancel stops it.
+    """
+    from core.data.downloads import preparation
+
+    bar = st.progress(0.0, text=f"Checking TFDS '{name}' ...")
+    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
+    for status in preparation(name):
+        bar.progress(status.fraction or 0.0, text=status.line())
+
+
 def unpack_upload(upload) -> str | None:
     from core.safety.zips import extract_zip
 
@@ -83,11 +107,14 @@ loaded = st.session_state.get(LOADED_KEY)
 start = current_source()
 # A public host must not let visitors read the server's folders: uploads, TFDS and the demo only.
 choices = [c for c in CHOICES if c != "folder" or active_preset().allow_local_paths]
-default_choice = "article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:") else "folder"
-if default_choice not in choices:
-    default_choice = "demo" if start.startswith(f"folder:{cache_dir() / 'demo'}") else "zip"
+if st.session_state.get(CHOICE_KEY) not in choices:
+    # No choice made in this session yet: the one that produced the current dataset.
+    default_choice = ("article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:")
+                      else "demo" if start.startswith(f"folder:{cache_dir() / 'demo'}")
+                      else "zip" if start.startswith(f"folder:{uploads_dir()}") else "folder")
+    st.session_state[CHOICE_KEY] = default_choice if default_choice in choices else "zip"
 choice = st.radio("Where do the images come from?", choices, format_func=CHOICES.get, horizontal=True,
-                  index=choices.index(default_choice))
+                  key=CHOICE_KEY)
 
 candidate = None
 try:
@@ -114,12 +141,27 @@ except Exception as exc:
     show_error(exc)
     candidate = None
 
+tfds_name = candidate[5:] if candidate and candidate.startswith("tfds:") else None
+downloading = False
+if tfds_name:
+    from core.data.downloads import cancel, is_running
+    from core.settings.paths import tfds_dir
+
+    downloading = is_running(tfds_dir(), tfds_name)
+    if downloading and st.session_state.get(CANCEL_KEY):
+        cancel(tfds_name, tfds_dir())
+        downloading = False
+        st.warning(f"Cancelled the download of TFDS '{tfds_name}'; its partial files were removed.",
+                   icon=":material/cancel:")
+
 load, reload, _ = st.columns([1, 1, 3])
 if load.button("Load dataset", type="primary", disabled=candidate is None, width="stretch"):
     try:
         if candidate == "demo":
             with st.spinner("Generating the demo dataset and feature extractor (once) ..."):
                 candidate = demo_source()
+        if tfds_name:
+            follow_download(tfds_name)
         with st.status(f"Opening {describe_source(candidate)} ...") as status:
             open_source_cached(candidate, _progress=lambda message: status.update(label=message))
             overview(candidate)
@@ -129,6 +171,10 @@ if load.button("Load dataset", type="primary", disabled=candidate is None, width
         st.rerun()  # the sidebar, drawn before this page, names the new dataset
     except Exception as exc:
         show_error(exc)
+elif downloading:
+    st.info(f"TFDS '{tfds_name}' is being downloaded (by this or another session, or the command line). Press "
+            "**Load dataset** to follow its progress.", icon=":material/download:")
+    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
 if loaded and reload.button("Reload from disk", width="stretch",
                             help="Read the folder again after adding or removing images."):
     open_source_cached.clear()
@@ -164,6 +210,10 @@ left.plotly_chart(class_counts_bar(info["counts"]), key="ds_counts")
 right.plotly_chart(image_size_scatter(view["sizes"], sampled=view["sampled"]), key="ds_sizes")
 for note in info["notes"]:
     st.caption(note)
+model_side = int(st.session_state.get(IMAGE_SIZE_KEY, ARTICLE_IMAGE_SIZE))
+upscaled = upscaling_note([tuple(s) for s in view["sizes"]], model_side, sampled=view["sampled"])
+if upscaled:
+    st.info(upscaled, icon=":material/zoom_in:")
 if skipped_total:
     with st.expander(f"{skipped_total:,} skipped files"):
         st.write(", ".join(f"{n:,} {reason}" for reason, n in info["skipped"].items()))

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import chip, runs_folder, show_error
+from app_pages.common import SOURCE_KEY, chip, current_classes, current_source, runs_folder, show_error
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
-from core.runs.folders import list_runs
+from core.runs.folders import list_runs, matches_dataset, preferred_run_index
 from core.runs.predict import PredictionError, predict_bytes
 from core.safety.model_files import MAX_UPLOAD_BYTES
-from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.config import MODEL_LABELS
 from core.settings.presets import active_preset
+from core.settings.text import class_list, dataset_name, markdown_literal
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
@@ -45,21 +46,37 @@ def stored_upload(upload) -> Path:
     return path
 
 
-def best_transfer_index(runs) -> int:
-    """The transfer run with the best final validation accuracy (the saved weights are the last epoch's)."""
-    def score(record):
-        acc = record.metrics.get("final_val_accuracy")
-        return (record.model_kind == ModelKind.MOBILENET_V2.value, acc if isinstance(acc, (int, float)) else -1)
-
-    return max(range(len(runs)), key=lambda i: score(runs[i])) if runs else 0
-
-
 def run_option(record) -> str:
+    """Model, dataset and classes, accuracy, time: enough to tell a shapes model from a faces model."""
     kind = model_kind(record.model_kind)
     acc = record.metrics.get("final_val_accuracy")
     acc_text = f"val {acc:.1%}" if isinstance(acc, (int, float)) else "no val accuracy"
-    when = time.strftime("%d %b %H:%M", time.localtime(record.metrics.get("finished_at", 0)))
-    return f"{MODEL_LABELS.get(kind, record.model_kind)} · {when} · {acc_text} · {record.run_id}"
+    finished = record.metrics.get("finished_at", 0)
+    try:
+        when = time.strftime("%d %b %H:%M", time.localtime(finished))
+    except (OverflowError, OSError, ValueError, TypeError):  # an imported run's timestamp may be anything
+        when = "unknown time"
+    data = dataset_name(record.source) if record.source else "unknown dataset"
+    return (f"{MODEL_LABELS.get(kind, record.model_kind)} · {data} ({class_list(record.class_names)}) · "
+            f"{acc_text} · {when} · {record.run_id}")
+
+
+def dataset_mismatch(model_classes: list[str], record, dataset_classes: list[str] | None) -> str | None:
+    """A warning (markdown, names escaped) when the model cannot answer in the current dataset's terms;
+    None until the session has chosen a dataset (someone who only came to predict has none)."""
+    if SOURCE_KEY not in st.session_state:
+        return None
+    source = current_source()
+    ours, theirs = markdown_literal(class_list(model_classes, 6)), markdown_literal(dataset_name(source))
+    if dataset_classes is not None and list(model_classes) != list(dataset_classes):
+        return (f"This model's classes ({ours}) are not those of the current dataset, {theirs} "
+                f"({markdown_literal(class_list(dataset_classes, 6))}): it can only answer with its own classes. "
+                "Pick a run trained on the current dataset, or train one on Experiments.")
+    if dataset_classes is None and record is not None and not matches_dataset(record, source):
+        trained = markdown_literal(dataset_name(record.source)) if record.source else "another dataset"
+        return (f"This run was trained on {trained}, not on the current dataset ({theirs}): its answers are "
+                f"among its own classes ({ours}).")
+    return None
 
 
 def thumbnail(data: bytes, name: str):
@@ -154,7 +171,8 @@ sources = [s for s in MODEL_SOURCES if s != "path" or active_preset().allow_loca
 if st.session_state.get("pred_model_source") not in sources:
     st.session_state["pred_model_source"] = "run"
 choice = st.radio("Model", sources, horizontal=True, key="pred_model_source", format_func=MODEL_SOURCES.get)
-model_path, trusted, kind, shown_name = None, False, None, None
+model_path, trusted, kind, shown_name, record = None, False, None, None, None
+dataset_classes = current_classes()
 if choice == "run":
     runs = list_runs(runs_folder()).runs
     if not runs:
@@ -164,8 +182,8 @@ if choice == "run":
     ids = [r.run_id for r in runs]
     by_id = {r.run_id: r for r in runs}
     if st.session_state.get("pred_run") not in by_id:
-        st.session_state["pred_run"] = ids[best_transfer_index(runs)]
-    run_id = st.selectbox("Saved run (the best transfer run is picked first)", ids, key="pred_run",
+        st.session_state["pred_run"] = ids[preferred_run_index(runs, current_source(), dataset_classes)]
+    run_id = st.selectbox("Saved run (one trained on the current dataset is picked first)", ids, key="pred_run",
                           format_func=lambda i: run_option(by_id[i]))
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
@@ -207,20 +225,31 @@ except Exception as exc:
 from_cache = loaded_at < started
 with st.container(border=True):
     info, timing = st.columns([3, 2])
-    label = chip(kind) if kind else f"**{shown_name or model_path.name}**"
-    info.markdown(f"{label} &nbsp; classes: {', '.join(loaded.class_names)} · input "
-                  f"{loaded.image_size}x{loaded.image_size}", unsafe_allow_html=True)
+    label = ""
+    if kind:
+        info.markdown(chip(kind), unsafe_allow_html=True)  # the Lab's own colour and label, nothing from the file
+    else:
+        label = f"**{markdown_literal(shown_name or model_path.name)}** · "
+    trained_on = f"trained on {markdown_literal(dataset_name(record.source))} · " if record and record.source else ""
+    info.markdown(f"{label}{trained_on}classes: {markdown_literal(', '.join(loaded.class_names))} · input "
+                  f"{loaded.image_size}x{loaded.image_size}")
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache
         else f":material/hard_drive: Loaded from disk in {loaded.load_seconds:.2f} s")
 
-uploads = st.file_uploader("Images (jpg, png, webp, bmp, gif); several at once is fine", type=UPLOAD_TYPES,
-                           accept_multiple_files=True, key="up_images")
-files = [(f.name, f.getvalue()) for f in uploads or []]
+mismatch = dataset_mismatch(loaded.class_names, record, dataset_classes)
+if mismatch:
+    st.warning(mismatch, icon=":material/warning:")
+
+# The camera comes first: on a phone it is the usual way in, and the verdict follows right under it.
+files = []
 if st.toggle("Take a photo with the camera", key="pred_camera"):
     photo = st.camera_input("Camera", key="up_camera", label_visibility="collapsed")
     if photo is not None:
         files.append(("camera photo", photo.getvalue()))
+uploads = st.file_uploader("Images (jpg, png, webp, bmp, gif); several at once is fine", type=UPLOAD_TYPES,
+                           accept_multiple_files=True, key="up_images")
+files += [(f.name, f.getvalue()) for f in uploads or []]
 if not files:
     st.caption("Upload images or take a photo to see what the model thinks.")
     st.stop()
@@ -238,9 +267,10 @@ for start in range(0, len(good), PER_ROW):
     row = enumerate(good[start:start + PER_ROW], start)
     for column, (index, (result, data)) in zip(st.columns(PER_ROW, gap="medium"), row):
         with column, st.container(border=True):
-            picture, verdict = st.columns([1, 1.3], vertical_alignment="center")
+            # The verdict first: where columns stack (a phone), it then shows before the picture.
+            verdict, picture = st.columns([1.3, 1], vertical_alignment="center")
             picture.image(thumbnail(data, result.name), caption=result.name, width="stretch")
-            verdict.markdown(f"### {result.label}")
+            verdict.markdown(f"### {markdown_literal(result.label)}")
             verdict.caption(f"{result.confidence:.1%} confident")
             verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}")
             explain_controls(index, loaded, result.name, data, (str(model_path), mtime))

@@ -1,4 +1,4 @@
-"""The Experiments page's per-run sections: evaluation on the validation split, and export downloads.
+"""The Experiments page's per-run sections: the reload check, evaluation on the validation split, exports.
 
 Kept out of experiments.py so that page stays a list of sections. Reading a stored evaluation needs no
 TensorFlow; evaluating a run or converting its model does, and happens only when the user asks.
@@ -46,14 +46,18 @@ def _run_evaluation(record):
 
 def _per_class_table(evaluation) -> None:
     rows = [{"Class": m.name, "Precision": _percent(m.precision), "Recall": _percent(m.recall),
-             "Accuracy": _percent(m.accuracy), "Images": f"{m.support:,}", "Predicted as": f"{m.predicted:,}"}
-            for m in evaluation.per_class]
+             "F1": _percent(m.f1), "Accuracy": _percent(m.accuracy), "Images": f"{m.support:,}",
+             "Predicted as": f"{m.predicted:,}"} for m in evaluation.per_class]
     if len(rows) <= MAX_TABLE_CLASSES:
         st.table(rows, hide_index=True, border="horizontal")
     else:
         st.dataframe(rows, hide_index=True)
+    macro = evaluation.macro
+    st.markdown(f"**Macro average** (every class counts once, whatever its size): precision "
+                f"{_percent(macro.precision)} · recall {_percent(macro.recall)} · F1 {_percent(macro.f1)}")
     st.caption("Precision: of the images predicted as the class, the share that were. Recall: of the class's "
-               "images, the share found. Accuracy: one class against the rest. – where nothing to divide by.")
+               "images, the share found. F1: the harmonic mean of the two. Accuracy: one class against the "
+               "rest. – where nothing to divide by; in the macro average such a figure counts as 0.")
 
 
 def _gallery(evaluation) -> None:
@@ -102,6 +106,21 @@ def show_evaluation(record) -> None:
     _gallery(evaluation)
 
 
+def show_reload_check(record) -> None:
+    """The article's last step for this run: the reload line of code and what it gave when the run was saved."""
+    from core.present.tables import describe_reload_check
+    from core.runs.reload_check import RELOAD_CHECK_KEY, RELOAD_CODE
+
+    st.markdown("**Saved and reloaded, as the article ends**")
+    st.code(RELOAD_CODE, language="python")
+    check = record.metrics.get(RELOAD_CHECK_KEY)
+    if isinstance(check, dict) and "error" in check:
+        st.text(describe_reload_check(record.metrics))  # the stored message is data from the run folder
+        return
+    exact = isinstance(check, dict) and check.get("max_abs_diff") == 0
+    st.caption(f"{':material/check_circle:' if exact else ':material/info:'} {describe_reload_check(record.metrics)}")
+
+
 def _prepare(record, fmt, label: str) -> bool:
     from core.runs.export import prepare_download
 
@@ -114,11 +133,12 @@ def _prepare(record, fmt, label: str) -> bool:
     return True
 
 
-def _size(size_bytes: int | None) -> str:
-    if size_bytes is None:
-        return ""
-    mb = size_bytes / 1e6
-    return f" · {mb:.2f} MB" if mb < 10 else f" · {mb:.0f} MB"
+def _what(filename: str, size_bytes: int | None) -> str:
+    """What the button hands over: its kind of file and, once known, that very file's size."""
+    from core.settings.text import megabytes
+
+    zipped = " · .zip" if filename.endswith(".zip") else ""  # the label already says .h5 for the model file
+    return zipped + (f" · {megabytes(size_bytes)}" if size_bytes is not None else "")
 
 
 def _download_bytes(run_dir, fmt) -> bytes:
@@ -150,7 +170,7 @@ def show_exports(record) -> None:
                     continue
             info = download_info(record.path, fmt)
         # A callable: the file is read when the button is clicked, not on every rerun of the page.
-        slot.download_button(f"{label}{_size(info.size_bytes)}",
+        slot.download_button(f"{label}{_what(info.filename, info.size_bytes)}",
                              data=partial(_download_bytes, record.path, fmt), file_name=info.filename,
                              mime=info.mime, key=f"download_{fmt.value}_{record.run_id}", icon=":material/download:",
                              width="stretch", on_click="ignore", help=f"{fmt_info.label}: {fmt_info.use}")

@@ -20,13 +20,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="few images and repetitions: checks that everything runs (a few minutes), figures meaningless")
     parser.add_argument("--work-dir", type=Path, default=HERE / "work",
                         help="generated images, the SavedModel and caches (default %(default)s)")
-    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    parser.add_argument("--output", type=Path, help="default benchmarks/results.json, or benchmarks/cold_start.json "
+                        "with --cold-start")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="only C1: from Load on an empty cache to a ready cats_vs_dogs, served on loopback, on the "
+                        "cloud preset (slow: generates an ~800 MB stand-in archive once, then prepares it)")
+    parser.add_argument("--cold-start-images", type=int, default=25_000, metavar="N",
+                        help="files in the stand-in archive, 1,738 of them dropped as TFDS does (default %(default)s)")
+    parser.add_argument("--live", action="store_true",
+                        help="only the live-training figures W1-W3 and L1, measured with `streamlit run` and "
+                             "headless Chromium (several minutes; written to benchmarks/live-results.json)")
     parser.add_argument("--figures", nargs="+", choices=FIGURES, default=list(FIGURES), metavar="FIGURE",
                         help=f"measure only these ({', '.join(FIGURES)}; default: all)")
     return parser
 
 
 FIGURES = ("P0", "P1", "P2", "R1", "R2", "R3", "R4", "R5")
+
+
+def cold_start_rows(c1: dict) -> list[list[str]]:
+    return [
+        _row("C1", "Load on an empty cache to a ready dataset", f"{c1['seconds_to_ready']:.0f} s", "", None,
+             f"{c1['files']:,} files, {c1['archive_bytes'] / 1e6:,.0f} MB on loopback: worker start "
+             f"{c1['worker_start_s']:.0f} s, download {c1['download_s']:.0f} s, prepare {c1['prepare_s']:.0f} s, "
+             f"open {c1['open_s']:.0f} s"),
+        _row("C1", "  peak memory, server + download worker", f"{c1['peak_sum_gb']:.2f} GB", "< 2.7 GB", c1["met"],
+             f"server {c1['peak_server_gb']:.2f} GB, worker {c1['peak_worker_gb']:.2f} GB (peaks, each its own)"),
+    ]
 
 
 # Full mode: 1,500 images (1,200 training, 300 validation) keep a whole run to a few minutes on 2 cores.
@@ -199,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
+    if args.live:
+        return live_main(args, work, say, start)
+    if args.cold_start:
+        from benchmarks.cold_start import measure as measure_cold_start
+
+        say("C1: cold start of cats_vs_dogs (stand-in archive generated once, then reused) ...")
+        c1 = measure_cold_start(work, args.cold_start_images, say)
+        return _write(args.output or HERE / "cold_start.json", {"C1": c1}, cold_start_rows(c1), "cold-start", start)
+
     say("Preparing generated JPEGs and the MobileNetV2 SavedModel (reused when already there) ...")
     setup = figures.Setup(
         photos=make_photo_folder(work / f"photos-{settings['per_class']}", settings["per_class"]),
@@ -206,20 +235,40 @@ def main(argv: list[str] | None = None) -> int:
         work=work,
     )
     results = measure(setup, settings, say, args.figures)
-    rows = table_rows(results)
+    return _write(args.output or HERE / "results.json", results, table_rows(results),
+                  "quick" if args.quick else "full", start)
+
+
+def _write(output: Path, results: dict, rows: list[list[str]], mode: str, start: float) -> int:
     report = {
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(time.perf_counter() - start, 1),
         "machine": machine(),
         "figures": results,
         "table": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(f".{args.output.name}.tmp-{os.getpid()}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.output)
+    os.replace(tmp, output)
     print()
     print(format_table(rows))
-    print(f"\nWritten to {args.output} ({report['seconds']:.0f} s in all).")
+    print(f"\nWritten to {output} ({report['seconds']:.0f} s in all).")
+    return 0
+
+
+def live_main(args, work: Path, say, start: float) -> int:
+    from benchmarks import live
+
+    results = live.main(work, args.quick, say)
+    rows = live.table_rows(results)
+    output = args.output or HERE / "live-results.json"
+    report = {"mode": "live-quick" if args.quick else "live", "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "seconds": round(time.perf_counter() - start, 1), "machine": machine(), "figures": results,
+              "table": rows}
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(format_table(rows))
+    print(f"\nWritten to {output} ({report['seconds']:.0f} s in all).")
     return 0

@@ -1,4 +1,5 @@
-"""python -m core train | predict | compare | runs | evaluate | export | import-run | demo: what a workshop host types."""
+"""python -m core train | download | predict | compare | runs | evaluate | export | import-run | demo: what a workshop
+host types."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from core.settings.config import (
     ARTICLE_BATCH_SIZE,
     ARTICLE_IMAGE_SIZE,
     ARTICLE_LEARNING_RATE,
+    CLASS_WEIGHT_CHOICES,
     DEFAULT_SOURCE,
     MOBILENET_V2_HANDLE,
     DataConfig,
@@ -30,6 +32,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    import importlib.metadata as md
+
+    from core import __version__
+
+    def installed(package: str) -> str:
+        try:
+            return md.version(package)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    return (f"Transfer Learning Lab {__version__} (tensorflow {installed('tensorflow')}, tf-keras "
+            f"{installed('tf-keras')}, tensorflow-hub {installed('tensorflow-hub')}, Python {sys.version.split()[0]})")
+
+
 def _learning_rate(text: str) -> float:
     try:
         value = float(text)
@@ -45,9 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Transfer Learning Lab: train, "
                                      "predict and compare the article's baseline CNN and MobileNetV2 transfer model.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one model and write a run directory")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue a finished run from its model.h5 (weights and optimizer state) for --epochs "
+                       "more epochs on its own dataset and settings; written as a new run naming its parent")
     train.add_argument("--model", choices=[k.value for k in ModelKind], default=ModelKind.MOBILENET_V2.value)
     train.add_argument("--data", default=DEFAULT_SOURCE, help="tfds:NAME or folder:PATH (default %(default)s)")
     train.add_argument("--epochs", type=_positive_int, help="default: the article's (15 baseline, 3 transfer)")
@@ -63,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fine-tune-epochs", type=int, default=0, metavar="N",
                        help="after the frozen epochs, N more with the hub backbone unfrozen (transfer model)")
     train.add_argument("--fine-tune-learning-rate", type=_learning_rate, default=1e-5, metavar="X")
+    train.add_argument("--class-weight", choices=CLASS_WEIGHT_CHOICES, default=None,
+                       help="balanced: weight each class's loss by total / (classes x its images), so a small "
+                       "class counts as much as a large one (default: every image counts the same)")
     train.add_argument("--runs-dir", type=Path, default=runs_dir())
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto",
@@ -72,9 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed-precision", action="store_true",
                        help="compute in float16 on GPUs (baseline CNN); recorded as unused elsewhere")
 
+    download = sub.add_parser("download", help="download and prepare a TFDS dataset and fetch a hub module into the "
+                              "cache folder, with progress (then training works offline)")
+    download.add_argument("--data", help=f"tfds:NAME to download and prepare (default {DEFAULT_SOURCE} unless only "
+                          "--handle is given)")
+    download.add_argument("--handle", help=f"hub URL to fetch (default {MOBILENET_V2_HANDLE} unless only --data is given)")
+
     predict = sub.add_parser("predict", help="classify images with a saved run or .h5 model")
     predict.add_argument("--model", required=True, help="a run directory or an .h5 file")
     predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
 
     import_run = sub.add_parser("import-run", help="add a zipped run folder from another machine to the runs folder")
     import_run.add_argument("zip", type=Path, help="a zip of one run folder (config.json, history.json, "
@@ -83,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="a table comparing run directories")
     compare.add_argument("runs", nargs="+", type=Path)
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     runs = sub.add_parser("runs", help="list the runs in a runs folder")
     runs.add_argument("--runs-dir", type=Path, default=runs_dir())
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     demo = sub.add_parser("demo", help="write an offline demo dataset and a small SavedModel backbone")
     demo.add_argument("folder", type=Path)
@@ -95,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", type=Path, help="a run directory")
     evaluate.add_argument("--wrong", type=int, default=12, metavar="N",
                           help="thumbnails of the N most confidently wrong images to keep (default %(default)s)")
+    evaluate.add_argument("--json", action="store_true", help="print the evaluation as JSON instead of tables")
 
     export = sub.add_parser("export", help="export a run's model as .h5, SavedModel or TFLite")
     export.add_argument("run", type=Path, help="a run directory")
@@ -104,60 +138,132 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ProgressLine:
-    """A one-line progress bar within each epoch, only when stderr is a terminal."""
+class TerminalProgress:
+    """tf_keras's Progbar within each epoch, as Keras's own fit draws it, only when stdout is a terminal:
+    piped output stays one line per epoch for scripts."""
 
     def __init__(self, stream=None):
-        # Looked up per call: a default of sys.stderr would keep whatever stream was current at import.
-        self.stream = stream or sys.stderr
-        self.active = self.stream.isatty()
+        # Looked up per call: a default of sys.stdout would keep whatever stream was current at import.
+        self.active = (stream or sys.stdout).isatty()
+        self.bar = None
+        self.epoch = None
+        self.open = False  # a bar has been drawn but not finished with its own newline
 
     def batch(self, report) -> None:
         if not self.active:
             return
-        width = 30
-        done = int(width * report.step / report.steps)
-        rate = report.seconds_in_epoch / report.step
-        eta = rate * (report.steps - report.step)
-        self.stream.write(f"\rEpoch {report.epoch}/{report.epochs} [{'=' * done}{'.' * (width - done)}] "
-                          f"{report.step}/{report.steps}  ETA {eta:4.0f}s ")
-        self.stream.flush()
+        if self.bar is None or report.epoch != self.epoch:
+            from tf_keras.utils import Progbar
 
-    def clear(self) -> None:
-        if self.active:
-            self.stream.write("\r" + " " * 78 + "\r")
-            self.stream.flush()
+            self.bar, self.epoch = Progbar(report.steps, unit_name="step"), report.epoch
+        self.bar.update(report.step)
+        self.open = report.step < report.steps  # Progbar ends its line itself on the last step
+
+    def end_epoch(self) -> None:
+        if self.open:
+            print(flush=True)
+        self.bar, self.open = None, False
+
+
+def _print_json(value) -> None:
+    import json
+
+    from core.present.tables import json_safe
+
+    print(json.dumps(json_safe(value), indent=2))
 
 
 def cmd_train(args) -> int:
-    from core.training.experiment import Callbacks, run_experiment
+    from core.training.board import Board
+    from core.training.experiment import Callbacks, resume_experiment, run_experiment
+    from core.training.jobs import Experiment, Job
 
-    data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
-                      limit=args.limit, seed=args.seed, augment=args.augment)
-    train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
-                        handle=args.handle, cache_features=not args.no_feature_cache,
-                        fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
-                        strategy=args.strategy, mixed_precision=args.mixed_precision)
-    bar = ProgressLine()
+    bar = TerminalProgress()
 
     def on_epoch(r) -> None:
-        bar.clear()
+        bar.end_epoch()
         m = r.metrics
         print(f"Epoch {r.epoch}/{r.epochs}  loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f}  "
               f"val_loss {m['val_loss']:.4f}  val_accuracy {m['val_accuracy']:.4f}  {r.seconds:.1f}s", flush=True)
 
     def on_status(msg: str) -> None:
-        if bar.active:
-            bar.clear()
-            sys.stderr.write(msg[:78] + "\r")
-            sys.stderr.flush()
-        elif not msg.startswith("Features for"):
+        if not msg.startswith("Features for"):  # per-batch extraction notes: the bar's job on a terminal
             print(msg, file=sys.stderr, flush=True)
 
-    run_dir = run_experiment(data, train, args.runs_dir,
-                             Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status))
-    bar.clear()
+    callbacks = Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status)
+    if args.resume:
+        run_dir = resume_experiment(args.resume, args.epochs, args.runs_dir, callbacks)
+    else:
+        data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
+                          limit=args.limit, seed=args.seed, augment=args.augment)
+        train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
+                            handle=args.handle, cache_features=not args.no_feature_cache,
+                            fine_tune_epochs=args.fine_tune_epochs,
+                            fine_tune_learning_rate=args.fine_tune_learning_rate, strategy=args.strategy,
+                            mixed_precision=args.mixed_precision, class_weight=args.class_weight)
+
+        def runner(data, train, runs_dir, board_callbacks):
+            return run_experiment(data, train, runs_dir, board_callbacks.joined(callbacks))
+
+        # Listed on the job board while it trains, so the dashboard shows it (and can stop it) too.
+        run_dir = Board(args.runs_dir).run_here(Job([Experiment(data, train)], args.runs_dir, runner)).run_dirs[-1]
+    bar.end_epoch()
     print(run_dir)
+    return 0
+
+
+class DownloadLines:
+    """Download progress on stderr: one line rewritten in place on a terminal, else a line per phase or 10 s."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.active = self.stream.isatty()
+        self.last: tuple[str, float] = ("", 0.0)
+
+    def show(self, status) -> None:
+        import time
+
+        line = status.line()
+        if self.active:
+            self.stream.write("\r" + line[:110].ljust(110))
+        elif status.phase != self.last[0] or time.monotonic() - self.last[1] >= 10:
+            self.stream.write(line + "\n")
+        else:
+            return
+        self.last = (status.phase, time.monotonic())
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active and self.last[0]:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cmd_download(args) -> int:
+    from core.data.downloads import cancel, preparation
+    from core.models.hub import fetch
+    from core.settings.paths import tfds_dir
+
+    data, handle = args.data, args.handle
+    if data is None and handle is None:
+        data, handle = DEFAULT_SOURCE, MOBILENET_V2_HANDLE
+    if data is not None:
+        kind, _, name = data.partition(":")
+        if kind != "tfds" or not name.strip():
+            raise LabError(f"--data must be tfds:NAME (got '{data}'); folders need no download.")
+        lines = DownloadLines()
+        try:
+            for status in preparation(name.strip()):
+                lines.show(status)
+        except KeyboardInterrupt:
+            lines.close()
+            cancel(name.strip(), tfds_dir())
+            print("Cancelled; the partial download was removed.", file=sys.stderr)
+            return 130
+        lines.close()
+        print(f"{data}: ready in {tfds_dir()}")
+    if handle is not None:
+        print(f"{fetch(handle)}: ready in the hub cache")
     return 0
 
 
@@ -165,36 +271,50 @@ def cmd_predict(args) -> int:
     from core.runs.predict import PredictionError, load_for_prediction, predict_bytes
 
     loaded = load_for_prediction(args.model)
-    files, failed = [], 0
+    files, rows = [], []
     for path in args.images:
         try:
             files.append((str(path), path.read_bytes()))
         except OSError as exc:
-            print(f"{path}: error: cannot read the file ({exc.strerror})")
-            failed += 1
+            rows.append({"file": str(path), "error": f"cannot read the file ({exc.strerror})"})
     for result in predict_bytes(loaded, files) if files else []:
         if isinstance(result, PredictionError):
-            print(f"{result.name}: error: {result.message.removeprefix(result.name + ': ')}")
-            failed += 1
+            rows.append({"file": result.name, "error": result.message.removeprefix(result.name + ": ")})
         else:
-            probs = "  ".join(f"{k} {v:.4f}" for k, v in result.probabilities.items())
-            print(f"{result.name}: {result.label}  ({probs})")
-    return 1 if failed else 0
+            rows.append({"file": result.name, "label": result.label, "confidence": result.confidence,
+                         "probabilities": result.probabilities})
+    if args.json:
+        _print_json(rows)
+    for row in [] if args.json else rows:
+        if "error" in row:
+            print(f"{row['file']}: error: {row['error']}")
+        else:
+            probs = "  ".join(f"{k} {v:.4f}" for k, v in row["probabilities"].items())
+            print(f"{row['file']}: {row['label']}  ({probs})")
+    return 1 if any("error" in row for row in rows) else 0
 
 
 def cmd_compare(args) -> int:
-    from core.present.tables import compare_rows, format_table
+    from core.present.tables import compare_rows, format_table, run_summary
     from core.runs.folders import open_run
 
-    print(format_table(*compare_rows([open_run(p) for p in args.runs])))
+    records = [open_run(p) for p in args.runs]
+    if args.json:
+        _print_json([run_summary(r) for r in records])
+    else:
+        print(format_table(*compare_rows(records)))
     return 0
 
 
 def cmd_runs(args) -> int:
-    from core.present.tables import compare_rows, format_table
+    from core.present.tables import compare_rows, format_table, run_summary
     from core.runs.folders import list_runs
 
     listing = list_runs(args.runs_dir)
+    if args.json:
+        _print_json({"runs": [run_summary(r) for r in listing.runs],
+                     "incomplete": [str(p) for p in listing.incomplete]})
+        return 0
     if not listing.runs:
         print(f"No finished runs in {args.runs_dir}.")
     else:
@@ -216,22 +336,34 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from core.present.tables import format_report
+    from core.present.tables import describe_reload_check, format_report
     from core.runs.evaluate import evaluate_run
+    from core.runs.folders import open_run
+    from core.runs.reload_check import RELOAD_CHECK_KEY
 
     if args.wrong < 0:
         raise LabError(f"--wrong must be 0 or more (got {args.wrong}).")
-    print(format_report(evaluate_run(args.run, max_wrong=args.wrong)))
+    metrics = open_run(args.run).metrics
+    evaluation = evaluate_run(args.run, max_wrong=args.wrong)
+    if args.json:
+        _print_json({**evaluation.to_dict(), "macro": evaluation.macro._asdict(),
+                     RELOAD_CHECK_KEY: metrics.get(RELOAD_CHECK_KEY)})
+        return 0
+    print(format_report(evaluation))
+    print(f"\nReload check (the article's last step): {describe_reload_check(metrics)}")
     print(f"Saved {args.run / 'evaluation.json'}")
     return 0
 
 
 def cmd_export(args) -> int:
     from core.runs.export import FORMATS, export_run
+    from core.settings.text import megabytes
 
     result = export_run(args.run, args.format, args.out)
     info = FORMATS[result.format]
-    print(f"{info.label}, {result.size_bytes / 1e6:.2f} MB, written in {result.seconds:.1f}s. Use: {info.use}.")
+    print(f"{info.label}, {megabytes(result.size_bytes)}, written in {result.seconds:.1f}s. Use: {info.use}.")
+    if result.check:
+        print(f"{result.check}.")
     print(result.path)
     return 0
 
@@ -246,7 +378,7 @@ def cmd_import_run(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
             "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 
@@ -268,7 +400,12 @@ def _start_tensorflow_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Exit codes: 0 done, 1 the Lab refused or could not do it (a message says why),
+    2 the command line itself was wrong (argparse's usage errors), 130 stopped or interrupted."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.resume and args.epochs is None:
+        parser.error("--resume needs --epochs N: how many more epochs to train")
     if args.command not in ("compare", "runs") and not os.environ.get("LAB_VERBOSE"):
         try:
             _start_tensorflow_quietly()
@@ -278,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except StopRequested:
         print("Stopped before the first epoch finished; nothing was saved.", file=sys.stderr)
         return 130

@@ -65,19 +65,22 @@ def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path
 def open_page(monkeypatch, tmp_path):
     """Open one dashboard page headless (AppTest), with its own empty runs folder unless given one.
 
-    open_page("dataset", state={...}) runs the entry script with that session state, switches to
-    app_pages/dataset.py and runs it; the AppTest is returned for clicking and inspecting.
+    open_page("dataset", state={...}, query={...}) runs the entry script with that session state and
+    address, switches to app_pages/dataset.py and runs it; the AppTest is returned for clicking and inspecting.
     """
     from streamlit.testing.v1 import AppTest
 
     entry = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 
-    def open_(page: str = "home", runs_dir: Path | None = None, state: dict | None = None) -> AppTest:
+    def open_(page: str = "home", runs_dir: Path | None = None, state: dict | None = None,
+              query: dict | None = None) -> AppTest:
         monkeypatch.setenv("LAB_RUNS_DIR", str(runs_dir or tmp_path / "runs"))
         # Generous: a page's first run may import TensorFlow and time a few batches on a busy 2-core machine.
         at = AppTest.from_file(str(entry), default_timeout=180)
         for key, value in (state or {}).items():
             at.session_state[key] = value
+        for key, value in (query or {}).items():  # the page's address, as after a reload or from a link
+            at.query_params[key] = value
         at.run()
         if page != "home":
             at.switch_page(f"app_pages/{page}.py").run()
@@ -89,22 +92,42 @@ def open_page(monkeypatch, tmp_path):
 JOB_WAIT_SECONDS = 300  # bound on a tiny background run on a busy 2-core machine; waits end as soon as it is done
 
 
-def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: bool = False):
-    """Wait for the Experiments page's background job of one AppTest session, then rerun the page once.
+def followed_job(at):
+    """The board's view of the job an Experiments page session follows (its latest)."""
+    from core.training.board import Board
 
-    rerun_while_waiting also reruns the page on every poll, as a browser's live fragment would.
+    following = at.session_state["exp_following"]
+    assert following, "the session follows no training"
+    return Board(os.environ["LAB_RUNS_DIR"]).view(following[-1])
+
+
+def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: bool = False):
+    """Wait for the job an Experiments page session follows, then rerun the page once; its final snapshot.
+
+    The job trains in a worker process; rerun_while_waiting also reruns the page on every poll, as a
+    browser's live panel would.
     """
     import time
 
-    job = at.session_state["exp_job"]
     deadline = time.monotonic() + seconds
-    while not job.snapshot().finished:
-        assert time.monotonic() < deadline, f"the job did not finish: {job.snapshot()}"
+    while not (view := followed_job(at)).finished:
+        assert time.monotonic() < deadline, f"the job did not finish: {view.snapshot}"
         time.sleep(0.3)
         if rerun_while_waiting:
             at.run()
     at.run()
-    return job.snapshot()
+    return followed_job(at).snapshot
+
+
+def wait_for_epoch(at, epochs: int = 1, seconds: float = JOB_WAIT_SECONDS):
+    """Wait until the followed job has finished this many epochs of its current experiment."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (view := followed_job(at)).snapshot.epoch < epochs:
+        assert time.monotonic() < deadline and not view.finished, view.snapshot
+        time.sleep(0.2)
+    return view
 
 
 def make_zip(entries: dict[str, bytes]) -> bytes:

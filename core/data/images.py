@@ -105,3 +105,18 @@ def file_image_size(path: Path) -> tuple[int, int]:
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def upscaling_note(sizes: list[tuple[int, int]], image_size: int, sampled: bool = False) -> str | None:
+    """A sentence when images are far smaller than the model's input (at most half its side), else None.
+
+    Resizing a 25x25 image to 224x224 adds no detail, only blur, and nothing else tells the user it happens.
+    """
+    small = [(w, h) for w, h in sizes if min(w, h) * 2 <= image_size]
+    if not small:
+        return None
+    w, h = min(small, key=lambda s: min(s))
+    of = f"{len(small):,} of {len(sizes):,} {'sampled ' if sampled else ''}images"
+    return (f"{of} are at most half the model's input side and get enlarged to {image_size}x{image_size} "
+            f"(the smallest, {w}x{h}, about {image_size / min(w, h):.0f}x): enlarging adds blur, not detail. "
+            "A smaller image size on Experiments trains faster on such images with the same information.")

@@ -21,7 +21,7 @@ import numpy as np
 
 from core.data.images import decode_image, file_image_size, is_image_name
 from core.settings.config import DataConfig
-from core.settings.errors import DataError, ImageError, OfflineError
+from core.settings.errors import DataError, ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -232,23 +232,13 @@ class TfdsSource:
 
     def __init__(self, name: str, config: DataConfig, data_dir: Path | None = None,
                  progress: Callable[[str], None] | None = None):
-        import tensorflow_datasets as tfds
-
-        from core.data.network import is_online, offline_message
+        from core.data.downloads import cancel, dropped_while_preparing, open_builder, preparation
         from core.settings.paths import tfds_dir
 
         self.name = name
         self.config = config
         self.data_dir = Path(data_dir) if data_dir else tfds_dir()
-        try:
-            self.builder = tfds.builder(name, data_dir=str(self.data_dir))
-        except tfds.core.registered.DatasetNotFoundError:
-            raise DataError(
-                f"TFDS has no dataset named '{name}'. Check the name in the TFDS catalog "
-                "(e.g. cats_vs_dogs, tf_flowers), or use a folder of images."
-            ) from None
-        except Exception as exc:
-            raise DataError(f"TFDS could not open '{name}': {exc}") from None
+        self.builder = open_builder(name, self.data_dir)
         features = self.builder.info.features
         if "image" not in features or "label" not in features or not hasattr(features["label"], "names"):
             raise DataError(
@@ -256,14 +246,17 @@ class TfdsSource:
                 "(it needs an 'image' and a class 'label' feature)."
             )
         if not self.builder.is_prepared():
-            if not is_online():
-                raise OfflineError(offline_message(f"the TFDS dataset '{name}'"))
-            if progress:
-                progress(f"Downloading and preparing TFDS '{name}' into {self.data_dir} (once) ...")
             try:
-                self.builder.download_and_prepare()
-            except Exception as exc:
-                raise DataError(f"Downloading TFDS '{name}' failed: {exc}") from None
+                for status in preparation(name, self.data_dir):
+                    if progress:
+                        progress(status.line())
+            except KeyboardInterrupt:
+                # Ctrl-C in a terminal: the worker runs in a session of its own, so stop it here.
+                cancel(name, self.data_dir)
+                raise
+            # A builder made before preparing has no splits: read the prepared one.
+            self.builder = open_builder(name, self.data_dir)
+            features = self.builder.info.features
         self.class_names = list(features["label"].names)
         available = set(self.builder.info.splits.keys()) if self.builder.info.splits else set()
         if "validation" in available:
@@ -278,7 +271,7 @@ class TfdsSource:
         notes = []
         if config.limit:
             notes.append("With a limit, TFDS images are taken class by class in equal numbers (balanced).")
-        self.info = DatasetInfo(f"tfds:{name}", self.class_names, counts, {}, [], notes)
+        self.info = DatasetInfo(f"tfds:{name}", self.class_names, counts, dropped_while_preparing(name), [], notes)
 
     runtime_skipped = 0  # TFDS drops corrupt images itself while preparing a dataset
 

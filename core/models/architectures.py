@@ -46,9 +46,9 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
     """A frozen hub feature extractor plus one Dense layer producing logits, as in the article."""
     import tensorflow_hub as hub
 
-    from core.models.hub import check_available
+    from core.models.hub import fetch
 
-    handle = check_available(handle)
+    handle = fetch(handle)
     try:
         backbone = hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
                                   name="feature_extractor")

@@ -31,6 +31,25 @@ def normalise_handle(handle: str) -> str:
     )
 
 
+# A handle written "./NAME" names a SavedModel folder beside the model file, inside its run folder: a run
+# zip carries its backbone that way, so the run works wherever it is unpacked.
+RELATIVE_PREFIX = "./"
+
+
+def resolve_relative(handle: str, base: str | Path) -> str:
+    """handle with a "./" one made absolute against base (the model file's folder); others unchanged.
+
+    A relative handle must stay inside base: "./../x" could otherwise name any folder on the machine.
+    """
+    if not isinstance(handle, str) or not handle.startswith(RELATIVE_PREFIX):
+        return handle
+    root = Path(base).expanduser().resolve()
+    target = (root / handle[len(RELATIVE_PREFIX):]).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise ModelFileError(f"The hub handle '{handle}' leaves the model's own folder; refusing it.")
+    return str(target)
+
+
 def is_local(handle: str) -> bool:
     return not handle.startswith(("http://", "https://", "gs://"))
 
@@ -49,9 +68,9 @@ def is_cached(handle: str) -> bool:
 def check_available(handle: str) -> str:
     """Normalise the handle and make sure loading it will not hang on a dead network.
 
-    Local folders must hold a SavedModel; URLs must be in the hub cache or the network must be up.
+    Local folders must hold a SavedModel; URLs must be in the hub cache or their host must answer.
     """
-    from core.data.network import is_online, offline_message
+    from core.data.network import DOWNLOAD_HOSTS, hosts_of, is_online, offline_message
     from core.settings.paths import hub_cache_dir
 
     handle = normalise_handle(handle)
@@ -59,10 +78,42 @@ def check_available(handle: str) -> str:
         if not (Path(handle) / "saved_model.pb").is_file():
             raise ModelFileError(f"'{handle}' is not a SavedModel folder (it has no saved_model.pb).")
         return handle
-    if not is_cached(handle) and not is_online():
+    # The handle's own host is the one to ask: a mirror or a local stand-in server is online when it answers.
+    if not is_cached(handle) and not is_online(hosts_of([handle]) or DOWNLOAD_HOSTS):
         raise OfflineError(
             offline_message(f"the hub module '{handle}' (looked for in {hub_cache_dir()})")
         )
+    return handle
+
+
+def fetch(handle: str) -> str:
+    """Download a URL handle into the hub cache once (a no-op when cached or local); the normalised handle.
+
+    TF Hub asks for `?tf-hub-format=compressed` and unpacks the tarball into the cache folder; a failure
+    here names the handle and what to do, instead of surfacing later as a layer that cannot be built.
+    """
+    import tarfile
+    import urllib.error
+
+    import tensorflow_hub as hub
+
+    handle = check_available(handle)
+    if is_local(handle) or is_cached(handle):
+        return handle
+    from core.settings.paths import configure_caches, hub_cache_dir
+
+    configure_caches()  # TF Hub reads TFHUB_CACHE_DIR: the module must land where is_cached looks
+
+    next_step = ("Next: check the handle, or download the module elsewhere and give its SavedModel folder as the "
+                 f"handle (the cache folder is {hub_cache_dir()}).")
+    try:
+        hub.resolve(handle)
+    except urllib.error.HTTPError as exc:
+        raise ModelFileError(f"{handle} answered HTTP {exc.code}. {next_step}") from None
+    except (urllib.error.URLError, OSError, EOFError, tarfile.TarError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelFileError(f"Downloading the hub module {handle} failed ({exc.__class__.__name__}: {first}). "
+                             f"{next_step}") from None
     return handle
 
 

@@ -1,7 +1,16 @@
-"""Plain-text tables for the command line and the dashboard's comparison table."""
+"""Tables for the command line and the dashboard: run comparisons (with the article's rows), layer
+summaries, evaluation reports."""
+import json
+import math
+
 from core.runs.evaluate import Evaluation
 from core.runs.folders import file_size_mb
-from core.settings.text import megabytes, percent
+from core.runs.reload_check import RELOAD_CHECK_KEY
+from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.reference import article, article_history, article_params
+from core.settings.text import duration, megabytes, percent
+
+MAX_LAYER_ROWS = 500  # a layers.json longer than this was not written by the Lab; its first rows are shown
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -24,6 +33,41 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def article_rows() -> list[list[str]]:
+    """The article's two models as rows of compare_rows' columns, to sit beside this Lab's runs."""
+    rows = []
+    for kind in (ModelKind.BASELINE, ModelKind.MOBILENET_V2):
+        ref = article_history(kind)
+        vals = [row["val_accuracy"] for row in ref]
+        trainable = article()["mobilenet_v2_transfer"]["trainable_params"] if kind is ModelKind.MOBILENET_V2 \
+            else article_params(kind)
+        rows.append(["The article (GPU)", MODEL_LABELS[kind], str(len(ref)), f"{article_params(kind):,}",
+                     f"{trainable:,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
+                     percent(max(vals), 2), percent(vals[-1], 2), "-"])
+    return rows
+
+
+def layer_rows(record, shape=str) -> list[dict] | None:
+    """The run's layers (name, type, output shape, parameters, trained) from its layers.json, or None."""
+    try:
+        layers = json.loads((record.path / "layers.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(layers, list):
+        return None
+    rows = []
+    for r in layers[:MAX_LAYER_ROWS]:
+        if not isinstance(r, dict):
+            return None
+        params = r.get("params", 0)
+        rows.append({"Layer": str(r.get("name", ""))[:200], "Type": str(r.get("type", ""))[:200],
+                     "Output shape": shape(r.get("output_shape")),
+                     "Parameters": f"{int(params):,}" if isinstance(params, (int, float)) and abs(params) < 1e15
+                     else "-",
+                     "Trained": "yes" if r.get("trainable") else "no"})
+    return rows
+
+
 def format_report(evaluation: Evaluation) -> str:
     """The confusion matrix and the per-class table as plain text, for the command line."""
     names = evaluation.class_names
@@ -36,13 +80,56 @@ def format_report(evaluation: Evaluation) -> str:
     for name, counts, pcts in zip(names, evaluation.matrix, evaluation.row_percentages):
         rows.append([name] + [f"{c} ({'-' if p is None else f'{p:.1f}%'})" for c, p in zip(counts, pcts)])
     lines.append(format_table(["true \\ predicted"] + names, rows))
+    macro = evaluation.macro
     lines += ["", format_table(
-        ["class", "precision", "recall", "accuracy", "images", "predicted"],
-        [[m.name, percent(m.precision), percent(m.recall), percent(m.accuracy), str(m.support), str(m.predicted)]
-         for m in evaluation.per_class])]
+        ["class", "precision", "recall", "F1", "accuracy", "images", "predicted"],
+        [[m.name, percent(m.precision), percent(m.recall), percent(m.f1), percent(m.accuracy), str(m.support),
+          str(m.predicted)] for m in evaluation.per_class]
+        + [["macro average", percent(macro.precision), percent(macro.recall), percent(macro.f1), "", "", ""]])]
     if evaluation.wrong:
         lines += ["", "Most confidently wrong:"]
         for w in evaluation.wrong:
             lines.append(f"  {w.source}: true {w.true_label}, predicted {w.predicted_label} "
                          f"({w.confidence:.1%}); thumbnail {w.thumbnail}")
     return "\n".join(lines)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def describe_reload_check(metrics: dict) -> str:
+    """The run's reload check in the article's terms, one sentence; says so when the run has none."""
+    check = metrics.get(RELOAD_CHECK_KEY)
+    if not isinstance(check, dict):
+        return "No reload check recorded: the run was saved before the Lab recorded one."
+    if isinstance(check.get("error"), str):
+        return f"The reload check could not run: {check['error']}"
+    diff, images, seconds = check.get("max_abs_diff"), check.get("images"), check.get("reload_seconds")
+    if not (_number(diff) and _number(images) and _number(seconds)):
+        return "The recorded reload check is damaged (its figures are not numbers)."
+    verdict = ("exactly 0.0: the saved file reproduces the trained model, as in the article" if diff == 0
+               else f"{diff:.2e}" + (": float rounding, the same predictions" if diff < 1e-5
+                                      else ": the saved file does not reproduce the trained model"))
+    reload_time = f"{seconds:.2f} s" if seconds < 10 else duration(seconds)
+    return (f"model.h5 reloaded in {reload_time}; on {int(images)} validation images the largest difference "
+            f"between the reloaded model's predictions and the trained model's is {verdict}.")
+
+
+def json_safe(value):
+    """value with NaN and infinities as null: a run's metrics may hold them, strict JSON readers refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def run_summary(record) -> dict:
+    """One run for scripts (`runs --json`, `compare --json`): where it is, what it learnt from, its metrics."""
+    data = record.config.get("data", {})
+    return {"run_id": record.run_id, "path": str(record.path), "model": record.model_kind,
+            "dataset": data.get("source") if isinstance(data, dict) else None, "class_names": record.class_names,
+            "epochs": len(record.history), "parent": record.config.get("parent"), "metrics": record.metrics}

@@ -24,17 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
-from core.settings.errors import LabError
 from core.safety.zips import extract_members
+from core.settings.errors import LabError
+from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)
 
 MAX_RUN_FILES = 1000  # a run holds about ten files plus a few dozen evaluation thumbnails
 # Uncompressed: the model file's own limit (core.safety.model_files.MAX_MODEL_BYTES) plus room for the rest.
-MAX_RUN_BYTES = 600 * 1024**2
+MAX_RUN_BYTES = 600 * 10**6
 # Files a run folder is made of; anything else in a zip (exports, caches, notes) is left out and counted.
 RUN_SUFFIXES = (".json", ".txt", ".h5", ".png")
 EXPORTS_DIR = "exports"  # exports are rebuilt from model.h5 on demand and can be far larger than it
+# A run zip carries the SavedModel its KerasLayer loads here, inside the run folder, named "./backbone" in
+# the zipped model.h5: a run trained on a local SavedModel then works on any Lab, a hosted one included.
+BACKBONE_DIR = "backbone"
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 # Run ids the Lab writes (20261128-055615-baseline-759c) and anything tame enough to be a folder name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -81,6 +85,8 @@ def _wanted(relative: PurePosixPath) -> bool:
         return False
     if relative.parts[0] == EXPORTS_DIR:
         return False
+    if relative.parts[0].partition("-")[0] == BACKBONE_DIR and len(relative.parts) > 1:
+        return True  # a SavedModel's files: saved_model.pb, variables/variables.data-00000-of-00001, ...
     return relative.suffix.lower() in RUN_SUFFIXES
 
 
@@ -138,12 +144,19 @@ def _check_evaluation(folder: Path) -> str | None:
             "run folder and was left out.")
 
 
-def _handle_warnings(handles: list[str]) -> list[str]:
+def _handle_warnings(handles: list[str], folder: Path) -> list[str]:
+    """What may not work here, for each hub handle; a backbone carried inside the run is checked instead."""
     from core.models.hub import is_cached, is_local
+    from core.safety.model_files import check_savedmodel
 
     out = []
     for handle in handles:
-        if is_local(handle):
+        if is_local(handle) and Path(handle).is_relative_to(folder.resolve()):
+            if not (Path(handle) / "saved_model.pb").is_file():
+                raise LabError("The run's model names a backbone inside the run folder that the zip does not "
+                               "hold; refusing to import it.")
+            check_savedmodel(handle)
+        elif is_local(handle):
             if not (Path(handle) / "saved_model.pb").is_file():
                 out.append(f"The model's hub module is the folder '{handle}' on the machine that trained it, "
                            "which is not here: Predict needs that SavedModel at the same path (copy it there).")
@@ -201,7 +214,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             raise LabError(f"The zip holds {len(files):,} files; a run folder has far fewer (the limit is "
                            f"{max_files:,}).")
         if sum(m.file_size for m in files) > max_bytes:
-            raise LabError(f"The zip would unpack to more than {max_bytes / 1e6:,.0f} MB, more than a run folder "
+            raise LabError(f"The zip would unpack to more than {megabytes(max_bytes)}, more than a run folder "
                            "holds.")
         paths = {}
         for member in infos:
@@ -242,7 +255,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             if info.num_outputs is not None and info.num_outputs != len(names):
                 raise LabError(f"The run's model has {info.num_outputs} outputs but its config lists "
                                f"{len(names)} classes; refusing to import a mismatched run.")
-            warnings = _handle_warnings(info.hub_handles)
+            warnings = _handle_warnings(info.hub_handles, tmp)
             dropped = _check_evaluation(tmp)
             if dropped:
                 warnings.append(dropped)
@@ -267,25 +280,58 @@ def import_run_file(path: str | Path, runs_dir: str | Path, allowed_handle=None)
     if not path.is_file():
         raise LabError(f"'{path}' is not a file; give the path of a zipped run folder (zip runs/<run-id>/ first).")
     if size > MAX_RUN_BYTES:
-        raise LabError(f"'{path.name}' is {size / 1e6:,.0f} MB, more than a run folder holds "
-                       f"({MAX_RUN_BYTES / 1e6:,.0f} MB).")
+        raise LabError(f"'{path.name}' is {megabytes(size)}, more than a run folder holds "
+                       f"({megabytes(MAX_RUN_BYTES)}).")
     with open(path, "rb") as fh:
         return import_run_zip(fh, runs_dir, allowed_handle=allowed_handle)
 
 
+def _outside_backbones(model_path: Path, root: Path) -> dict[str, str]:
+    """SavedModel folders outside the run folder that its model loads: folder -> the "./" handle it gets."""
+    from core.models.hub import RELATIVE_PREFIX, is_local
+    from core.safety.model_files import inspect_model_file
+
+    local = [h for h in inspect_model_file(model_path).hub_handles
+             if is_local(h) and not Path(h).resolve().is_relative_to(root.resolve())]
+    missing = [h for h in local if not (Path(h) / "saved_model.pb").is_file()]
+    if missing:
+        raise LabError(f"The run's model loads the SavedModel folder '{missing[0]}', which is not on this machine "
+                       "any more, so the zip could not carry it; put it back at that path and download again.")
+    names = [BACKBONE_DIR] + [f"{BACKBONE_DIR}-{k}" for k in range(2, len(local) + 1)]
+    return {handle: RELATIVE_PREFIX + name for handle, name in zip(sorted(set(local)), names)}
+
+
 def export_run_zip(run_dir: str | Path) -> bytes:
-    """A zip of a finished run folder (its name as the top folder), without exports or hidden files."""
+    """A zip of a finished run folder (its name as the top folder), without exports or hidden files.
+
+    A backbone SavedModel loaded from a local folder outside the run goes into the zip under backbone/,
+    and the zipped model.h5 names it "./backbone", so the run imports, predicts and evaluates on any Lab.
+    """
+    import tempfile
+
     from core.runs.folders import open_run
+    from core.safety.model_files import rewrite_hub_handles
 
     record = open_run(run_dir)
     root = record.path
+    backbones = _outside_backbones(record.model_path, root)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive, \
+            tempfile.TemporaryDirectory() as tmp:
         for path in sorted(root.rglob("*")):
             relative = PurePosixPath(path.relative_to(root).as_posix())
             if path.is_symlink() or not path.is_file() or not _wanted(relative):
                 continue
+            if relative == PurePosixPath("model.h5") and backbones:
+                portable = Path(tmp) / "model.h5"
+                rewrite_hub_handles(path, portable, backbones)
+                path = portable
             archive.write(path, f"{root.name}/{relative}")
+        for folder, handle in backbones.items():
+            name = handle.removeprefix("./")
+            for path in sorted(Path(folder).rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    archive.write(path, f"{root.name}/{name}/{path.relative_to(folder).as_posix()}")
     return buffer.getvalue()
 
 

@@ -8,6 +8,7 @@ plus thumbnails of the most confidently wrong images under evaluation/. Reading 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -61,6 +63,10 @@ def overall_accuracy(matrix: np.ndarray) -> float:
     return float(np.trace(matrix) / total) if total else math.nan
 
 
+def _ratio(num: float, den: float) -> float | None:
+    return float(num / den) if den else None
+
+
 @dataclass(frozen=True)
 class ClassMetrics:
     """One class's figures. None marks a ratio with nothing to divide by (e.g. precision of a class
@@ -68,6 +74,8 @@ class ClassMetrics:
 
     accuracy is one-vs-rest: the share of all images for which "is it this class?" was answered right.
     recall is the share of this class's own images that were classified as it.
+    f1 is the harmonic mean of precision and recall: 0.0 when either is 0 or undefined while the class
+    has images, None only for a class with neither images nor predictions.
     """
     name: str
     precision: float | None
@@ -75,10 +83,31 @@ class ClassMetrics:
     accuracy: float | None
     support: int  # validation images of this class
     predicted: int  # images the model assigned to this class
+    f1: float | None = None
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return float(num / den) if den else None
+def f1_score(tp: int, support: int, predicted: int) -> float | None:
+    """2·TP / (images of the class + images predicted as it), the same as 2PR / (P + R) where both exist."""
+    return _ratio(2 * tp, support + predicted)
+
+
+class MacroAverages(NamedTuple):
+    """Unweighted means over the classes, every class counting once whatever its size, as sklearn's
+    "macro" average with zero_division=0: a class with neither images nor predictions is left out, an
+    undefined precision or recall of any other class counts as 0."""
+    precision: float
+    recall: float
+    f1: float
+
+
+def macro_averages(per_class: list[ClassMetrics]) -> MacroAverages:
+    seen = [m for m in per_class if m.support or m.predicted]
+
+    def mean(values) -> float:
+        values = [0.0 if v is None else v for v in values]
+        return float(sum(values) / len(values)) if values else math.nan
+
+    return MacroAverages(mean(m.precision for m in seen), mean(m.recall for m in seen), mean(m.f1 for m in seen))
 
 
 def per_class_metrics(matrix: np.ndarray, class_names: list[str]) -> list[ClassMetrics]:
@@ -93,7 +122,7 @@ def per_class_metrics(matrix: np.ndarray, class_names: list[str]) -> list[ClassM
         predicted = int(matrix[:, k].sum())
         tn = total - support - predicted + tp
         out.append(ClassMetrics(name, _ratio(tp, predicted), _ratio(tp, support), _ratio(tp + tn, total),
-                                support, predicted))
+                                support, predicted, f1_score(tp, support, predicted)))
     return out
 
 
@@ -127,6 +156,10 @@ class Evaluation:
         return len(self.class_names)
 
     @property
+    def macro(self) -> MacroAverages:
+        return macro_averages(self.per_class)
+
+    @property
     def errors(self) -> int:
         return self.images - sum(self.matrix[k][k] for k in range(self.num_classes))
 
@@ -156,7 +189,7 @@ class Evaluation:
             class_names=list(d["class_names"]),
             matrix=[[int(v) for v in row] for row in d["matrix"]],
             row_percentages=[[None if v is None else float(v) for v in row] for row in d["row_percentages"]],
-            per_class=[ClassMetrics(**m) for m in d["per_class"]],
+            per_class=[_class_metrics(m) for m in d["per_class"]],
             accuracy=float(d["accuracy"]),
             images=int(d["images"]),
             skipped=int(d.get("skipped", 0)),
@@ -165,6 +198,15 @@ class Evaluation:
             evaluated_at=float(d.get("evaluated_at", 0.0)),
             notes=list(d.get("notes", [])),
         )
+
+
+def _class_metrics(stored: dict) -> ClassMetrics:
+    """A stored class's figures; evaluations saved before F1 was recorded get it from the same counts."""
+    m = ClassMetrics(**stored)
+    if m.f1 is None and (m.support or m.predicted):
+        tp = round(m.recall * m.support) if m.recall is not None else 0
+        m = dataclasses.replace(m, f1=f1_score(tp, m.support, m.predicted))
+    return m
 
 
 def load_evaluation(run_dir: str | Path) -> Evaluation | None:
@@ -207,9 +249,9 @@ def _validation_batches(source, image_size: int, batch_size: int):
     """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
     import tensorflow as tf
 
+    from core.data.images import decode_image
     from core.data.sources import VALIDATION, FolderSource, preprocess
     from core.settings.errors import ImageError
-    from core.data.images import decode_image
 
     names = _split_names(source)
     if isinstance(source, FolderSource):
@@ -305,10 +347,9 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None,
     """
     import tensorflow as tf
 
-    from core.runs.folders import open_run, write_json
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
-    from core.settings.config import EXTRACT_BATCH_SIZE
+    from core.runs.folders import open_run, write_json
+    from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
 
     start = time.perf_counter()
     run = open_run(run_dir)

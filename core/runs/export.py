@@ -11,14 +11,16 @@
   int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), activations in float.
 
 Expected agreement with the Keras model on the same input (checked by the tests): h5 identical,
-SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite int8 the same top class and within 0.05.
+SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite int8 the same top class and within 0.05. Every
+TFLite file is also checked when written: run with LiteRT (ai-edge-litert) where it is installed, else
+tf.lite.Interpreter, against the SavedModel it was converted from, within the same tolerance.
 """
 from __future__ import annotations
 
 import enum
-import io
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -71,6 +73,7 @@ class ExportResult:
     path: Path  # a file, or a folder for an unzipped SavedModel
     size_bytes: int
     seconds: float
+    check: str | None = None  # how a TFLite file was checked against the SavedModel it was converted from
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class DownloadInfo:
     filename: str
     mime: str
     ready: bool
-    size_bytes: int | None  # of the export on disk when ready; a zipped download differs a little
+    size_bytes: int | None  # of the very file the download hands over, once it is on disk
 
 
 def parse_format(value: str | ExportFormat) -> ExportFormat:
@@ -183,6 +186,7 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
         raise LabError(f"'{out}' is an existing file and a SavedModel is a folder; choose a new path, "
                        "or one ending in .zip for a zipped SavedModel.")
     out.parent.mkdir(parents=True, exist_ok=True)
+    check = None
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.tmp-") as tmp:
         tmp = Path(tmp)
         staged = tmp / out.name
@@ -198,6 +202,7 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
                     savedmodel.rename(staged)
             else:
                 staged.write_bytes(_tflite_bytes(savedmodel, fmt is ExportFormat.TFLITE_INT8))
+                check = _check_tflite(staged, fmt, savedmodel, run.image_size)
                 shutil.copyfile(savedmodel / "assets" / LABELS_FILE, tmp / LABELS_FILE)
                 os.replace(tmp / LABELS_FILE, labels_path(out))
         if out.is_dir():
@@ -205,7 +210,7 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
             out.rename(tmp / "previous")
         os.replace(staged, out)
     logger.info("Exported %s as %s to %s", run_dir.name, fmt.value, out)
-    return ExportResult(fmt, out, _size(out), round(time.perf_counter() - start, 3))
+    return ExportResult(fmt, out, _size(out), round(time.perf_counter() - start, 3), check)
 
 
 def _zip_folder(folder: Path, target: Path) -> None:
@@ -216,19 +221,30 @@ def _zip_folder(folder: Path, target: Path) -> None:
 
 
 def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
-    """(download name, the file on disk it is made from, mime type) of one format."""
+    """(download name, the file on disk the download hands over, mime type) of one format.
+
+    A TFLite download is a zip of the .tflite file and its labels.txt, kept beside them, so the size a
+    button shows is the size of what it downloads.
+    """
     if fmt is ExportFormat.H5:
         return f"{run.run_id}.h5", run.model_path, "application/x-hdf5"
     if fmt is ExportFormat.SAVEDMODEL:
         path = run.path / EXPORTS_DIR / f"{run.run_id}_savedmodel.zip"
         return path.name, path, "application/zip"
     path = _default_out(run.path, fmt)
-    return f"{path.name}.zip", path, "application/zip"
+    return f"{path.name}.zip", path.with_name(f"{path.name}.zip"), "application/zip"
 
 
-def _on_disk(fmt: ExportFormat, path: Path) -> bool:
-    tflite = fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8)
-    return path.is_file() and (not tflite or labels_path(path).is_file())
+def _zip_tflite(tflite: Path, target: Path) -> None:
+    """The .tflite file and its labels as labels.txt, written under a temporary name and renamed."""
+    staged = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(tflite, tflite.name)
+            zf.write(labels_path(tflite), LABELS_FILE)
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
@@ -237,7 +253,7 @@ def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
 
     fmt = parse_format(fmt)
     name, path, mime = _download_file(open_run(run_dir), fmt)
-    ready = _on_disk(fmt, path)
+    ready = path.is_file()
     return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None)
 
 
@@ -248,7 +264,14 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
     fmt = parse_format(fmt)
     run = open_run(run_dir)
     _, path, _ = _download_file(run, fmt)
-    if not _on_disk(fmt, path):
+    if path.is_file():
+        return download_info(run.path, fmt)
+    if fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8):
+        tflite = _default_out(run.path, fmt)
+        if not (tflite.is_file() and labels_path(tflite).is_file()):
+            export_run(run.path, fmt, tflite)
+        _zip_tflite(tflite, path)
+    else:
         export_run(run.path, fmt, path)
     return download_info(run.path, fmt)
 
@@ -261,13 +284,7 @@ def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
     fmt = parse_format(fmt)
     info = prepare_download(run_dir, fmt)
     _, path, _ = _download_file(open_run(run_dir), fmt)
-    if fmt in (ExportFormat.H5, ExportFormat.SAVEDMODEL):
-        return Download(info.filename, path.read_bytes(), info.mime)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(path, path.name)
-        zf.write(labels_path(path), LABELS_FILE)
-    return Download(info.filename, buffer.getvalue(), info.mime)
+    return Download(info.filename, path.read_bytes(), info.mime)
 
 
 def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.ndarray:
@@ -300,9 +317,47 @@ def predict_with_export(path: str | Path, fmt: str | ExportFormat, images: np.nd
                 return predict_with_export(folder, fmt, images)
         serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
         return serve(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
-    with warnings.catch_warnings():
-        # TF 2.21 (pinned) still ships tf.lite.Interpreter; its notice points to a package not installed.
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter, _runtime = tflite_interpreter(path)
     # The signature runner resizes the input, allocated for a batch of 1, to the batch given.
     return interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME]
+
+
+LITERT = "ai-edge-litert"
+TF_LITE = "tf.lite"
+
+
+def tflite_interpreter(path: str | Path):
+    """(interpreter, runtime name) for a .tflite file: LiteRT (ai-edge-litert, the maintained runtime that
+    phones and edge devices use) where it is installed, else TensorFlow's deprecated tf.lite.Interpreter."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            # Its deprecation notice points to ai-edge-litert, which is what is missing here.
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter(model_path=str(path)), TF_LITE
+    return Interpreter(model_path=str(path)), LITERT
+
+
+CHECK_IMAGES = 4
+
+
+def _check_tflite(tflite: Path, fmt: ExportFormat, savedmodel: Path, image_size: int) -> str:
+    """Run the new .tflite file and the SavedModel it came from on the same seeded images; refuse a file
+    that disagrees by more than the format's tolerance. Returns what was checked, in words."""
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).random((CHECK_IMAGES, image_size, image_size, 3), dtype=np.float32)
+    reference = tf.saved_model.load(str(savedmodel)).signatures[SIGNATURE](
+        **{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
+    interpreter, runtime = tflite_interpreter(tflite)
+    probs = interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME]
+    diff = float(np.abs(probs - reference).max())
+    tolerance = FORMATS[fmt].tolerance
+    if not diff <= tolerance:
+        raise LabError(f"The {FORMATS[fmt].label} file disagrees with the model by up to {diff:.3g} (more than "
+                       f"{tolerance:g}) when run with {runtime}; it was not written.")
+    return (f"checked with {runtime}: on {CHECK_IMAGES} test images its probabilities are within {diff:.1e} of "
+            "the SavedModel's")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -95,6 +96,13 @@ class RunRecord:
         return int(self.config.get("data", {}).get("image_size", 224))
 
     @property
+    def source(self) -> str:
+        """The dataset the run was trained on ("tfds:NAME" / "folder:PATH"), "" if its config lacks one."""
+        data = self.config.get("data", {})
+        value = data.get("source") if isinstance(data, dict) else None
+        return value if isinstance(value, str) else ""
+
+    @property
     def model_path(self) -> Path:
         return self.path / "model.h5"
 
@@ -108,6 +116,23 @@ class RunRecord:
         acc = self.metrics.get("final_val_accuracy")
         acc_text = f", val acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
         return f"{self.run_id} ({len(self.history)} epochs{acc_text})"
+
+
+def matches_dataset(record: RunRecord, source: str, class_names: list[str] | None = None) -> bool:
+    """Whether a run was trained on this dataset: the same source, or (when known) the same classes."""
+    return record.source == source or (bool(class_names) and record.class_names == list(class_names))
+
+
+def preferred_run_index(runs: list[RunRecord], source: str, class_names: list[str] | None = None) -> int:
+    """The run to offer first for predicting on a dataset: one trained on it, then a transfer run, then the
+    best final validation accuracy (the saved weights are the last epoch's)."""
+    def score(record: RunRecord):
+        acc = record.metrics.get("final_val_accuracy")
+        usable = isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
+        return (matches_dataset(record, source, class_names), record.model_kind == "mobilenet_v2",
+                acc if usable else -1)
+
+    return max(range(len(runs)), key=lambda i: score(runs[i])) if runs else 0
 
 
 def _read_json(path: Path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from core.models.hub import resolve_relative
 from core.settings.errors import LabError, ModelFileError
 from core.settings.text import megabytes
 
@@ -141,6 +142,7 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         handle = node.get("config", {}).get("handle") if isinstance(node.get("config"), dict) else None
         if not isinstance(handle, str):
             raise ModelFileError(f"'{label}' has a KerasLayer without a handle string.")
+        handle = resolve_relative(handle, path.parent)
         if allowed_handle is not None and not allowed_handle(handle):
             raise ModelFileError(
                 f"'{label}' points its KerasLayer at '{handle}', which uploaded models may not use: "
@@ -169,15 +171,28 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
     return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax)
 
 
+def _keras_layer_class(base: Path):
+    """hub.KerasLayer, except that a "./NAME" handle is made absolute against base before loading."""
+    import tensorflow_hub as hub
+
+    class KerasLayer(hub.KerasLayer):
+        @classmethod
+        def from_config(cls, config):
+            return hub.KerasLayer(**{**config, "handle": resolve_relative(config.get("handle"), base)})
+
+    return KerasLayer
+
+
 def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     """Inspect, then load the .h5 with custom_objects={"KerasLayer": hub.KerasLayer} (the article's way).
 
-    Returns (model, ModelFileInfo). allowed_handle and name as for inspect_model_file.
+    A SavedModel folder named as a hub handle is checked with check_savedmodel first; one named "./NAME"
+    is looked for beside the file (a portable run's backbone). Returns (model, ModelFileInfo).
+    allowed_handle and name as for inspect_model_file.
     """
-    import tensorflow_hub as hub
     import tf_keras
 
-    from core.models.hub import check_available
+    from core.models.hub import check_available, is_local
     from core.settings.paths import configure_caches
 
     configure_caches()
@@ -188,8 +203,11 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
             check_available(handle)
         except LabError as exc:
             raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
+        if is_local(handle):
+            check_savedmodel(handle)
     try:
-        model = tf_keras.models.load_model(str(path), custom_objects={"KerasLayer": hub.KerasLayer})
+        model = tf_keras.models.load_model(
+            str(path), custom_objects={"KerasLayer": _keras_layer_class(Path(path).expanduser().parent)})
     except LabError:
         raise
     except Exception as exc:
@@ -200,6 +218,77 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
         info = ModelFileInfo(info.path, info.input_size, info.num_outputs,
                              [f"class {i}" for i in range(info.num_outputs)], info.hub_handles, info.softmax_output)
     return model, info
+
+
+# Operations that reach outside the graph: files, Python, summaries, remote calls. A SavedModel is a program;
+# one that came in a stranger's run zip must not read or write the server's files when it runs.
+OUTSIDE_OPS = frozenset({
+    "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
+    "PrintV2", "DecodeProtoV2", "EncodeProto", "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
+    "LoadAndRemapMatrix", "GenerateVocabRemapping", "Save", "SaveSlices", "Restore", "RestoreSlice",
+    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
+    "TextLineDataset", "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset",
+    "ExperimentalSqlDataset", "LMDBDataset", "ExperimentalLMDBDataset", "SnapshotDataset", "SnapshotDatasetV2",
+    "SaveDataset", "SaveDatasetV2", "LoadDataset", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
+    "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2", "TFRecordReader",
+    "TFRecordReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "LMDBReader", "IdentityReader",
+    "IdentityReaderV2", "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
+    "WriteImageSummary", "WriteAudioSummary", "WriteHistogramSummary", "WriteGraphSummary",
+    "WriteRawProtoSummary", "ImportEvent", "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "Rpc",
+    "TryRpc", "RpcServer", "RpcClient", "RpcCall", "RpcServerStart", "RpcServerRegister",
+})
+# Checkpoint reading and writing, allowed only inside the SavedModel's own save and restore functions.
+CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename"})
+MAX_SAVEDMODEL_PB_BYTES = 200 * 10**6
+
+
+def check_savedmodel(folder: str | Path) -> None:
+    """Refuse a SavedModel whose graph reaches outside itself (OUTSIDE_OPS, or checkpoint I/O outside its
+    save and restore functions), read without running any of it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = Path(folder) / "saved_model.pb"
+    try:
+        if pb.stat().st_size > MAX_SAVEDMODEL_PB_BYTES:
+            raise ModelFileError(f"The SavedModel '{folder}' is larger than {megabytes(MAX_SAVEDMODEL_PB_BYTES)}.")
+        saved = saved_model_pb2.SavedModel()
+        saved.ParseFromString(pb.read_bytes())
+    except LabError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(f"The SavedModel '{folder}' is unreadable ({exc.__class__.__name__}).") from None
+    for graph in saved.meta_graphs:
+        savers = set()
+        for node in graph.graph_def.node:
+            # The saver's save and restore ops call the functions that do checkpoint I/O.
+            if node.name in (graph.saver_def.save_tensor_name.split(":")[0], graph.saver_def.restore_op_name):
+                savers.add(node.attr["f"].func.name)
+        bodies = [("", graph.graph_def.node)] + [(f.signature.name, f.node_def) for f in graph.graph_def.library.function]
+        for function, nodes in bodies:
+            for node in nodes:
+                if node.op in OUTSIDE_OPS or (node.op in CHECKPOINT_OPS and function not in savers):
+                    raise ModelFileError(f"The SavedModel '{folder}' contains a {node.op} operation, which reaches "
+                                         "outside the model (files or code); refusing to load it.")
+
+
+def rewrite_hub_handles(src: str | Path, dst: str | Path, mapping: dict[str, str]) -> None:
+    """Copy an .h5 model to dst with each KerasLayer handle that (resolved against src's folder) is a key of
+    mapping replaced by its value; nothing is deserialised."""
+    import shutil
+
+    import h5py
+
+    src, dst = Path(src), Path(dst)
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "a") as f:
+        raw = f.attrs["model_config"]
+        config = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        for node in _nested_dicts(config):
+            if node.get("class_name") == "KerasLayer" and isinstance(node.get("config"), dict):
+                handle = resolve_relative(node["config"].get("handle"), src.parent)
+                if handle in mapping:
+                    node["config"]["handle"] = mapping[handle]
+        f.attrs["model_config"] = json.dumps(config)
 
 
 def save_model(model, path: str | Path, class_names: list[str]) -> None:

@@ -27,6 +27,9 @@ BASELINE_MIN_IMAGE_SIZE = 46
 # 49 and 48 images/s (32, 24, 25, 23 with the machine busier): 8 is the fastest, and MobileNetV2's
 # activations for 32 images at 224x224 took the process from 0.85 to 1.47 GB peak, 8 images to 1.04 GB.
 EXTRACT_BATCH_SIZE = 8
+# How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
+# images weigh total / (classes x images of the class), so a small class counts as much as a large one.
+CLASS_WEIGHT_CHOICES = ("balanced",)
 MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.MOBILENET_V2: "MobileNetV2 transfer"}
 
 
@@ -52,6 +55,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5  # small, so the pretrained features are adjusted, not overwritten
     strategy: str = "auto"  # tf.distribute: auto, default, mirrored or tpu (core.models.distribute.choose_strategy)
     mixed_precision: bool = False  # float16 compute on GPUs; ignored, and recorded as unused, elsewhere
+    class_weight: str | None = None  # "balanced" for imbalanced folders (CLASS_WEIGHT_CHOICES); None: the article's
 
     @property
     def resolved_epochs(self) -> int:
@@ -80,8 +84,17 @@ def validate(data: DataConfig, train: TrainConfig) -> None:
     if train.fine_tune_epochs and train.model is not ModelKind.MOBILENET_V2:
         raise LabError("Fine-tuning unfreezes a pretrained backbone; the baseline CNN has none (it trains "
                        "every layer already). Set fine-tuning epochs to 0 for it.")
+    if train.class_weight is not None and train.class_weight not in CLASS_WEIGHT_CHOICES:
+        raise LabError(f"Class weight must be one of {', '.join(CLASS_WEIGHT_CHOICES)} or none "
+                       f"(got '{train.class_weight}').")
     if train.fine_tune_epochs and not 0 < train.fine_tune_learning_rate < 1:
         raise LabError(f"Fine-tuning learning rate must be between 0 and 1 (got {train.fine_tune_learning_rate}).")
+
+
+def balanced_class_weights(counts: dict[str, int], class_names: list[str]) -> dict[str, float]:
+    """sklearn's "balanced" weights: images / (classes x images of the class); 1.0 for a class with none."""
+    total = sum(counts.get(name, 0) for name in class_names)
+    return {name: (total / (len(class_names) * counts[name]) if counts.get(name) else 1.0) for name in class_names}
 
 
 def uses_feature_cache(data: DataConfig, train: TrainConfig) -> bool:

@@ -39,7 +39,14 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.settings.config import DataConfig, TrainConfig
+from core.settings.config import (
+    ARTICLE_BATCH_SIZE,
+    ARTICLE_EPOCHS,
+    ARTICLE_LEARNING_RATE,
+    DataConfig,
+    ModelKind,
+    TrainConfig,
+)
 from core.settings.errors import LabError
 
 logger = logging.getLogger(__name__)
@@ -147,3 +154,20 @@ def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Pre
         raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
                        "memory than this host has. Set fine-tuning epochs to 0.")
     return data
+
+
+def article_settings(kind: ModelKind, preset: Preset | None = None) -> dict:
+    """The article's settings for one model, as the Experiments page's fields hold them.
+
+    The article neither augments nor fine-tunes; its batch of 32 is lowered to the preset's cap where a
+    small shared host needs that for memory. limit 0 means every image.
+    """
+    settings = {"epochs": ARTICLE_EPOCHS[kind], "batch": capped_batch_size(ARTICLE_BATCH_SIZE, preset),
+                "lr": ARTICLE_LEARNING_RATE, "limit": 0, "augment": False}
+    if kind is ModelKind.MOBILENET_V2:
+        settings |= {"ft_epochs": 0, "ft_lr": TrainConfig.fine_tune_learning_rate}
+    return settings
+
+
+ARTICLE_SETTINGS_NOTE = ("Article settings: 15 and 3 epochs on every image, batches of 32, 224x224, learning rate "
+                         "0.001, no augmentation or fine-tuning.")

@@ -1,8 +1,10 @@
-"""Shared vocabulary and number formatting: one rule for each, used by messages, the CLI and the pages.
+"""Shared vocabulary, number formatting and the naming of datasets and classes: one rule for each, used by messages, the CLI and the pages.
 
 Sizes are decimal megabytes (1 MB = 1,000,000 bytes) everywhere the Lab shows one.
 """
 import math
+import re
+from pathlib import PurePath
 
 # The "phase" of a history row: a baseline epoch, a frozen-backbone epoch, or a fine-tuning epoch.
 TRAIN_PHASE = "train"
@@ -43,3 +45,28 @@ def duration(seconds: float) -> str:
         return f"{minutes} min {secs:02d} s" if minutes < 10 and secs else f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+# Characters that start markdown syntax inside a line (a name is never at the start of a line, so "1." is safe).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-!|<>~$:])")
+
+
+def markdown_literal(text: str) -> str:
+    """text for st.markdown/st.caption shown as written: names from files, zips and models are data, so
+    their brackets, stars and angle brackets must not become links, emphasis or tags."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def dataset_name(source: str) -> str:
+    """A dataset's short name: the TFDS name or the folder's own name ('tfds:cats_vs_dogs' -> 'cats_vs_dogs')."""
+    kind, _, value = str(source).partition(":")
+    if kind == "folder" and value:
+        return PurePath(value.rstrip("/\\")).name or value
+    return value or str(source)
+
+
+def class_list(names, shown: int = 4) -> str:
+    """'circles, squares' or 'a, b, c, d +3 more': a run's classes at a glance."""
+    names = [str(n) for n in names]
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" +{more} more" if more > 0 else "")

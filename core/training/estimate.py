@@ -60,10 +60,11 @@ class DemoPreset:
     estimates: dict[ModelKind, Estimate]
     budget_seconds: float
     fits: bool  # False when even the smallest setting is over budget
+    start_seconds: float = 0.0  # starting the worker process that trains both, once
 
     @property
     def total_seconds(self) -> float:
-        return sum(e.total_seconds for e in self.estimates.values())
+        return self.start_seconds + sum(e.total_seconds for e in self.estimates.values())
 
 
 def split_sizes(available_train: int, available_val: int, limit: int | None,
@@ -120,10 +121,11 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
 
 def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_train: int, available_val: int,
                image_size: int, cache_features: bool = True, val_fraction: float = 0.2,
-               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0) -> DemoPreset:
+               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0, start_seconds: float = 0.0) -> DemoPreset:
     """The largest shared training-image limit (and the most epochs) that runs both models within budget.
 
-    fine_tune_epochs are the transfer model's, kept as the user set them and counted in the budget.
+    fine_tune_epochs are the transfer model's, kept as the user set them and counted in the budget;
+    start_seconds (the worker process's start, core.training.board.worker_start_seconds) too, once.
     """
     floor = min(min_images, available_train)
 
@@ -133,7 +135,7 @@ def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_
                 for k in speeds}
 
     def total(limit: int, epochs: dict[ModelKind, int]) -> float:
-        return sum(e.total_seconds for e in run(limit, epochs).values())
+        return start_seconds + sum(e.total_seconds for e in run(limit, epochs).values())
 
     last = None
     for pair in EPOCH_FALLBACKS:
@@ -149,8 +151,17 @@ def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_
                 lo = mid
             else:
                 hi = mid - 1
-        return DemoPreset(lo, epochs, run(lo, epochs), budget_seconds, True)
-    return DemoPreset(floor, last, run(floor, last), budget_seconds, False)
+        return DemoPreset(lo, epochs, run(lo, epochs), budget_seconds, True, start_seconds)
+    return DemoPreset(floor, last, run(floor, last), budget_seconds, False, start_seconds)
+
+
+def estimate_run(data, train, available_train: int, available_val: int, speed: Speed) -> Estimate:
+    """The estimate of one experiment as configured, on a source with this many images."""
+    from core.settings.config import uses_feature_cache
+
+    used_train, used_val = split_sizes(available_train, available_val, data.limit, data.val_fraction)
+    return estimate(train.model, speed, used_train, used_val, train.resolved_epochs, data.image_size,
+                    uses_feature_cache(data, train), train.fine_tune_epochs)
 
 
 def _per_image(step, x, y, warmup: int, batches: int) -> float:

@@ -16,7 +16,19 @@ from pathlib import Path
 
 from core.data.sources import TRAIN, VALIDATION, make_pipeline, open_source
 from core.runs.folders import RunWriter, new_run_id
-from core.settings.config import DataConfig, ModelKind, TrainConfig, to_dict, total_epochs, uses_feature_cache, validate
+from core.runs.reload_check import RELOAD_CHECK_KEY
+from core.settings.config import (
+    DataConfig,
+    ModelKind,
+    TrainConfig,
+    balanced_class_weights,
+    data_from_dict,
+    to_dict,
+    total_epochs,
+    train_from_dict,
+    uses_feature_cache,
+    validate,
+)
 from core.settings.errors import LabError, StopRequested
 from core.settings.text import FINE_TUNE_PHASE, FROZEN_PHASE, TRAIN_PHASE
 
@@ -49,6 +61,18 @@ class Callbacks:
     on_batch: Callable[[BatchReport], None] | None = None
     on_status: Callable[[str], None] | None = None  # phase messages: loading data, extracting features
     should_stop: Callable[[], bool] | None = None  # polled after every batch
+
+    def joined(self, other: Callbacks) -> Callbacks:
+        """Both sets of callbacks: each report goes to self first, then other; either may stop the run."""
+        def both(a, b):
+            if a is None or b is None:
+                return a or b
+            return lambda report: (a(report), b(report))[-1]
+
+        stops = [f for f in (self.should_stop, other.should_stop) if f is not None]
+        return Callbacks(on_epoch=both(self.on_epoch, other.on_epoch), on_batch=both(self.on_batch, other.on_batch),
+                         on_status=both(self.on_status, other.on_status),
+                         should_stop=(lambda: any(f() for f in stops)) if stops else None)
 
 
 @dataclass
@@ -97,8 +121,12 @@ def _keras_callback(epochs: int, steps: int, callbacks: Callbacks, history: list
     return Reporter()
 
 
-def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None, *,
+        build: Callable[[], object] | None = None, earlier: list[dict] | None = None) -> TrainResult:
     """Train one model on an opened source. Raises StopRequested if stopped before any epoch finished.
+
+    build, if given, makes the compiled model to continue training (a finished run's reloaded model.h5)
+    instead of a new one; earlier is that run's history, which the new epochs extend.
 
     The model, its optimizer and the backbone's features are made under the tf.distribute strategy that
     train.strategy picks; data.batch_size is per replica, so the global batch grows with the replicas.
@@ -121,12 +149,14 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
         callbacks.on_status(f"Strategy {choice.kind}: {choice.replicas} replica(s), global batch {global_batch}"
                             + (f"; {precision.note}" if precision.note else "") + ".")
     with choice.strategy.scope(), precision_policy(precision.mixed):
-        result = _fit(source, dataclasses.replace(data, batch_size=global_batch), train, callbacks)
+        result = _fit(source, dataclasses.replace(data, batch_size=global_batch), train, callbacks, build,
+                      earlier or [])
     result.extra["distribution"] = describe(choice, data.batch_size, precision)
     return result
 
 
-def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None = None) -> TrainResult:
+def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None, build, earlier: list[dict]
+         ) -> TrainResult:
     """fit() inside the strategy's scope; data.batch_size is the global batch."""
     import tf_keras
 
@@ -143,14 +173,26 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
         )
     tf_keras.utils.set_random_seed(data.seed)
     epochs = train.resolved_epochs
-    all_epochs = total_epochs(train)
-    status("Building the model ...")
-    model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
-    compile_model(model, train.learning_rate)
-    history: list[dict] = []
+    before = len(earlier)
+    all_epochs = before + total_epochs(train)
+    if build is None:
+        status("Building the model ...")
+        model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
+        compile_model(model, train.learning_rate)
+    else:
+        status("Reloading the model and its optimizer state ...")
+        model = build()
+    transfer = train.model is ModelKind.MOBILENET_V2
+    # A run resumed after fine-tuning has its backbone unfrozen, so its features change every step.
+    unfrozen = transfer and model.layers[0].trainable
+    history: list[dict] = [dict(row) for row in earlier]
     steps = steps_per_epoch(source, TRAIN, data.batch_size)
     reporter = _keras_callback(all_epochs, steps, callbacks, history)
-    use_features = uses_feature_cache(data, train)
+    weights = None
+    if train.class_weight:
+        by_name = balanced_class_weights(source.info.counts[TRAIN], source.info.class_names)
+        weights = {k: by_name[name] for k, name in enumerate(source.info.class_names)}
+    use_features = uses_feature_cache(data, train) and not unfrozen
     feature_seconds = 0.0
     feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
     arrays: dict[str, tuple] = {}  # split -> (features, labels)
@@ -174,30 +216,36 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
             status("Training the Dense head on the cached features ...")
             head.fit(feature_batches(*arrays[TRAIN], data.batch_size, seed=data.seed), epochs=epochs,
                      validation_data=feature_batches(*arrays[VALIDATION], data.batch_size),
-                     shuffle=False, verbose=0, callbacks=[reporter])  # the batches shuffle themselves
+                     shuffle=False, verbose=0, callbacks=[reporter],  # the batches shuffle themselves
+                     class_weight=weights)
         else:
             status("Training ...")
             model.fit(make_pipeline(source, TRAIN, data, training=True), epochs=epochs,
                       validation_data=make_pipeline(source, VALIDATION, data, training=False),
-                      verbose=0, callbacks=[reporter])
-        if train.fine_tune_epochs and len(history) == epochs:
+                      verbose=0, callbacks=[reporter], class_weight=weights)
+        if train.fine_tune_epochs and len(history) - before == epochs:
             status("Fine-tuning: the backbone is unfrozen ...")
             fine_tuned = True
             fine_tune(model, train)
             model.fit(make_pipeline(source, TRAIN, data, training=True), initial_epoch=epochs, epochs=all_epochs,
                       validation_data=make_pipeline(source, VALIDATION, data, training=False),
-                      verbose=0, callbacks=[reporter])
+                      verbose=0, callbacks=[reporter], class_weight=weights)
     except StopRequested:
         stopped = True
-    if not history:
+    if len(history) == before:
         raise StopRequested()
-    transfer = train.model is ModelKind.MOBILENET_V2
-    for i, row in enumerate(history):
-        row["phase"] = (FROZEN_PHASE if i < epochs else FINE_TUNE_PHASE) if transfer else TRAIN_PHASE
+    for i, row in enumerate(history[before:]):
+        fine_tuned = unfrozen or i >= epochs
+        row["phase"] = (FINE_TUNE_PHASE if fine_tuned else FROZEN_PHASE) if transfer else TRAIN_PHASE
     total, trainable = param_counts(model)
     extra = {"feature_origin": feature_origin} if feature_origin else {}
     if train.fine_tune_epochs:
-        extra["fine_tune_start_epoch"] = epochs + 1
+        extra["fine_tune_start_epoch"] = before + epochs + 1
+    if before:
+        extra["resumed_after_epoch"] = before
+    if getattr(model, "optimizer", None) is not None:
+        # Adam's step count: a resumed run's continues from its parent's, showing the state was carried over.
+        extra["optimizer_steps"] = int(model.optimizer.iterations.numpy())
     frozen_features = None if fine_tuned else arrays.get(VALIDATION)
     return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, feature_seconds,
                        extra, frozen_features)
@@ -238,14 +286,17 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
     try:
         config = {
             "data": to_dict(data), "train": to_dict(train), "epochs": train.resolved_epochs,
-            "total_epochs": total_epochs(train), "feature_cache_used": uses_feature_cache(data, train),
+            "total_epochs": total_epochs(train), "feature_cache_used": bool(result.extra.get("feature_origin")),
             "class_names": source.info.class_names, "dataset": source.info.to_dict(),
             "versions": library_versions(), "machine": platform.machine(),
             "distribution": result.extra.get("distribution"), **(extra_config or {}),
         }
+        if train.class_weight:
+            config["class_weights"] = balanced_class_weights(source.info.counts[TRAIN], source.info.class_names)
         writer.json("config.json", config)
         writer.json("history.json", result.history)
         save_model(result.model, writer.path("model.h5"), source.info.class_names)
+        reload = _reload_check(result.model, writer.path("model.h5"), source, data)
         writer.text("summary.txt", summary_text(result.model))
         writer.json("layers.json", [row.__dict__ for row in summary_rows(result.model)])
         vals = [row.get("val_accuracy", math.nan) for row in result.history]
@@ -268,6 +319,7 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
             "skipped_images": sum(source.info.skipped.values()) + source.runtime_skipped,
             "model_size_mb": round(writer.path("model.h5").stat().st_size / 1e6, 3),
             "finished_at": time.time(),
+            RELOAD_CHECK_KEY: reload,
             **result.extra,  # where cached features came from; the epoch fine-tuning started at
         }
         writer.json("metrics.json", metrics)
@@ -275,6 +327,21 @@ def save_run(result: TrainResult, source, data: DataConfig, train: TrainConfig, 
     except BaseException:
         writer.abandon()
         raise
+
+
+def _reload_check(model, path: Path, source, data: DataConfig) -> dict:
+    """The article's reload check on the freshly written model.h5; a failure is recorded, not raised,
+    because the run itself is complete and its file may still load where the hub module is reachable."""
+    from core.runs.reload_check import check_reload, validation_batch
+
+    try:
+        images = validation_batch(source, data.image_size)
+        if images is None:
+            return {"error": "no validation image could be read"}
+        return check_reload(model, path, images)
+    except LabError as exc:
+        logger.warning("The reload check of %s failed: %s", path, exc)
+        return {"error": str(exc)}
 
 
 def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
@@ -292,17 +359,69 @@ def run_experiment(data: DataConfig, train: TrainConfig, runs_dir: Path,
     result = fit(source, data, train, callbacks)
     run_dir = save_run(result, source, data, train, runs_dir)
     if evaluate:
-        from core.runs.evaluate import evaluate_run
+        _evaluate_saved(run_dir, result, source, callbacks)
+    return run_dir
 
-        if callbacks.on_status:
-            callbacks.on_status("Evaluating on the validation split ...")
-        # A model built under MirroredStrategy or TPUStrategy only runs inside its replicas; its saved
-        # file reloads as an ordinary model.
-        distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
-        try:
-            evaluate_run(run_dir, model=None if distributed else result.model, source=source,
-                         features=result.validation_features)
-        except LabError as exc:
-            # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
-            logger.warning("Evaluation of %s failed: %s", run_dir, exc)
+
+def _evaluate_saved(run_dir: Path, result: TrainResult, source, callbacks: Callbacks) -> None:
+    from core.runs.evaluate import evaluate_run
+
+    if callbacks.on_status:
+        callbacks.on_status("Evaluating on the validation split ...")
+    # A model built under MirroredStrategy or TPUStrategy only runs inside its replicas; its saved
+    # file reloads as an ordinary model.
+    distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
+    try:
+        evaluate_run(run_dir, model=None if distributed else result.model, source=source,
+                     features=result.validation_features)
+    except LabError as exc:
+        # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
+        logger.warning("Evaluation of %s failed: %s", run_dir, exc)
+
+
+def resume_experiment(parent_dir: str | Path, epochs: int, runs_dir: Path, callbacks: Callbacks | None = None,
+                      evaluate: bool = True) -> Path:
+    """Continue a finished run for `epochs` more epochs and write the result as a new run.
+
+    The model and its optimizer state (Adam's moments and step count) come from the run's model.h5, the
+    dataset and settings from its config.json; the new run's history extends the parent's, and its
+    config names the parent under "parent".
+    """
+    import dataclasses
+
+    from core.runs.folders import open_run
+    from core.safety.model_files import load_model
+    from core.settings.paths import configure_caches
+
+    configure_caches()
+    parent = open_run(parent_dir)
+    try:
+        data = data_from_dict(parent.config.get("data", {}))
+        train = dataclasses.replace(train_from_dict(parent.config.get("train", {})), epochs=epochs,
+                                    fine_tune_epochs=0)
+    except (TypeError, ValueError) as exc:
+        raise LabError(f"The run '{parent.run_id}' has settings the Lab cannot read ({exc}); it cannot be "
+                       "resumed.") from None
+    validate(data, train)
+    callbacks = callbacks or Callbacks()
+    if callbacks.on_status:
+        callbacks.on_status(f"Opening {data.source} ...")
+    source = open_source(data, progress=callbacks.on_status)
+    if source.info.class_names != parent.class_names:
+        raise LabError(f"The dataset {data.source} now has the classes {source.info.class_names}, but the run "
+                       f"was trained on {parent.class_names}; restore the dataset as it was to resume the run.")
+
+    def reload():
+        model, _info = load_model(parent.model_path)
+        if getattr(model, "optimizer", None) is None:
+            raise LabError(f"The model.h5 of '{parent.run_id}' was saved without its optimizer state, so "
+                           "training cannot continue where it stopped; train a new run instead.")
+        return model
+
+    result = fit(source, data, train, callbacks, build=reload, earlier=parent.history)
+    record = {"run_id": parent.run_id, "path": str(parent.path), "epochs": len(parent.history)}
+    run_dir = save_run(result, source, data, train, runs_dir,
+                       extra_config={"parent": record, "total_epochs": len(result.history)})
+    if evaluate:
+        _evaluate_saved(run_dir, result, source, callbacks)
     return run_dir

@@ -1,11 +1,10 @@
-"""Training in a background thread that a page can poll, stop, and never restart by accident.
+"""The training engine of one job: experiments run in order on a thread, followed through Snapshots.
 
 A Job runs one or more experiments one after another (the Experiments page's "Run both") through
 core.training.experiment.run_experiment. The training thread writes progress under a lock and readers get frozen
-Snapshots, so a page rerun never sees half an update; stop() sets an Event that training polls after
-every batch. A Job belongs to whoever holds it (the dashboard keeps it in one session's state), so two
-browser sessions training at once each follow only their own. Every session shares one server process,
-so start() counts the jobs of the process and refuses one beyond the preset's max_concurrent_jobs.
+Snapshots, so nobody sees half an update; stop() sets an Event that training polls after every batch.
+A Job lives inside the process that trains it: a worker process started by core.training.board, or the
+CLI. The board publishes its Snapshots as JSON for every page, tab and browser to read.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig, total_epochs
@@ -61,6 +60,22 @@ class Snapshot:
     def finished(self) -> bool:
         return self.phase in FINISHED
 
+    def to_dict(self) -> dict:
+        """Plain JSON values, for the job board's status file."""
+        out = asdict(self)
+        out["model"] = self.model.value if self.model else None
+        out["histories"] = [[kind.value, list(rows)] for kind, rows in self.histories]
+        out["run_dirs"] = [str(p) for p in self.run_dirs]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Snapshot:
+        values = {f.name: d.get(f.name) for f in fields(cls)}
+        values["model"] = ModelKind(d["model"]) if d.get("model") else None
+        values["histories"] = tuple((ModelKind(kind), tuple(rows)) for kind, rows in d.get("histories") or ())
+        values["run_dirs"] = tuple(Path(p) for p in d.get("run_dirs") or ())
+        return cls(**values)
+
 
 @dataclass
 class _State:
@@ -79,35 +94,6 @@ class _State:
 
 
 Runner = Callable[[DataConfig, TrainConfig, Path, Callbacks], Path]
-
-# Training jobs running in this server process, across every browser session. Each one holds a model,
-# its data pipeline and two CPU-hungry threads, so a workshop's worth started at once would exhaust the
-# host's memory and slow everyone to a crawl; the preset says how many may run together.
-_slots_lock = threading.Lock()
-_running_jobs = 0
-
-
-def running_jobs() -> int:
-    """How many jobs of this process are training right now."""
-    with _slots_lock:
-        return _running_jobs
-
-
-def _take_slot(limit: int) -> None:
-    global _running_jobs
-    with _slots_lock:
-        if _running_jobs >= limit:
-            busy = "1 training is" if _running_jobs == 1 else f"{_running_jobs} trainings are"
-            raise LabError(f"{busy} running on this server, the most it allows at once; "
-                           "try again in a minute.")
-        _running_jobs += 1
-
-
-def _release_slot() -> None:
-    global _running_jobs
-    with _slots_lock:
-        _running_jobs = max(0, _running_jobs - 1)
-
 
 def _default_runner(data: DataConfig, train: TrainConfig, runs_dir: Path, callbacks: Callbacks) -> Path:
     from core.training.experiment import run_experiment
@@ -129,22 +115,16 @@ class Job:
         self._state = _State()
         self._started = 0.0
         self._ended: float | None = None
+        self.exception: BaseException | None = None  # what ended the job, for callers that re-raise
         self._thread = threading.Thread(target=self._run, name="lab-training", daemon=True)
 
-    def start(self, max_concurrent: int | None = None) -> Job:
-        """Start training, or raise LabError when max_concurrent jobs (default: the active preset's
-        max_concurrent_jobs) are already running in this process."""
-        if max_concurrent is None:
-            from core.settings.presets import active_preset
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
-            max_concurrent = active_preset().max_concurrent_jobs
-        _take_slot(max_concurrent)
+    def start(self) -> Job:
         self._started = time.monotonic()
-        try:
-            self._thread.start()
-        except BaseException:
-            _release_slot()
-            raise
+        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -285,12 +265,6 @@ class Job:
                          should_stop=self._stop.is_set)
 
     def _run(self) -> None:
-        try:
-            self._train_all()
-        finally:
-            _release_slot()
-
-    def _train_all(self) -> None:
         final_phase, final_message = DONE, ""
         for index, experiment in enumerate(self.experiments):
             if self._stop.is_set():
@@ -304,14 +278,17 @@ class Job:
                 self._state.experiment_started = time.monotonic()
             try:
                 run_dir = self._runner(experiment.data, experiment.train, self.runs_dir, self._callbacks(index))
-            except StopRequested:
+            except StopRequested as exc:
+                self.exception = exc
                 final_phase = STOPPED
                 final_message = "Stopped before the first epoch finished; nothing was saved for that model."
                 break
             except LabError as exc:
+                self.exception = exc
                 final_phase, final_message = FAILED, str(exc)
                 break
             except Exception as exc:  # a bug must end the job visibly, not kill the thread silently
+                self.exception = exc
                 logger.exception("training job failed")
                 first_line = (str(exc).splitlines() or [""])[0][:300]
                 final_phase = FAILED

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE, make_zip, wait_for_job
+from conftest import TEST_IMAGE_SIZE, followed_job, make_zip, wait_for_job
 from hostile_files import lambda_model_file, with_handle
 from PIL import Image
 from sample_images import GOOD, png_bomb
@@ -333,11 +333,14 @@ def test_an_image_size_the_hub_module_refuses(open_page, demo_folder, fixed_224_
 # ------------------------------------------------------------------ a public host (the cloud preset)
 
 
-def test_public_host_offers_no_server_paths_and_caps_concurrent_training(open_page, monkeypatch, demo_folder,
+def test_public_host_offers_no_server_paths_and_queues_trainings_beyond_its_limit(open_page, monkeypatch, demo_folder,
                                                                          demo_backbone, trained_runs):
-    import core.training.jobs
+    import os
+
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.settings.paths import uploads_dir
-    from core.settings.presets import active_preset
+    from core.training.board import Board
+    from core.training.jobs import Experiment
 
     monkeypatch.setenv("LAB_PRESET", "cloud")
     uploaded = uploads_dir() / "zip-robustness" / "shapes"  # where an uploaded zip would have been unpacked
@@ -354,17 +357,30 @@ def test_public_host_offers_no_server_paths_and_caps_concurrent_training(open_pa
     assert ("No estimate: This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder "
             f"as the hub handle, not '{demo_backbone}'.") in errors(at)
     at.button(key="run_mobilenet_v2").click().run()
-    assert "exp_job" not in at.session_state
+    assert not at.session_state["exp_following"] if "exp_following" in at.session_state else True
     assert any(e.startswith("This server only uses TF Hub") for e in errors(at))
 
-    # Other sessions of this server already train as many models as the preset allows at once.
-    limit = active_preset().max_concurrent_jobs
-    monkeypatch.setattr(core.training.jobs, "_running_jobs", limit)
-    at.button(key="run_baseline").click().run()
-    assert not at.exception
-    assert "exp_job" not in at.session_state
-    busy = "1 training is" if limit == 1 else f"{limit} trainings are"
-    assert f"{busy} running on this server, the most it allows at once; try again in a minute." in errors(at)
+    # Another session's training holds the only slot: a new one waits in line and says so.
+    runs = Path(os.environ["LAB_RUNS_DIR"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        other = Board(runs, launcher=lambda path: sleeper).submit(
+            [Experiment(DataConfig(source="folder:x"), TrainConfig(model=ModelKind.BASELINE), 30.0)], ["other"],
+            owner="someone-else")
+        at.button(key="run_baseline").click().run()
+        assert not at.exception
+        assert "**Baseline CNN** · yours" in [m.value for m in at.markdown]
+        waiting = [p.proto.text for p in at.get("progress") if p.proto.text.startswith("Waiting")]
+        assert waiting and waiting[0].startswith("Waiting: 1st in line")
+        # A stranger's training cannot be stopped from here; one's own queued job can be cancelled.
+        assert not [b for b in at.button if b.key == f"stop_{other.job_id}"]
+        mine = followed_job(at)
+        assert at.button(key=f"stop_{mine.job_id}").label == "Cancel"
+        at.button(key=f"stop_{mine.job_id}").click().run()
+        assert followed_job(at).snapshot.message == "Cancelled before it started; nothing was trained."
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # ------------------------------------------------------------------ killed and damaged runs

@@ -1,13 +1,12 @@
-"""The Experiments page: estimates, presets, a tiny background run to the end, stop, run history."""
+"""The Experiments page: estimates, presets, a tiny run in a worker process to the end, stop, queue, run history."""
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from conftest import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, wait_for_job
+from conftest import TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
 
 
 @pytest.fixture
@@ -45,10 +44,9 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     at = open_page("experiments", state=tiny_state)
     at.button(key="run_both").click().run()
     assert not at.exception
-    job = at.session_state["exp_job"]
-    if not job.snapshot().finished:
+    if not followed_job(at).finished:
         assert at.get("progress"), "a running job shows a progress bar"
-        assert any(b.label == "Stop" for b in at.button)
+        assert any(b.label in ("Stop", "Cancel") for b in at.button)
         assert at.button(key="run_both").disabled  # a second click cannot start another run meanwhile
     snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "done", snap.message
@@ -68,8 +66,10 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     assert list(comparison["Model"]) == ["Baseline CNN", "MobileNetV2 transfer", "Baseline CNN",
                                          "MobileNetV2 transfer"]
     assert list(comparison["Epochs"]) == ["2", "2", "15", "3"]
-    assert len(at.table) == 5  # the comparison, then a layer table and a per-class table per model
-    baseline_layers, transfer_layers = at.table[1].value, at.table[2].value
+    assert len(at.table) == 3  # the comparison, then a per-class table per model
+    # Layer tables scroll sideways in their half of the page rather than cut their last column off.
+    baseline_layers, transfer_layers = at.dataframe[0].value, at.dataframe[1].value
+    assert list(baseline_layers.columns) == ["Layer", "Type", "Output shape", "Parameters", "Trained"]
     assert "Conv2D" in list(baseline_layers["Type"])
     assert list(transfer_layers["Type"]) == ["KerasLayer", "Dense"]
     assert list(transfer_layers["Trained"]) == ["no", "yes"]
@@ -78,10 +78,10 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
 def test_widget_changes_never_restart_training(open_page, tiny_state):
     at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=3))
     at.button(key="run_baseline").click().run()
-    job = at.session_state["exp_job"]
+    job_id = followed_job(at).job_id
     at.number_input(key="exp_b_epochs").set_value(5).run()
     at.number_input(key="exp_image_size").set_value(96).run()
-    assert at.session_state["exp_job"] is job
+    assert at.session_state["exp_following"] == [job_id]
     snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "done"
     assert len(snap.run_dirs) == 1
@@ -89,25 +89,65 @@ def test_widget_changes_never_restart_training(open_page, tiny_state):
     assert config["epochs"] == 3 and config["data"]["image_size"] == TEST_IMAGE_SIZE
 
 
-def test_stop_keeps_finished_epochs_and_each_session_sees_only_its_own_job(open_page, tiny_state):
+def test_stop_keeps_finished_epochs_and_other_sessions_see_the_training_without_owning_it(open_page, tiny_state):
     at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=300))
     at.button(key="run_baseline").click().run()
-    job = at.session_state["exp_job"]
-    deadline = time.monotonic() + JOB_WAIT_SECONDS
-    while job.snapshot().epoch < 1:
-        assert time.monotonic() < deadline and not job.snapshot().finished, job.snapshot()
-        time.sleep(0.2)
+    view = wait_for_epoch(at)
     other = open_page("experiments", state=tiny_state)
-    assert "exp_job" not in other.session_state
-    assert not other.get("progress")
+    assert not other.session_state["exp_following"] if "exp_following" in other.session_state else True
+    cards = [m.value for m in other.markdown if m.value.startswith("**Baseline CNN**")]
+    assert cards == ["**Baseline CNN** · another visitor's"]  # on "Running now", never as its own
+    assert not other.button(key="run_baseline").disabled  # and it may start its own
     at.run()
-    next(b for b in at.button if b.label == "Stop").click().run()
+    assert "**Baseline CNN** · yours" in [m.value for m in at.markdown]
+    at.button(key=f"stop_{view.job_id}").click().run()
+    assert "Stopping after the current batch ..." in [p.proto.text for p in at.get("progress")]
     snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "stopped"
     assert len(snap.run_dirs) == 1
     metrics = json.loads((snap.run_dirs[0] / "metrics.json").read_text())
     assert metrics["stopped_early"] is True and 1 <= metrics["epochs_completed"] < 300
     assert "Stopped after" in at.warning[0].value
+
+
+def test_a_reload_finds_the_settings_and_the_training_again(open_page, tiny_state, monkeypatch):
+    at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=300, exp_seed=7))
+    token = at.session_state["lab_token"]
+    assert at.query_params["s"] == token
+    at.button(key="run_baseline").click().run()
+    view = wait_for_epoch(at)
+    reloaded = open_page("experiments", query={"s": token})
+    s = reloaded.session_state
+    assert (s["lab_source"], s["lab_handle"], s["exp_b_epochs"], s["exp_seed"]) == (
+        tiny_state["lab_source"], tiny_state["lab_handle"], 300, 7)
+    assert s["exp_following"] == [view.job_id]
+    assert "**Baseline CNN** · yours" in [m.value for m in reloaded.markdown]
+    assert reloaded.button(key="run_baseline").disabled
+    # A shared link shows the training to a stranger, who cannot stop it on a hosted Lab.
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    stranger = open_page("experiments", query={"job": view.job_id})
+    assert stranger.session_state["exp_following"] == [view.job_id]
+    assert "**Baseline CNN** · another visitor's" in [m.value for m in stranger.markdown]
+    assert not [b for b in stranger.button if b.key == f"stop_{view.job_id}"]
+    reloaded.button(key=f"stop_{view.job_id}").click().run()
+    assert wait_for_job(reloaded).phase == "stopped"
+
+
+def test_an_identical_experiment_trains_once(open_page, tiny_state, tmp_path):
+    state = dict(tiny_state, exp_b_epochs=1, exp_b_limit=32)
+    first, second = open_page("experiments", state=state), open_page("experiments", state=state)
+    first.button(key="run_baseline").click().run()
+    second.button(key="run_baseline").click().run()
+    assert followed_job(second).job_id == followed_job(first).job_id
+    assert "following it, so it trains once" in second.info[0].value
+    snap = wait_for_job(first)
+    assert snap.phase == "done"
+    third = open_page("experiments", state=state)
+    third.button(key="run_baseline").click().run()
+    assert "exp_following" not in third.session_state or not third.session_state["exp_following"]
+    assert third.info[0].value.startswith("Baseline CNN was trained here already with the same data")
+    assert third.multiselect(key="exp_shown").value == [snap.run_dirs[0].name]
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 1
 
 
 def test_quick_demo_and_article_presets_fill_the_settings(open_page, tiny_state):
@@ -135,7 +175,7 @@ def test_run_history_shows_earlier_runs_and_lists_broken_folders(open_page, trai
     assert not at.exception
     assert sorted(at.multiselect[0].value) == sorted([trained_runs["baseline"].name, trained_runs["mobilenet_v2"].name])
     assert len(at.get("plotly_chart")) == 4  # the two curves and a confusion matrix per run
-    assert len(at.table) == 5
+    assert len(at.table) == 3 and len(at.dataframe) == 2
     assert any("2 unfinished or damaged" in e.label for e in at.expander)
     at.multiselect[0].set_value([]).run()
     assert not at.get("plotly_chart")
@@ -164,13 +204,10 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
                                                                               state=slow)
     sessions[0].button(key="run_baseline").click().run()
     sessions[1].button(key="run_mobilenet_v2").click().run()
-    jobs = [at.session_state["exp_job"] for at in sessions]
-    assert jobs[0] is not jobs[1]
-    deadline = time.monotonic() + JOB_WAIT_SECONDS
-    while any(job.snapshot().epoch < 1 for job in jobs):  # both past their first epoch: training together
-        assert time.monotonic() < deadline and not any(job.snapshot().finished for job in jobs), \
-            [job.snapshot() for job in jobs]
-        time.sleep(0.2)
+    jobs = [followed_job(at).job_id for at in sessions]
+    assert jobs[0] != jobs[1]
+    for at in sessions:  # both past their first epoch: training together, each in its own worker
+        wait_for_epoch(at)
 
     predicting = open_page("predict", runs_dir=runs)
     image = min((demo_folder / "circles").iterdir())
@@ -178,16 +215,16 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     assert not predicting.exception and not predicting.error
     expected = predict_bytes(load_for_prediction(trained_runs["mobilenet_v2"]), [(image.name, image.read_bytes())])
     assert [m.value for m in predicting.markdown if m.value.startswith("### ")] == [f"### {expected[0].label}"]
-    assert not any(job.snapshot().finished for job in jobs)  # served while both were still training
+    assert not any(followed_job(at).finished for at in sessions)  # served while both were still training
 
     for at, own, other in zip(sessions, ("Baseline CNN", "MobileNetV2 transfer"),
                               ("MobileNetV2 transfer", "Baseline CNN")):
         at.run()
         assert not at.exception
-        headings = [h.value for h in at.subheader]
-        assert f"Training {own}" in headings and f"Training {other}" not in headings
-    for at in sessions:
-        next(b for b in at.button if b.label == "Stop").click().run()
+        cards = [m.value for m in at.markdown]
+        assert f"**{own}** · yours" in cards and f"**{other}** · another visitor's" in cards
+    for at, job_id in zip(sessions, jobs):
+        at.button(key=f"stop_{job_id}").click().run()
     snaps = [wait_for_job(at, rerun_while_waiting=True) for at in sessions]
     assert [snap.phase for snap in snaps] == ["stopped", "stopped"]
     own_runs = [[path.name for path in snap.run_dirs] for snap in snaps]

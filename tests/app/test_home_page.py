@@ -54,3 +54,16 @@ def test_entry_and_home_do_not_import_tensorflow(tmp_path):
                          timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_sidebar_shows_the_servers_folders_only_on_the_local_preset(open_page, monkeypatch, tmp_path):
+    from core.settings.paths import cache_dir, uploads_dir
+
+    source = f"folder:{uploads_dir() / 'abc123' / 'pets'}"
+    local = "\n".join(c.value for c in open_page("home", state={"lab_source": source}).sidebar.caption)
+    assert str(tmp_path / "runs") in local and str(cache_dir()) in local and str(uploads_dir()) in local
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    hosted = "\n".join(c.value for c in open_page("home", state={"lab_source": source}).sidebar.caption)
+    assert "Runs: 0 finished" in hosted and "Dataset: folder `pets`" in hosted
+    for folder in (tmp_path, cache_dir(), uploads_dir()):
+        assert str(folder) not in hosted

@@ -102,3 +102,72 @@ def test_h5_paths_load_or_say_what_is_wrong(open_page, trained_runs, tmp_path):
     at.text_input(key="pred_h5_path").set_value(str(trained_runs["mobilenet_v2"] / "model.h5")).run()
     assert not at.exception and not at.error
     assert any("classes: circles, squares" in m.value for m in at.markdown)
+
+
+def retrain_on_paper(run_dir, source: str) -> None:
+    """Make a copied run claim another dataset, as a run trained on another folder would."""
+    import json
+
+    config = json.loads((run_dir / "config.json").read_text())
+    config["data"]["source"] = source
+    (run_dir / "config.json").write_text(json.dumps(config))
+
+
+def test_run_labels_name_the_dataset_and_runs_on_the_current_dataset_come_first(open_page, trained_runs, tmp_path,
+                                                                                demo_folder):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_runs["dir"], runs)
+    transfer, baseline = trained_runs["mobilenet_v2"].name, trained_runs["baseline"].name
+    retrain_on_paper(runs / transfer, "folder:/data/faces")
+    at = open_page("predict", runs_dir=runs, state={"lab_source": f"folder:{demo_folder}"})
+    assert not at.exception and not at.error
+    assert at.selectbox[0].value == baseline  # trained on the current dataset, so before the better transfer run
+    labels = at.selectbox[0].options
+    assert any(label.startswith(f"Baseline CNN · {demo_folder.name} (circles, squares) · val ") for label in labels)
+    assert any(label.startswith("MobileNetV2 transfer · faces (circles, squares) · val ") for label in labels)
+    assert not at.warning
+    at.selectbox[0].set_value(transfer).run()
+    [warning] = [w.value for w in at.warning]
+    assert warning == (f"This run was trained on faces, not on the current dataset ({demo_folder.name}): its "
+                       "answers are among its own classes (circles, squares).")
+
+
+def test_a_model_whose_classes_differ_from_the_loaded_dataset_is_flagged(open_page, trained_runs, tmp_path):
+    faces = tmp_path / "faces"
+    for name in ("happy", "sad"):
+        (faces / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (64, 64), (40 * i, 90, 30)).save(faces / name / f"{i}.png")
+    at = open_page("dataset", runs_dir=trained_runs["dir"])
+    at.radio[0].set_value("folder").run()
+    at.text_input[0].set_value(str(faces)).run()
+    at.button[0].click().run()
+    assert at.session_state["lab_source"] == f"folder:{faces}"
+    at.switch_page("app_pages/predict.py").run()
+    assert not at.exception and not at.error
+    [warning] = [w.value for w in at.warning]
+    assert warning.startswith("This model's classes (circles, squares) are not those of the current dataset, "
+                              "faces (happy, sad): it can only answer with its own classes.")
+    assert any(m.value.startswith("trained on ") and "classes: circles, squares" in m.value for m in at.markdown)
+
+
+def test_no_dataset_warning_until_the_session_has_chosen_a_dataset(open_page, trained_runs):
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    assert not at.exception and not at.warning
+
+
+def test_class_names_from_an_uploaded_model_are_shown_as_text(open_page, trained_runs, tmp_path):
+    import h5py
+
+    hostile = ["<img src=x onerror=alert(1)>", "[x](javascript:alert(1))"]
+    model = tmp_path / "hostile.h5"
+    shutil.copy(trained_runs["baseline"] / "model.h5", model)
+    with h5py.File(model, "a") as f:
+        f.attrs["lab_class_names"] = __import__("json").dumps(hostile)
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.radio(key="pred_model_source").set_value("upload").run()
+    at.file_uploader(key="up_model").set_value(("hostile.h5", model.read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and not at.error
+    [line] = [m for m in at.markdown if "classes: " in m.value]
+    assert not line.proto.allow_html
+    assert r"\<img src=x onerror=alert\(1\)\>, \[x\]\(javascript\:alert\(1\)\)" in line.value

@@ -64,7 +64,7 @@ def test_each_run_shows_its_confusion_matrix_per_class_table_and_mistakes(open_p
     wrong = sum(len(stored_evaluation(runs_copy[k])["wrong"]) for k in ("baseline", "mobilenet_v2"))
     gallery = [c.value for c in at.caption if c.value.startswith("true **")]
     assert len(gallery) == wrong
-    assert len(at.table) == 5  # comparison, two layer tables, two per-class tables
+    assert len(at.table) == 3 and len(at.dataframe) == 2  # comparison, two per-class tables; two layer tables
 
 
 def test_a_run_without_an_evaluation_can_be_evaluated_from_the_page(open_page, runs_copy, folder_state):
@@ -214,3 +214,77 @@ def test_a_run_folder_zip_from_the_page_imports_into_another_installation(open_p
     imported = import_run_zip(data(), elsewhere)
     (record,) = list_runs(elsewhere).runs
     assert record.path == imported.path and record.history == json.loads((run / "history.json").read_text())
+
+
+def run_sections(run_dir: str) -> None:
+    """What the run's page shows for one run: the reload check, then its evaluation."""
+    from app_pages.run_details import show_evaluation, show_reload_check
+    from core.runs.folders import open_run
+
+    record = open_run(run_dir)
+    show_reload_check(record)
+    show_evaluation(record)
+
+
+def open_sections(run_dir):
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_function(run_sections, args=(str(run_dir),), default_timeout=120).run()
+
+
+def test_a_run_shows_the_articles_reload_check_beside_its_line_of_code(runs_copy):
+    run = runs_copy["mobilenet_v2"]
+    check = json.loads((run / "metrics.json").read_text())["reload_check"]
+    at = open_sections(run)
+    assert not at.exception and not at.error
+    from core.runs.reload_check import RELOAD_CODE
+
+    assert RELOAD_CODE == 'tf_keras.models.load_model(path, custom_objects={"KerasLayer": hub.KerasLayer})'
+    assert [c.value for c in at.code] == [RELOAD_CODE]
+    [caption] = [c.value for c in at.caption if "reloaded in" in c.value]
+    assert caption.startswith(":material/check_circle: model.h5 reloaded in ")
+    assert f"on {check['images']} validation images" in caption and "exactly 0.0" in caption
+
+
+def test_runs_without_a_reload_check_or_with_a_failed_one_say_so_as_plain_text(runs_copy):
+    run = runs_copy["baseline"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["reload_check"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    at = open_sections(run)
+    assert any("No reload check recorded" in c.value for c in at.caption)
+    metrics["reload_check"] = {"error": "<img src=x onerror=alert(1)> [x](javascript:alert(1))"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    at = open_sections(run)
+    assert not at.exception
+    shown = "The reload check could not run: <img src=x onerror=alert(1)> [x](javascript:alert(1))"
+    assert [t.value for t in at.text] == [shown]
+
+
+def test_the_per_class_table_has_f1_and_the_macro_averages_follow_it(runs_copy):
+    run = runs_copy["baseline"]
+    saved = stored_evaluation(run)
+    at = open_sections(run)
+    [table] = [t.value for t in at.table]
+    assert list(table.columns) == ["Class", "Precision", "Recall", "F1", "Accuracy", "Images", "Predicted as"]
+    assert list(table["F1"]) == [f"{m['f1']:.1%}" for m in saved["per_class"]]
+    from core.runs.evaluate import load_evaluation
+
+    macro = load_evaluation(run).macro
+    assert any(m.value == f"**Macro average** (every class counts once, whatever its size): precision "
+                          f"{macro.precision:.1%} · recall {macro.recall:.1%} · F1 {macro.f1:.1%}" for m in at.markdown)
+
+
+def test_a_tflite_download_is_labelled_with_what_it_downloads(open_page, runs_copy, folder_state, downloads):
+    from core.settings.text import megabytes
+
+    run = runs_copy["baseline"]
+    at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
+    at.button(key=f"prepare_tflite-int8_{run.name}").click().run()
+    assert not at.exception and not at.error
+    data, name = downloads[f"download_tflite-int8_{run.name}"]
+    [button] = [b for b in at.get("download_button") if f"download_tflite-int8_{run.name}" in b.proto.id]
+    assert name.endswith(".zip")
+    assert button.proto.label == f"TFLite int8 · .zip · {megabytes(len(data()))}"
+    [h5] = [b for b in at.get("download_button") if f"download_h5_{run.name}" in b.proto.id]
+    assert h5.proto.label == f"Keras .h5 · {megabytes((run / 'model.h5').stat().st_size)}"

@@ -64,3 +64,24 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
         assert f"\n{figure} " in table
     assert not (WORK / "cache" / str(proc.pid)).exists()  # its caches and model file are cleaned up
     assert not list(WORK.glob(f"r1-cached-model-{proc.pid}.h5"))
+
+
+def test_cold_start_reports_time_to_a_ready_dataset_and_peak_memory(tmp_path):
+    """The smallest archive TFDS accepts (62 photos beside the 1,738 files it must drop), end to end."""
+    output = tmp_path / "cold_start.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "--cold-start", "--cold-start-images", "1800",
+                             "--work-dir", str(tmp_path / "work"), "--output", str(output)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+
+    c1 = json.loads(output.read_text())["figures"]["C1"]
+    assert c1["files"] == 1800 and c1["examples"] == 62  # TFDS prepared what the Load then opened
+    for key in ("seconds_to_ready", "prepare_s", "open_s", "peak_sum_gb", "peak_server_gb", "peak_worker_gb"):
+        assert number(c1[key]) and c1[key] > 0, (key, c1)
+    assert number(c1["download_s"]) and c1["download_s"] >= 0  # on loopback it may end between two polls
+    assert c1["peak_sum_gb"] >= max(c1["peak_server_gb"], c1["peak_worker_gb"])
+    assert isinstance(c1["met"], bool)
+    assert "C1 " in out[out.index("figure"):]
+    assert not list((tmp_path / "work" / "cold-start").glob("cache-*"))  # its empty cache is removed again

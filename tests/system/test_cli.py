@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from core.cli import main
-from core.runs.folders import open_run
+from core.runs.folders import list_runs, open_run
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)  loss \d+\.\d{4}  accuracy \d\.\d{4}  val_loss \d+\.\d{4}  "
@@ -55,7 +55,7 @@ def test_train_prints_one_line_per_epoch_and_the_run_dir_last(cli_run):
 
 def test_predict_subprocess_one_line_per_image_and_exit_1_on_any_failure(cli_run, tmp_path):
     _, runs = cli_run
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = [r.path for r in list_runs(runs).runs]
     red = write_image(tmp_path / "red.png")
     blue = write_image(tmp_path / "blue.jpg", (40, 90, 220))
     broken = tmp_path / "broken.jpg"
@@ -94,7 +94,7 @@ def test_predict_with_a_bad_model_file_exits_with_a_message(tmp_path, capsys):
     bad = tmp_path / "model.h5"
     bad.write_bytes(b"not hdf5")
     img = write_image(tmp_path / "x.png")
-    assert main(["predict", "--model", str(bad), str(img)]) == 2
+    assert main(["predict", "--model", str(bad), str(img)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not an HDF5" in err and "Traceback" not in err
 
@@ -156,7 +156,7 @@ def test_bad_options_in_a_real_process_print_no_traceback(tmp_path):
     proc = python_m_core("train", "--epochs", "0")
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
     proc = python_m_core("train", "--data", f"folder:{tmp_path / 'missing'}", "--runs-dir", tmp_path)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: Dataset folder")
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -168,14 +168,17 @@ def test_bad_options_in_a_real_process_print_no_traceback(tmp_path):
     (["train", "--data", "tfds:cats_vs_dogs"], "network is unreachable"),
     (["train", "--handle", "not/a/real/handle/here/x/y"], "neither a URL nor an existing folder"),
     (["compare", "/no/such/run"], "does not exist"),
+    (["download"], "network is unreachable and the TFDS dataset 'cats_vs_dogs'"),
+    (["download", "--data", "folder:/data/pets"], "--data must be tfds:NAME"),
+    (["download", "--handle", "https://tfhub.dev/google/x/1"], "the hub module 'https://tfhub.dev/google/x/1'"),
 ])
-def test_user_errors_exit_2_with_one_message(args, message, capsys, tmp_path, demo_folder):
+def test_user_errors_exit_1_with_one_message(args, message, capsys, tmp_path, demo_folder):
     args = [a.replace("folder:.", f"folder:{demo_folder}") for a in args]
     if args[0] == "train":
         args += ["--runs-dir", str(tmp_path)]
         if "--handle" in args:
             args += ["--data", f"folder:{demo_folder}", "--image-size", "64"]
-    assert main(args) == 2
+    assert main(args) == 1
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # progress notes may come first; the error closes the output
     assert last.startswith("error: ") and message in last and "Traceback" not in err
@@ -188,3 +191,156 @@ def test_demo_writes_a_dataset_and_a_backbone(tmp_path, capsys):
     assert f"folder:{tmp_path / 'shapes'}" in out and str(tmp_path / "backbone") in out
     assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["circles", "squares", "triangles"]
     assert (tmp_path / "backbone" / "saved_model.pb").is_file()
+
+
+def test_every_run_records_the_articles_reload_check_and_evaluate_prints_it(cli_run):
+    _, runs = cli_run
+    (run_dir,) = list(runs.iterdir())
+    check = open_run(run_dir).metrics["reload_check"]
+    assert check["max_abs_diff"] == 0.0 and check["file"] == "model.h5"
+    assert check["images"] == min(32, open_run(run_dir).metrics["val_images"]) and check["reload_seconds"] > 0
+    proc = python_m_core("evaluate", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("Reload check"))
+    assert f"on {check['images']} validation images" in line and "is exactly 0.0" in line
+    assert f"reloaded in {check['reload_seconds']:.2f} s" in line
+
+
+def test_json_output_for_scripts(cli_run, tmp_path):
+    import json
+
+    _, runs = cli_run
+    (run_dir,) = list(runs.iterdir())
+    record = open_run(run_dir)
+    listed = json.loads(python_m_core("runs", "--json", "--runs-dir", runs).stdout)
+    assert listed["incomplete"] == [] and [r["run_id"] for r in listed["runs"]] == [run_dir.name]
+    summary = listed["runs"][0]
+    assert summary["model"] == "mobilenet_v2" and summary["epochs"] == 3
+    assert summary["class_names"] == ["circles", "squares"] and summary["dataset"] == record.config["data"]["source"]
+    assert summary["metrics"]["final_val_accuracy"] == record.metrics["final_val_accuracy"]
+    assert json.loads(python_m_core("compare", "--json", run_dir).stdout) == listed["runs"]
+
+    red = write_image(tmp_path / "red.png")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    proc = python_m_core("predict", "--json", "--model", run_dir, red, broken)
+    assert proc.returncode == 1
+    good, bad = json.loads(proc.stdout)
+    assert good["file"] == str(red) and set(good["probabilities"]) == {"circles", "squares"}
+    assert good["label"] == max(good["probabilities"], key=good["probabilities"].get)
+    assert good["confidence"] == good["probabilities"][good["label"]]
+    assert bad["file"] == str(broken) and "not a readable image" in bad["error"]
+
+    proc = python_m_core("evaluate", "--json", run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluation = json.loads(proc.stdout)
+    assert evaluation["class_names"] == ["circles", "squares"]
+    assert sum(map(sum, evaluation["matrix"])) == evaluation["images"] == record.metrics["val_images"]
+    assert set(evaluation["per_class"][0]) >= {"precision", "recall", "f1", "support"}
+    assert set(evaluation["macro"]) == {"precision", "recall", "f1"}
+    assert evaluation["reload_check"] == record.metrics["reload_check"]
+
+
+def test_version_names_the_lab_and_its_libraries():
+    from core import __version__
+
+    proc = python_m_core("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith(f"Transfer Learning Lab {__version__} (tensorflow ")
+    assert "tf-keras" in proc.stdout and "Python" in proc.stdout
+
+
+def test_resume_continues_a_finished_run_as_a_new_run_naming_its_parent(cli_run, tmp_path):
+    _, runs = cli_run
+    (parent_dir,) = list(runs.iterdir())
+    parent = open_run(parent_dir)
+    proc = python_m_core("train", "--resume", parent_dir, "--epochs", "2", "--runs-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("Epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["4/5", "5/5"]
+    child = open_run(proc.stdout.strip().splitlines()[-1])
+    assert child.path.parent == tmp_path
+    assert child.config["parent"] == {"run_id": parent.run_id, "path": str(parent.path), "epochs": 3}
+    assert child.config["data"] == parent.config["data"] and child.config["train"]["epochs"] == 2
+    assert child.history[:3] == parent.history and len(child.history) == 5
+    # Adam's step count goes on from the parent's: its optimizer state came with the weights.
+    steps_per_epoch = parent.metrics["optimizer_steps"] // 3
+    assert child.metrics["optimizer_steps"] == parent.metrics["optimizer_steps"] + 2 * steps_per_epoch
+    assert child.metrics["reload_check"]["max_abs_diff"] == 0.0
+    assert open_run(parent_dir).history == parent.history  # the parent is left as it was
+
+
+def test_resume_needs_epochs_and_a_finished_run(tmp_path):
+    proc = python_m_core("train", "--resume", tmp_path)
+    assert proc.returncode == 2 and "--resume needs --epochs N" in proc.stderr
+    proc = python_m_core("train", "--resume", tmp_path, "--epochs", "1", "--runs-dir", tmp_path / "runs")
+    assert proc.returncode == 1 and "not a complete run folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_balanced_class_weights_are_recorded_with_the_run(demo_folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "imbalanced"
+    shutil.copytree(demo_folder / "circles", data / "circles")
+    (data / "squares").mkdir()
+    for image in sorted((demo_folder / "squares").iterdir())[:15]:
+        shutil.copy(image, data / "squares")
+    proc = python_m_core("train", "--model", "baseline", "--data", f"folder:{data}", "--image-size", "48",
+                         "--epochs", "1", "--class-weight", "balanced", "--runs-dir", tmp_path / "runs")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = open_run(proc.stdout.strip().splitlines()[-1]).config
+    counts = config["dataset"]["counts"]["train"]
+    assert counts["circles"] > 3 * counts["squares"]
+    total = counts["circles"] + counts["squares"]
+    assert config["train"]["class_weight"] == "balanced"
+    assert config["class_weights"] == {name: pytest.approx(total / (2 * n)) for name, n in counts.items()}
+    proc = python_m_core("train", "--class-weight", "inverse")
+    assert proc.returncode == 2 and "invalid choice: 'inverse'" in proc.stderr
+
+
+def test_a_terminal_sees_keras_progress_bars(demo_folder, tmp_path):
+    """On a terminal (a pseudo-terminal here) each epoch draws tf_keras's Progbar before its summary line."""
+    import pty
+    import threading
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--model", "baseline", "--data",
+                             f"folder:{demo_folder}", "--image-size", "48", "--epochs", "2", "--limit", "40",
+                             "--batch-size", "16", "--runs-dir", str(tmp_path)], cwd=ROOT, stdout=secondary,
+                            stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    os.close(secondary)
+    chunks = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the child closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    _, err = proc.communicate(timeout=300)
+    reader.join(timeout=10)
+    os.close(primary)
+    out = b"".join(chunks).decode()
+    assert proc.returncode == 0, err[-3000:]
+    assert len(re.findall(r"3/3 \[==============================\] - ", out)) == 2  # 40 images, batches of 16
+    assert len(re.findall(r"Epoch \d/2  loss", out)) == 2
+
+
+def test_export_says_how_the_tflite_file_was_checked(cli_run, tmp_path):
+    import importlib.util
+
+    _, runs = cli_run
+    (run_dir,) = list(runs.iterdir())
+    proc = python_m_core("export", run_dir, "--format", "tflite", "--out", tmp_path / "model.tflite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runtime = "ai-edge-litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
+    lines = proc.stdout.strip().splitlines()
+    assert re.match(r"^TFLite float32, \d+\.\d+ MB, written in", lines[0])
+    assert lines[1].startswith(f"checked with {runtime}: on 4 test images its probabilities are within ")
+    assert lines[2] == str(tmp_path / "model.tflite")

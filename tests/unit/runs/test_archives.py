@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import make_zip
 
+from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 from core.runs.folders import INCOMPLETE_PREFIX, list_runs, open_run
 from core.settings.errors import LabError, ModelFileError
-from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 
 
 def entries_of(data: bytes) -> dict[str, bytes]:
@@ -28,6 +28,17 @@ def left_behind(runs: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def transfer_zip(trained_runs) -> bytes:
     return export_run_zip(trained_runs["mobilenet_v2"])
+
+
+def zipped_by_hand(run_dir: Path) -> bytes:
+    """The run folder as `zip -r` makes it: model.h5 still names its backbone by its path on this machine."""
+    return make_zip({f"{run_dir.name}/{p.relative_to(run_dir).as_posix()}": p.read_bytes()
+                     for p in sorted(run_dir.rglob("*")) if p.is_file()})
+
+
+@pytest.fixture(scope="module")
+def hand_zip(trained_runs) -> bytes:
+    return zipped_by_hand(trained_runs["mobilenet_v2"])
 
 
 def test_export_holds_the_run_folder_under_its_own_name_without_exports(trained_runs, tmp_path):
@@ -200,12 +211,12 @@ def test_an_evaluation_pointing_outside_the_run_is_dropped_with_a_warning(transf
     assert open_run(imported.path).history  # the run itself is imported
 
 
-def test_the_web_check_refuses_a_hub_module_in_a_server_folder(transfer_zip, tmp_path):
+def test_the_web_check_refuses_a_hub_module_in_a_server_folder(hand_zip, tmp_path):
     """The demo run's hub handle is a SavedModel in a temporary folder outside the Lab's own folders."""
     from core.models.hub import web_upload_handle_allowed
 
     with pytest.raises(ModelFileError, match="may not use"):
-        import_run_zip(transfer_zip, tmp_path, allowed_handle=web_upload_handle_allowed)
+        import_run_zip(hand_zip, tmp_path, allowed_handle=web_upload_handle_allowed)
     assert left_behind(tmp_path) == []
 
 
@@ -213,9 +224,9 @@ def run_with_handle(trained_run: Path, handle: Path, dest: Path) -> Path:
     """A copy of a transfer run whose model.h5 points its KerasLayer at another SavedModel folder."""
     import shutil
 
-    from core.settings.config import ModelKind
-    from core.safety.model_files import save_model
     from core.models.architectures import build_model
+    from core.safety.model_files import save_model
+    from core.settings.config import ModelKind
 
     shutil.copytree(trained_run, dest)
     save_model(build_model(ModelKind.MOBILENET_V2, 2, 64, str(handle)), dest / "model.h5", ["circles", "squares"])
@@ -229,8 +240,11 @@ def test_a_hub_module_missing_here_is_imported_with_a_warning(trained_runs, demo
     shutil.copytree(demo_backbone, moved)
     run = run_with_handle(trained_runs["mobilenet_v2"], moved, tmp_path / "run")
     shutil.rmtree(moved)
-    imported = import_run_zip(export_run_zip(run), tmp_path / "runs")
+    imported = import_run_zip(zipped_by_hand(run), tmp_path / "runs")
     assert any(str(moved) in w and "not here" in w for w in imported.warnings)
+    # The Lab's own export cannot carry a backbone that is gone, and says how to get it back.
+    with pytest.raises(LabError, match=f"loads the SavedModel folder '{moved}', which is not on this machine"):
+        export_run_zip(run)
 
 
 def test_import_run_file_refuses_missing_and_oversized_files(tmp_path, monkeypatch):
@@ -257,7 +271,7 @@ def test_the_cli_imports_a_zip_into_its_runs_folder(transfer_zip, tmp_path, caps
     assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert record.run_id in capsys.readouterr().out
     archive.write_bytes(b"not a zip")
-    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert main(["import-run", str(archive), "--runs-dir", str(tmp_path / "runs")]) == 1
     assert "not a zip" in capsys.readouterr().err
 
 
@@ -287,11 +301,138 @@ def test_the_experiments_page_imports_an_uploaded_run_and_shows_it(open_page, tr
     assert names[:2] == [["MobileNetV2 transfer", "MobileNetV2 transfer", "Article: MobileNetV2 transfer"]] * 2
 
 
-def test_the_experiments_page_shows_why_an_upload_was_refused(open_page, transfer_zip, tmp_path):
+def test_the_experiments_page_shows_why_an_upload_was_refused(open_page, hand_zip, tmp_path):
     at = open_page("experiments", runs_dir=tmp_path / "runs")
     [uploader] = [u for u in at.file_uploader if u.key == "run_import_zip"]
-    uploader.set_value(("run.zip", transfer_zip, "application/zip")).run()
+    uploader.set_value(("run.zip", hand_zip, "application/zip")).run()
     at.button(key="run_import").click().run()
     assert not at.exception
     assert any("may not use" in e.value for e in at.error)
     assert left_behind(tmp_path / "runs") == []
+
+
+# ------------------------------------------------------------------ portable runs: the backbone travels inside
+
+
+@pytest.fixture(scope="module")
+def portable(trained_runs, demo_backbone, tmp_path_factory) -> dict:
+    """A transfer run trained on a local SavedModel that is gone by the time its zip is imported elsewhere."""
+    import shutil
+
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
+    from core.training.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("portable")
+    backbone = root / "my-backbone"
+    shutil.copytree(demo_backbone, backbone)
+    source = open_run(trained_runs["mobilenet_v2"]).config["data"]["source"]
+    run = run_experiment(DataConfig(source=source, image_size=64, batch_size=16, limit=40),
+                         TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, learning_rate=1e-2, handle=str(backbone)),
+                         root / "runs")
+    data = export_run_zip(run)
+    shutil.rmtree(backbone)
+    return {"run": run, "zip": data, "backbone": backbone}
+
+
+def stored_handles(model_h5) -> list[str]:
+    import h5py
+
+    with h5py.File(model_h5, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    return [layer["config"]["handle"] for layer in config["config"]["layers"] if layer["class_name"] == "KerasLayer"]
+
+
+def test_a_run_zip_carries_its_local_backbone_inside_the_run_folder(portable):
+    run, names = portable["run"], set(entries_of(portable["zip"]))
+    assert {f"{run.name}/backbone/saved_model.pb", f"{run.name}/backbone/variables/variables.index"} <= names
+    assert stored_handles(run / "model.h5") == [str(portable["backbone"])]  # the run folder itself is unchanged
+    with zipfile.ZipFile(io.BytesIO(portable["zip"])) as archive:
+        assert archive.read(f"{run.name}/model.h5") != (run / "model.h5").read_bytes()
+
+
+def test_a_portable_run_imports_predicts_and_evaluates_on_a_hosted_lab(portable, tmp_path, monkeypatch, demo_folder):
+    from core.models.hub import web_upload_handle_allowed
+    from core.runs.evaluate import evaluate_run, load_evaluation
+    from core.runs.predict import load_for_prediction, predict_bytes
+
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "hosted-runs"))
+    imported = import_run_zip(portable["zip"], tmp_path / "hosted-runs", allowed_handle=web_upload_handle_allowed)
+    assert imported.warnings == []
+    assert stored_handles(imported.path / "model.h5") == ["./backbone"]
+    images = [(p.name, p.read_bytes()) for p in sorted((demo_folder / "squares").glob("*.jpg"))[:3]]
+    predictions = predict_bytes(load_for_prediction(imported.path), images)
+    assert all(set(p.probabilities) == {"circles", "squares"} for p in predictions)
+    before = load_evaluation(imported.path)
+    again = evaluate_run(imported.path)
+    assert again.matrix == before.matrix  # the same model on the same validation split
+    # Moved elsewhere (another runs folder, renamed), the run still finds its backbone beside its model.
+    moved = tmp_path / "moved" / "renamed-run"
+    moved.parent.mkdir()
+    imported.path.rename(moved)
+    assert [p.label for p in predict_bytes(load_for_prediction(moved), images)] == [p.label for p in predictions]
+
+
+def test_a_backbone_that_reads_files_is_refused(portable, tmp_path):
+    import tensorflow as tf
+
+    class Snoop(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 64, 64, 3], tf.float32)])
+        def __call__(self, x):
+            secret = tf.strings.length(tf.io.read_file("/etc/hostname"))
+            return tf.reduce_mean(x, axis=[1, 2]) + tf.cast(secret, tf.float32) * 0.0
+
+    tf.saved_model.save(Snoop(), str(tmp_path / "snoop"))
+    run = portable["run"].name
+    entries = {name: data for name, data in entries_of(portable["zip"]).items() if "/backbone/" not in name}
+    entries |= {f"{run}/backbone/{p.relative_to(tmp_path / 'snoop').as_posix()}": p.read_bytes()
+                for p in (tmp_path / "snoop").rglob("*") if p.is_file()}
+    with pytest.raises(ModelFileError, match="contains a ReadFile operation"):
+        import_run_zip(make_zip(entries), tmp_path / "runs")
+    assert left_behind(tmp_path / "runs") == []
+
+
+def test_a_relative_handle_may_not_leave_the_run_folder(portable, tmp_path):
+    from core.safety.model_files import inspect_model_file, rewrite_hub_handles
+
+    rewrite_hub_handles(portable["run"] / "model.h5", tmp_path / "model.h5",
+                        {str(portable["backbone"]): "./../../etc/backbone"})
+    with pytest.raises(ModelFileError, match="leaves the model's own folder"):
+        inspect_model_file(tmp_path / "model.h5")
+
+
+def test_a_hosted_lab_imports_a_portable_run_from_the_page_and_predicts_with_it(open_page, portable, monkeypatch,
+                                                                               demo_folder, tmp_path):
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    at = open_page("experiments", runs_dir=tmp_path / "runs")
+    [uploader] = [u for u in at.file_uploader if u.key == "run_import_zip"]
+    uploader.set_value(("portable.zip", portable["zip"], "application/zip")).run()
+    at.button(key="run_import").click().run()
+    assert not at.exception
+    [record] = list_runs(tmp_path / "runs").runs
+    assert any(record.run_id in s.value for s in at.success)
+    at.switch_page("app_pages/predict.py").run()
+    assert not at.exception and not at.error
+    assert at.selectbox[0].value == record.run_id
+    image = min((demo_folder / "circles").glob("*.jpg"))
+    at.file_uploader(key="up_images").set_value([(image.name, image.read_bytes(), "image/jpeg")]).run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.markdown if m.value.startswith("### ")] in (["### circles"], ["### squares"])
+
+
+def test_the_cli_imports_a_portable_run_and_predicts_with_it(portable, tmp_path, demo_folder):
+    import subprocess
+    import sys
+
+    def lab(*args):
+        return subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[3], timeout=300, check=False)
+
+    archive = tmp_path / "portable.zip"
+    archive.write_bytes(portable["zip"])
+    proc = lab("import-run", archive, "--runs-dir", tmp_path / "runs")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    image = min((demo_folder / "circles").glob("*.jpg"))
+    proc = lab("predict", "--model", proc.stdout.strip(), image)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{image}: ") and "circles 0." in proc.stdout

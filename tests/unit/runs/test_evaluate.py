@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.settings.errors import LabError
 from core.present.tables import format_report
 from core.runs.evaluate import (
     EVALUATION_FILE,
@@ -18,10 +17,12 @@ from core.runs.evaluate import (
     confusion_matrix,
     evaluate_run,
     load_evaluation,
+    macro_averages,
     overall_accuracy,
     per_class_metrics,
     row_percentages,
 )
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 # A three-class labelling worked out by hand.
@@ -62,6 +63,33 @@ def test_ratios_with_nothing_to_divide_by_are_undefined_not_zero():
     assert np.isnan(row_percentages(matrix)[2]).all()
 
 
+def test_f1_per_class_and_macro_averages_of_a_known_labelling():
+    metrics = per_class_metrics(confusion_matrix(Y_TRUE, Y_PRED, 3), NAMES)
+    assert [m.f1 for m in metrics] == pytest.approx([2 / 3, 0.8, 6 / 7])  # 2PR / (P + R) per class
+    macro = macro_averages(metrics)
+    assert macro.precision == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert macro.recall == pytest.approx((2 / 3 + 1 + 0.75) / 3)
+    assert macro.f1 == pytest.approx((2 / 3 + 0.8 + 6 / 7) / 3)
+
+
+def test_macro_averages_count_undefined_figures_as_zero_and_skip_absent_classes():
+    # As sklearn's average="macro", zero_division=0: class 1 (never predicted) counts 0, class 2 (no images,
+    # never predicted) is left out.
+    metrics = per_class_metrics(confusion_matrix([0, 0, 1], [0, 0, 0], 3), NAMES)
+    assert [m.f1 for m in metrics] == [pytest.approx(0.8), 0.0, None]
+    assert tuple(macro_averages(metrics)) == pytest.approx((1 / 3, 0.5, 0.4))
+
+
+def test_an_evaluation_stored_before_f1_was_recorded_gets_it_on_loading(tmp_path):
+    per_class = [vars(m) for m in per_class_metrics(confusion_matrix(Y_TRUE, Y_PRED, 3), NAMES)]
+    for m in per_class:
+        del m["f1"]
+    stored = {"class_names": NAMES, "matrix": MATRIX, "row_percentages": [[0.0] * 3] * 3, "per_class": per_class,
+              "accuracy": 7 / 9, "images": 9, "wrong": []}
+    (tmp_path / EVALUATION_FILE).write_text(json.dumps(stored))
+    assert [m.f1 for m in load_evaluation(tmp_path).per_class] == pytest.approx([2 / 3, 0.8, 6 / 7])
+
+
 def test_labels_outside_the_classes_are_refused():
     with pytest.raises(ValueError, match="lie in"):
         confusion_matrix([0, 3], [0, 1], 3)
@@ -79,10 +107,10 @@ def run_copies(trained_runs, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["baseline", "mobilenet_v2"])
 def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import VALIDATION, open_source
+    from core.runs.folders import open_run
     from core.runs.predict import load_for_prediction, predict_bytes
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies[kind])
     calls = []
@@ -107,10 +135,10 @@ def test_evaluation_matches_prediction_of_every_validation_file(run_copies, kind
 
 
 def test_training_code_can_pass_the_model_and_source_it_holds(run_copies):
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
     from core.data.sources import open_source
+    from core.runs.folders import open_run
     from core.safety.model_files import load_model
+    from core.settings.config import data_from_dict
 
     run = open_run(run_copies["baseline"])
     model, _ = load_model(run.model_path)
@@ -132,9 +160,9 @@ def mock_tfds(monkeypatch, tmp_path):
 
 
 def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds):
-    from core.settings.config import DataConfig
     from core.data.sources import VALIDATION, open_source
     from core.runs.predict import load_for_prediction
+    from core.settings.config import DataConfig
 
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
     config = json.loads((run / "config.json").read_text())
@@ -198,8 +226,8 @@ def test_a_run_whose_dataset_is_gone_cannot_be_evaluated(run_copies, tmp_path):
 def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
     """A three-class run whose validation folder has three images filed under the wrong class: a model
     that learned the shapes is confidently wrong about exactly those."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.data.demo import make_demo_folder
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("mislabelled")
@@ -255,6 +283,11 @@ def test_report_lists_matrix_and_metrics(mislabelled_run):
     text = format_report(evaluate_run(run, max_wrong=2))
     assert "true \\ predicted  circles" in text
     assert "precision" in text and "recall" in text
+    header = next(line for line in text.splitlines() if line.startswith("class "))
+    assert header.split() == ["class", "precision", "recall", "F1", "accuracy", "images", "predicted"]
+    macro = next(line for line in text.splitlines() if line.startswith("macro average"))
+    evaluation = load_evaluation(run)
+    assert macro.split()[2:] == [f"{v:.1%}" for v in evaluation.macro]
     assert "Most confidently wrong" in text and "mislabelled_" in text
 
 
@@ -271,7 +304,7 @@ def test_cli_evaluate_prints_the_matrix_and_saves_it(mislabelled_run, capsys):
 def test_cli_evaluate_of_a_folder_that_is_not_a_run_fails_cleanly(tmp_path, capsys):
     from core.cli import main
 
-    assert main(["evaluate", str(tmp_path)]) == 2
+    assert main(["evaluate", str(tmp_path)]) == 1
     assert "not a complete run folder" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.settings.errors import LabError
+from core.data.demo import DEMO_CLASSES, demo_image
 from core.runs.explain import (
     GRAD_CAM,
     HEATMAP_COLORSCALE,
@@ -21,7 +21,7 @@ from core.runs.explain import (
     patch_positions,
     plotly_colorscale,
 )
-from core.data.demo import DEMO_CLASSES, demo_image
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 
@@ -35,8 +35,8 @@ def shape_mask(image: np.ndarray, class_name: str) -> np.ndarray:
 def shape_or_nothing(tmp_path_factory, demo_backbone) -> dict[str, Path]:
     """Both models trained on red circles on noise against noise alone: on a circle image the circle is
     the only evidence for the class, so that is where an explanation must point."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.data.demo import make_demo_folder
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("shape-or-nothing")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.settings.errors import LabError
 from core.runs.export import (
     FORMATS,
     LABELS_FILE,
@@ -21,6 +20,7 @@ from core.runs.export import (
     parse_format,
     predict_with_export,
 )
+from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
 
 KINDS = ["baseline", "mobilenet_v2"]
@@ -36,8 +36,8 @@ def run_copies(trained_runs, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     """Preprocessed generated images: both demo classes and plain noise, at the runs' input size."""
-    from core.data.sources import preprocess
     from core.data.demo import demo_image
+    from core.data.sources import preprocess
 
     rng = np.random.default_rng(11)
     decoded = [np.asarray(demo_image(name, rng, (80, 80))) for name in ("circles", "squares") * 4]
@@ -127,8 +127,8 @@ def test_downloads_are_single_files(run_copies, images, reference, tmp_path):
 
 def test_hub_model_exports_do_not_need_the_hub_module(tmp_path, demo_folder, demo_backbone, images):
     """The SavedModel and TFLite files carry the backbone: they still work once its folder is gone."""
-    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.runs.predict import load_for_prediction
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
     from core.training.experiment import run_experiment
 
     backbone = Path(shutil.copytree(demo_backbone, tmp_path / "backbone"))
@@ -163,11 +163,11 @@ def test_cli_export_never_mixes_a_savedmodel_with_existing_files(run_copies, tmp
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     rc = main(["export", str(run_copies["baseline"]), "--format", "savedmodel", "--out", str(tmp_path / "taken")])
-    assert rc == 2 and "existing folder" in capsys.readouterr().err
+    assert rc == 1 and "existing folder" in capsys.readouterr().err
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     (tmp_path / "notes.txt").write_text("mine")
     rc = main(["export", str(run_copies["baseline"]), "--format", "savedmodel", "--out", str(tmp_path / "notes.txt")])
-    assert rc == 2 and "ending in .zip" in capsys.readouterr().err
+    assert rc == 1 and "ending in .zip" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -180,3 +180,31 @@ def test_unknown_formats_and_missing_runs_are_reported(tmp_path):
         from core.cli import main
 
         main(["export", str(tmp_path), "--format", "onnx"])
+
+
+def test_tflite_files_are_checked_when_written_with_litert_where_it_is_installed(run_copies, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from core.runs.export import LITERT, TF_LITE
+
+    expected = LITERT if importlib.util.find_spec("ai_edge_litert") else TF_LITE
+    result = export_run(run_copies["baseline"], "tflite", tmp_path / "a.tflite")
+    assert result.check.startswith(f"checked with {expected}: on 4 test images its probabilities are within ")
+    for module in ("ai_edge_litert", "ai_edge_litert.interpreter"):  # as where it does not install
+        monkeypatch.setitem(sys.modules, module, None)
+    result = export_run(run_copies["baseline"], "tflite-int8", tmp_path / "b.tflite")
+    assert result.check.startswith(f"checked with {TF_LITE}: ")
+
+
+def test_a_tflite_file_that_disagrees_with_its_model_is_not_written(run_copies, tmp_path, monkeypatch):
+    import dataclasses
+
+    import core.runs.export
+
+    strict = {**FORMATS, ExportFormat.TFLITE_INT8: dataclasses.replace(FORMATS[ExportFormat.TFLITE_INT8],
+                                                                        tolerance=0.0)}
+    monkeypatch.setattr(core.runs.export, "FORMATS", strict)
+    with pytest.raises(LabError, match="disagrees with the model by up to"):
+        export_run(run_copies["mobilenet_v2"], "tflite-int8", tmp_path / "c.tflite")
+    assert list(tmp_path.iterdir()) == []

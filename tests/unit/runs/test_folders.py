@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from core.runs.folders import INCOMPLETE_PREFIX, RunWriter, clean_incomplete, list_runs, new_run_id, open_run, write_json
+from core.runs.folders import (
+    INCOMPLETE_PREFIX,
+    RunWriter,
+    clean_incomplete,
+    list_runs,
+    new_run_id,
+    open_run,
+    write_json,
+)
 from core.settings.config import DataConfig, TrainConfig, data_from_dict, train_from_dict
 from core.settings.errors import LabError
 
@@ -194,8 +202,15 @@ def test_cli_training_killed_mid_epoch_leaves_nothing(demo_folder, tmp_path):
     assert code == -signal.SIGKILL, err[-2000:]
     assert "Epoch 1/500" in out
     assert list_runs(runs).runs == []
-    leftovers = list(runs.iterdir()) if runs.exists() else []
+    leftovers = [p for p in runs.iterdir() if p.name != ".jobs"] if runs.exists() else []
     assert all(p.name.startswith(INCOMPLETE_PREFIX) for p in leftovers)
+    # The dashboard listed the training while it ran; now it shows it as failed, in one line.
+    from core.training.board import Board
+
+    Board(runs, max_concurrent=1).pump()
+    (view,) = Board(runs, max_concurrent=1).views()
+    assert view.origin == "cli" and view.snapshot.phase == "failed"
+    assert view.snapshot.message.startswith("The training process ended without reporting a result")
 
 
 @pytest.mark.parametrize("name,text", [("config.json", "[1, 2]"), ("metrics.json", "null"),

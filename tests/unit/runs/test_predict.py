@@ -8,8 +8,8 @@ import pytest
 from conftest import TEST_IMAGE_SIZE
 from PIL import Image
 
-from core.settings.errors import LabError
 from core.runs.predict import Prediction, PredictionError, load_for_prediction, predict_bytes
+from core.settings.errors import LabError
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -45,8 +45,8 @@ def test_prediction_sees_the_pixels_training_saw(trained_runs, demo_folder):
     """Validation batches from the training pipeline and predict_bytes on the same files agree."""
     import tensorflow as tf
 
-    from core.settings.config import DataConfig
     from core.data.sources import VALIDATION, make_pipeline, open_source
+    from core.settings.config import DataConfig
 
     loaded = load_for_prediction(trained_runs["baseline"])
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=8)

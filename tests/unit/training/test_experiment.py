@@ -105,3 +105,24 @@ def test_settings_that_cannot_work_are_refused_before_training(demo_folder, demo
     with pytest.raises(LabError, match=match):
         run_experiment(data, train, tmp_path)
     assert list_runs(tmp_path).runs == []
+
+
+def test_balanced_class_weights_change_what_the_loss_counts(demo_folder, demo_backbone, tmp_path):
+    """On a 4:1 folder the rare class's images weigh 4x the common one's, so the same seed trains differently."""
+    import shutil
+
+    from core.data.sources import open_source
+
+    data_dir = tmp_path / "imbalanced"
+    shutil.copytree(demo_folder / "circles", data_dir / "circles")
+    (data_dir / "squares").mkdir()
+    for image in sorted((demo_folder / "squares").iterdir())[:15]:
+        shutil.copy(image, data_dir / "squares")
+    data = DataConfig(source=f"folder:{data_dir}", image_size=TEST_IMAGE_SIZE, batch_size=16)
+    source = open_source(data)
+    plain = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, learning_rate=1e-2, handle=str(demo_backbone))
+    weighted = replace(plain, class_weight="balanced")
+    losses = [fit(source, data, train).history[0]["loss"] for train in (plain, weighted)]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
+    with pytest.raises(LabError, match="Class weight must be one of balanced or none"):
+        fit(source, data, replace(plain, class_weight="inverse"))

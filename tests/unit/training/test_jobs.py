@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig, total_epochs
-from core.settings.errors import DataError, LabError, StopRequested
-from core.settings.presets import active_preset
+from core.settings.errors import DataError, StopRequested
 from core.training.experiment import BatchReport, EpochReport
-from core.training.jobs import DONE, FAILED, STOPPED, TRAINING, Experiment, Job, running_jobs
+from core.training.jobs import DONE, FAILED, STOPPED, TRAINING, Experiment, Job, Snapshot
 
 DATA = DataConfig(source="folder:unused", image_size=32, batch_size=4)
 
@@ -177,39 +176,9 @@ def test_a_real_run_stops_after_its_first_epoch_and_is_saved_as_stopped_early(tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".incomplete-")]
 
 
-def test_trainings_beyond_the_presets_limit_are_refused_until_one_ends(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAB_PRESET", "local")
-    limit = active_preset().max_concurrent_jobs
-    assert running_jobs() == 0, "a job of an earlier test is still training"
-    runners = [ScriptedRunner() for _ in range(limit)]
-    for runner in runners:
-        runner.pause_after = (1, 1)
-    jobs = [Job([experiment()], tmp_path, runner).start() for runner in runners]
-    assert all(runner.paused.wait(10) for runner in runners)
-    assert running_jobs() == limit
-    late = Job([experiment()], tmp_path, ScriptedRunner())
-    with pytest.raises(LabError, match=rf"^{limit} trainings are running on this server, the most it allows at "
-                                       r"once; try again in a minute\.$"):
-        late.start()
-    assert late.snapshot().phase == "queued"  # refused before anything ran
-    runners[0].gate.set()
-    assert jobs[0].join(10) and running_jobs() == limit - 1
-    # A failing job gives its place back too.
-    failing = Job([experiment()], tmp_path, ScriptedRunner(fail_with=ZeroDivisionError("boom"))).start()
-    assert failing.join(10) and failing.snapshot().phase == FAILED
-    assert late.start().join(10) and late.snapshot().phase == DONE
-    for runner, job in zip(runners[1:], jobs[1:]):
-        runner.gate.set()
-        assert job.join(10)
-    assert running_jobs() == 0
-
-
-def test_one_training_at_a_time_says_so(tmp_path):
+def test_a_snapshot_survives_its_json_form(tmp_path):
     runner = ScriptedRunner()
-    runner.pause_after = (1, 1)
-    job = Job([experiment()], tmp_path, runner).start(max_concurrent=1)
-    assert runner.paused.wait(10)
-    with pytest.raises(LabError, match="^1 training is running on this server"):
-        Job([experiment()], tmp_path, ScriptedRunner()).start(max_concurrent=1)
-    runner.gate.set()
+    job = Job([experiment(ModelKind.BASELINE, 2), experiment(ModelKind.MOBILENET_V2, 1)], tmp_path, runner).start()
     assert job.join(10)
+    snap = job.snapshot()
+    assert Snapshot.from_dict(json.loads(json.dumps(snap.to_dict()))) == snap

@@ -1,0 +1,170 @@
+"""The Experiments page's results: chosen runs on shared charts, a comparison table with the article's
+numbers, both model summaries, evaluation and exports. Any finished run of the runs folder can be chosen."""
+from __future__ import annotations
+
+import streamlit as st
+
+from app_pages.common import chip, runs_folder, show_error
+from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports
+from core.present.charts import CurveSeries, model_kind, training_curves
+from core.present.labels import compact_shape, model_name, run_option, run_time, run_title
+from core.present.tables import article_rows, compare_rows, layer_rows
+from core.runs.folders import list_runs
+from core.settings.config import ModelKind
+from core.settings.errors import LabError
+
+SHOWN_KEY = "exp_shown"  # run ids on the charts
+IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
+ORDER = {ModelKind.BASELINE.value: 0, ModelKind.MOBILENET_V2.value: 1}  # baseline left, transfer right
+COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch", "Best val accuracy",
+           "Final val accuracy", "Model size (MB)"]
+
+
+def show_runs(run_ids, keep: bool = True) -> None:
+    """Put these runs on the charts, beside those already there (keep) or instead of them."""
+    shown = list(st.session_state.get(SHOWN_KEY, [])) if keep else []
+    st.session_state[SHOWN_KEY] = shown + [r for r in run_ids if r not in shown]
+
+
+def curve_series(items) -> list[CurveSeries]:
+    """Series for (label, model, history) items; later runs of the same model get other shades."""
+    seen: dict = {}
+    out = []
+    for label, kind, history in items:
+        out.append(CurveSeries(label, kind, history, shade=seen.get(kind, 0)))
+        seen[kind] = seen.get(kind, 0) + 1
+    return out
+
+
+def _import_uploaded_run() -> None:
+    """Button callback: runs before the page draws, so the imported run can join the multiselect's value."""
+    from core.models.hub import web_upload_handle_allowed
+    from core.runs.archives import import_run_zip
+
+    upload = st.session_state.get("run_import_zip")
+    if upload is None:
+        st.session_state[IMPORT_NOTICE_KEY] = ("warning", "Choose a zipped run folder first.", [])
+        return
+    try:
+        # Uploaded by a stranger: its model may only use hub modules the web page may (no server folders).
+        imported = import_run_zip(upload.getvalue(), runs_folder(), allowed_handle=web_upload_handle_allowed)
+    except LabError as exc:
+        st.session_state[IMPORT_NOTICE_KEY] = ("error", str(exc), [])
+        return
+    show_runs([imported.path.name])
+    st.session_state[IMPORT_NOTICE_KEY] = ("success", f"Imported {imported.path.name}; it is on the charts below.",
+                                           imported.warnings)
+
+
+def import_section() -> None:
+    with st.expander("Import a run trained elsewhere"):
+        st.caption("A zipped run folder (`runs/<run-id>/`, e.g. from `python -m core train` on a GPU machine). "
+                   "Copying the folder into this runs folder works too; `python -m core import-run ZIP` does the "
+                   "same from a shell.")
+        st.file_uploader("Zipped run folder", type=["zip"], key="run_import_zip")
+        st.button("Import", key="run_import", icon=":material/upload:", on_click=_import_uploaded_run)
+        notice = st.session_state.pop(IMPORT_NOTICE_KEY, None)
+        if notice:
+            getattr(st, notice[0])(notice[1])
+            for warning in notice[2]:
+                st.warning(warning)
+
+
+def pick_runs() -> list:
+    """The run picker; returns the chosen runs, baseline first and older first."""
+    listing = list_runs(runs_folder())
+    by_id = {r.run_id: r for r in listing.runs}
+    if SHOWN_KEY not in st.session_state:
+        newest = {}
+        for record in listing.runs:  # newest first
+            newest.setdefault(record.model_kind, record.run_id)
+        st.session_state[SHOWN_KEY] = list(newest.values())
+    st.session_state[SHOWN_KEY] = list(dict.fromkeys(i for i in st.session_state[SHOWN_KEY] if i in by_id))
+    st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
+                   format_func=lambda i: run_option(by_id[i]), key=SHOWN_KEY,
+                   placeholder="Pick finished runs from the runs folder")
+    if listing.incomplete:
+        with st.expander(f"{len(listing.incomplete)} unfinished or damaged run folder(s), not shown"):
+            st.caption("A run is written into a hidden folder and renamed when complete; these never completed "
+                       "or are missing files.")
+            st.code("\n".join(p.name for p in listing.incomplete), language=None)
+    return sorted((by_id[i] for i in st.session_state[SHOWN_KEY]),
+                  key=lambda r: (ORDER.get(r.model_kind, len(ORDER)), r.metrics.get("finished_at", 0)))
+
+
+def show_curves(records) -> None:
+    multiple = {k: sum(1 for r in records if r.model_kind == k) > 1 for k in {r.model_kind for r in records}}
+    items = [(run_title(r) if multiple[r.model_kind] else model_name(r.model_kind), model_kind(r.model_kind),
+              r.history) for r in records]
+    show_article = st.session_state.get("exp_show_article", True)
+    show_reference = st.session_state.get("exp_show_reference", True)
+    left, right = st.columns(2, gap="medium")
+    left.plotly_chart(training_curves(curve_series(items), "accuracy", show_article, show_reference), key="results_acc")
+    right.plotly_chart(training_curves(curve_series(items), "loss", show_article, show_reference), key="results_loss")
+
+
+def show_comparison(records, include_article: bool) -> None:
+    _, rows = compare_rows(records)
+    for row, record in zip(rows, records):
+        row[0], row[1] = run_time(record), model_name(record.model_kind)
+    if include_article:
+        rows += article_rows()
+    # A lone hyphen in a table cell would render as a bullet.
+    st.table([dict(zip(COLUMNS, ["–" if c == "-" else c for c in row])) for row in rows], hide_index=True,
+             border="horizontal")
+
+
+def show_summary(record) -> None:
+    m = record.metrics
+    st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+    a, b = st.columns(2)
+    a.metric("Total parameters", f"{m.get('total_params', 0):,}")
+    b.metric("Trainable", f"{m.get('trainable_params', 0):,}")
+    rows = layer_rows(record, compact_shape)
+    if rows is None:
+        st.code(record.summary or "No layer summary in this run folder.", language=None)
+    else:
+        st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def _in_pairs(records, draw) -> None:
+    for start in range(0, len(records), 2):
+        for column, record in zip(st.columns(2, gap="large"), records[start:start + 2]):
+            with column:
+                draw(record)
+
+
+def _headed(draw):
+    def drawn(record) -> None:
+        st.markdown(chip(record.model_kind) + f" &nbsp; <small>{run_time(record)}</small>", unsafe_allow_html=True)
+        draw(record)
+    return drawn
+
+
+def results() -> None:
+    st.header("Results")
+    records = pick_runs()
+    import_section()
+    toggles = st.columns([1, 1, 2])
+    toggles[0].toggle("Article's curves", key="exp_show_article", help="Its per-epoch validation curves, faint.")
+    toggles[1].toggle("Article's reported accuracy", key="exp_show_reference",
+                      help="About 88% for the baseline and 98% for the transfer model, as lines.")
+    if not records:
+        st.info("No runs selected. Run an experiment above, or pick earlier runs from the runs folder.",
+                icon=":material/info:")
+        return
+    try:
+        show_curves(records)
+        st.subheader("Comparison")
+        show_comparison(records, st.session_state.get("exp_show_article", True))
+        st.subheader("Model summaries")
+        _in_pairs(records, show_summary)
+    except (LabError, TypeError, ValueError) as exc:  # a damaged run must not take the page down
+        show_error(exc)
+    st.subheader("Evaluation on the validation split")
+    st.caption("Each run's saved model on the images it was validated on. In the confusion matrix rows are the true "
+               "class and columns the predicted one; the diagonal holds the right answers.")
+    _in_pairs(records, _headed(show_evaluation))
+    st.subheader("Export")
+    st.caption(EXPORT_GUIDE)
+    _in_pairs(records, _headed(show_exports))

@@ -1,0 +1,166 @@
+"""The Experiments page's "Running now" panel: every training on this server, live, with Stop and a link.
+
+Trainings run in worker processes (core.training.board); this panel only reads what they publish, once a
+second, in a fragment that redraws itself alone. The curves have a fragment of their own that redraws
+every few seconds, since drawing them is what costs the server and the browser most.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from app_pages.common import describe_source, runs_folder, session_token
+from core.present.charts import CurveSeries, training_curves
+from core.present.labels import job_status_line
+from core.settings.config import MODEL_LABELS
+from core.settings.presets import active_preset
+
+FOLLOWING_KEY = "exp_following"  # job ids this session follows (its own and the ones it joined); kept on reload
+REUSED_KEY = "exp_reused"  # runs handed back for the latest submission, charted with its new runs
+STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "Stopping ..." at once
+CHANGED_KEY = "exp_panel_seen"  # (job id, epochs, finished) per followed job, as last drawn
+
+
+PUMP_SECONDS = 2.0  # one look at dead workers and free slots per server this often, however many watch
+_last_pump = [0.0]
+
+
+def board():
+    from core.training.board import Board
+
+    return Board(runs_folder())
+
+
+def _pump(b) -> None:
+    """Start queued jobs whose turn came and notice dead workers; shared by every session of the server."""
+    import time
+
+    now = time.monotonic()
+    if now - _last_pump[0] >= PUMP_SECONDS:
+        _last_pump[0] = now
+        b.pump()
+
+
+def following() -> list[str]:
+    return list(st.session_state.get(FOLLOWING_KEY, []))
+
+
+def follow(job_id: str) -> None:
+    st.session_state[FOLLOWING_KEY] = [j for j in following() if j != job_id][-9:] + [job_id]
+
+
+def own_active_job(views) -> bool:
+    return any(v.active and (v.job_id in following() or v.owner == session_token()) for v in views)
+
+
+def may_stop(view) -> bool:
+    # On a shared host a stranger's training is theirs to stop; on one's own machine anyone may.
+    return active_preset().allow_local_paths or view.owner == session_token()
+
+
+def _stop(job_id: str) -> None:
+    board().stop(job_id)
+    st.session_state[STOPPING_KEY] = [*st.session_state.get(STOPPING_KEY, []), job_id]
+
+
+def _job_card(view, mine: bool) -> None:
+    snap = view.snapshot
+    stopping = view.job_id in st.session_state.get(STOPPING_KEY, []) and not snap.finished
+    with st.container(border=True):
+        head, stop = st.columns([5, 1], vertical_alignment="center")
+        who = "yours" if view.owner == session_token() else ("from the command line" if view.origin == "cli"
+                                                              else "another visitor's")
+        model = MODEL_LABELS[snap.model] if snap.model else view.title
+        head.markdown(f"**{model}**" + (f" ({snap.index + 1} of {snap.total})" if snap.total > 1 and snap.model
+                                        else "") + f" · {who}")
+        head.caption(f"{view.title} on {describe_source(view.source)}")
+        if may_stop(view) and not snap.finished:
+            stop.button("Cancel" if view.queued else "Stop", key=f"stop_{view.job_id}", icon=":material/stop_circle:",
+                        on_click=_stop, args=(view.job_id,), disabled=stopping, width="stretch",
+                        help="Stops after the current batch; finished epochs are saved as a run.")
+        line = "Stopping after the current batch ..." if stopping and not view.queued else job_status_line(view)
+        st.progress(min(1.0, max(0.0, snap.fraction)), text=line)
+        if mine and not view.queued:
+            a, b = st.columns(2)
+            a.caption(f"Epochs done: {snap.epoch} of {snap.epochs}")
+            b.markdown(f"[Link to this training](?job={view.job_id})", help="Anyone with this link sees its "
+                       "progress; only you (or anyone on a local Lab) can stop it.")
+
+
+# Built once per set of finished epochs and shared: redrawing the same curves costs the server and every
+# watching browser time that the training needs.
+@st.cache_data(show_spinner=False, max_entries=64)
+def _curves(histories: tuple):
+    items = [CurveSeries(MODEL_LABELS[kind] + " (this run)", kind, list(rows)) for kind, rows in histories if rows]
+    return training_curves(items, "accuracy", False, True), training_curves(items, "loss", False, True)
+
+
+@st.fragment(run_every=5.0)
+def live_curves() -> None:
+    """The followed trainings' curves, every few seconds: an epoch rarely takes less, and drawing costs."""
+    views = [v for v in (board().view(j) for j in following()) if v is not None and v.active and not v.queued]
+    if not views:
+        return
+    histories = tuple((kind, tuple(rows)) for v in views for kind, rows in v.snapshot.histories)
+    if not any(rows for _, rows in histories):
+        st.caption("The loss and accuracy curves appear here after the first epoch.")
+        return
+    accuracy, loss = _curves(histories)
+    left, right = st.columns(2, gap="medium")
+    left.plotly_chart(accuracy, key="live_acc")
+    right.plotly_chart(loss, key="live_loss")
+
+
+def _outcome(view) -> None:
+    """How the latest followed training ended, until the next one starts."""
+    from core.training.jobs import DONE, FAILED
+
+    message = view.snapshot.message
+    if view.snapshot.phase == DONE:
+        st.success(message, icon=":material/check_circle:")
+    elif view.snapshot.phase == FAILED:
+        st.error(message, icon=":material/error:")
+    else:
+        st.warning(message, icon=":material/stop_circle:")
+
+
+@st.fragment(run_every=2.0)
+def running_now() -> None:
+    """Every unfinished training on the server, this session's first; a full rerun when one of its ends.
+
+    Every two seconds: often enough to follow a batch counter, rarely enough that a room full of
+    watchers leaves the training its processor (measured: a watching page costs the server and its
+    browser about 6% of one core each at this rate, 15% each at one second with live curves).
+    """
+    b = board()
+    active = b.active()
+    if active:
+        _pump(b)
+    followed = [v for v in (b.view(j) for j in following()) if v is not None]
+    seen = st.session_state.get(CHANGED_KEY, {})
+    now = {v.job_id: v.finished for v in followed}
+    st.session_state[CHANGED_KEY] = now
+    ended = [v for v in followed if v.finished and seen.get(v.job_id) is False]
+    if ended:
+        from app_pages.results import show_runs
+
+        # The charts show what was just asked for: the new runs and those handed back with them.
+        show_runs(st.session_state.get(REUSED_KEY, []) + [p.name for v in ended for p in v.snapshot.run_dirs],
+                  keep=False)
+        st.rerun()  # the whole page: its results now include the finished runs
+    if followed and followed[-1].finished:
+        _outcome(followed[-1])
+    mine = [v for v in followed if v.active]
+    others = [v for v in active if v.job_id not in now]
+    if not mine and not others:
+        return
+    st.subheader("Running now", anchor=False)
+    for view in mine:
+        _job_card(view, mine=True)
+    for view in others:
+        _job_card(view, mine=False)
+
+
+def show_shared_job(job_id: str) -> None:
+    """A link's job: follow it, so the panel shows it like one's own (Stop stays with its owner)."""
+    if job_id and job_id not in following() and board().view(job_id) is not None:
+        follow(job_id)

@@ -1,0 +1,60 @@
+"""`python -m core.training.worker JOB_DIR`: train one job of the board in a process of its own.
+
+Started by core.training.board for the dashboard. It reads the job's spec, trains its experiments with
+the same engine the CLI uses (core.training.jobs.Job) and publishes progress into the job folder until
+the job ends; a stop file there stops it after the current batch, keeping finished epochs as a run.
+"""
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # as early as this module can see: the interpreter's own start is not counted
+
+import logging
+import sys
+from pathlib import Path
+
+from core.training.board import SPEC, _experiments_from_spec, _publish, _read, follow, record_worker_start
+from core.training.jobs import FAILED, Job
+
+logger = logging.getLogger("core.training.worker")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(argv) != 1:
+        print("usage: python -m core.training.worker JOB_DIR", file=sys.stderr)
+        return 2
+    job_dir = Path(argv[0])
+    spec = _read(job_dir / SPEC)
+    try:
+        experiments = _experiments_from_spec(spec)
+        runs_dir = job_dir.parent.parent
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        logger.error("unreadable job spec in %s: %s", job_dir, exc)
+        return 2
+    # Imported before the job starts, so the time it takes is measured once and estimates can count it.
+    import tensorflow  # noqa: F401
+    import tensorflow_hub  # noqa: F401
+    import tf_keras  # noqa: F401
+
+    record_worker_start(runs_dir, time.monotonic() - STARTED)
+    job = Job(experiments, runs_dir)
+    try:
+        final = follow(job, job_dir)
+    except Exception as exc:  # publishing itself failed (disk full, folder removed): say so if possible
+        logger.exception("the job could not be followed")
+        try:
+            snapshot = job.snapshot()
+            from dataclasses import replace
+
+            _publish(job_dir, replace(snapshot, phase=FAILED, error=str(exc), message=f"Training failed: {exc}"))
+        except OSError:
+            pass
+        return 1
+    logger.info("job %s ended: %s", job_dir.name, final.message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
