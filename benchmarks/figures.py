@@ -1,4 +1,4 @@
-"""The five figures. Each ratio compares two things measured in the same run, interleaved where they are
+"""The figures. Each ratio compares two things measured in the same run, interleaved where they are
 short, so a machine busy with other work slows both sides alike and the ratio stays meaningful."""
 from __future__ import annotations
 
@@ -356,4 +356,234 @@ def d_demo(setup: Setup, seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
                "prepare_seconds": round(prepare_seconds, 2),
                "pretrain_cpu_seconds": demo.pretrain.cpu_seconds, "source_accuracy": demo.pretrain.source_accuracy,
                "source_images": demo.pretrain.source_images, "cpus": os.cpu_count()},
+    }
+
+
+def _timed_lines(cmd: list[str], env: dict, timeout: float) -> tuple[float, list[tuple[float, str]]]:
+    """Run a process; (its wall seconds, [(seconds since start, line)]) for every line it printed, on
+    either stream, timed as it arrived (carriage-return progress lines count as lines too)."""
+    import selectors
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines: list[tuple[float, str]] = []
+    pending = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{cmd[1:4]} took more than {timeout:.0f} s")
+            if not sel.select(timeout=1.0):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            now = time.perf_counter() - start
+            if not chunk:
+                break
+            pending += chunk.replace(b"\r", b"\n")
+            *complete, pending = pending.split(b"\n")
+            lines += [(now, text) for line in complete if (text := line.decode(errors="replace").strip())]
+    proc.wait()
+    wall = time.perf_counter() - start
+    if pending.strip():
+        lines.append((wall, pending.decode(errors="replace").strip()))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:4])} failed:\n" + "\n".join(text for _, text in lines[-30:]))
+    return wall, lines
+
+
+def _phases(wall: float, lines: list[tuple[float, str]], marks: list[tuple[str, str]]) -> dict:
+    """Seconds per phase: each phase runs from the first line starting with its mark (the first from
+    the process's start) to the next phase's mark; the last one to the process's end."""
+    starts = []
+    for name, prefix in marks:
+        at = 0.0 if prefix is None else next((t for t, text in lines if text.startswith(prefix)), None)
+        if at is None:
+            raise RuntimeError(f"no line starting with {prefix!r} in:\n" + "\n".join(t for _, t in lines[-30:]))
+        starts.append((name, at))
+    ends = [at for _, at in starts[1:]] + [wall]
+    return {name: round(end - at, 2) for (name, at), end in zip(starts, ends)}
+
+
+NOTEBOOK_PHASES = [("import", None), ("build", "Building the model"), ("fit", "Training"), ("save", "Saving")]
+# The Lab's own status lines (core.training.experiment) mark where each part of `core train` starts.
+LAB_PHASES = [("import", None), ("open", "Opening "), ("build", "Building the model"),
+              ("features", "Computing backbone features"), ("head", "Training the Dense head"),
+              ("save", "Epoch {epochs}/{epochs}"), ("evaluate", "Evaluating on the validation split"),
+              ("exit", "{runs}")]
+
+
+def p0_whole_runs(setup: Setup, repeats: int) -> dict:
+    """The article's notebook (benchmarks/notebook.py: 3 epochs with every image through the frozen
+    backbone each epoch) against `python -m core train --model mobilenet_v2 --epochs 3`, each a whole
+    process from the interpreter's start to its exit, on the same JPEGs and SavedModel.
+
+    The two alternate (notebook, Lab, Lab, notebook, ...), so a machine that gets busier or quieter over
+    time slows both sides alike; the ratio is that of their median wall times. The Lab always starts from
+    an empty cache folder, so it computes the features. Phases come from the lines each prints as it goes.
+    """
+    epochs = ARTICLE_TRANSFER_EPOCHS
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    runs: dict[str, list[dict]] = {"notebook": [], "lab": []}
+    order = [("notebook", "lab"), ("lab", "notebook")]
+    for i in range(repeats):
+        for side in order[i % 2]:
+            work = _fresh_cache(setup, f"p0-{side}")
+            if side == "notebook":
+                cmd = [sys.executable, str(REPO / "benchmarks" / "notebook.py"), "--data", str(setup.photos),
+                       "--handle", str(setup.backbone), "--epochs", str(epochs), "--output", str(work / "model.h5")]
+                marks = NOTEBOOK_PHASES
+            else:
+                cmd = [sys.executable, "-m", "core", "train", "--model", "mobilenet_v2", "--epochs", str(epochs),
+                       "--data", f"folder:{setup.photos}", "--handle", str(setup.backbone),
+                       "--runs-dir", str(work / "runs")]
+                # The run folder's path, printed once evaluation is done, is the exit mark.
+                marks = [(name, mark and mark.format(epochs=epochs, runs=work / "runs"))
+                         for name, mark in LAB_PHASES]
+            wall, lines = _timed_lines(cmd, {**env, "LAB_CACHE_DIR": str(work)}, timeout=1800)
+            phases = _phases(wall, lines, marks)
+            if side == "lab":
+                phases["evaluate"] = round(phases["evaluate"] + phases.pop("exit"), 2)
+            runs[side].append({"seconds": round(wall, 2), "phases": phases})
+    medians = {side: statistics.median(r["seconds"] for r in rows) for side, rows in runs.items()}
+    ratio = medians["notebook"] / medians["lab"]
+
+    def median_phases(rows: list[dict]) -> dict:
+        return {k: round(statistics.median(r["phases"][k] for r in rows), 2) for k in rows[0]["phases"]}
+
+    return {
+        "images": sum(_split_sizes(_data(setup))),
+        "epochs": epochs,
+        "notebook_s": round(medians["notebook"], 2),
+        "lab_s": round(medians["lab"], 2),
+        "notebook_phases_s": median_phases(runs["notebook"]),
+        "lab_phases_s": median_phases(runs["lab"]),
+        "runs": runs,
+        "ratio": round(ratio, 2),
+        "goal": 2.5,
+        "met": ratio >= 2.5,
+    }
+
+
+def p1_extraction(setup: Setup, repeats: int, images: int) -> dict:
+    """Feature extraction as the Lab runs it (split_features: files decoded, resized, batched and pushed
+    through the backbone, from an empty store) against the same backbone layer called on a batch already
+    in memory, as a compiled function at the extraction batch size, over as many images. Passes alternate;
+    the ratio is that of the medians."""
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+
+    from core.data.sources import TRAIN, open_source
+    from core.models.architectures import build_model
+    from core.settings.config import EXTRACT_BATCH_SIZE, ModelKind
+    from core.training.features import FeatureStore, split_features
+
+    data = _replace(_data(setup), limit=images)
+    source = open_source(data)
+    n = source.info.split_size(TRAIN)
+    backbone = build_model(ModelKind.MOBILENET_V2, 2, 224, str(setup.backbone)).layers[0]
+    call = tf.function(lambda x: backbone(x, training=False), autograph=False,
+                       input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
+    batch = tf.constant(np.random.default_rng(0).random((EXTRACT_BATCH_SIZE, 224, 224, 3), np.float32))
+    call(batch)
+
+    def bare_pass() -> float:
+        steps = -(-n // EXTRACT_BATCH_SIZE)
+        start = time.perf_counter()
+        for _ in range(steps):
+            call(batch).numpy()
+        return steps * EXTRACT_BATCH_SIZE / (time.perf_counter() - start)
+
+    cache_root(setup).mkdir(parents=True, exist_ok=True)
+
+    def extraction_pass() -> float:
+        with tempfile.TemporaryDirectory(dir=cache_root(setup)) as folder:
+            got = split_features(backbone, source, TRAIN, data, str(setup.backbone), store=FeatureStore(Path(folder)))
+        return len(got.labels) / got.seconds
+
+    extraction_pass()  # the first pass pays for opening the files and the pipeline's one-off set-up
+    bare, fed = [], []
+    for i in range(repeats):
+        for fn, out in ((bare_pass, bare), (extraction_pass, fed))[:: 1 if i % 2 == 0 else -1]:
+            out.append(fn())
+    bare_rate, fed_rate = statistics.median(bare), statistics.median(fed)
+    return {
+        "images": n,
+        "batch_size": EXTRACT_BATCH_SIZE,
+        "backbone_images_per_s": round(bare_rate, 1),
+        "extraction_images_per_s": round(fed_rate, 1),
+        "ratio": round(fed_rate / bare_rate, 3),
+        "goal": 0.9,
+        "met": fed_rate / bare_rate >= 0.9,
+    }
+
+
+def p2_baseline_pipeline(setup: Setup, repeats: int, images: int, epochs: int) -> dict:
+    """The baseline CNN's fit on the Lab's JPEG pipeline (make_pipeline, as training uses it) against the
+    same fit on the same images already decoded and resized, held as one tensor in memory. Also the
+    pipeline with its memory cache turned off, as on a dataset too large to keep: decoding every epoch.
+    Same model and initial weights for all; fits alternate; images/s over all epochs, the first included."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from core.data.sources import TRAIN, make_pipeline, open_source
+    from core.models.architectures import build_baseline, compile_model
+
+    data = _replace(_data(setup), limit=images)
+    source = open_source(data)
+    n = source.info.split_size(TRAIN)
+    xs, ys = [], []
+    for x, y in make_pipeline(source, TRAIN, data, training=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    images_np, labels_np = np.concatenate(xs), np.concatenate(ys)
+    images_t, labels_t = tf.constant(images_np), tf.constant(labels_np)
+    del xs, images_np
+
+    def datasets() -> dict:
+        tensors = tf.data.Dataset.from_tensor_slices((images_t, labels_t))
+        return {
+            "tensors": tensors.shuffle(n, seed=data.seed).batch(data.batch_size).prefetch(tf.data.AUTOTUNE),
+            "jpeg": make_pipeline(source, TRAIN, data, training=True),
+            "jpeg_every_epoch": make_pipeline(source, TRAIN, data, training=True, cache_budget_bytes=0),
+        }
+
+    # One model per input, the same initial weights, compiled and traced once, out of the measured fits.
+    tf_keras.utils.set_random_seed(data.seed)
+    weights = build_baseline(2, 224).get_weights()
+    warm = datasets()
+    models = {}
+    for name, ds in warm.items():
+        models[name] = build_baseline(2, 224)
+        models[name].set_weights(weights)
+        compile_model(models[name], 1e-3)
+        models[name].fit(ds.take(1), epochs=1, verbose=0)
+
+    def fit(name: str, ds) -> float:
+        start = time.perf_counter()
+        models[name].fit(ds, epochs=epochs, verbose=0)
+        return n * epochs / (time.perf_counter() - start)
+
+    rates: dict[str, list[float]] = {k: [] for k in warm}
+    for i in range(repeats):
+        fresh = datasets()  # a fresh pipeline: its memory cache starts empty, as in a new experiment
+        for name in list(fresh)[:: 1 if i % 2 == 0 else -1]:
+            rates[name].append(fit(name, fresh[name]))
+    rate = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = rate["jpeg"] / rate["tensors"]
+    return {
+        "images": n,
+        "epochs": epochs,
+        "tensors_images_per_s": round(rate["tensors"], 1),
+        "jpeg_images_per_s": round(rate["jpeg"], 1),
+        "jpeg_every_epoch_images_per_s": round(rate["jpeg_every_epoch"], 1),
+        "ratio": round(ratio, 3),
+        "ratio_every_epoch": round(rate["jpeg_every_epoch"] / rate["tensors"], 3),
+        "goal": 0.95,
+        "met": ratio >= 0.95,
     }

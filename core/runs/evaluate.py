@@ -1,7 +1,8 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics, worst mistakes.
 
 The metric functions are plain numpy so they can be checked on a known labelling. `evaluate_run` reopens
-a run, predicts every validation image once, and stores the result in the run folder: evaluation.json
+a run, predicts every validation image once (from the frozen backbone's cached features when training
+hands them over), and stores the result in the run folder: evaluation.json
 plus thumbnails of the most confidently wrong images under evaluation/. Reading a stored evaluation
 (`load_evaluation`) needs neither TensorFlow nor the dataset.
 """
@@ -251,6 +252,16 @@ def _relative(path: Path, root: Path) -> str:
         return Path(path).name
 
 
+def _split_names(source) -> list[str] | None:
+    """What the gallery calls each validation image, by position: its file, relative to the dataset folder
+    (evaluation.json travels in run zips; server paths must not), for folder datasets."""
+    from core.data.sources import VALIDATION, FolderSource
+
+    if not isinstance(source, FolderSource):
+        return None
+    return [_relative(p, source.root) for p, _ in source.files[VALIDATION]]
+
+
 def _validation_batches(source, image_size: int, batch_size: int):
     """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
     import tensorflow as tf
@@ -259,11 +270,10 @@ def _validation_batches(source, image_size: int, batch_size: int):
     from core.data.sources import VALIDATION, FolderSource, preprocess
     from core.settings.errors import ImageError
 
+    names = _split_names(source)
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
         paths = [str(p) for p, _ in files]
-        # Shown and stored relative to the dataset folder: evaluation.json travels in run zips, server paths must not.
-        names = [_relative(p, source.root) for p, _ in files]
 
         def load(path: bytes) -> np.ndarray:
             try:
@@ -282,7 +292,6 @@ def _validation_batches(source, image_size: int, batch_size: int):
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0)
     else:
-        names = None
         ds = source.examples(VALIDATION).enumerate().map(lambda i, ex: (ex[0], ex[1], i))
     ds = ds.map(lambda x, y, i: (preprocess(x, image_size), y, i), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), names
@@ -296,13 +305,63 @@ def _thumbnail(image: np.ndarray, path: Path) -> None:
     img.save(path, "PNG")
 
 
-def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Progress | None = None,
+def _images_at(source, image_size: int, positions: set[int]) -> dict[int, np.ndarray]:
+    """The model's inputs (resized, [0, 1]) of a few validation images, by position in the split: what the
+    gallery shows when predictions came from cached features and no image went through the model."""
+    import tensorflow as tf
+
+    from core.data.images import decode_image
+    from core.data.sources import VALIDATION, FolderSource, preprocess
+
+    if not positions:
+        return {}
+    if isinstance(source, FolderSource):
+        files = source.files[VALIDATION]
+        return {i: preprocess(decode_image(files[i][0].read_bytes(), str(files[i][0]), min_side=image_size),
+                              image_size).numpy() for i in positions}
+    wanted = tf.constant(sorted(positions), tf.int64)
+    ds = source.examples(VALIDATION).enumerate()
+    ds = ds.filter(lambda i, _ex: tf.reduce_any(tf.equal(wanted, i)))
+    return {int(i): preprocess(x, image_size).numpy() for i, (x, _y) in ds}
+
+
+def _feature_rows(source, image_size: int, rows: int) -> np.ndarray | None:
+    """Each cached feature row's position in the validation split, or None if they cannot be matched.
+
+    Extraction drops images that fail to decode, so rows and positions part ways after the first one;
+    only then are the images decoded once more (no model) to learn which ones those were.
+    """
+    from core.data.sources import VALIDATION, FolderSource
+
+    if rows == source.info.split_size(VALIDATION):
+        return np.arange(rows)
+    if not isinstance(source, FolderSource):
+        return None
+    batches, _ = _validation_batches(source, image_size, 256)
+    positions = np.concatenate([p.numpy() for _x, _y, p in batches])
+    return positions if len(positions) == rows else None
+
+
+def _head_probabilities(model, features: np.ndarray, softmax: bool) -> np.ndarray:
+    """Probabilities from the layers after the backbone, applied to the backbone's cached outputs."""
+    import tensorflow as tf
+
+    out = tf.constant(features)
+    for layer in model.layers[1:]:
+        out = layer(out, training=False)
+    return (out if softmax else tf.nn.softmax(out)).numpy()
+
+
+def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None, progress: Progress | None = None,
                  max_wrong: int = DEFAULT_MAX_WRONG) -> Evaluation:
     """Evaluate a finished run on its validation split and store evaluation.json in its folder.
 
     Training code that still holds the model and the opened source passes them to skip reloading;
     otherwise the model is reloaded from model.h5 the article's way and the source reopened from the
-    run's data settings (same seed, so the same split).
+    run's data settings (same seed, so the same split). Training code that extracted the validation
+    split's features with the model's (still frozen) first layer passes them as (features, labels), in
+    split order: predictions then come from the layers after it, and the backbone does not run again;
+    only the few images shown in the gallery are decoded.
     """
     import tensorflow as tf
 
@@ -341,33 +400,53 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, progress: Prog
         notes.append("The dataset has changed since training, so the validation split is not exactly the one "
                      "the run was validated on.")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
-    def predict(x):
-        out = model(x, training=False)
-        return out if softmax else tf.nn.softmax(out)
-
     total = source.info.split_size(VALIDATION)
-    # Small batches, as for feature extraction: MobileNetV2's activations for a batch of 32 at 224x224 would
-    # otherwise set the whole run's peak memory, and evaluation speed barely depends on the batch size.
-    batches, names = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
-    y_true, y_pred = [], []
-    # Candidates for the gallery: (confidence, position, true, predicted, true prob, image), best kept.
+    rows = None
+    if features is not None:
+        rows = _feature_rows(source, data.image_size, len(features[1]))
+        if rows is None:
+            logger.info("Cached features of %s do not match its validation images; evaluating them anew.",
+                        run_dir.name)
+    # Candidates for the gallery: (confidence, position, true, predicted, true prob, image or None), best kept.
     candidates: list[tuple] = []
-    done = 0
-    for x, y, positions in batches:
-        probs = predict(x).numpy()
-        labels = y.numpy()
+
+    def keep_worst(probs: np.ndarray, labels: np.ndarray, positions, images=None) -> np.ndarray:
         preds = probs.argmax(axis=1)
-        y_true.append(labels)
-        y_pred.append(preds)
         for j in np.flatnonzero(preds != labels):
             candidates.append((float(probs[j, preds[j]]), int(positions[j]), int(labels[j]), int(preds[j]),
-                               float(probs[j, labels[j]]), x[j].numpy()))
+                               float(probs[j, labels[j]]), None if images is None else images[j].numpy()))
         candidates.sort(key=lambda c: c[0], reverse=True)
         del candidates[max_wrong:]
-        done += len(labels)
+        return preds
+
+    if rows is not None:
+        names = _split_names(source)
+        labels = np.asarray(features[1])
+        y_true = [labels]
+        y_pred = [keep_worst(_head_probabilities(model, np.asarray(features[0]), softmax), labels, rows)]
+        done = len(labels)
+        shown = _images_at(source, data.image_size, {c[1] for c in candidates})
+        candidates = [(*c[:5], shown[c[1]]) for c in candidates]
         if progress:
             progress(done, total)
+    else:
+        @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
+        def predict(x):
+            out = model(x, training=False)
+            return out if softmax else tf.nn.softmax(out)
+
+        # Small batches, as for feature extraction: MobileNetV2's activations for a batch of 32 at 224x224
+        # would otherwise set the whole run's peak memory, and evaluation speed barely depends on the batch.
+        batches, names = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
+        y_true, y_pred = [], []
+        done = 0
+        for x, y, positions in batches:
+            labels = y.numpy()
+            y_true.append(labels)
+            y_pred.append(keep_worst(predict(x).numpy(), labels, positions.numpy(), x))
+            done += len(labels)
+            if progress:
+                progress(done, total)
     if not done:
         raise LabError(f"None of the validation images of {data.source} could be read, so the run cannot be "
                        "evaluated.")

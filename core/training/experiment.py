@@ -84,6 +84,9 @@ class TrainResult:
     stopped_early: bool
     feature_seconds: float = 0.0  # time spent computing cached backbone features
     extra: dict = field(default_factory=dict)
+    # (features, labels) of the validation split while the model's backbone is still the one that made
+    # them (frozen, not fine-tuned afterwards): evaluation reuses them instead of running it again.
+    validation_features: tuple | None = None
 
     @property
     def final(self) -> dict:
@@ -192,14 +195,14 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
     use_features = uses_feature_cache(data, train) and not unfrozen
     feature_seconds = 0.0
     feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
-    stopped = False
+    arrays: dict[str, tuple] = {}  # split -> (features, labels)
+    fine_tuned = stopped = False
     try:
         if use_features:
             from core.training.features import feature_batches, split_features
 
             start = time.perf_counter()
             backbone, head_layer = model.layers[0], model.layers[-1]
-            arrays = {}
             for split in (TRAIN, VALIDATION):
                 got = split_features(backbone, source, split, data, train.handle,
                                      on_status=callbacks.on_status, should_stop=callbacks.should_stop)
@@ -222,6 +225,7 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
                       verbose=0, callbacks=[reporter], class_weight=weights)
         if train.fine_tune_epochs and len(history) - before == epochs:
             status("Fine-tuning: the backbone is unfrozen ...")
+            fine_tuned = True
             fine_tune(model, train)
             model.fit(make_pipeline(source, TRAIN, data, training=True), initial_epoch=epochs, epochs=all_epochs,
                       validation_data=make_pipeline(source, VALIDATION, data, training=False),
@@ -242,8 +246,9 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
     if getattr(model, "optimizer", None) is not None:
         # Adam's step count: a resumed run's continues from its parent's, showing the state was carried over.
         extra["optimizer_steps"] = int(model.optimizer.iterations.numpy())
+    frozen_features = None if fine_tuned else arrays.get(VALIDATION)
     return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, feature_seconds,
-                       extra)
+                       extra, frozen_features)
 
 
 def fine_tune(model, train: TrainConfig) -> None:
@@ -391,7 +396,8 @@ def _evaluate_saved(run_dir: Path, result: TrainResult, source, callbacks: Callb
     # file reloads as an ordinary model.
     distributed = (result.extra.get("distribution") or {}).get("kind", "default") != "default"
     try:
-        evaluate_run(run_dir, model=None if distributed else result.model, source=source)
+        evaluate_run(run_dir, model=None if distributed else result.model, source=source,
+                     features=result.validation_features)
     except (LabError, OSError) as exc:
         # The run itself is complete and saved; its evaluation can be redone with `core evaluate`.
         logger.warning("Evaluation of %s failed: %s", run_dir, exc)

@@ -184,6 +184,24 @@ def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds)
         assert position in wrong and w.confidence == pytest.approx(probs[position].max(), abs=1e-5)
 
 
+def test_tfds_runs_evaluated_from_cached_features_match_the_whole_model(run_copies, tmp_path, mock_tfds,
+                                                                        monkeypatch):
+    from core.data.sources import open_source
+    from core.settings.config import DataConfig
+
+    run = Path(shutil.copytree(run_copies["mobilenet_v2"], tmp_path / "run"))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = "tfds:cats_vs_dogs"
+    config["class_names"] = ["cat", "dog"]
+    del config["dataset"]
+    (run / "config.json").write_text(json.dumps(config))
+    source = open_source(DataConfig(source="tfds:cats_vs_dogs", image_size=TEST_IMAGE_SIZE))
+    full, cached, full_calls, cached_calls = _evaluate_both_ways(run, source, monkeypatch, tmp_path)
+    assert full_calls > 0 and cached_calls == 0 and cached.images == 20
+    assert all(w.source.startswith("validation image #") for w in cached.wrong)
+    _assert_same_evaluation(full, cached)
+
+
 def test_a_run_that_was_never_evaluated_has_no_evaluation(run_copies, tmp_path):
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run", ignore=shutil.ignore_patterns("eval*")))
     assert load_evaluation(run) is None
@@ -355,3 +373,126 @@ def test_a_stored_evaluation_naming_a_thumbnail_outside_the_run_is_damaged(run_c
     (run / EVALUATION_FILE).write_text(json.dumps(stored))
     with pytest.raises(LabError, match="is damaged .*evaluate the run again"):
         load_evaluation(run)
+
+
+def _count_backbone_calls(monkeypatch, model) -> list[int]:
+    """Every call of the model's first layer (the hub backbone), traced or eager, adds one."""
+    backbone = model.layers[0]
+    calls = [0]
+    original = backbone.call
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(backbone, "call", counted)
+    return calls
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def _evaluate_both_ways(run: Path, source, monkeypatch, tmp_path):
+    """(evaluation through the whole model, its thumbnails' pixels, evaluation from cached features,
+    backbone calls of each)."""
+    from core.data.sources import VALIDATION
+    from core.runs.folders import open_run
+    from core.safety.model_files import load_model
+    from core.settings.config import data_from_dict
+    from core.training.features import FeatureStore, split_features
+
+    opened = open_run(run)
+    data = data_from_dict(opened.config["data"])
+    model, _ = load_model(opened.model_path)
+    got = split_features(model.layers[0], source, VALIDATION, data, opened.config["train"]["handle"],
+                         store=FeatureStore(tmp_path / "features"))
+    calls = _count_backbone_calls(monkeypatch, model)
+    full = evaluate_run(run, model=model, source=source)
+    full_calls = calls[0]
+    thumbnails = [_pixels(w.thumbnail) for w in full.wrong]  # the next evaluation replaces the files
+    cached = evaluate_run(run, model=model, source=source, features=(got.features, got.labels))
+    return (full, thumbnails), cached, full_calls, calls[0] - full_calls
+
+
+def _assert_same_evaluation(full_and_thumbnails, cached):
+    full, thumbnails = full_and_thumbnails
+    assert cached.matrix == full.matrix and cached.per_class == full.per_class
+    assert cached.accuracy == full.accuracy and cached.images == full.images and cached.skipped == full.skipped
+    assert [(w.source, w.true_label, w.predicted_label) for w in cached.wrong] == \
+        [(w.source, w.true_label, w.predicted_label) for w in full.wrong]
+    assert len(thumbnails) == len(cached.wrong)
+    for a, b, pixels in zip(cached.wrong, full.wrong, thumbnails):
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-5)
+        assert a.true_probability == pytest.approx(b.true_probability, abs=1e-5)
+        assert np.array_equal(_pixels(a.thumbnail), pixels)  # the same resized input is shown
+
+
+def test_cached_features_give_the_full_models_evaluation_without_the_backbone(mislabelled_run, monkeypatch,
+                                                                              tmp_path):
+    from core.data.sources import open_source
+    from core.runs.folders import open_run
+    from core.settings.config import data_from_dict
+
+    run, mislabelled = mislabelled_run
+    source = open_source(data_from_dict(open_run(run).config["data"]))
+    full, cached, full_calls, cached_calls = _evaluate_both_ways(run, source, monkeypatch, tmp_path)
+    assert full_calls > 0 and cached_calls == 0
+    assert mislabelled <= {w.source for w in cached.wrong} and len(cached.wrong) >= 3
+    _assert_same_evaluation(full, cached)
+
+
+def test_cached_features_are_matched_to_their_files_past_an_unreadable_image(mislabelled_run, monkeypatch,
+                                                                             tmp_path):
+    from sample_images import noisy_jpeg
+
+    from core.data.sources import FolderSource
+    from core.runs.folders import open_run
+    from core.settings.config import data_from_dict
+
+    run, mislabelled = mislabelled_run
+    data = data_from_dict(open_run(run).config["data"])
+    root = Path(shutil.copytree(data.source.removeprefix("folder:"), tmp_path / "data"))
+    truncated = noisy_jpeg()
+    # Its header reads, its pixels do not: extraction drops it, so later feature rows and files part ways.
+    (root / "val" / "circles" / "0_truncated.jpg").write_bytes(truncated[:len(truncated) // 2])
+    source = FolderSource(root, data)
+    full, cached, _, cached_calls = _evaluate_both_ways(run, source, monkeypatch, tmp_path)
+    assert full[0].skipped == 1 and cached_calls == 0
+    assert {Path(s).name for s in mislabelled} <= {Path(w.source).name for w in cached.wrong}
+    _assert_same_evaluation(full, cached)
+
+
+def test_a_frozen_run_is_evaluated_without_running_the_backbone_again(demo_folder, demo_backbone, monkeypatch,
+                                                                      tmp_path):
+    import tensorflow_hub as hub
+
+    import core.runs.evaluate
+    from core.settings.config import DataConfig, ModelKind, TrainConfig
+    from core.training.experiment import run_experiment
+
+    calls = {"all": 0, "evaluating": 0}
+    original_call, original_evaluate = hub.KerasLayer.call, core.runs.evaluate.evaluate_run
+    evaluating = [False]
+
+    def counted_call(self, *args, **kwargs):
+        calls["all"] += 1
+        calls["evaluating"] += evaluating[0]
+        return original_call(self, *args, **kwargs)
+
+    def watched_evaluate(*args, **kwargs):
+        evaluating[0] = True
+        try:
+            return original_evaluate(*args, **kwargs)
+        finally:
+            evaluating[0] = False
+
+    monkeypatch.setattr(hub.KerasLayer, "call", counted_call)
+    monkeypatch.setattr(core.runs.evaluate, "evaluate_run", watched_evaluate)
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
+    data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16, limit=40)
+    run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, handle=str(demo_backbone)),
+                         tmp_path / "runs")
+    assert calls["all"] > 0 and calls["evaluating"] == 0
+    assert load_evaluation(run).images == json.loads((run / "metrics.json").read_text())["val_images"]
