@@ -20,18 +20,24 @@ def server(trained_runs, _isolated_cache):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser(server):
+    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (./lab test does) to run the browser test.")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        tab = browser.new_page(viewport={"width": 1440, "height": 900})
-        tab.set_default_timeout(TIMEOUT_MS)
-        yield tab
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    tab = browser.new_page(viewport={"width": 1440, "height": 900})
+    tab.set_default_timeout(TIMEOUT_MS)
+    return tab
 
 
 def go(tab, title: str, heading: str | None = None) -> None:
@@ -106,18 +112,15 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     shoot(page, "5-predict-explained")
 
 
-def test_predict_on_a_phone(server, demo_folder, trained_runs):
+def test_predict_on_a_phone(browser, server, demo_folder, trained_runs):
     """A 390-px phone screen: the sidebar starts collapsed, the camera comes before the uploader and the verdict
     before the picture, and nothing is wider than the screen. The screenshot is 6-predict-phone.png."""
-    from playwright.sync_api import sync_playwright
-
     from core.runs.predict import load_for_prediction, predict_bytes
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                    has_touch=True).new_page()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                  has_touch=True)
+    try:
+        phone = context.new_page()
         phone.set_default_timeout(TIMEOUT_MS)
         phone.goto(f"{server}/predict")
         phone.get_by_text("Loaded from disk").or_(phone.get_by_text("Reused from the shared cache")).first.wait_for()
@@ -139,7 +142,8 @@ def test_predict_on_a_phone(server, demo_folder, trained_runs):
         assert picture["width"] <= 390
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390
         shoot(phone, "6-predict-phone")
-        browser.close()
+    finally:
+        context.close()
 
 
 def test_hostile_run_and_upload_names_show_as_text_and_run_no_script(page, trained_runs, tmp_path_factory):
