@@ -62,7 +62,8 @@ def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
     train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
                         handle=s[HANDLE_FIELD].strip(), cache_features=bool(s[CACHE_FIELD]),
                         fine_tune_epochs=int(s[FINE_EPOCHS_FIELD]) if transfer else 0,
-                        fine_tune_learning_rate=float(s[FINE_LR_FIELD]))
+                        fine_tune_learning_rate=float(s[FINE_LR_FIELD]),
+                        class_weight="balanced" if s[p + "balance"] else None)
     if transfer and not active_preset().allow_local_paths:
         check_web_handle(train.handle)  # the handle field must not name the server's own folders
     # The preset's caps (images, batch, image size, server folders) apply to estimates and runs alike.
@@ -158,6 +159,9 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
     st.toggle("Augment training images (random flip, rotation, zoom)", key=p + "augment",
               help="Each epoch sees slightly different versions of the training images, which helps against "
                    "overfitting small datasets. Validation images are never changed. Off matches the article.")
+    st.toggle("Balance the classes", key=p + "balance",
+              help="Weights each class's loss by images / (classes x its images), so a small class counts as much "
+                   "as a large one; recorded in config.json. Off matches the article.")
     if kind is ModelKind.MOBILENET_V2:
         transfer_fields()
     if busy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app_pages.common import chip, runs_folder, show_error
-from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports
+from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports, show_reload_check
 from core.present.charts import CurveSeries, model_kind, training_curves
 from core.present.labels import compact_shape, run_option, run_time, run_title
 from core.present.tables import article_rows, compare_rows, layer_rows
@@ -147,6 +147,11 @@ def _headed(draw):
     return drawn
 
 
+def _checked_and_evaluated(record) -> None:
+    show_reload_check(record)  # the article's last step: the .h5 reloaded gives the same predictions
+    show_evaluation(record)
+
+
 def results() -> None:
     st.header("Results")
     records = pick_runs()
@@ -170,7 +175,7 @@ def results() -> None:
     st.subheader("Evaluation on the validation split")
     st.caption("Each run's saved model on the images it was validated on. In the confusion matrix rows are the true "
                "class and columns the predicted one; the diagonal holds the right answers.")
-    _in_pairs(records, _headed(show_evaluation))
+    _in_pairs(records, _headed(_checked_and_evaluated))
     st.subheader("Export")
     st.caption(EXPORT_GUIDE)
     _in_pairs(records, _headed(show_exports))
