@@ -219,7 +219,11 @@ def l1_load(browser, url: str, runs: Path, choices: dict, server_pid: int, say, 
     predict = predict_context.new_page()
     predict.set_default_timeout(TIMEOUT_MS)
     predict.goto(f"{url}/predict")
-    predict.get_by_text("Loaded from disk").or_(predict.get_by_text("Reused from the shared cache")).first.wait_for()
+    try:
+        predict.get_by_text("Loaded from disk").or_(predict.get_by_text("Reused from the shared cache")).first.wait_for()
+    except Exception:
+        predict.screenshot(path=str(HERE / "work" / "l1-predict.png"), full_page=True)
+        raise
     latencies = []
     for i in range(10):
         start = time.monotonic()
@@ -229,8 +233,13 @@ def l1_load(browser, url: str, runs: Path, choices: dict, server_pid: int, say, 
         predict.reload()
         predict.get_by_text("Loaded from disk").or_(predict.get_by_text("Reused from the shared cache")).first.wait_for()
     finished = []
-    for _, tab in tabs:
-        tab.get_by_text(re.compile(r"Finished: \d run")).wait_for()
+    for i, (_, tab) in enumerate(tabs):
+        # Each session ends with its own result: the job it started or joined finished, or a run handed back.
+        try:
+            tab.get_by_text(re.compile(r"Finished: \d run|trained here already")).first.wait_for()
+        except Exception:
+            tab.screenshot(path=str(HERE / "work" / f"l1-session-{i}.png"), full_page=True)
+            raise
         finished.append(True)
     done.set()
     sampler.join(2)

@@ -5,7 +5,7 @@ import math
 from core.runs.evaluate import Evaluation
 from core.runs.folders import file_size_mb
 from core.runs.reload_check import RELOAD_CHECK_KEY
-from core.settings.config import MODEL_LABELS, ModelKind
+from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label
 from core.settings.reference import article, article_history, article_params
 from core.settings.text import duration, megabytes, percent
 
@@ -40,7 +40,7 @@ def article_rows() -> list[list[str]]:
         vals = [row["val_accuracy"] for row in ref]
         trainable = article()["mobilenet_v2_transfer"]["trainable_params"] if kind is ModelKind.MOBILENET_V2 \
             else article_params(kind)
-        rows.append(["The article (GPU)", MODEL_LABELS[kind], str(len(ref)), f"{article_params(kind):,}",
+        rows.append(["The article (GPU)", model_label(kind, MOBILENET_V2_HANDLE), str(len(ref)), f"{article_params(kind):,}",
                      f"{trainable:,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
                      percent(max(vals), 2), percent(vals[-1], 2), "-"])
     return rows

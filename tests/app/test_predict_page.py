@@ -124,7 +124,7 @@ def test_run_labels_name_the_dataset_and_runs_on_the_current_dataset_come_first(
     assert at.selectbox[0].value == baseline  # trained on the current dataset, so before the better transfer run
     labels = at.selectbox[0].options
     assert any(label.startswith(f"Baseline CNN · {demo_folder.name} (circles, squares) · val ") for label in labels)
-    assert any(label.startswith("MobileNetV2 transfer · faces (circles, squares) · val ") for label in labels)
+    assert any(label.startswith("Transfer (backbone) · faces (circles, squares) · val ") for label in labels)
     assert not at.warning
     at.selectbox[0].set_value(transfer).run()
     [warning] = [w.value for w in at.warning]
@@ -170,4 +170,4 @@ def test_class_names_from_an_uploaded_model_are_shown_as_text(open_page, trained
     assert not at.exception and not at.error
     [line] = [m for m in at.markdown if "classes: " in m.value]
     assert not line.proto.allow_html
-    assert r"\<img src=x onerror=alert\(1\)\>, \[x\]\(javascript\:alert\(1\)\)" in line.value
+    assert r"&lt;img src=x onerror=alert\(1\)&gt;, \[x\]\(javascript\:alert\(1\)\)" in line.value
