@@ -218,7 +218,7 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     assert [m.value for m in predicting.markdown if m.value.startswith("### ")] == [f"### {expected[0].label}"]
     assert not any(followed_job(at).finished for at in sessions)  # served while both were still training
 
-    for at, own, other in zip(sessions, ("Baseline CNN", "Transfer model"), ("Transfer model", "Baseline CNN")):
+    for at, own, other in zip(sessions, ("Baseline CNN", "Transfer (backbone)"), ("Transfer (backbone)", "Baseline CNN")):
         at.run()
         assert not at.exception
         cards = [m.value for m in at.markdown]
