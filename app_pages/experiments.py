@@ -174,8 +174,11 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
         with st.spinner("Timing a few batches on this machine ..."):
             est = run_estimate(*configs(kind))
     except OfflineError:
-        st.warning("Offline, and this hub module is not in the cache: use a local SavedModel folder as the hub "
-                   "handle (the Dataset page's generated demo includes one).", icon=":material/wifi_off:")
+        # It could not train either: its Run buttons are disabled below, and this says what to do instead.
+        unreachable.add(kind)
+        st.warning("Offline, and this hub module is not in the cache, so this model cannot train here. Put a "
+                   "SavedModel folder in the hub handle field above: the Dataset page's **Generated demo** "
+                   "makes one and fills it in.", icon=":material/wifi_off:")
         return None
     except Exception as exc:
         show_error(exc, prefix="No estimate: ")
@@ -245,17 +248,20 @@ if not busy:
         st.page_link("app_pages/dataset.py", label="Choose another dataset", icon=":material/photo_library:")
 
 estimates = {}
+unreachable: set = set()  # models whose hub module is neither reachable nor cached
 for kind, column in zip(KINDS, st.columns(2, gap="large")):
     with column, st.container(border=True):
         estimates[kind] = settings_column(kind, busy, data_ok)
-        if st.button(f"Run {MODEL_LABELS[kind]}", key=f"run_{kind.value}", disabled=busy or not data_ok,
+        if st.button(f"Run {MODEL_LABELS[kind]}", key=f"run_{kind.value}",
+                     disabled=busy or not data_ok or kind in unreachable,
                      width="stretch", icon=":material/play_arrow:"):
             start((kind,), estimates)
             st.rerun()
 
 both_total = sum(e.total_seconds for e in estimates.values()) + worker_start() if all(estimates.values()) else None
 label = "Run both" + (f" (about {duration(both_total)})" if both_total else "")
-if st.button(label, type="primary", disabled=busy or not data_ok, icon=":material/play_circle:", key="run_both"):
+if st.button(label, type="primary", disabled=busy or not data_ok or bool(unreachable), icon=":material/play_circle:",
+             key="run_both"):
     start(KINDS, estimates)
     st.rerun()
 

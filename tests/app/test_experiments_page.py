@@ -256,3 +256,13 @@ def test_quick_demo_never_picks_more_images_than_the_hosted_preset_allows(open_p
     s = at.session_state
     notice = [m.value for m in (*at.success, *at.warning, *at.error)]
     assert 1 <= s["exp_b_limit"] <= 12 and s["exp_b_limit"] == s["exp_t_limit"], notice
+
+
+def test_offline_the_transfer_model_cannot_be_started_and_the_page_says_what_to_do(open_page, demo_folder):
+    at = open_page("experiments", state={"lab_source": f"folder:{demo_folder}", "exp_image_size": 64,
+                                         "exp_b_epochs": 1})
+    assert not at.exception
+    assert at.text_input(key="exp_t_handle").value.startswith("https://tfhub.dev/")  # offline, not cached
+    assert any("cannot train here" in w.value and "Generated demo" in w.value for w in at.warning)
+    assert at.button(key="run_mobilenet_v2").disabled and at.button(key="run_both").disabled
+    assert not at.button(key="run_baseline").disabled  # the baseline needs no download
