@@ -197,7 +197,7 @@ def test_demo_writes_a_dataset_and_names_the_cached_pretrained_backbone(tmp_path
 
 def test_every_run_records_the_articles_reload_check_and_evaluate_prints_it(cli_run):
     _, runs = cli_run
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = [r.path for r in list_runs(runs).runs]
     check = open_run(run_dir).metrics["reload_check"]
     assert check["max_abs_diff"] == 0.0 and check["file"] == "model.h5"
     assert check["images"] == min(32, open_run(run_dir).metrics["val_images"]) and check["reload_seconds"] > 0
@@ -212,7 +212,7 @@ def test_json_output_for_scripts(cli_run, tmp_path):
     import json
 
     _, runs = cli_run
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = [r.path for r in list_runs(runs).runs]
     record = open_run(run_dir)
     listed = json.loads(python_m_core("runs", "--json", "--runs-dir", runs).stdout)
     assert listed["incomplete"] == [] and [r["run_id"] for r in listed["runs"]] == [run_dir.name]
@@ -254,7 +254,7 @@ def test_version_names_the_lab_and_its_libraries():
 
 def test_resume_continues_a_finished_run_as_a_new_run_naming_its_parent(cli_run, tmp_path):
     _, runs = cli_run
-    (parent_dir,) = list(runs.iterdir())
+    (parent_dir,) = [r.path for r in list_runs(runs).runs]
     parent = open_run(parent_dir)
     proc = python_m_core("train", "--resume", parent_dir, "--epochs", "2", "--runs-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -338,7 +338,7 @@ def test_export_says_how_the_tflite_file_was_checked(cli_run, tmp_path):
     import importlib.util
 
     _, runs = cli_run
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = [r.path for r in list_runs(runs).runs]
     proc = python_m_core("export", run_dir, "--format", "tflite", "--out", tmp_path / "model.tflite")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runtime = "ai-edge-litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
