@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHROMIUM = "/usr/bin/chromium"
-TIMEOUT_MS = 600_000
+TIMEOUT_MS = 300_000
 HOST_MEMORY_GB = 2.7
 
 
@@ -279,9 +279,10 @@ def main(work: Path, quick: bool, say) -> dict:
         runs = work / "live-runs-local"
         shutil.rmtree(runs, ignore_errors=True)
         with _server(runs, {"LAB_PRESET": "local"}) as url:
-            results["W1"] = w1_watched(browser, url, runs, choices, say, repeats=1 if quick else 2)
-            results["W2"] = w2_stop(browser, url, runs, choices, say)
-            results["W3"] = w3_quick_demo(browser, url, runs, choices, say, budget_min=0.5 if quick else 1.5)
+            results["W1"] = _figure(say, w1_watched, browser, url, runs, choices, say, repeats=1 if quick else 2)
+            results["W2"] = _figure(say, w2_stop, browser, url, runs, choices, say)
+            results["W3"] = _figure(say, w3_quick_demo, browser, url, runs, choices, say,
+                                    budget_min=0.5 if quick else 1.5)
         runs = work / "live-runs-cloud"
         shutil.rmtree(runs, ignore_errors=True)
         image = next((data / "circles").iterdir())
@@ -295,10 +296,22 @@ def main(work: Path, quick: bool, say) -> dict:
             while not board.view(sub.job_id).finished:
                 time.sleep(0.5)
             server_pid = _server_pid(url)
-            results["L1"] = l1_load(browser, url, runs, dict(choices, exp_b_epochs=1, exp_t_epochs=1), server_pid,
-                                    say, sessions=4 if quick else 20, distinct=2 if quick else 4, image=image)
+            results["L1"] = _figure(say, l1_load, browser, url, runs, dict(choices, exp_b_epochs=1, exp_t_epochs=1),
+                                    server_pid, say, sessions=4 if quick else 20, distinct=2 if quick else 4,
+                                    image=image)
         browser.close()
     return results
+
+
+def _figure(say, measure, *args, **kwargs) -> dict:
+    """One figure, or what stopped it: a figure that fails is reported, and the others are still measured."""
+    try:
+        result = measure(*args, **kwargs)
+    except Exception as exc:
+        say(f"  failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        return {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300]}", "met": False}
+    say(f"  {json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))})[:400]}")
+    return result
 
 
 def _server_pid(url: str) -> int:
@@ -311,22 +324,36 @@ def _server_pid(url: str) -> int:
     raise RuntimeError("the server's process was not found")
 
 
+def _w1_row(w1: dict) -> list[str]:
+    return ["W1", "watched / unwatched throughput", f"{w1['ratio']:.2f}", ">= 0.9", _yes(w1["met"]),
+            "job seconds watched {} / unwatched {}".format("+".join(f"{w['job_s']:.1f}" for w in w1["watched"]),
+                                                           "+".join(f"{u['job_s']:.1f}" for u in w1["unwatched"]))]
+
+
+def _w2_row(w2: dict) -> list[str]:
+    return ["W2", "Stop: click to training halted", f"{w2['click_to_training_halted_s']:.2f} s", "<= 2 s",
+            _yes(w2["met"]), (f"'Stopping' shown after {w2['click_to_stopping_shown_s']:.2f} s; 'Stopped' (run "
+                              f"saved) after {w2['click_to_stopped_shown_s']:.1f} s")]
+
+
+def _w3_row(w3: dict) -> list[str]:
+    error = f"{w3['estimate_error']:+.0%}" if w3["estimate_error"] is not None else "-"
+    return ["W3", "Quick demo: actual / budget", f"{w3['actual_over_budget']:.2f}", "<= 1.0", _yes(w3["met"]),
+            f"{w3['actual_s']:.0f} s of {w3['budget_s']:.0f} s; estimate {w3['estimate_s']} s, error {error}"]
+
+
+def _l1_row(l1: dict) -> list[str]:
+    return ["L1", f"{l1['sessions']} sessions, {l1['distinct_experiments']} distinct", f"{l1['jobs_trained']} jobs",
+            f"= {l1['distinct_experiments']}", _yes(l1["met"]),
+            (f"{l1['runs_written']} runs; peak RSS {l1['peak_rss_gb']:.2f} GB (< {HOST_MEMORY_GB}); predict p95 "
+             f"{l1['predict_p95_s']:.2f} s")]
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "no"
+
+
 def table_rows(figures: dict) -> list[list[str]]:
-    w1, w2, w3, l1 = (figures[k] for k in ("W1", "W2", "W3", "L1"))
-    yes = {True: "yes", False: "no"}
-    return [
-        ["W1", "watched / unwatched throughput", f"{w1['ratio']:.2f}", ">= 0.9", yes[w1["met"]],
-         "job seconds watched {} / unwatched {}".format(
-             "+".join(f"{w['job_s']:.1f}" for w in w1["watched"]),
-             "+".join(f"{u['job_s']:.1f}" for u in w1["unwatched"]))],
-        ["W2", "Stop: click to training halted", f"{w2['click_to_training_halted_s']:.2f} s", "<= 2 s",
-         yes[w2["met"]], (f"'Stopping' shown after {w2['click_to_stopping_shown_s']:.2f} s; 'Stopped' (run saved) "
-                          f"after {w2['click_to_stopped_shown_s']:.1f} s")],
-        ["W3", "Quick demo: actual / budget", f"{w3['actual_over_budget']:.2f}", "<= 1.0", yes[w3["met"]],
-         (f"{w3['actual_s']:.0f} s of {w3['budget_s']:.0f} s; estimate {w3['estimate_s']} s, error "
-          + (f"{w3['estimate_error']:+.0%}" if w3["estimate_error"] is not None else "-"))],
-        ["L1", f"{l1['sessions']} sessions, {l1['distinct_experiments']} distinct", f"{l1['jobs_trained']} jobs",
-         f"= {l1['distinct_experiments']}", yes[l1["met"]],
-         (f"{l1['runs_written']} runs; peak RSS {l1['peak_rss_gb']:.2f} GB (< {HOST_MEMORY_GB}); predict p95 "
-          f"{l1['predict_p95_s']:.2f} s")],
-    ]
+    rows = {"W1": _w1_row, "W2": _w2_row, "W3": _w3_row, "L1": _l1_row}
+    return [[name, "not measured", "", "", "no", figures[name]["error"]] if "error" in figures[name]
+            else row(figures[name]) for name, row in rows.items() if name in figures]
