@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -84,27 +83,32 @@ def test_cloud_refuses_fine_tuning_which_needs_more_memory_than_the_host_has():
                      TrainConfig(model=ModelKind.MOBILENET_V2, fine_tune_epochs=1), CLOUD)
 
 
-def test_the_cloud_preset_runs_one_training_job_at_a_time(monkeypatch):
-    import threading
+def test_the_cloud_preset_trains_one_job_at_a_time_and_queues_the_next(monkeypatch, tmp_path):
+    import subprocess
+    import sys
 
-    from core.training.jobs import Experiment, Job
+    from core.training.board import Board
+    from core.training.jobs import Experiment
 
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    release = threading.Event()
+    started, workers = [], []
 
-    def runner(data, train, runs_dir, callbacks):
-        release.wait(30)
-        return Path(runs_dir) / "never-written"
+    def launch(job_dir):
+        started.append(job_dir.name)
+        workers.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+        return workers[-1]
 
-    experiment = Experiment(DataConfig(source="tfds:x"), TrainConfig())
-    first = Job([experiment], "runs", runner=runner).start()
+    board = Board(tmp_path, launcher=launch)  # the preset's max_concurrent_jobs
+    experiment = Experiment(DataConfig(source="tfds:x"), TrainConfig(), 10.0)
+    first = board.submit([experiment], ["a"], owner="one")
+    second = board.submit([experiment], ["b"], owner="two")
     try:
-        with pytest.raises(LabError, match="running on this server"):
-            Job([experiment], "runs", runner=runner).start()
+        assert started == [first.job_id]
+        assert board.view(second.job_id).queue_position == 1
     finally:
-        release.set()
-        assert first.join(30)
-    Job([experiment], "runs", runner=lambda *a: Path("x")).start().join(30)  # the slot was given back
+        for worker in workers:
+            worker.kill()
+            worker.wait()
 
 
 def test_home_page_says_which_preset_is_active(open_page, monkeypatch):
