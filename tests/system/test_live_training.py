@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,11 +141,21 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     status = json.loads((runs / ".jobs" / alice_job / "status.json").read_text())
     assert status["phase"] == "stopped" and len(status["run_dirs"]) == 1
     shoot(alice, "live-4-stopped")
-    bob.get_by_text(re.compile(r"Epochs done: [1-9]")).wait_for()
+    # The queue moves on: the next in line gets a worker of its own.
+    launch = runs / ".jobs" / bob_job / "launch.json"
+    deadline = time.monotonic() + 180
+    while not (launch.exists() and json.loads(launch.read_text()).get("pid")):
+        assert time.monotonic() < deadline, "the queued job never started"
+        time.sleep(0.5)
 
     # The worker dies (as an out-of-memory kill would): the visitor sees one line, the server serves on.
-    pid = json.loads((runs / ".jobs" / bob_job / "launch.json").read_text())["pid"]
+    pid = json.loads(launch.read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while _phase(runs, bob_job) != "failed":
+        assert time.monotonic() < deadline, "the killed worker was not noticed"
+        time.sleep(0.5)
+    bob.reload()
     bob.get_by_text("killed by SIGKILL").first.wait_for()
     no_exception(bob)
     shoot(bob, "live-5-worker-killed")
@@ -152,6 +163,11 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     bob.get_by_role("heading", name="Transfer Learning Lab").first.wait_for()
     assert not [p for p in runs.iterdir() if p.name.startswith(".incomplete-") and (p / "owner.pid").exists()
                 and _alive(int((p / "owner.pid").read_text()))]
+
+
+def _phase(runs: Path, job_id: str) -> str | None:
+    status = runs / ".jobs" / job_id / "status.json"
+    return json.loads(status.read_text())["phase"] if status.exists() else None
 
 
 def _alive(pid: int) -> bool:
