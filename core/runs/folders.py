@@ -244,7 +244,10 @@ def list_runs(runs_dir: str | Path) -> RunListing:
     return RunListing(runs, incomplete)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether a process with this pid exists (one of another user's counts too)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -274,7 +277,7 @@ def clean_incomplete(runs_dir: str | Path) -> list[Path]:
             age = time.time() - path.stat().st_mtime
         except OSError:
             continue  # removed meanwhile by another session's clean-up
-        dead = not _pid_alive(pid) if pid is not None else age > ORPHAN_SECONDS
+        dead = not pid_alive(pid) if pid is not None else age > ORPHAN_SECONDS
         if dead or age > STALE_SECONDS:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.runs.folders import open_run, write_json
+from core.runs.folders import open_run, pid_alive, write_json
 from core.settings.config import data_from_dict, to_dict, train_from_dict
 from core.settings.errors import LabError
 from core.training.jobs import FAILED, PREPARING, QUEUED, STOPPED, Experiment, Job, Snapshot
@@ -84,18 +84,6 @@ def worker_start_seconds(runs_dir: str | Path) -> float:
 def record_worker_start(runs_dir: str | Path, seconds: float) -> None:
     with contextlib.suppress(OSError):
         write_json(jobs_root(runs_dir) / WORKER_START, {"seconds": round(seconds, 3), "at": time.time()})
-
-
-def _pid_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read(path: Path):
@@ -353,7 +341,7 @@ class Board:
                 pid = launch.get("pid")
                 if pid is None and time.time() - float(launch.get("at") or 0) < LAUNCH_GRACE_SECONDS:
                     continue  # being started right now
-            if _pid_alive(pid):
+            if pid_alive(pid):
                 continue
             current = self._view(v.path)
             if current is None or current.finished:
