@@ -5,10 +5,8 @@ person can look at what the pages really look like.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from system_helpers import CHROMIUM, TIMEOUT_MS, settle, shoot, start_server
+from system_helpers import TIMEOUT_MS, settle, shoot, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -17,20 +15,6 @@ pytestmark = pytest.mark.browser
 def server(trained_runs, _isolated_cache):
     with start_server(trained_runs["dir"]) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (./lab test does) to run the browser test.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

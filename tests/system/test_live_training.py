@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from system_helpers import CHROMIUM, SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
+from system_helpers import SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
 
 from core.settings.choices import new_token, save_choices
 
@@ -36,19 +36,6 @@ def hosted(tmp_path_factory, demo_folder, demo_backbone, _isolated_cache):
     runs = tmp_path_factory.mktemp("live-runs")
     with start_server(runs, {"LAB_PRESET": "cloud"}, "live") as url:
         yield {"url": url, "runs": runs, "source": f"folder:{data}", "handle": str(handle)}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (./lab test does) to run the browser test.")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        yield instance
-        instance.close()
 
 
 def visitor(browser, hosted, **settings):
