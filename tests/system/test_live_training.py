@@ -92,7 +92,10 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     card(alice, "Baseline CNN · yours").wait_for()
     (alice_job,) = job_ids(runs)
     alice.get_by_role("button", name="Stop").wait_for()
-    assert alice.locator("input[aria-label='Epochs']").first.input_value() == "500"
+    settle(alice)
+    # The settings below the panel come back from the session's saved choices once the page has rerun.
+    alice.wait_for_function("() => [...document.querySelectorAll(\"input[aria-label='Epochs']\")]"
+                            ".some(e => e.value === '500')")
     assert alice.get_by_role("button", name="Run Baseline CNN").is_disabled()
     shoot(alice, "live-2-after-reload")
 
