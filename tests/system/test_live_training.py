@@ -47,6 +47,7 @@ def visitor(browser, hosted, **settings):
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     tab = context.new_page()
     tab.set_default_timeout(TIMEOUT_MS)
+    tab.set_default_navigation_timeout(3 * TIMEOUT_MS)  # the first paint waits for a server busy training
     tab.goto(f"{hosted['url']}/experiments?s={token}")
     tab.get_by_role("heading", name="Experiments", exact=True).first.wait_for()
     # The Run buttons come after the estimates, which time a few batches while another training runs.
@@ -75,6 +76,7 @@ def tabs():
     for name, tab in opened.items():
         if not tab.is_closed():
             tab.screenshot(path=str(SCREENSHOTS / f"live-last-{name}.png"), full_page=True)
+            tab.context.close()  # its page stops polling the server, which the next test shares
 
 
 def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs):
@@ -117,7 +119,7 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     bob_job = next(j for j in job_ids(runs) if j != alice_job)
 
     # A shared link shows the training to anyone.
-    stranger = browser.new_context().new_page()
+    stranger = tabs["stranger"] = browser.new_context().new_page()
     stranger.set_default_timeout(TIMEOUT_MS)
     stranger.goto(f"{hosted['url']}/experiments?job={alice_job}")
     card(stranger, "Baseline CNN · another visitor's").wait_for(timeout=TIMEOUT_MS)
