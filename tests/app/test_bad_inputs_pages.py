@@ -17,8 +17,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE, followed_job, make_zip, wait_for_job
 from hostile_files import lambda_model_file, with_handle
+from lab_helpers import TEST_IMAGE_SIZE, followed_job, make_zip, wait_for_job
 from PIL import Image
 from sample_images import GOOD, png_bomb
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
+from lab_helpers import TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import TEST_IMAGE_SIZE, wait_for_job
+from lab_helpers import TEST_IMAGE_SIZE, wait_for_job
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from lab_helpers import TEST_IMAGE_SIZE
 
 from core.models.distribute import TPU_ENV_VARIABLES, Precision, choose_precision, choose_strategy, precision_policy
 from core.runs.folders import open_run

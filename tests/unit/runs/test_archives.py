@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_zip
+from lab_helpers import make_zip
 
 from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 from core.runs.folders import INCOMPLETE_PREFIX, list_runs, open_run

@@ -5,7 +5,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from lab_helpers import TEST_IMAGE_SIZE
 from PIL import Image
 
 from core.runs.predict import Prediction, PredictionError, load_for_prediction, predict_bytes

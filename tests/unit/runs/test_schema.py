@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_zip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lab_helpers import make_zip
 
 from core.cli import main as cli
 from core.present.tables import compare_rows, format_table

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from lab_helpers import TEST_IMAGE_SIZE
 
 from core.cli import main as cli
 from core.runs.folders import list_runs

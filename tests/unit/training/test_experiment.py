@@ -5,7 +5,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import TEST_IMAGE_SIZE
+from lab_helpers import TEST_IMAGE_SIZE
 
 from core.runs.folders import list_runs, open_run
 from core.settings.config import DataConfig, ModelKind, TrainConfig

@@ -1,0 +1,59 @@
+"""Helpers test modules import by name (fixtures stay in conftest.py, which is not importable by name:
+each test folder may have its own conftest, and Python keeps only one module called `conftest`)."""
+from __future__ import annotations
+
+import os
+
+TEST_IMAGE_SIZE = 64  # small images keep the suite fast; the article's 224 is exercised in shape tests
+
+JOB_WAIT_SECONDS = 300  # bound on a tiny background run on a busy 2-core machine; waits end as soon as it is done
+
+
+def followed_job(at):
+    """The board's view of the job an Experiments page session follows (its latest)."""
+    from core.training.board import Board
+
+    following = at.session_state["exp_following"]
+    assert following, "the session follows no training"
+    return Board(os.environ["LAB_RUNS_DIR"]).view(following[-1])
+
+
+def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: bool = False):
+    """Wait for the job an Experiments page session follows, then rerun the page once; its final snapshot.
+
+    The job trains in a worker process; rerun_while_waiting also reruns the page on every poll, as a
+    browser's live panel would.
+    """
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (view := followed_job(at)).finished:
+        assert time.monotonic() < deadline, f"the job did not finish: {view.snapshot}"
+        time.sleep(0.3)
+        if rerun_while_waiting:
+            at.run()
+    at.run()
+    return followed_job(at).snapshot
+
+
+def wait_for_epoch(at, epochs: int = 1, seconds: float = JOB_WAIT_SECONDS):
+    """Wait until the followed job has finished this many epochs of its current experiment."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (view := followed_job(at)).snapshot.epoch < epochs:
+        assert time.monotonic() < deadline and not view.finished, view.snapshot
+        time.sleep(0.2)
+    return view
+
+
+def make_zip(entries: dict[str, bytes]) -> bytes:
+    """A deflated zip holding name -> bytes, for the zip-handling tests."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
