@@ -11,6 +11,7 @@ import time
 STARTED = time.monotonic()  # as early as this module can see: the interpreter's own start is not counted
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from core.training.jobs import FAILED, Job
 
 logger = logging.getLogger("core.training.worker")
 
+# Trainings yield the CPU to the server: a click, a page or a prediction is served at once, while a training
+# alone on the machine runs at full speed (niceness only matters when both want the same core).
+WORKER_NICENESS = 10
+
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -26,6 +31,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m core.training.worker JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(argv[0])
+    os.nice(WORKER_NICENESS)
     spec = _read(job_dir / SPEC)
     try:
         experiments = _experiments_from_spec(spec)

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig
@@ -27,6 +28,7 @@ from core.training.board import (
     jobs_root,
 )
 from core.training.jobs import DONE, FAILED, STOPPED, Experiment
+from core.training.worker import WORKER_NICENESS
 
 DATA = DataConfig(source="folder:unused", image_size=32, batch_size=4)
 
@@ -208,6 +210,8 @@ def test_a_worker_process_trains_publishes_progress_and_stops_within_a_batch(tmp
     assert not board.view(job.job_id).finished, board.view(job.job_id).snapshot.message
     status = json.loads((board.view(job.job_id).path / STATUS).read_text())
     assert status["pid"] != os.getpid()  # trained in its own process
+    # ... at a lower priority than the server, so pages and clicks are served first while it trains
+    assert psutil.Process(status["pid"]).nice() == min(19, os.nice(0) + WORKER_NICENESS)
     board.stop(job.job_id)
     asked = time.monotonic()
     # The worker sees the stop file and training ends after its current batch: the published step stops.
