@@ -19,24 +19,10 @@ STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "S
 CHANGED_KEY = "exp_panel_seen"  # (job id, epochs, finished) per followed job, as last drawn
 
 
-PUMP_SECONDS = 2.0  # one look at dead workers and free slots per server this often, however many watch
-_last_pump = [0.0]
-
-
 def board():
     from core.training.board import Board
 
     return Board(runs_folder())
-
-
-def _pump(b) -> None:
-    """Start queued jobs whose turn came and notice dead workers; shared by every session of the server."""
-    import time
-
-    now = time.monotonic()
-    if now - _last_pump[0] >= PUMP_SECONDS:
-        _last_pump[0] = now
-        b.pump()
 
 
 def following() -> list[str]:
@@ -135,7 +121,7 @@ def running_now() -> None:
     b = board()
     active = b.active()
     if active:
-        _pump(b)
+        b.pump_if_due()
     followed = [v for v in (b.view(j) for j in following()) if v is not None]
     seen = st.session_state.get(CHANGED_KEY, {})
     now = {v.job_id: v.finished for v in followed}

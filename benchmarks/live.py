@@ -29,10 +29,7 @@ HOST_MEMORY_GB = 2.7
 
 
 def _server(runs: Path, env: dict):
-    import sys
-
-    sys.path.insert(0, str(REPO / "tests" / "system"))
-    from system_helpers import start_server
+    from benchmarks.server import start_server
 
     return start_server(runs, env, "benchmark-live-server")
 

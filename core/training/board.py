@@ -51,6 +51,11 @@ LAUNCH_GRACE_SECONDS = 60
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_START = "worker-start.json"  # how long the latest worker took to start, for estimates
 DEFAULT_WORKER_START_SECONDS = 4.0  # Python and TensorFlow starting on a quiet 2-core machine
+# How often pages may pump one board, however many of them watch it: a look at dead workers and free slots
+# is a few file reads under the board's lock, and every watching page asks every 2 s.
+PUMP_EVERY_SECONDS = 2.0
+_last_pumped: dict[Path, float] = {}
+_last_pumped_lock = threading.Lock()
 
 
 def jobs_root(runs_dir: str | Path) -> Path:
@@ -327,6 +332,16 @@ class Board:
         with self._locked():
             self._reap()
             self._start_queued()
+
+    def pump_if_due(self, every_seconds: float = PUMP_EVERY_SECONDS) -> bool:
+        """pump(), at most once per every_seconds for this board in this process; whether it pumped."""
+        now = time.monotonic()
+        with _last_pumped_lock:
+            if now - _last_pumped.get(self.root, float("-inf")) < every_seconds:
+                return False
+            _last_pumped[self.root] = now
+        self.pump()
+        return True
 
     def _reap(self) -> None:
         for v in self.views(active_only=True):

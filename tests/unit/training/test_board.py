@@ -163,6 +163,15 @@ def test_a_worker_that_vanished_while_nobody_watched_is_failed_on_the_next_look(
     assert view.snapshot.phase == FAILED and "without reporting a result" in view.snapshot.message
 
 
+def test_pages_pump_a_board_at_most_once_per_interval_however_many_watch(tmp_path):
+    first, second = Board(tmp_path, max_concurrent=1), Board(tmp_path, max_concurrent=1)
+    other = Board(tmp_path / "elsewhere", max_concurrent=1)
+    assert first.pump_if_due(every_seconds=60)
+    assert not second.pump_if_due(every_seconds=60)  # another page of the same server, same runs folder
+    assert other.pump_if_due(every_seconds=60)  # another board is pumped on its own schedule
+    assert second.pump_if_due(every_seconds=0)
+
+
 def test_the_board_ignores_what_is_not_a_job(tmp_path, workers):
     board = Board(tmp_path, max_concurrent=2, launcher=workers)
     root = jobs_root(tmp_path)
