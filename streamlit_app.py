@@ -2,8 +2,9 @@
 first paint is fast; each page imports what it needs when it runs."""
 import streamlit as st
 
-from app_pages.common import save_session, sidebar
+from app_pages.common import save_session, sidebar, skip_keras_clear_session
 
+skip_keras_clear_session()
 st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/science:", layout="wide",
                    initial_sidebar_state="auto")  # collapsed on phones
 

@@ -30,6 +30,23 @@ PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY)
 LOADED_KEY = "ds_loaded"  # the source this session has opened on the Dataset page
 
 
+def skip_keras_clear_session() -> None:
+    """Stop Streamlit from calling Keras 3's clear_session after every script run.
+
+    Streamlit does that to free a Keras app's models between reruns, but here it frees nothing (the Lab's
+    models are tf_keras ones, and its cached models must stay) and costs a full garbage collection
+    (~0.17 s holding the GIL with TensorFlow loaded) and TensorFlow's kernel cache after every run:
+    every 2 s for each visitor watching a training, which stalled a server with a few visitors. The
+    only other clean-up Streamlit does there closes matplotlib figures, which the Lab never draws.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    def keep_state() -> None:
+        """Nothing to clean: no Keras 3 models and no matplotlib figures live in this server."""
+
+    script_runner._clean_problem_modules = keep_state
+
+
 def current_source() -> str:
     return st.session_state.get(SOURCE_KEY, DEFAULT_SOURCE)
 

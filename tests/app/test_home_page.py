@@ -67,3 +67,31 @@ def test_sidebar_shows_the_servers_folders_only_on_the_local_preset(open_page, m
     assert "Runs: 0 finished" in hosted and "Dataset: folder `pets`" in hosted
     for folder in (tmp_path, cache_dir(), uploads_dir()):
         assert str(folder) not in hosted
+
+
+def test_script_runs_leave_keras_and_tensorflow_state_alone(tmp_path):
+    """Streamlit calls Keras 3's clear_session after every script run (a full garbage collection and
+    TensorFlow's kernel cache, ~0.17 s holding the GIL); the Lab's entry script turns that off, since every
+    watching visitor reruns a fragment every 2 s. A plain Streamlit script shows the call it avoids."""
+    script = (
+        "import keras\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        "import core.data.network\n"
+        "core.data.network.can_reach = lambda *a, **k: False\n"
+        "calls = []\n"
+        "keras.backend.clear_session = lambda *a, **k: calls.append(1)\n"
+        "AppTest.from_string('import streamlit as st\\nst.write(1)', default_timeout=60).run()\n"
+        "plain = len(calls)\n"
+        f"at = AppTest.from_file({str(ROOT / 'streamlit_app.py')!r}, default_timeout=60).run()\n"
+        "assert not at.exception, at.exception\n"
+        "calls.clear()\n"
+        "at.run(); at.run()\n"
+        "AppTest.from_string('import streamlit as st\\nst.write(1)', default_timeout=60).run()\n"
+        "print(plain, len(calls))\n"
+    )
+    env = {"LAB_RUNS_DIR": str(tmp_path / "runs"), "LAB_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 0"
