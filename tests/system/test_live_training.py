@@ -184,6 +184,10 @@ def test_stop_from_the_command_line_run_is_shown_and_honoured(browser, hosted, d
         shoot(watcher, "live-6-cli-job")
         cli_job = next(p for p in (runs / ".jobs").iterdir() if (p / "spec.json").exists()
                        and json.loads((p / "spec.json").read_text())["origin"] == "cli")
+        deadline = time.monotonic() + 180  # an epoch finished first, so the stop keeps it as a run
+        while json.loads((cli_job / "status.json").read_text())["epoch"] < 1:
+            assert time.monotonic() < deadline and cli.poll() is None, "the command line run made no epoch"
+            time.sleep(0.2)
         (cli_job / "stop").touch()  # what a page's Stop does where the preset allows it
         out, err = cli.communicate(timeout=300)
         assert cli.returncode == 0, err[-2000:]
