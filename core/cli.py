@@ -208,9 +208,10 @@ def cmd_train(args) -> int:
     callbacks = Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status)
     # Under several workers only the chief writes (and evaluates) the run; the others use a scratch folder.
     chief = writes_runs()
-    with runs_folder(args.runs_dir) as runs_dir, peer_failures():
+    with runs_folder(args.runs_dir) as runs_dir:
         if args.resume:
-            run_dir = resume_experiment(args.resume, args.epochs, runs_dir, callbacks, evaluate=chief)
+            with peer_failures():
+                run_dir = resume_experiment(args.resume, args.epochs, runs_dir, callbacks, evaluate=chief)
         else:
             data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
                               limit=args.limit, seed=args.seed, augment=args.augment)
@@ -221,7 +222,8 @@ def cmd_train(args) -> int:
                                 mixed_precision=args.mixed_precision, class_weight=args.class_weight)
 
             def runner(data, train, runs_dir, board_callbacks):
-                return run_experiment(data, train, runs_dir, board_callbacks.joined(callbacks), evaluate=chief)
+                with peer_failures():  # a lost peer is a one-line error, not the job's traceback
+                    return run_experiment(data, train, runs_dir, board_callbacks.joined(callbacks), evaluate=chief)
 
             # Listed on the job board while it trains, so the dashboard shows it (and can stop it) too.
             run_dir = Board(runs_dir).run_here(Job([Experiment(data, train)], runs_dir, runner)).run_dirs[-1]
@@ -441,7 +443,7 @@ def _start_tensorflow_quietly(peer_timeout: float | None = None) -> None:
         else:
             from core.models.cluster import join
 
-            join(peer_timeout, say=lambda line: os.write(saved, (line + "\n").encode()))
+            join(peer_timeout, stderr=saved)
     finally:
         os.dup2(saved, fd)
         os.close(devnull)

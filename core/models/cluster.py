@@ -11,12 +11,16 @@ in a scratch folder that is deleted, because saving a distributed model runs col
 worker must join.
 
 TensorFlow only accepts the collective set-up before it has run anything, so `join` is called first thing in
-the process. What can go wrong is caught with a one-line message: TF_CONFIG absent or malformed before
-TensorFlow starts; a peer that never joins within the timeout (TensorFlow itself would wait forever, and does
-not even end on SIGTERM while it waits: measured) by a watchdog thread that ends the process; a peer that
-dies or freezes during training by TensorFlow's coordination service, whose heartbeats abort the collective
-steps on every survivor (measured here on loopback: 3 s after the chief was killed, 12 s after another
-worker was killed, 21 s after one was frozen with SIGSTOP), turned into a LabError by `peer_failures`.
+the process. What can go wrong ends with a one-line message instead of a hang:
+- TF_CONFIG absent or malformed: a LabError before TensorFlow starts (`read_tf_config`);
+- a peer that never starts: the workers first meet on their ports in plain Python, with a deadline (`meet`).
+  TensorFlow's own wait for its peers has none (it waited past 10 minutes here), holds the interpreter lock
+  (no thread of the process runs) and ignores SIGTERM, so a peer lost in the instant between meeting and
+  joining is caught by a guard process that prints why and kills the waiting one;
+- a peer that dies or freezes during training: TensorFlow's coordination service stops getting its
+  heartbeats and aborts the collective steps on every survivor (measured here on loopback: 0.1-3 s after
+  the chief was killed, 7-12 s after another worker was, 21 s after one was frozen with SIGSTOP);
+  `peer_failures` turns that error into a LabError. A step that waits longer than the peer timeout fails too.
 """
 from __future__ import annotations
 
@@ -25,10 +29,12 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,14 +154,35 @@ def answers(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def port_in_use(address: str) -> bool:
-    """Whether this machine cannot listen on the address's port (another program has it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def meet(cluster: Cluster, timeout: float, poll: float = 0.2) -> None:
+    """Wait until every peer answers on its port, listening on this task's port meanwhile so they find it.
+
+    Raises LabError naming the peers that did not answer within timeout, or if this task's port is taken.
+    Nothing is accepted on the listening socket: a peer's connection completing is the whole message.
+    A peer that has already met the others has handed its port to TensorFlow's server, which answers too.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
         try:
-            sock.bind(("", _port(address)))
+            listener.bind(("", _port(cluster.address)))
         except OSError:
-            return True
-    return False
+            raise LabError(f"Port {_port(cluster.address)} of this {cluster.name()} is already in use by another "
+                           "program; stop it, or give this task another port in TF_CONFIG on every machine.") from None
+        listener.listen(4 * len(cluster.addresses))
+        deadline = time.monotonic() + timeout
+        waiting = list(cluster.peers)
+        while True:
+            waiting = [a for a in waiting if not answers(a, timeout=poll)]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+    finally:
+        listener.close()
+    if waiting:
+        raise LabError(f"{', '.join(waiting)} did not answer within {timeout:.0f} s: start `python -m core train "
+                       "--strategy multiworker` with the same arguments on every machine in TF_CONFIG (check its "
+                       "addresses and the firewalls), or raise --peer-timeout.")
 
 
 @dataclass(frozen=True)
@@ -179,27 +206,25 @@ def writes_runs() -> bool:
     return _joined is None or _joined.cluster.is_chief
 
 
-def _say_on_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+# A separate process, because TensorFlow holds the interpreter lock while it waits for the peers to join:
+# no thread of this process runs meanwhile, and SIGTERM is caught and ignored (both measured).
+_GUARD = """
+import os, select, signal, sys
+parent, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if not select.select([sys.stdin], [], [], timeout)[0]:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+"""
 
 
-def _watch_start(cluster: Cluster, timeout: float, started: threading.Event, say: Callable[[str], None]) -> None:
-    """End the process if the strategy is not up within timeout: TensorFlow waits for every peer forever."""
-    if started.wait(timeout):
-        return
-    silent = [a for a in cluster.peers if not answers(a)]
-    waiting = f"{', '.join(silent)} never answered" if silent else "the workers did not all join"
-    say(f"error: {waiting} within {timeout:.0f} s; start `python -m core train --strategy multiworker` with the same "
-        "arguments on every machine in TF_CONFIG (check the addresses and firewalls), or raise --peer-timeout.")
-    os._exit(1)
+def join(timeout: float = DEFAULT_PEER_TIMEOUT, stderr: int | None = None) -> Joined:
+    """Read TF_CONFIG, meet the peers and create this process's MultiWorkerMirroredStrategy (once; later
+    calls return it). Must run before TensorFlow runs any op.
 
-
-def join(timeout: float = DEFAULT_PEER_TIMEOUT, say: Callable[[str], None] | None = None) -> Joined:
-    """Read TF_CONFIG and create this process's MultiWorkerMirroredStrategy (once; later calls return it).
-
-    Must run before TensorFlow runs any op. Blocks until every task of the cluster has joined; if that takes
-    longer than timeout, a watchdog says which peers never answered (through say, stderr by default) and
-    ends the process with exit code 1. Collective steps that do not complete within timeout fail too.
+    A peer that does not answer within timeout is a LabError. Should one vanish after answering, while
+    TensorFlow waits for it, a guard process prints why (to the file descriptor stderr, the process's
+    own by default) and kills this one. Collective steps that do not complete within timeout fail too.
     """
     global _joined
     with _join_lock:
@@ -208,22 +233,22 @@ def join(timeout: float = DEFAULT_PEER_TIMEOUT, say: Callable[[str], None] | Non
         cluster = read_tf_config()
         if not timeout > 0:
             raise LabError(f"--peer-timeout must be more than 0 seconds (got {timeout}).")
-        if port_in_use(cluster.address):
-            raise LabError(f"Port {_port(cluster.address)} of this {cluster.name()} is already in use by another "
-                           "program; stop it or give this task another port in TF_CONFIG on every machine.")
+        meet(cluster, timeout)
         import tensorflow as tf
 
-        started = threading.Event()
-        threading.Thread(target=_watch_start, args=(cluster, timeout, started, say or _say_on_stderr),
-                         name="cluster-start-watchdog", daemon=True).start()
+        message = (f"error: the workers did not all join within {timeout:.0f} s ({', '.join(cluster.peers)} answered "
+                   "but did not join: do they run this same command?); restart every worker.")
+        guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(os.getpid()), str(timeout), message],
+                                 stdin=subprocess.PIPE, stderr=stderr)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout)
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except RuntimeError as exc:
-            started.set()
             raise LabError(f"The multi-worker strategy can only be set up before TensorFlow has run anything; "
                            f"start a fresh process ({str(exc)[:150]}).") from None
-        started.set()
+        finally:
+            guard.stdin.close()
+            guard.wait()
         _joined = Joined(cluster, strategy, timeout)
         return _joined
 
