@@ -7,8 +7,8 @@ Every machine runs the same `python -m core train --strategy multiworker ...` wi
 Each worker keeps a full copy of the model, reads the same data pipeline and keeps its share of every global
 batch (tf.data DATA sharding), and the gradients are all-reduced between the workers after every step. The
 chief (the "chief" task, or worker 0 when there is none) writes the run folder; the others do the same work
-in a scratch folder that is deleted, because saving a distributed model runs collective steps that every
-worker must join.
+in a scratch folder that is deleted, because saving a run has steps that every worker must join (the reload
+check's predictions are gathered from all replicas).
 
 TensorFlow only accepts the collective set-up before it has run anything, so `join` is called first thing in
 the process. What can go wrong ends with a one-line message instead of a hang:
@@ -194,11 +194,6 @@ class Joined:
 
 _joined: Joined | None = None
 _join_lock = threading.Lock()
-
-
-def joined() -> Joined | None:
-    """This process's cluster and strategy, once `join` succeeded."""
-    return _joined
 
 
 def writes_runs() -> bool:
