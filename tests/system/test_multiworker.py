@@ -121,6 +121,7 @@ def test_two_workers_train_like_one_process_with_their_global_batch_and_only_the
         "kind": "multiworker", "replicas": 2, "workers": two_workers[model]["addresses"],
         "per_replica_batch_size": 8, "global_batch_size": 16, "mixed_precision": False}
     assert run.config["data"]["batch_size"] == 8
+    assert run.config["feature_cache_used"] is (model == "mobilenet_v2")  # the backbone's features, computed jointly
     assert not other["runs"].exists()
     assert [line.split("  ")[0] for line in other["out"].splitlines()] == ["Epoch 1/1"]  # its progress, no run
     assert "the chief writes the run" in other["err"]
