@@ -290,18 +290,19 @@ def runs_folder(wanted: Path) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-
 def on_every_worker(strategy, value: int) -> list[int]:
     """value as every replica of a multi-worker strategy has it (one entry per replica, the chief's first);
     [value] under any other strategy.
 
     Where workers could take different branches that run different collective steps (features found in
-    one machine's cache but not another's), they decide together, or the one waiting would wait forever.
+    one machine's cache but not another's), they decide together; otherwise one would wait in a step the
+    others never take, until the peer timeout.
     """
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return [value]
+
     @tf.function  # eagerly, each collective step would warn of its overhead
     def gather(mine):
         return strategy.gather(strategy.run(tf.identity, args=(mine,)), axis=0)
