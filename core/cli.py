@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.models.cluster import DEFAULT_PEER_TIMEOUT
 from core.models.distribute import STRATEGY_NAMES
 from core.settings.config import (
     ARTICLE_BATCH_SIZE,
@@ -91,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto",
                        help="tf.distribute strategy: auto (a TPU if one is named, all GPUs if more than one, else "
-                       "one device), default, mirrored (all GPUs, or every CPU device) or tpu; --batch-size is "
-                       "per replica (default %(default)s)")
+                       "one device), default, mirrored (all GPUs, or every CPU device), tpu, or multiworker (the "
+                       "machines listed in TF_CONFIG; see README, Several machines); --batch-size is per replica "
+                       "(default %(default)s)")
+    train.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
+                       help="multiworker: how long to wait for every worker to join, and for any training step "
+                       "to complete on all of them, before giving up with a message (default %(default)s)")
     train.add_argument("--mixed-precision", action="store_true",
                        help="compute in float16 on GPUs (baseline CNN); recorded as unused elsewhere")
 
@@ -183,6 +188,7 @@ def _print_json(value) -> None:
 
 
 def cmd_train(args) -> int:
+    from core.models.cluster import peer_failures, runs_folder, writes_runs
     from core.training.board import Board
     from core.training.experiment import Callbacks, resume_experiment, run_experiment
     from core.training.jobs import Experiment, Job
@@ -200,23 +206,31 @@ def cmd_train(args) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     callbacks = Callbacks(on_epoch=on_epoch, on_batch=bar.batch, on_status=on_status)
-    if args.resume:
-        run_dir = resume_experiment(args.resume, args.epochs, args.runs_dir, callbacks)
-    else:
-        data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
-                          limit=args.limit, seed=args.seed, augment=args.augment)
-        train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
-                            handle=args.handle, cache_features=not args.no_feature_cache,
-                            fine_tune_epochs=args.fine_tune_epochs,
-                            fine_tune_learning_rate=args.fine_tune_learning_rate, strategy=args.strategy,
-                            mixed_precision=args.mixed_precision, class_weight=args.class_weight)
+    # Under several workers only the chief writes (and evaluates) the run; the others use a scratch folder.
+    chief = writes_runs()
+    with runs_folder(args.runs_dir) as runs_dir:
+        if args.resume:
+            with peer_failures():
+                run_dir = resume_experiment(args.resume, args.epochs, runs_dir, callbacks, evaluate=chief)
+        else:
+            data = DataConfig(source=args.data, image_size=args.image_size, batch_size=args.batch_size,
+                              limit=args.limit, seed=args.seed, augment=args.augment)
+            train = TrainConfig(model=ModelKind(args.model), epochs=args.epochs, learning_rate=args.learning_rate,
+                                handle=args.handle, cache_features=not args.no_feature_cache,
+                                fine_tune_epochs=args.fine_tune_epochs,
+                                fine_tune_learning_rate=args.fine_tune_learning_rate, strategy=args.strategy,
+                                mixed_precision=args.mixed_precision, class_weight=args.class_weight)
 
-        def runner(data, train, runs_dir, board_callbacks):
-            return run_experiment(data, train, runs_dir, board_callbacks.joined(callbacks))
+            def runner(data, train, runs_dir, board_callbacks):
+                with peer_failures():  # a lost peer is a one-line error, not the job's traceback
+                    return run_experiment(data, train, runs_dir, board_callbacks.joined(callbacks), evaluate=chief)
 
-        # Listed on the job board while it trains, so the dashboard shows it (and can stop it) too.
-        run_dir = Board(args.runs_dir).run_here(Job([Experiment(data, train)], args.runs_dir, runner)).run_dirs[-1]
+            # Listed on the job board while it trains, so the dashboard shows it (and can stop it) too.
+            run_dir = Board(runs_dir).run_here(Job([Experiment(data, train)], runs_dir, runner)).run_dirs[-1]
     bar.end_epoch()
+    if not chief:
+        print("This worker's share of the training is done; the chief writes the run.", file=sys.stderr)
+        return 0
     print(run_dir)
     return 0
 
@@ -411,9 +425,12 @@ COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict
             "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
 
 
-def _start_tensorflow_quietly() -> None:
+def _start_tensorflow_quietly(peer_timeout: float | None = None) -> None:
     """Import TensorFlow with native stderr muted: its C++ start-up lines (CUDA probing, CPU features)
-    would bury the CLI's own output. Python-level warnings and errors are untouched."""
+    would bury the CLI's own output. Python-level warnings and errors are untouched.
+
+    With peer_timeout, this process joins the cluster of TF_CONFIG instead of starting its devices alone:
+    TensorFlow accepts that only before it has run anything."""
     fd = sys.stderr.fileno()
     saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
     sys.stderr.flush()
@@ -421,7 +438,12 @@ def _start_tensorflow_quietly() -> None:
     try:
         import tensorflow as tf
 
-        tf.config.list_logical_devices()
+        if peer_timeout is None:
+            tf.config.list_logical_devices()
+        else:
+            from core.models.cluster import join
+
+            join(peer_timeout, stderr=saved)
     finally:
         os.dup2(saved, fd)
         os.close(devnull)
@@ -435,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and args.resume and args.epochs is None:
         parser.error("--resume needs --epochs N: how many more epochs to train")
-    if args.command not in ("compare", "runs") and not os.environ.get("LAB_VERBOSE"):
-        try:
-            _start_tensorflow_quietly()
-        except (OSError, ValueError):  # no real stderr file descriptor (e.g. captured in tests)
-            pass
+    multiworker = args.command == "train" and args.strategy == "multiworker"
     try:
+        if multiworker:
+            from core.models.cluster import join, read_tf_config
+
+            read_tf_config()  # refused before TensorFlow starts
+        if args.command not in ("compare", "runs") and not os.environ.get("LAB_VERBOSE"):
+            try:
+                _start_tensorflow_quietly(args.peer_timeout if multiworker else None)
+            except (OSError, ValueError):  # no real stderr file descriptor (e.g. captured in tests)
+                pass
+        if multiworker:
+            join(args.peer_timeout)  # already joined above unless TensorFlow started loudly
         return COMMANDS[args.command](args)
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)

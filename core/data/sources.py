@@ -395,7 +395,12 @@ def make_pipeline(source, split: str, config: DataConfig, training: bool,
         augmenter = make_augmenter(config.seed)
         ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), y),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Under several workers (MultiWorkerMirroredStrategy) each one runs this pipeline and keeps its share of
+    # every batch, so all take the same number of steps on the batches one process would see. AUTO would
+    # shard TFDS's record files between the workers instead: uneven steps, differently composed batches.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def make_augmenter(seed: int):

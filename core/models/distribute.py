@@ -29,6 +29,7 @@ class StrategyKind(str, enum.Enum):
     DEFAULT = "default"
     MIRRORED = "mirrored"
     TPU = "tpu"
+    MULTIWORKER = "multiworker"
 
 
 STRATEGY_NAMES = tuple(k.value for k in StrategyKind)
@@ -40,9 +41,10 @@ MIXED_POLICY = "mixed_float16"
 @dataclass(frozen=True)
 class StrategyChoice:
     strategy: object
-    kind: str  # what is actually used: default, mirrored or tpu
-    replicas: int
-    devices: tuple[str, ...]
+    kind: str  # what is actually used: default, mirrored, tpu or multiworker
+    replicas: int  # across every worker
+    devices: tuple[str, ...]  # this process's
+    workers: tuple[str, ...] = ()  # multiworker: every training task's host:port, the chief first
 
     @property
     def uses_gpu(self) -> bool:
@@ -122,8 +124,9 @@ def choose_strategy(kind: StrategyKind | str = StrategyKind.AUTO) -> StrategyCho
 
     auto: a TPU if this machine names one, MirroredStrategy over the GPUs when there are more than one,
     otherwise the default strategy (one device). mirrored: all GPUs, or every logical CPU device when there
-    is no GPU (one device is fine). tpu: the TPU or a LabError. An explicit choice that cannot be honoured
-    raises LabError; auto never does.
+    is no GPU (one device is fine). tpu: the TPU or a LabError. multiworker: the workers of TF_CONFIG, each
+    with its GPUs or CPU (core.models.cluster; joined first thing in the process). An explicit choice that
+    cannot be honoured raises LabError; auto never does.
     """
     import tensorflow as tf
 
@@ -133,6 +136,12 @@ def choose_strategy(kind: StrategyKind | str = StrategyKind.AUTO) -> StrategyCho
         raise LabError(f"Unknown strategy '{kind}'; use one of {', '.join(STRATEGY_NAMES)}.") from None
     if kind is StrategyKind.TPU:
         return _tpu_choice()
+    if kind is StrategyKind.MULTIWORKER:
+        from core.models.cluster import join
+
+        strategy = join().strategy
+        return StrategyChoice(strategy, "multiworker", strategy.num_replicas_in_sync,
+                              tuple(strategy.extended.worker_devices), join().cluster.addresses)
     if kind is StrategyKind.AUTO and _tpu_hinted():
         try:
             return _tpu_choice()
@@ -204,6 +213,8 @@ def describe(choice: StrategyChoice, per_replica_batch: int, precision: Precisio
            "per_replica_batch_size": per_replica_batch,
            "global_batch_size": choice.global_batch_size(per_replica_batch),
            "mixed_precision": precision.mixed}
+    if choice.workers:
+        out["workers"] = list(choice.workers)
     if precision.note:
         out["note"] = precision.note
     return out

@@ -107,7 +107,7 @@ class TrainConfig:
     cache_features: bool = True  # frozen backbone: compute its features once and train the head on them
     fine_tune_epochs: int = 0  # transfer model: epochs after the frozen phase with the backbone unfrozen
     fine_tune_learning_rate: float = 1e-5  # small, so the pretrained features are adjusted, not overwritten
-    strategy: str = "auto"  # tf.distribute: auto, default, mirrored or tpu (core.models.distribute.choose_strategy)
+    strategy: str = "auto"  # tf.distribute: auto, default, mirrored, tpu or multiworker (distribute.choose_strategy)
     mixed_precision: bool = False  # float16 compute on GPUs; ignored, and recorded as unused, elsewhere
     class_weight: str | None = None  # "balanced" for imbalanced folders (CLASS_WEIGHT_CHOICES); None: the article's
 

@@ -138,6 +138,10 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
 
     validate(data, train)
     choice = choose_strategy(train.strategy)
+    if choice.workers:
+        from core.models.cluster import check_same_data
+
+        check_same_data(choice.strategy, repr((source.info.class_names, source.info.counts)))
     precision = choose_precision(train.mixed_precision, choice, supported=train.model is ModelKind.BASELINE)
     global_batch = choice.global_batch_size(data.batch_size)
     if choice.replicas > 1 and global_batch > source.info.split_size(TRAIN):

@@ -301,13 +301,18 @@ def split_features(backbone, source, split: str, data: DataConfig, handle: str,
 
     Raises StopRequested (nothing stored) if should_stop returns True between batches.
     """
+    import tensorflow as tf
+
     from core.data.sources import make_pipeline, steps_per_epoch
+    from core.models.cluster import on_every_worker
 
     start = time.perf_counter()
     store = store or default_store()
     status = on_status or (lambda _msg: None)
     key = feature_key(source, split, data, handle)
     found = store.get(key) if key else None
+    if tf.distribute.has_strategy() and 0 in on_every_worker(tf.distribute.get_strategy(), int(found is not None)):
+        found = None  # another worker has to compute them, and computing is a collective step for all
     if found is not None:
         (features, labels), origin = found
         missing = source.info.split_size(split) - len(labels)

@@ -65,6 +65,20 @@ def test_tfds_source_gives_names_counts_and_article_batches(mock_tfds):
     assert Counter(labels.tolist()) == {0: source.info.counts[TRAIN]["cat"], 1: source.info.counts[TRAIN]["dog"]}
 
 
+def test_tfds_and_folder_pipelines_shard_batches_not_files_between_workers(mock_tfds, tmp_path):
+    """Several workers each keep their share of every batch (DATA); AUTO would split TFDS's record files
+    between them, giving uneven steps and batches unlike one process's."""
+    import tensorflow as tf
+
+    write_images(tmp_path / "a", 4)
+    write_images(tmp_path / "b", 4, colour=(30, 30, 200))
+    for config in (DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=8), folder_config(tmp_path)):
+        for split, training in ((TRAIN, True), (VALIDATION, False)):
+            pipeline = make_pipeline(open_source(config), split, config, training=training)
+            assert pipeline.options().experimental_distribute.auto_shard_policy == \
+                tf.data.experimental.AutoShardPolicy.DATA
+
+
 def test_tfds_limit_is_balanced_and_cuts_validation_in_proportion(mock_tfds):
     config = DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=4, limit=8)
     source = open_source(config)
