@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from lab_helpers import TEST_IMAGE_SIZE
-from system_helpers import free_port
 
+from benchmarks.server import free_port
 from core.models.distribute import TPU_ENV_VARIABLES
 from core.runs.folders import list_runs, open_run
 
