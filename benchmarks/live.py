@@ -24,6 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CHROMIUM = "/usr/bin/chromium"
+# Visitors' browsers run on their own machines, not on the server: here every Chromium process runs at the
+# training workers' niceness, so 20 pages redrawing on the same 2 cores do not take the server's place.
+BROWSER_NICENESS = 10
 TIMEOUT_MS = 300_000
 HOST_MEMORY_GB = 2.7
 
@@ -254,6 +257,14 @@ def l1_load(browser, url: str, runs: Path, choices: dict, server_pid: int, say, 
             and p95 <= 2.0}
 
 
+def _niced_chromium(work: Path) -> Path:
+    """A launcher that starts Chromium (and so every process it forks) at BROWSER_NICENESS."""
+    launcher = work / "chromium-niced"
+    launcher.write_text(f'#!/bin/sh\nexec nice -n {BROWSER_NICENESS} {CHROMIUM} "$@"\n')
+    launcher.chmod(0o755)
+    return launcher
+
+
 def main(work: Path, quick: bool, say) -> dict:
     import psutil  # noqa: F401  (the load figure samples memory with it)
     from playwright.sync_api import sync_playwright
@@ -271,12 +282,14 @@ def main(work: Path, quick: bool, say) -> dict:
                "exp_b_epochs": 2, "exp_t_epochs": 2, "exp_t_lr": 0.01, "exp_seed": 1}
     results = {}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
+        browser = p.chromium.launch(executable_path=str(_niced_chromium(work)),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         runs = work / "live-runs-local"
         shutil.rmtree(runs, ignore_errors=True)
         with _server(runs, {"LAB_PRESET": "local"}) as url:
-            results["W1"] = _figure(say, w1_watched, browser, url, runs, choices, say, repeats=1 if quick else 2)
+            # W1 on the scenario where watching once cost 5.6x: 200 images, 2 + 2 epochs at the article's 224 px.
+            results["W1"] = _figure(say, w1_watched, browser, url, runs, dict(choices, exp_image_size=224), say,
+                                    repeats=1 if quick else 2)
             results["W2"] = _figure(say, w2_stop, browser, url, runs, choices, say)
             results["W3"] = _figure(say, w3_quick_demo, browser, url, runs, choices, say,
                                     budget_min=0.5 if quick else 1.5)
