@@ -17,6 +17,11 @@ FOLLOWING_KEY = "exp_following"  # job ids this session follows (its own and the
 REUSED_KEY = "exp_reused"  # runs handed back for the latest submission, charted with its new runs
 STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "Stopping ..." at once
 CHANGED_KEY = "exp_panel_seen"  # (job id, epochs, finished) per followed job, as last drawn
+LEVEL_KEY = "exp_panel_level"  # the activity level the panel was last set to poll at
+
+WATCHING, OTHERS, IDLE = "watching", "others", "idle"
+POLL_SECONDS = {WATCHING: 2.0, OTHERS: 5.0, IDLE: 30.0}
+CURVES_SECONDS = 5.0
 
 
 def board():
@@ -81,9 +86,14 @@ def _curves(histories: tuple):
     return training_curves(items, "accuracy", False, True), training_curves(items, "loss", False, True)
 
 
-@st.fragment(run_every=5.0)
 def live_curves() -> None:
-    """The followed trainings' curves, every few seconds: an epoch rarely takes less, and drawing costs."""
+    """The followed trainings' curves, every 5 s while one of them trains (an epoch rarely takes less, and
+    drawing costs), and never polled otherwise."""
+    watching = _activity(board()) == WATCHING
+    st.fragment(run_every=CURVES_SECONDS if watching else None)(_live_curves)()
+
+
+def _live_curves() -> None:
     views = [v for v in (board().view(j) for j in following()) if v is not None and v.active and not v.queued]
     if not views:
         return
@@ -111,14 +121,29 @@ def _outcome(view) -> None:
         st.warning(message, icon=":material/stop_circle:")
 
 
-@st.fragment(run_every=2.0)
+def _activity(b) -> str:
+    """How closely this session needs to follow the board: its own (or joined) training runs, only other
+    people's do, or nothing trains on the server."""
+    if any(v is not None and v.active for v in (b.view(j) for j in following())):
+        return WATCHING
+    return OTHERS if b.active() else IDLE
+
+
 def running_now() -> None:
     """Every unfinished training on the server, this session's first; a full rerun when one of its ends.
 
-    Every two seconds: often enough to follow a batch counter, rarely enough that a room full of
-    watchers leaves the training its processor (measured: a watching page costs the server and its
-    browser about 6% of one core each at this rate, 15% each at one second with live curves).
+    Polled every 2 s while the session's own training runs: often enough to follow a batch counter,
+    rarely enough that a room full of watchers leaves the training its processor (measured: a watching
+    page costs the server and its browser about 6% of one core each at this rate). Slower when only
+    other people's trainings run, and every 30 s on an idle server, so that twenty open pages do not keep
+    a server busy with nothing to show; a change of level reruns the page to poll at the new rate.
     """
+    level = _activity(board())
+    st.session_state[LEVEL_KEY] = level
+    st.fragment(run_every=POLL_SECONDS[level])(_running_now)()
+
+
+def _running_now() -> None:
     b = board()
     active = b.active()
     if active:
@@ -135,6 +160,8 @@ def running_now() -> None:
         show_runs(st.session_state.get(REUSED_KEY, []) + [p.name for v in ended for p in v.snapshot.run_dirs],
                   keep=False)
         st.rerun()  # the whole page: its results now include the finished runs
+    if _activity(b) != st.session_state.get(LEVEL_KEY):
+        st.rerun()  # the whole page, to poll at the rate the new level needs
     if followed and followed[-1].finished:
         _outcome(followed[-1])
     mine = [v for v in followed if v.active]
