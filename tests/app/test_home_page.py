@@ -36,24 +36,28 @@ def test_sidebar_names_the_chosen_dataset(open_page, demo_folder):
     assert "offline" in sidebar
 
 
+def last_line_of_fresh_interpreter(script: str, tmp_path: Path, timeout: int) -> str:
+    """Run script in a new Python (offline, own runs and cache folders) and return its last printed line."""
+    offline = "import core.data.network\ncore.data.network.can_reach = lambda *a, **k: False\n"
+    env = {"LAB_RUNS_DIR": str(tmp_path / "runs"), "LAB_CACHE_DIR": str(tmp_path / "cache"),
+           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", offline + script], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_entry_and_home_do_not_import_tensorflow(tmp_path):
     """First paint must not pay TensorFlow's start-up; checked in a fresh interpreter."""
     script = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
-        "import core.data.network\n"
-        "core.data.network.can_reach = lambda *a, **k: False\n"
         f"at = AppTest.from_file({str(ROOT / 'streamlit_app.py')!r}, default_timeout=60).run()\n"
         "assert not at.exception, at.exception\n"
         "assert at.title[0].value == 'Transfer Learning Lab'\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    env = {"LAB_RUNS_DIR": str(tmp_path / "runs"), "LAB_CACHE_DIR": str(tmp_path / "cache"),
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert last_line_of_fresh_interpreter(script, tmp_path, timeout=120) == "False"
 
 
 def test_sidebar_shows_the_servers_folders_only_on_the_local_preset(open_page, monkeypatch, tmp_path):
@@ -76,8 +80,6 @@ def test_script_runs_leave_keras_and_tensorflow_state_alone(tmp_path):
     script = (
         "import keras\n"
         "from streamlit.testing.v1 import AppTest\n"
-        "import core.data.network\n"
-        "core.data.network.can_reach = lambda *a, **k: False\n"
         "calls = []\n"
         "keras.backend.clear_session = lambda *a, **k: calls.append(1)\n"
         "AppTest.from_string('import streamlit as st\\nst.write(1)', default_timeout=60).run()\n"
@@ -89,9 +91,4 @@ def test_script_runs_leave_keras_and_tensorflow_state_alone(tmp_path):
         "AppTest.from_string('import streamlit as st\\nst.write(1)', default_timeout=60).run()\n"
         "print(plain, len(calls))\n"
     )
-    env = {"LAB_RUNS_DIR": str(tmp_path / "runs"), "LAB_CACHE_DIR": str(tmp_path / "cache"),
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=180, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "1 0"
+    assert last_line_of_fresh_interpreter(script, tmp_path, timeout=180) == "1 0"

@@ -159,17 +159,22 @@ def mock_tfds(monkeypatch, tmp_path):
         yield
 
 
+def recorded_as_tfds(run: Path) -> None:
+    """Make a copied run's config say it was trained on TFDS cats_vs_dogs (served by mock_tfds)."""
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = "tfds:cats_vs_dogs"
+    config["class_names"] = ["cat", "dog"]
+    del config["dataset"]
+    (run / "config.json").write_text(json.dumps(config))
+
+
 def test_tfds_runs_are_evaluated_in_split_order(run_copies, tmp_path, mock_tfds):
     from core.data.sources import VALIDATION, open_source
     from core.runs.predict import load_for_prediction
     from core.settings.config import DataConfig
 
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "run"))
-    config = json.loads((run / "config.json").read_text())
-    config["data"]["source"] = "tfds:cats_vs_dogs"
-    config["class_names"] = ["cat", "dog"]
-    del config["dataset"]
-    (run / "config.json").write_text(json.dumps(config))
+    recorded_as_tfds(run)
     evaluation = evaluate_run(run, max_wrong=3)
 
     source = open_source(DataConfig(source="tfds:cats_vs_dogs", image_size=TEST_IMAGE_SIZE))
@@ -190,11 +195,7 @@ def test_tfds_runs_evaluated_from_cached_features_match_the_whole_model(run_copi
     from core.settings.config import DataConfig
 
     run = Path(shutil.copytree(run_copies["mobilenet_v2"], tmp_path / "run"))
-    config = json.loads((run / "config.json").read_text())
-    config["data"]["source"] = "tfds:cats_vs_dogs"
-    config["class_names"] = ["cat", "dog"]
-    del config["dataset"]
-    (run / "config.json").write_text(json.dumps(config))
+    recorded_as_tfds(run)
     source = open_source(DataConfig(source="tfds:cats_vs_dogs", image_size=TEST_IMAGE_SIZE))
     full, cached, full_calls, cached_calls = _evaluate_both_ways(run, source, monkeypatch, tmp_path)
     assert full_calls > 0 and cached_calls == 0 and cached.images == 20
