@@ -88,8 +88,8 @@ def _curves(histories: tuple):
 
 def live_curves() -> None:
     """The followed trainings' curves, every 5 s while one of them trains (an epoch rarely takes less, and
-    drawing costs), and never polled otherwise."""
-    watching = _activity(board()) == WATCHING
+    drawing costs), and never polled otherwise. Called after running_now, which has just set the level."""
+    watching = st.session_state.get(LEVEL_KEY) == WATCHING
     st.fragment(run_every=CURVES_SECONDS if watching else None)(_live_curves)()
 
 
@@ -121,12 +121,16 @@ def _outcome(view) -> None:
         st.warning(message, icon=":material/stop_circle:")
 
 
-def _activity(b) -> str:
+def _followed(b) -> list:
+    return [v for v in (b.view(j) for j in following()) if v is not None]
+
+
+def _level(followed: list, active: list) -> str:
     """How closely this session needs to follow the board: its own (or joined) training runs, only other
     people's do, or nothing trains on the server."""
-    if any(v is not None and v.active for v in (b.view(j) for j in following())):
+    if any(v.active for v in followed):
         return WATCHING
-    return OTHERS if b.active() else IDLE
+    return OTHERS if active else IDLE
 
 
 def running_now() -> None:
@@ -138,7 +142,8 @@ def running_now() -> None:
     other people's trainings run, and every 30 s on an idle server, so that twenty open pages do not keep
     a server busy with nothing to show; a change of level reruns the page to poll at the new rate.
     """
-    level = _activity(board())
+    b = board()
+    level = _level(_followed(b), b.active())
     st.session_state[LEVEL_KEY] = level
     st.fragment(run_every=POLL_SECONDS[level])(_running_now)()
 
@@ -146,9 +151,9 @@ def running_now() -> None:
 def _running_now() -> None:
     b = board()
     active = b.active()
-    if active:
-        b.pump_if_due()
-    followed = [v for v in (b.view(j) for j in following()) if v is not None]
+    if active and b.pump_if_due():
+        active = b.active()  # the pump may have failed a dead job or started a queued one
+    followed = _followed(b)
     seen = st.session_state.get(CHANGED_KEY, {})
     now = {v.job_id: v.finished for v in followed}
     st.session_state[CHANGED_KEY] = now
@@ -160,7 +165,7 @@ def _running_now() -> None:
         show_runs(st.session_state.get(REUSED_KEY, []) + [p.name for v in ended for p in v.snapshot.run_dirs],
                   keep=False)
         st.rerun()  # the whole page: its results now include the finished runs
-    if _activity(b) != st.session_state.get(LEVEL_KEY):
+    if _level(followed, active) != st.session_state.get(LEVEL_KEY):
         st.rerun()  # the whole page, to poll at the rate the new level needs
     if followed and followed[-1].finished:
         _outcome(followed[-1])
