@@ -45,11 +45,32 @@ def demo_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pretrained_demo():
+def pretrained_demo(tmp_path_factory):
     """The generated demo as the Dataset page makes it: the scenes folder and the really pretrained
-    backbone, both in the session's cache folder (pretrained once per session, about 1-2 minutes)."""
-    from core.models.demo_backbone import prepare_demo
+    backbone, both in the session's cache folder (pretrained once per run of the suite, about 1 minute).
 
+    With the suite split over processes (pytest-xdist), the first one to get here pretrains it into their
+    common folder and the others copy it into their own cache folders, as a cached demo.
+    """
+    import fcntl
+    import shutil
+
+    from core.models.demo_backbone import prepare_demo
+    from core.settings.paths import cache_dir
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return prepare_demo()
+    shared = tmp_path_factory.getbasetemp().parent / "shared-demo-cache"
+    shared.mkdir(exist_ok=True)
+    own = os.environ["LAB_CACHE_DIR"]
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            os.environ["LAB_CACHE_DIR"] = str(shared)
+            prepare_demo()
+        finally:
+            os.environ["LAB_CACHE_DIR"] = own
+    shutil.copytree(shared / "demo", cache_dir() / "demo", dirs_exist_ok=True)
     return prepare_demo()
 
 
