@@ -1,7 +1,8 @@
 """The Experiments page's duration estimates: models timed on this machine, cached for every session.
 
 Timing a model is the same work for every visitor of this server, so st.cache_data shares the results;
-core.training.estimate does the measuring and the arithmetic.
+core.training.estimate does the measuring and the arithmetic. Where runs of a setting finished here
+already, their recorded costs (read fresh each time: a run may have just finished) replace the timing.
 """
 import dataclasses
 
@@ -9,7 +10,7 @@ import streamlit as st
 
 from app_pages.common import open_source_cached, runs_folder
 from core.settings.config import DataConfig, ModelKind, TrainConfig, validate
-from core.training.estimate import Estimate, estimate_run
+from core.training.estimate import Estimate, Observed, estimate_run, observed_timing
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -48,10 +49,18 @@ def speed(kind: ModelKind, data: DataConfig, train: TrainConfig, num_classes: in
     return measured
 
 
+def observed(data: DataConfig, train: TrainConfig) -> Observed | None:
+    """What the latest finished runs of this setting took on this server, if any finished."""
+    from core.training.board import jobs_root
+
+    return observed_timing(jobs_root(runs_folder()), data, train)
+
+
 def run_estimate(data: DataConfig, train: TrainConfig) -> Estimate:
     validate(data, train)
     n_train, n_val, classes = available(data.source)
-    return estimate_run(data, train, n_train, n_val, speed(train.model, data, train, classes))
+    return estimate_run(data, train, n_train, n_val, speed(train.model, data, train, classes),
+                        observed(data, train))
 
 
 def worker_start() -> float:

@@ -14,7 +14,7 @@ from app_pages.common import (
     session_token,
     show_error,
 )
-from app_pages.estimates import available, run_estimate, speed, worker_start
+from app_pages.estimates import available, observed, run_estimate, speed, worker_start
 from app_pages.results import results, show_runs
 from app_pages.training_panel import (
     REUSED_KEY,
@@ -26,7 +26,7 @@ from app_pages.training_panel import (
     show_shared_job,
 )
 from core.models.hub import check_web_handle
-from core.present.labels import estimate_details, run_time
+from core.present.labels import estimate_details, estimate_source, run_time
 from core.runs.folders import open_run
 from core.settings.config import ARTICLE_IMAGE_SIZE, MODEL_LABELS, DataConfig, ModelKind, TrainConfig, validate
 from core.settings.errors import LabError, OfflineError
@@ -89,7 +89,7 @@ def apply_quick_demo() -> None:
         cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
         preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs,
-                            start_seconds=worker_start())
+                            start_seconds=worker_start(), observed={kind: observed(*configs(kind)) for kind in KINDS})
     except Exception as exc:  # a callback's exception would replace the page with a traceback
         if not isinstance(exc, LabError):
             logger.exception("timing for the Quick demo preset failed")
@@ -101,7 +101,8 @@ def apply_quick_demo() -> None:
         st.session_state[prefix + "epochs"] = preset.epochs[kind]
     epochs = ", ".join(f"{MODEL_LABELS[k]} {preset.epochs[k]}" for k in KINDS)
     text = (f"Quick demo: {preset.limit:,} training images, epochs {epochs}; both together about "
-            f"{duration(preset.total_seconds)} (budget {duration(budget)}).")
+            f"{duration(preset.total_seconds)} (budget {duration(budget)}). "
+            f"{estimate_source(*preset.estimates.values())}.")
     if not preset.fits:
         text += " Even the smallest setting is over budget on this machine: raise the budget or lower the image size."
     st.session_state[NOTICE_KEY] = ("success" if preset.fits else "warning", text)

@@ -41,7 +41,18 @@ def estimate_details(est) -> str:
         parts.append(f"fine-tuning {duration(est.fine_tune_seconds)} for {est.fine_tune_epochs} "
                      f"epoch{'s' if est.fine_tune_epochs > 1 else ''}")
     return (f"{est.train_images:,} training and {est.val_images:,} validation images; {', '.join(parts)}. "
-            "Timed on this machine.")
+            f"{estimate_source(est)}.")
+
+
+def estimate_source(*estimates) -> str:
+    """Where estimates' figures come from: runs of the same setting that finished here, or batches timed now."""
+    runs = [e.observed_runs for e in estimates if e.observed_runs]
+    if not runs:
+        return "From a few batches timed on this server; the first finished run of the same setting refines it"
+    if len(runs) < len(estimates):
+        return "Partly from runs of the same setting that finished on this server, partly from batches timed now"
+    total = sum(runs)
+    return f"From what {total} finished run{'s' if total > 1 else ''} of the same setting took on this server"
 
 
 def ordinal(n: int) -> str:

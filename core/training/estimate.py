@@ -7,11 +7,20 @@ images kept in memory when a split fits the pipeline's budget). Fine-tuning epoc
 with the backbone unfrozen on decoded images, never on cached features; `measure_fine_tune` times that
 step separately, since only runs that fine-tune need it. `quick_demo` picks the training-image limit, and
 fewer epochs only when it must, so both experiments together fit a presenter's time budget.
+
+A few timed batches miss what a whole run also does (tracing, saving, the reload check, evaluating) and
+swing with the server's load, so every run that finishes here leaves its real costs in a timings file
+(`record_timing`), and later estimates of the same setting use those instead (`observed_timing`, passed
+to `estimate` as `observed`).
 """
 from __future__ import annotations
 
+import json
+import logging
+import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.data.sources import DEFAULT_CACHE_BUDGET_BYTES, validation_limit
 from core.settings.config import ARTICLE_EPOCHS, ModelKind
@@ -25,6 +34,11 @@ MIN_DEMO_IMAGES = 200  # fewer training images than this make both curves too no
 # Estimates land within about 15% of the actual time, either way, so the Quick demo plans its runs to this
 # share of the budget: a run 15% slower than estimated still finishes inside the budget.
 PLAN_SHARE_OF_BUDGET = 0.85
+TIMINGS_FILE = "timings.json"  # in the job board's folder: what finished runs here really took, per setting
+TIMINGS_KEPT = 5  # latest runs kept per setting; their medians speak for it
+TIMINGS_SETTINGS = 64  # settings kept in the file, the least recently trained dropped first
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,20 @@ class Speed:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """What finished runs of one setting took here (medians of the latest TIMINGS_KEPT), per run or per image.
+
+    Per-image figures count training and validation images together, so they scale to another limit.
+    """
+    fixed: float  # seconds outside epochs and feature extraction: opening, building, saving, reload check, evaluation
+    first_epoch: float  # seconds per image of the first epoch (it also decodes and traces)
+    epoch: float | None  # seconds per image of a later epoch; None when no run had one
+    features: float | None  # seconds per image computing backbone features; None when none were computed
+    in_memory: bool  # whether those runs kept decoded images in memory after their first epoch
+    runs: int
+
+
+@dataclass(frozen=True)
 class Estimate:
     total_seconds: float
     setup_seconds: float
@@ -54,6 +82,7 @@ class Estimate:
     fine_tune_epochs: int = 0
     fine_tune_seconds: float = 0.0  # all fine-tuning epochs, their set-up and first decoding included
     fine_tune_epoch_seconds: float = 0.0  # each fine-tuning epoch after the first
+    observed_runs: int = 0  # finished runs here the estimate comes from; 0: from batches timed now
 
 
 @dataclass(frozen=True)
@@ -90,11 +119,14 @@ def _redecode(train_images: int, val_images: int, image_size: int, decode: float
 
 
 def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, epochs: int,
-             image_size: int, cache_features: bool = True, fine_tune_epochs: int = 0) -> Estimate:
+             image_size: int, cache_features: bool = True, fine_tune_epochs: int = 0,
+             observed: Observed | None = None) -> Estimate:
     """Extrapolate measured per-image costs to a whole run.
 
     cache_features is whether the run will use the feature cache (core.settings.config.uses_feature_cache: not
     with augmentation). fine_tune_epochs counts for the transfer model only and needs speed.fine_tune.
+    observed (from observed_timing, for this setting) replaces the timed batches wherever finished runs
+    measured the same part; the fine-tuning epochs always come from speed.
     """
     epochs = max(1, int(epochs))
     decode_all = (train_images + val_images) * speed.decode
@@ -108,6 +140,9 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
         first = compute + decode_all
         epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
     setup = speed.setup + OVERHEAD_SECONDS
+    if observed is not None:
+        setup, features, first, epoch = _from_observed(observed, setup, features, first, epoch,
+                                                       train_images, val_images, image_size)
     total = setup + features + first + (epochs - 1) * epoch
     fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.MOBILENET_V2 else 0
     fine_total = fine_epoch = 0.0
@@ -119,25 +154,154 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
         fine_epoch = compute + _redecode(train_images, val_images, image_size, speed.decode)
         fine_total = speed.fine_tune_setup + compute + decode_all + (fine_epochs - 1) * fine_epoch
     return Estimate(total + fine_total, setup, features, first, epoch, train_images, val_images, epochs,
-                    fine_epochs, fine_total, fine_epoch)
+                    fine_epochs, fine_total, fine_epoch, observed.runs if observed else 0)
+
+
+def _from_observed(observed: Observed, setup: float, features: float, first: float, epoch: float,
+                   train_images: int, val_images: int, image_size: int) -> tuple[float, float, float, float]:
+    """(setup, features, first epoch, later epoch) seconds with what finished runs of the setting took.
+
+    Epochs come from them only when this run keeps its images in memory as theirs did (otherwise every
+    epoch decodes, at a cost they never paid); a later epoch they never had is the timed one, scaled by how
+    the timed first epoch compared with theirs.
+    """
+    images = train_images + val_images
+    if features and observed.features is not None:
+        features = images * observed.features
+    if observed.in_memory == (fits_memory(train_images, image_size) and fits_memory(val_images, image_size)):
+        timed_first = first
+        first = images * observed.first_epoch
+        if observed.epoch is not None:
+            epoch = images * observed.epoch
+        elif timed_first > 0:
+            epoch *= first / timed_first
+    return observed.fixed, features, first, epoch
+
+
+def timing_key(data, train) -> str:
+    """The setting whose runs take alike per image: data source, model, image and batch size, backbone,
+    whether features are cached and whether images are augmented (not the limit, epochs or seed)."""
+    from core.settings.config import uses_feature_cache
+
+    handle = (train.handle or "").strip() if train.model is ModelKind.MOBILENET_V2 else ""
+    return json.dumps([data.source, train.model.value, data.image_size, data.batch_size, handle,
+                       uses_feature_cache(data, train), bool(data.augment)])
+
+
+def observation(run_dir: str | Path, wall_seconds: float) -> dict | None:
+    """What one finished run took, from its folder and its wall time (opening its data to its evaluation).
+
+    None for a run that cannot teach an estimate: stopped early, fine-tuned (its unfrozen epochs and their
+    set-up are timed separately), or with unreadable files.
+    """
+    from core.runs.schema import RunSchemaError, load_run_json
+    from core.settings.text import FINE_TUNE_PHASE
+
+    try:
+        config, history, metrics = load_run_json(Path(run_dir))
+        data = config["data"]
+        images = int(metrics["train_images"]) + int(metrics["val_images"])
+        seconds = [float(row["seconds"]) for row in history]
+    except (RunSchemaError, OSError, KeyError, TypeError, ValueError):
+        return None
+    if (metrics.get("stopped_early") or not seconds or images <= 0 or config.get("parent")
+            or any(row.get("phase") == FINE_TUNE_PHASE for row in history)):
+        return None
+    feature_seconds = float(metrics.get("feature_seconds") or 0.0)
+    origins = set((metrics.get("feature_origin") or {}).values())
+    size = int(data.get("image_size", 0))
+    return {
+        "fixed": max(0.0, wall_seconds - sum(seconds) - feature_seconds),
+        "first_epoch": seconds[0] / images,
+        "epoch": statistics.median(seconds[1:]) / images if len(seconds) > 1 else None,
+        "features": feature_seconds / images if origins == {"computed"} else None,
+        "in_memory": fits_memory(int(metrics["train_images"]), size) and fits_memory(int(metrics["val_images"]), size),
+        "at": time.time(),
+    }
+
+
+def record_timing(folder: str | Path, data, train, run_dir: str | Path, wall_seconds: float) -> None:
+    """Add a finished run's costs to folder's timings file, for later estimates of the same setting.
+
+    Best effort: two processes finishing at once may each keep only their own addition, and a file that
+    cannot be read or written is left alone; an estimate then falls back on timed batches.
+    """
+    from core.runs.folders import write_json
+
+    seen = observation(run_dir, wall_seconds)
+    if seen is None:
+        return
+    path = Path(folder) / TIMINGS_FILE
+    timings = _read_timings(path)
+    key = timing_key(data, train)
+    runs = [*timings.pop(key, []), seen][-TIMINGS_KEPT:]
+    timings[key] = runs  # a re-added key moves to the end: the least recently trained come first
+    while len(timings) > TIMINGS_SETTINGS:
+        timings.pop(next(iter(timings)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, timings)
+    except OSError as exc:
+        logger.warning("could not record the run's timings in %s: %s", path, exc)
+
+
+def observed_timing(folder: str | Path, data, train) -> Observed | None:
+    """The medians of what the latest finished runs of this setting took here, or None if none finished."""
+    runs = _read_timings(Path(folder) / TIMINGS_FILE).get(timing_key(data, train)) or []
+    # Runs that differ in keeping images in memory differ in their epochs; the latest one decides.
+    runs = [r for r in runs if r["in_memory"] == runs[-1]["in_memory"]] if runs else []
+    if not runs:
+        return None
+
+    def median(name: str) -> float | None:
+        values = [r[name] for r in runs if r.get(name) is not None]
+        return statistics.median(values) if values else None
+
+    return Observed(median("fixed"), median("first_epoch"), median("epoch"), median("features"),
+                    runs[-1]["in_memory"], len(runs))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6
+
+
+def _well_formed(entry) -> bool:
+    return (isinstance(entry, dict) and _number(entry.get("fixed")) and _number(entry.get("first_epoch"))
+            and all(entry.get(k) is None or _number(entry.get(k)) for k in ("epoch", "features"))
+            and isinstance(entry.get("in_memory"), bool))
+
+
+def _read_timings(path: Path) -> dict[str, list[dict]]:
+    """The timings file's settings, each with its well-formed entries only; {} when it cannot be read."""
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(timings, dict):
+        return {}
+    kept = {k: [e for e in v if _well_formed(e)] for k, v in timings.items() if isinstance(v, list)}
+    return {k: v for k, v in kept.items() if v}
 
 
 def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_train: int, available_val: int,
                image_size: int, cache_features: bool = True, val_fraction: float = 0.2,
-               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0, start_seconds: float = 0.0) -> DemoPreset:
+               min_images: int = MIN_DEMO_IMAGES, fine_tune_epochs: int = 0, start_seconds: float = 0.0,
+               observed: dict[ModelKind, Observed | None] | None = None) -> DemoPreset:
     """The largest shared training-image limit (and the most epochs) that runs both models within budget.
 
     Planned to PLAN_SHARE_OF_BUDGET of the budget, so an estimate that errs long still fits it.
     fine_tune_epochs are the transfer model's, kept as the user set them and counted in the budget;
     start_seconds (the worker process's start, core.training.board.worker_start_seconds) too, once.
+    observed: each model's observed_timing, where finished runs of its setting took their time here.
     """
+    observed = observed or {}
     floor = min(min_images, available_train)
     plan_seconds = budget_seconds * PLAN_SHARE_OF_BUDGET
 
     def run(limit: int, epochs: dict[ModelKind, int]) -> dict[ModelKind, Estimate]:
         n_train, n_val = split_sizes(available_train, available_val, limit, val_fraction)
-        return {k: estimate(k, speeds[k], n_train, n_val, epochs[k], image_size, cache_features, fine_tune_epochs)
-                for k in speeds}
+        return {k: estimate(k, speeds[k], n_train, n_val, epochs[k], image_size, cache_features, fine_tune_epochs,
+                            observed.get(k)) for k in speeds}
 
     def total(limit: int, epochs: dict[ModelKind, int]) -> float:
         return start_seconds + sum(e.total_seconds for e in run(limit, epochs).values())
@@ -160,13 +324,14 @@ def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_
     return DemoPreset(floor, last, run(floor, last), budget_seconds, False, start_seconds)
 
 
-def estimate_run(data, train, available_train: int, available_val: int, speed: Speed) -> Estimate:
+def estimate_run(data, train, available_train: int, available_val: int, speed: Speed,
+                 observed: Observed | None = None) -> Estimate:
     """The estimate of one experiment as configured, on a source with this many images."""
     from core.settings.config import uses_feature_cache
 
     used_train, used_val = split_sizes(available_train, available_val, data.limit, data.val_fraction)
     return estimate(train.model, speed, used_train, used_val, train.resolved_epochs, data.image_size,
-                    uses_feature_cache(data, train), train.fine_tune_epochs)
+                    uses_feature_cache(data, train), train.fine_tune_epochs, observed)
 
 
 def _per_image(step, x, y, warmup: int, batches: int) -> float:

@@ -116,6 +116,8 @@ class Job:
         self._started = 0.0
         self._ended: float | None = None
         self.exception: BaseException | None = None  # what ended the job, for callers that re-raise
+        # Wall seconds of each saved run, from opening its data to its evaluation (estimates learn from them).
+        self.run_seconds: list[float] = []
         self._thread = threading.Thread(target=self._run, name="lab-training", daemon=True)
 
     @property
@@ -297,6 +299,7 @@ class Job:
                 break
             with self._lock:
                 self._state.run_dirs.append(Path(run_dir))
+                self.run_seconds.append(time.monotonic() - self._state.experiment_started)
             if self._stop.is_set():
                 epochs_done = len(self._state.histories[index])
                 final_phase = STOPPED

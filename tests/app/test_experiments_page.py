@@ -42,6 +42,8 @@ def test_estimates_are_shown_before_any_run(open_page, tiny_state):
 def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_table(open_page, tiny_state,
                                                                                    tmp_path):
     at = open_page("experiments", state=tiny_state)
+    timed = [c.value for c in at.caption if "training and" in c.value]
+    assert len(timed) == 2 and all("From a few batches timed on this server" in c for c in timed), timed
     at.button(key="run_both").click().run()
     assert not at.exception
     if not followed_job(at).finished:
@@ -74,6 +76,11 @@ def test_tiny_experiment_trains_in_the_background_and_ends_with_charts_and_a_tab
     assert "Conv2D" in list(baseline_layers["Type"])
     assert list(transfer_layers["Type"]) == ["KerasLayer", "Dense"]
     assert list(transfer_layers["Trained"]) == ["no", "yes"]
+    # The estimates of the same settings now come from what these two runs really took.
+    at.run()
+    learned = [c.value for c in at.caption if "training and" in c.value]
+    assert len(learned) == 2, learned
+    assert all("From what 1 finished run of the same setting took on this server" in c for c in learned), learned
 
 
 def test_widget_changes_never_restart_training(open_page, tiny_state):

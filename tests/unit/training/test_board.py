@@ -27,6 +27,7 @@ from core.training.board import (
     experiment_fingerprint,
     jobs_root,
 )
+from core.training.estimate import TIMINGS_FILE
 from core.training.jobs import DONE, FAILED, STOPPED, Experiment
 from core.training.worker import WORKER_NICENESS
 
@@ -233,6 +234,7 @@ def test_a_worker_process_trains_publishes_progress_and_stops_within_a_batch(tmp
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stopped_early"] is True and 1 <= metrics["epochs_completed"] < 400
     assert time.monotonic() - asked < 120
+    assert not (board.root / TIMINGS_FILE).exists()  # a stopped run says nothing of how long a whole one takes
 
 
 def test_a_crashing_worker_leaves_no_run_and_the_board_keeps_serving(tmp_path, demo_folder):

@@ -2,20 +2,32 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import statistics
+from pathlib import Path
 
 import pytest
 
-from core.settings.config import DataConfig, ModelKind
+from core.runs.folders import open_run
+from core.settings.config import DataConfig, ModelKind, data_from_dict, train_from_dict
 from core.settings.errors import LabError
-from core.settings.text import duration
+from core.settings.text import FINE_TUNE_PHASE, duration
 from core.training.estimate import (
     OVERHEAD_SECONDS,
     PLAN_SHARE_OF_BUDGET,
+    TIMINGS_FILE,
+    TIMINGS_KEPT,
+    Observed,
     Speed,
     estimate,
     fits_memory,
+    observation,
+    observed_timing,
     quick_demo,
+    record_timing,
     split_sizes,
+    timing_key,
 )
 
 BASELINE = Speed(train=0.01, evaluate=0.005, setup=2.0, decode=0.002)
@@ -133,3 +145,97 @@ def test_measuring_a_model_that_cannot_be_built_says_why(tmp_path):
 
     with pytest.raises(LabError, match="not a SavedModel folder"):
         measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(tmp_path), num_classes=2)
+
+
+OBSERVED = Observed(fixed=10.0, first_epoch=0.02, epoch=0.01, features=0.03, in_memory=True, runs=3)
+
+
+def test_finished_runs_replace_the_timed_costs_of_their_setting():
+    est = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64, observed=OBSERVED)
+    assert est.setup_seconds == 10.0 and est.observed_runs == 3
+    assert est.first_epoch_seconds == pytest.approx(125 * 0.02)
+    assert est.epoch_seconds == pytest.approx(125 * 0.01)
+    assert est.total_seconds == pytest.approx(10.0 + 125 * 0.02 + 2 * 125 * 0.01)
+    cached = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, observed=OBSERVED)
+    assert cached.feature_seconds == pytest.approx(125 * 0.03)
+    # Images too big to keep in memory decode in every epoch, which the observed runs never paid for:
+    # their epochs do not apply, the rest does.
+    big = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=1024, observed=OBSERVED)
+    timed = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=1024)
+    assert big.setup_seconds == 10.0 and timed.observed_runs == 0
+    assert (big.first_epoch_seconds, big.epoch_seconds) == (timed.first_epoch_seconds, timed.epoch_seconds)
+    # Runs of a single epoch say nothing of later ones: the timed later epoch is scaled as their first was.
+    single = dataclasses.replace(OBSERVED, epoch=None)
+    est = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64, observed=single)
+    plain = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64)
+    assert est.epoch_seconds == pytest.approx(plain.epoch_seconds * (125 * 0.02) / plain.first_epoch_seconds)
+    # The Quick demo plans with them too.
+    preset = quick_demo(60, SPEEDS, 18610, 4652, 224, observed={ModelKind.BASELINE: OBSERVED})
+    assert preset.estimates[ModelKind.BASELINE].observed_runs == 3
+    assert preset.estimates[ModelKind.MOBILENET_V2].observed_runs == 0
+
+
+def _rewrite(run: Path, name: str, change) -> None:
+    path = run / name
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def test_a_finished_run_teaches_the_estimates_of_its_own_setting(trained_runs, demo_backbone, demo_folder, tmp_path):
+    runs = {kind: open_run(trained_runs[kind.value]) for kind in ModelKind}
+    folder = tmp_path / "board"
+    configs = {kind: (data_from_dict(r.config["data"]), train_from_dict(r.config["train"]))
+               for kind, r in runs.items()}
+    for kind, run in runs.items():
+        epochs = sum(row["seconds"] for row in run.history)
+        features = run.metrics["feature_seconds"]
+        for extra in (7.0, 5.0, 9.0):  # three runs of the setting: the medians speak for it
+            record_timing(folder, *configs[kind], run.path, epochs + features + extra)
+        seen = observed_timing(folder, *configs[kind])
+        images = run.metrics["train_images"] + run.metrics["val_images"]
+        assert seen.runs == 3 and seen.fixed == pytest.approx(7.0)
+        assert seen.first_epoch == pytest.approx(run.history[0]["seconds"] / images)
+        assert seen.epoch == pytest.approx(statistics.median(r["seconds"] for r in run.history[1:]) / images)
+        assert seen.in_memory
+    # Only the transfer run computed backbone features.
+    assert observed_timing(folder, *configs[ModelKind.BASELINE]).features is None
+    transfer = runs[ModelKind.MOBILENET_V2]
+    images = transfer.metrics["train_images"] + transfer.metrics["val_images"]
+    assert observed_timing(folder, *configs[ModelKind.MOBILENET_V2]).features == pytest.approx(
+        transfer.metrics["feature_seconds"] / images)
+    # Another image size, batch size or backbone is another setting; the limit, epochs and seed are not.
+    data, train = configs[ModelKind.BASELINE]
+    assert observed_timing(folder, dataclasses.replace(data, image_size=2 * data.image_size), train) is None
+    assert observed_timing(folder, dataclasses.replace(data, batch_size=8), train) is None
+    assert observed_timing(folder, *configs[ModelKind.MOBILENET_V2][:1],
+                           dataclasses.replace(configs[ModelKind.MOBILENET_V2][1], handle=str(tmp_path))) is None
+    assert observed_timing(folder, dataclasses.replace(data, limit=50, seed=3), dataclasses.replace(train, epochs=9))
+    # Only the latest runs count.
+    for _ in range(TIMINGS_KEPT + 2):
+        record_timing(folder, data, train, runs[ModelKind.BASELINE].path, 1000.0)
+    assert observed_timing(folder, data, train).runs == TIMINGS_KEPT
+
+
+def test_stopped_fine_tuned_and_resumed_runs_teach_nothing(trained_runs, tmp_path):
+    source = Path(trained_runs[ModelKind.BASELINE.value])
+    changes = {
+        "stopped": ("metrics.json", lambda m: dict(m, stopped_early=True)),
+        "fine-tuned": ("history.json", lambda h: [*h, dict(h[-1], phase=FINE_TUNE_PHASE)]),
+        "resumed": ("config.json", lambda c: dict(c, parent={"run_id": "x", "path": "x", "epochs": 1})),
+    }
+    for name, (file, change) in changes.items():
+        run = tmp_path / name
+        shutil.copytree(source, run)
+        _rewrite(run, file, change)
+        assert observation(run, 100.0) is None, name
+    assert observation(tmp_path / "missing", 100.0) is None
+    assert observation(source, 100.0) is not None
+
+
+def test_a_damaged_timings_file_falls_back_on_timed_batches_and_is_rewritten(trained_runs, tmp_path):
+    run = open_run(trained_runs[ModelKind.BASELINE.value])
+    data, train = data_from_dict(run.config["data"]), train_from_dict(run.config["train"])
+    for damage in ("not json", "[1, 2]", json.dumps({timing_key(data, train): [{"fixed": "x"}]})):
+        (tmp_path / TIMINGS_FILE).write_text(damage)
+        assert observed_timing(tmp_path, data, train) is None, damage
+    record_timing(tmp_path, data, train, run.path, 60.0)
+    assert observed_timing(tmp_path, data, train).runs == 1

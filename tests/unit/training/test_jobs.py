@@ -72,6 +72,7 @@ def test_a_job_runs_its_experiments_in_order_and_collects_histories(tmp_path):
     assert [len(h) for _, h in snap.histories] == [2, 3]
     assert snap.histories[0][1][1]["accuracy"] == pytest.approx(0.7)
     assert len(snap.run_dirs) == 2 and all(p.is_dir() for p in snap.run_dirs)
+    assert len(job.run_seconds) == 2 and all(0 < s < snap.elapsed_seconds for s in job.run_seconds)
     assert snap.fraction == 1.0 and snap.eta_seconds is None
     assert snap.message == "Finished: 2 run(s) saved."
 
