@@ -17,6 +17,7 @@ from app_pages.common import (
 from app_pages.estimates import available, observed, run_estimate, speed, worker_start
 from app_pages.results import results, show_runs
 from app_pages.training_panel import (
+    FINISH_SEEN_SECONDS,
     REUSED_KEY,
     board,
     follow,
@@ -89,7 +90,8 @@ def apply_quick_demo() -> None:
         cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
         preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs,
-                            start_seconds=worker_start(), observed={kind: observed(*configs(kind)) for kind in KINDS})
+                            start_seconds=worker_start() + FINISH_SEEN_SECONDS,
+                            observed={kind: observed(*configs(kind)) for kind in KINDS})
     except Exception as exc:  # a callback's exception would replace the page with a traceback
         if not isinstance(exc, LabError):
             logger.exception("timing for the Quick demo preset failed")

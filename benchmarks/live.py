@@ -3,7 +3,8 @@
 W1  watched / unwatched throughput: "Run both" with the Experiments page open in Chromium against the same
     experiment submitted with no page attached (other seeds, so nothing is reused), interleaved.
 W2  Stop: from the click to "Stopping ..." on the page, to the worker's last batch, and to "Stopped".
-W3  Quick demo: the time from "Run both" to "Finished" on the page against the budget and the estimate.
+W3  Quick demo: the time from "Run both" to "Finished" on the page against the budget and the estimate, on
+    a setting the server never trained (estimated from timed batches) and again (from the first runs).
 L1  load: browser sessions on the hosted preset start the same few experiments at once while one more
     session predicts; every session gets a result or a queue place, each distinct experiment trains
     once, server + workers stay within the host's memory, prediction latency stays low.
@@ -147,9 +148,21 @@ def w2_stop(browser, url: str, runs: Path, choices: dict, say) -> dict:
 
 
 def w3_quick_demo(browser, url: str, runs: Path, choices: dict, say, budget_min: float) -> dict:
-    say(f"W3: Quick demo with a {budget_min:g}-minute budget ...")
-    context, tab = _context(browser, url, _session(dict(choices, exp_seed=400, exp_budget_min=budget_min,
-                                                        exp_b_limit=0, exp_t_limit=0)))
+    """The Quick demo twice on a setting this server never trained: the first estimate comes from batches
+    timed in the server, the second (another seed) from what the first runs took."""
+    passes = []
+    for name, seed in (("first", 400), ("again", 401)):
+        say(f"W3: Quick demo with a {budget_min:g}-minute budget ({name}) ...")
+        passes.append(dict(_quick_demo_pass(browser, url, dict(choices, exp_seed=seed), budget_min), name=name))
+    first, again = passes
+    return {**{k: v for k, v in first.items() if k != "name"}, "passes": passes,
+            "estimate_error_again": again["estimate_error"],
+            "met": all(p["met"] for p in passes)}
+
+
+def _quick_demo_pass(browser, url: str, choices: dict, budget_min: float) -> dict:
+    context, tab = _context(browser, url, _session(dict(choices, exp_budget_min=budget_min, exp_b_limit=0,
+                                                        exp_t_limit=0)))
     tab.get_by_role("button", name="Quick demo").click()
     notice = tab.get_by_text(re.compile(r"^Quick demo: ")).first
     notice.wait_for()
@@ -169,9 +182,10 @@ def w3_quick_demo(browser, url: str, runs: Path, choices: dict, say, budget_min:
     actual = time.monotonic() - start
     context.close()
     budget = budget_min * 60
+    error = (actual - estimate) / estimate if estimate else None
     return {"budget_s": budget, "estimate_s": estimate, "actual_s": actual, "actual_over_budget": actual / budget,
-            "estimate_error": (actual - estimate) / estimate if estimate else None, "notice": text,
-            "met": actual <= budget and (estimate is None or abs(actual - estimate) <= 0.15 * estimate)}
+            "estimate_error": error, "notice": text,
+            "met": actual <= budget and error is not None and abs(error) <= 0.15}
 
 
 def l1_load(browser, url: str, runs: Path, choices: dict, server_pid: int, say, sessions: int, distinct: int,
@@ -265,7 +279,9 @@ def _niced_chromium(work: Path) -> Path:
     return launcher
 
 
-def main(work: Path, quick: bool, say) -> dict:
+def main(work: Path, quick: bool, say, only: set[str] | None = None) -> dict:
+    """The live figures (only those named in `only`, default all) in one dict by name."""
+    only = only or {"W1", "W2", "W3", "L1"}
     import psutil  # noqa: F401  (the load figure samples memory with it)
     from playwright.sync_api import sync_playwright
 
@@ -284,31 +300,36 @@ def main(work: Path, quick: bool, say) -> dict:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(_niced_chromium(work)),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        runs = work / "live-runs-local"
-        shutil.rmtree(runs, ignore_errors=True)
-        with _server(runs, {"LAB_PRESET": "local"}) as url:
-            # W1 on the scenario where watching once cost 5.6x: 200 images, 2 + 2 epochs at the article's 224 px.
-            results["W1"] = _figure(say, w1_watched, browser, url, runs, dict(choices, exp_image_size=224), say,
-                                    repeats=1 if quick else 2)
-            results["W2"] = _figure(say, w2_stop, browser, url, runs, choices, say)
-            results["W3"] = _figure(say, w3_quick_demo, browser, url, runs, choices, say,
-                                    budget_min=0.5 if quick else 1.5)
-        runs = work / "live-runs-cloud"
-        shutil.rmtree(runs, ignore_errors=True)
-        image = next((data / "circles").iterdir())
-        with _server(runs, {"LAB_PRESET": "cloud"}) as url:
-            # A saved run for the predicting visitor, trained before the crowd arrives.
-            from core.training.board import Board
+        if only & {"W1", "W2", "W3"}:
+            runs = work / "live-runs-local"
+            shutil.rmtree(runs, ignore_errors=True)
+            with _server(runs, {"LAB_PRESET": "local"}) as url:
+                # W1 on the scenario where watching once cost 5.6x: 200 images, 2 + 2 epochs at the article's 224 px.
+                if "W1" in only:
+                    results["W1"] = _figure(say, w1_watched, browser, url, runs, dict(choices, exp_image_size=224),
+                                            say, repeats=1 if quick else 2)
+                if "W2" in only:
+                    results["W2"] = _figure(say, w2_stop, browser, url, runs, choices, say)
+                if "W3" in only:
+                    results["W3"] = _figure(say, w3_quick_demo, browser, url, runs, choices, say,
+                                            budget_min=0.5 if quick else 1.5)
+        if "L1" in only:
+            runs = work / "live-runs-cloud"
+            shutil.rmtree(runs, ignore_errors=True)
+            image = next((data / "circles").iterdir())
+            with _server(runs, {"LAB_PRESET": "cloud"}) as url:
+                # A saved run for the predicting visitor, trained before the crowd arrives.
+                from core.training.board import Board
 
-            board = Board(runs, max_concurrent=1)
-            sub = board.submit(_experiments(dict(choices, exp_seed=9, exp_b_epochs=1, exp_t_epochs=1)),
-                               ["l1-seed-b", "l1-seed-t"], owner="benchmark")
-            while not board.view(sub.job_id).finished:
-                time.sleep(0.5)
-            server_pid = _server_pid(url)
-            results["L1"] = _figure(say, l1_load, browser, url, runs, dict(choices, exp_b_epochs=1, exp_t_epochs=1),
-                                    server_pid, say, sessions=4 if quick else 20, distinct=2 if quick else 4,
-                                    image=image)
+                board = Board(runs, max_concurrent=1)
+                sub = board.submit(_experiments(dict(choices, exp_seed=9, exp_b_epochs=1, exp_t_epochs=1)),
+                                   ["l1-seed-b", "l1-seed-t"], owner="benchmark")
+                while not board.view(sub.job_id).finished:
+                    time.sleep(0.5)
+                server_pid = _server_pid(url)
+                results["L1"] = _figure(say, l1_load, browser, url, runs,
+                                        dict(choices, exp_b_epochs=1, exp_t_epochs=1), server_pid, say,
+                                        sessions=4 if quick else 20, distinct=2 if quick else 4, image=image)
         browser.close()
     return results
 
@@ -347,9 +368,13 @@ def _w2_row(w2: dict) -> list[str]:
 
 
 def _w3_row(w3: dict) -> list[str]:
-    error = f"{w3['estimate_error']:+.0%}" if w3["estimate_error"] is not None else "-"
-    return ["W3", "Quick demo: actual / budget", f"{w3['actual_over_budget']:.2f}", "<= 1.0", _yes(w3["met"]),
-            f"{w3['actual_s']:.0f} s of {w3['budget_s']:.0f} s; estimate {w3['estimate_s']} s, error {error}"]
+    def error(p: dict) -> str:
+        return f"{p['estimate_error']:+.0%}" if p["estimate_error"] is not None else "-"
+
+    detail = "; ".join(f"{p['name']}: {p['actual_s']:.0f} s of {p['budget_s']:.0f} s, estimate {p['estimate_s']} s, "
+                       f"error {error(p)}" for p in w3["passes"])
+    worst = max(p["actual_over_budget"] for p in w3["passes"])
+    return ["W3", "Quick demo: actual / budget", f"{worst:.2f}", "<= 1.0; ±15%", _yes(w3["met"]), detail]
 
 
 def _l1_row(l1: dict) -> list[str]:

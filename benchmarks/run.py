@@ -30,14 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--live", action="store_true",
                         help="only the live-training figures W1-W3 and L1, measured with `streamlit run` and "
                              "headless Chromium (several minutes; written to benchmarks/live-results.json)")
-    parser.add_argument("--figures", nargs="+", choices=FIGURES, metavar="FIGURE",
-                        help=f"measure only these ({', '.join(FIGURES)}; default: all, without D1 D2 in --quick)")
+    parser.add_argument("--figures", nargs="+", choices=FIGURES + LIVE_FIGURES, metavar="FIGURE",
+                        help=f"measure only these ({', '.join(FIGURES)}; default: all, without D1 D2 in --quick; "
+                             f"with --live: {', '.join(LIVE_FIGURES)})")
     parser.add_argument("--demo-only", action="store_true",
                         help="only D1 and D2, the offline demo's lesson and pretraining time (a few minutes)")
     return parser
 
 
 FIGURES = ("P0", "P1", "P2", "R1", "R2", "R3", "R4", "R5", "D1", "D2")
+LIVE_FIGURES = ("W1", "W2", "W3", "L1")
 DEMO_FIGURES = ("D1", "D2")  # minutes of training on the offline demo; --quick leaves them out
 
 
@@ -225,7 +227,11 @@ def measure(setup, settings: dict, say, wanted=FIGURES) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mixed = set(args.figures or ()) & set(LIVE_FIGURES if not args.live else FIGURES)
+    if mixed:
+        parser.error(f"{', '.join(sorted(mixed))}: " + ("only with --live" if not args.live else "not with --live"))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = QUICK if args.quick else FULL
     work = args.work_dir.resolve()
@@ -285,10 +291,20 @@ def _write(output: Path, results: dict, rows: list[list[str]], mode: str, start:
 def live_main(args, work: Path, say, start: float) -> int:
     from benchmarks import live
 
-    results = live.main(work, args.quick, say)
-    rows = live.table_rows(results)
+    results = live.main(work, args.quick, say, only=set(args.figures or LIVE_FIGURES))
+    finished = time.strftime("%Y-%m-%d %H:%M:%S")
+    for figure in results.values():
+        figure["measured_at"] = finished
     output = args.output or HERE / "live-results.json"
-    report = {"mode": "live-quick" if args.quick else "live", "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    if args.figures:  # the figures not measured now stay as they were last measured, each with its date
+        try:
+            earlier = json.loads(output.read_text())
+        except (OSError, ValueError):
+            earlier = {}
+        if earlier.get("mode") == ("live-quick" if args.quick else "live"):
+            results = {**earlier.get("figures", {}), **results}
+    rows = live.table_rows(results)
+    report = {"mode": "live-quick" if args.quick else "live", "finished_at": finished,
               "seconds": round(time.perf_counter() - start, 1), "machine": machine(), "figures": results,
               "table": rows}
     output.write_text(json.dumps(report, indent=2) + "\n")

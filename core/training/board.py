@@ -377,14 +377,15 @@ class Board:
             if running >= self.max_concurrent:
                 break
             if v.queued and not (v.path / LAUNCH).exists() and not (v.path / STOP).exists():
-                write_json(v.path / LAUNCH, {"pid": None, "at": time.time()})
+                launched = time.time()  # kept with the pid: the worker times its start from it
+                write_json(v.path / LAUNCH, {"pid": None, "at": launched})
                 try:
                     process = self._launcher(v.path)
                 except OSError as exc:
                     reason = f"The training process could not be started ({exc.strerror or exc})."
                     _publish(v.path, _with(v.snapshot, phase=FAILED, message=reason, error=reason))
                     continue
-                write_json(v.path / LAUNCH, {"pid": process.pid, "at": time.time()})
+                write_json(v.path / LAUNCH, {"pid": process.pid, "at": launched})
                 _watch(process, v.path, self)
                 running += 1
 

@@ -26,6 +26,7 @@ from core.training.board import (
     _publish,
     experiment_fingerprint,
     jobs_root,
+    worker_start_seconds,
 )
 from core.training.estimate import TIMINGS_FILE
 from core.training.jobs import DONE, FAILED, STOPPED, Experiment
@@ -220,6 +221,10 @@ def test_a_worker_process_trains_publishes_progress_and_stops_within_a_batch(tmp
     assert not board.view(job.job_id).finished, board.view(job.job_id).snapshot.message
     status = json.loads((board.view(job.job_id).path / STATUS).read_text())
     assert status["pid"] != os.getpid()  # trained in its own process
+    # Its start, from the board launching it to TensorFlow ready, is what the next estimate counts first.
+    launched = json.loads((board.view(job.job_id).path / LAUNCH).read_text())
+    assert launched["pid"] == status["pid"]
+    assert 0.5 < worker_start_seconds(tmp_path) < time.time() - launched["at"]
     # ... at a lower priority than the server, so pages and clicks are served first while it trains
     assert psutil.Process(status["pid"]).nice() == min(19, os.nice(0) + WORKER_NICENESS)
     board.stop(job.job_id)

@@ -58,6 +58,11 @@ def test_cached_transfer_pays_for_features_once_then_only_for_the_head():
     assert est.total_seconds == pytest.approx(1.0 + OVERHEAD_SECONDS + est.feature_seconds + 3 * est.epoch_seconds)
     uncached = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=False)
     assert uncached.feature_seconds == 0
+    # On cached features only the Dense head's steps are traced, never the whole model's training step.
+    quick_head = dataclasses.replace(TRANSFER, head_setup=0.25)
+    assert estimate(ModelKind.MOBILENET_V2, quick_head, 100, 25, 3, 224).setup_seconds == 0.25 + OVERHEAD_SECONDS
+    assert estimate(ModelKind.MOBILENET_V2, quick_head, 100, 25, 3, 224,
+                    cache_features=False).setup_seconds == 1.0 + OVERHEAD_SECONDS
     assert uncached.epoch_seconds == pytest.approx(100 * 0.004 + 25 * 0.003)
     assert uncached.total_seconds > est.total_seconds
 
@@ -129,6 +134,7 @@ def test_measured_speeds_come_from_the_real_models(demo_backbone, demo_folder):
     assert baseline.features == baseline.head_train == 0
     transfer = measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(demo_backbone), num_classes=2)
     assert min(transfer.train, transfer.features, transfer.head_train, transfer.head_evaluate) > 0
+    assert transfer.head_setup > 0 and baseline.head_setup == 0
     source = open_source(DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=8))
     assert measure_decode(source, 48, 8) > 0
 
