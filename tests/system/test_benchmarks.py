@@ -34,7 +34,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert sorted(figures) == ["P0", "P1", "P2", "R1", "R2", "R3", "R4", "R5"]
     expected = {
         "P0": ("ratio", "notebook_s", "lab_s"),
-        "P1": ("ratio", "extraction_images_per_s", "backbone_images_per_s"),
+        "P1": ("ratio", "extraction_images_per_s", "backbone_images_per_s", "decode_images_per_s", "bound_ratio"),
         "P2": ("ratio", "ratio_every_epoch", "jpeg_images_per_s", "tensors_images_per_s"),
         "R1": ("ratio_3_epochs", "ratio_15_epochs", "uncached_3_epochs_s", "cached_3_epochs_s",
                "uncached_15_epochs_s_extrapolated", "cached_15_epochs_s"),
