@@ -51,8 +51,9 @@ def estimate_source(*estimates) -> str:
         return "From a few batches timed on this server; the first finished run of the same setting refines it"
     if len(runs) < len(estimates):
         return "Partly from runs of the same setting that finished on this server, partly from batches timed now"
-    total = sum(runs)
-    return f"From what {total} finished run{'s' if total > 1 else ''} of the same setting took on this server"
+    if len(runs) > 1:
+        return "From what earlier runs of the same settings took on this server"
+    return f"From what {runs[0]} finished run{'s' if runs[0] > 1 else ''} of the same setting took on this server"
 
 
 def ordinal(n: int) -> str:
