@@ -407,7 +407,8 @@ def _phases(wall: float, lines: list[tuple[float, str]], marks: list[tuple[str, 
     return {name: round(end - at, 2) for (name, at), end in zip(starts, ends)}
 
 
-NOTEBOOK_PHASES = [("import", None), ("build", "Building the model"), ("fit", "Training"), ("save", "Saving")]
+NOTEBOOK_PHASES = [("import", None), ("build", "Building the model"), ("fit", "Training"), ("save", "Saving"),
+                   ("reload", "Reloading")]
 # The Lab's own status lines (core.training.experiment) mark where each part of `core train` starts.
 LAB_PHASES = [("import", None), ("open", "Opening "), ("build", "Building the model"),
               ("features", "Computing backbone features"), ("head", "Training the Dense head"),

@@ -6,8 +6,9 @@ It imports nothing from the Lab. The data are a folder of class sub-folders of J
 cats_vs_dogs (offline), split 80/20 like the article's train[:80%] / train[80%:], decoded as TFDS decodes
 (in parallel), then the article's pipeline: cache -> shuffle(n // 4) -> map(resize to 224, / 255) ->
 batch(32) -> prefetch(1). The hub layer is frozen and every image goes through it in every epoch. The
-model is saved to .h5 at the end, as the article does before reloading it. Each phase prints one line
-as it starts, so a parent process can time the phases from outside.
+model is saved to .h5 at the end and reloaded with custom_objects={"KerasLayer": hub.KerasLayer}, and both
+predict one validation batch, as the article does (the Lab does the same after every run). Each phase
+prints one line as it starts, so a parent process can time the phases from outside.
 """
 import argparse
 import random
@@ -63,6 +64,11 @@ def main(argv=None) -> int:
     say(f"val_accuracy {history.history['val_accuracy'][-1]:.4f}")
     say("Saving")
     model.save(args.output)
+    say("Reloading")  # the article's last step: reload the .h5 and compare predictions on a validation batch
+    reloaded = tf_keras.models.load_model(args.output, custom_objects={"KerasLayer": hub.KerasLayer})
+    images, _labels = next(iter(val))
+    difference = abs(model.predict(images, verbose=0) - reloaded.predict(images, verbose=0)).max()
+    say(f"max abs difference {difference}")
     say("Done")
     return 0
 

@@ -52,7 +52,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert figures["R1"]["second_experiment_features_from"] == {"train": "memory", "validation": "memory"}
     # Every phase of both whole runs was found in what they printed, and together they make up the run.
     p0 = figures["P0"]
-    assert list(p0["notebook_phases_s"]) == ["import", "build", "fit", "save"]
+    assert list(p0["notebook_phases_s"]) == ["import", "build", "fit", "save", "reload"]
     assert list(p0["lab_phases_s"]) == ["import", "open", "build", "features", "head", "save", "evaluate"]
     for side in ("notebook", "lab"):
         for run in p0["runs"][side]:
