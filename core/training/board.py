@@ -424,11 +424,11 @@ class Board:
         return snapshot
 
 
-def _record_timings(job: Job, folder: Path) -> None:
-    """Leave what each saved run of the job took in folder's timings file, for later estimates."""
+def _record_timings(job: Job, final: Snapshot, folder: Path) -> None:
+    """Leave what each saved run of the ended job took in folder's timings file, for later estimates."""
     from core.training.estimate import record_timing
 
-    for experiment, run_dir, seconds in zip(job.experiments, job.snapshot().run_dirs, job.run_seconds):
+    for experiment, run_dir, seconds in zip(job.experiments, final.run_dirs, job.run_seconds):
         try:
             record_timing(folder, experiment.data, experiment.train, run_dir, seconds)
         except Exception:  # an estimate's aid must never cost the job its final status
@@ -489,7 +489,7 @@ def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: 
         key = (snapshot.phase, snapshot.index, snapshot.epoch, job.stop_requested)
         now = time.monotonic()
         if not running:
-            _record_timings(job, job_dir.parent)  # before the last publish: the next estimate can use them
+            _record_timings(job, snapshot, job_dir.parent)  # before the last publish: the next estimate uses them
         if not running or key != last_key or now - published >= publish_seconds:
             _publish(job_dir, snapshot)
             published, last_key = now, key

@@ -115,6 +115,11 @@ def fits_memory(images: int, image_size: int) -> bool:
     return images * image_size * image_size * 3 * 4 <= DEFAULT_CACHE_BUDGET_BYTES
 
 
+def keeps_in_memory(train_images: int, val_images: int, image_size: int) -> bool:
+    """Whether both splits stay in memory after epoch 1, so later epochs decode nothing."""
+    return fits_memory(train_images, image_size) and fits_memory(val_images, image_size)
+
+
 def _redecode(train_images: int, val_images: int, image_size: int, decode: float) -> float:
     """Decoding in an epoch after the first: only a split too big to keep in memory is read again."""
     return (0 if fits_memory(train_images, image_size) else train_images * decode) + (
@@ -172,7 +177,7 @@ def _from_observed(observed: Observed, setup: float, features: float, first: flo
     images = train_images + val_images
     if features and observed.features is not None:
         features = images * observed.features
-    if observed.in_memory == (fits_memory(train_images, image_size) and fits_memory(val_images, image_size)):
+    if observed.in_memory == keeps_in_memory(train_images, val_images, image_size):
         timed_first = first
         first = images * observed.first_epoch
         if observed.epoch is not None:
@@ -203,23 +208,23 @@ def observation(run_dir: str | Path, wall_seconds: float) -> dict | None:
 
     try:
         config, history, metrics = load_run_json(Path(run_dir))
-        data = config["data"]
-        images = int(metrics["train_images"]) + int(metrics["val_images"])
+        size = int(config["data"].get("image_size", 0))
+        n_train, n_val = int(metrics["train_images"]), int(metrics["val_images"])
         seconds = [float(row["seconds"]) for row in history]
     except (RunSchemaError, OSError, KeyError, TypeError, ValueError):
         return None
+    images = n_train + n_val
     if (metrics.get("stopped_early") or not seconds or images <= 0 or config.get("parent")
             or any(row.get("phase") == FINE_TUNE_PHASE for row in history)):
         return None
     feature_seconds = float(metrics.get("feature_seconds") or 0.0)
     origins = set((metrics.get("feature_origin") or {}).values())
-    size = int(data.get("image_size", 0))
     return {
         "fixed": max(0.0, wall_seconds - sum(seconds) - feature_seconds),
         "first_epoch": seconds[0] / images,
         "epoch": statistics.median(seconds[1:]) / images if len(seconds) > 1 else None,
         "features": feature_seconds / images if origins == {"computed"} else None,
-        "in_memory": fits_memory(int(metrics["train_images"]), size) and fits_memory(int(metrics["val_images"]), size),
+        "in_memory": keeps_in_memory(n_train, n_val, size),
         "at": time.time(),
     }
 
