@@ -293,6 +293,7 @@ def live_main(args, work: Path, say, start: float) -> int:
     from benchmarks import live
 
     results = live.main(work, args.quick, say, only=set(args.figures or LIVE_FIGURES))
+    mode = "live-quick" if args.quick else "live"
     finished = time.strftime("%Y-%m-%d %H:%M:%S")
     for figure in results.values():
         figure["measured_at"] = finished
@@ -302,10 +303,10 @@ def live_main(args, work: Path, say, start: float) -> int:
             earlier = json.loads(output.read_text())
         except (OSError, ValueError):
             earlier = {}
-        if earlier.get("mode") == ("live-quick" if args.quick else "live"):
+        if earlier.get("mode") == mode:
             results = {**earlier.get("figures", {}), **results}
     rows = live.table_rows(results)
-    report = {"mode": "live-quick" if args.quick else "live", "finished_at": finished,
+    report = {"mode": mode, "finished_at": finished,
               "seconds": round(time.perf_counter() - start, 1), "machine": machine(), "figures": results,
               "table": rows}
     output.write_text(json.dumps(report, indent=2) + "\n")
