@@ -157,8 +157,12 @@ def test_a_worker_that_vanished_while_nobody_watched_is_failed_on_the_next_look(
     # The launched process outlives the test's look, so this server's own watcher has nothing to report;
     # the job's record names a process that no longer exists, as after a server restart.
     launched = []
-    board = Board(tmp_path, max_concurrent=1,
-                  launcher=lambda path: launched.append(subprocess.Popen(["sleep", "60"])) or launched[-1])
+
+    def launch(_job_dir):
+        launched.append(subprocess.Popen(["sleep", "60"]))
+        return launched[-1]
+
+    board = Board(tmp_path, max_concurrent=1, launcher=launch)
     try:
         job = board.submit([experiment()], ["a"], owner="alice")
         path = board.view(job.job_id).path
