@@ -5,8 +5,11 @@ decode to an upright HxWx3 uint8 array with the colours a viewer would show.
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 from sample_images import (
     BAD,
     BLUE,
@@ -62,8 +65,16 @@ def test_corrupt_entropy_jpeg_fails_cleanly_or_decodes_at_its_size(seed):
         assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8
 
 
-
-
+@pytest.mark.parametrize("mode,size", [("RGB", (300, 200)), ("L", (300, 200)), ("RGB", (1500, 1000))])
+def test_pixels_are_exactly_pillows(mode, size):
+    """The fast ways of reading pixels (one strip read whole, several strips) give Pillow's own array."""
+    rng = np.random.default_rng(3)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    data = encode(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode), "JPEG")
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    arr = decode_image(data, "noise.jpg")
+    assert arr.shape == (size[1], size[0], 3)
+    np.testing.assert_array_equal(arr, expected)
 
 
 def test_large_photo_decodes_in_full():
