@@ -57,3 +57,14 @@ def make_zip(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def saved_functions(folder) -> int:
+    """How many concrete functions a SavedModel holds."""
+    from pathlib import Path
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
+    return len(saved.meta_graphs[0].object_graph_def.concrete_functions)

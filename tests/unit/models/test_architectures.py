@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from lab_helpers import saved_functions
 
 from core.models.architectures import (
     build_baseline,
@@ -68,6 +69,8 @@ def test_transfer_with_mobilenet_v2_shape_has_the_articles_parameter_counts(tmp_
     model = build_model(ModelKind.MOBILENET_V2, num_classes=2, image_size=224, handle=str(handle))
     assert param_counts(model) == (2_260_546, 2_562)  # the article's summary: 2,260,546 total, 2,562 trainable
     assert model.output_shape == (None, 2)
+    # Saved as a published module is: __call__ and variables, not the Keras model's layers as well.
+    assert saved_functions(handle) <= 2
 
 
 def test_summaries_name_every_layer(demo_backbone):
