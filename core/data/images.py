@@ -141,7 +141,8 @@ def _open(data: bytes | BinaryIO, name: str, size: int | None = None) -> Image.I
 
 
 def decode_image(data: bytes, name: str = "image", min_side: int | None = None) -> np.ndarray:
-    """Decode bytes into an upright HxWx3 uint8 RGB array, or raise ImageError saying why not.
+    """Decode bytes into an upright HxWx3 uint8 RGB array (read-only for most photos: copy it to change
+    it), or raise ImageError saying why not.
 
     min_side lets JPEG decoding skip detail that a later resize would throw away (libjpeg's DCT scaling
     keeps at least min_side pixels on each side), which makes large photos decode several times faster.
