@@ -85,10 +85,9 @@ def _epoch_reporter(progress: Progress, epochs: int):
 def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEED) -> PretrainReport:
     """Train the backbone on the source shapes and save it to path (which must not exist yet)."""
     import numpy as np
-    import tensorflow as tf
     import tf_keras
 
-    from core.data.demo import reusable
+    from core.data.demo import save_feature_extractor
     from core.data.scenes import SOURCE_SHAPES, source_images
 
     progress = progress or (lambda _fraction, _message: None)
@@ -107,22 +106,10 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
                              callbacks=[_epoch_reporter(progress, SOURCE_EPOCHS)])
     progress(0.96, "Saving the demo backbone ...")
 
-    def forward(images):
-        return extractor(images, training=False)
-
-    class Backbone(tf.Module):
-        # No autograph: it cannot convert this class, defined in a function, and there is no Python
-        # control flow to convert anyway. The Keras model is reached through `forward`, not held as an
-        # attribute, so only this function and the variables are saved, as in a published TF Hub module:
-        # saved with it, its layers' call functions came too and loading took 0.6 s instead of 0.08.
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)], autograph=False)
-        def __call__(self, images):
-            return forward(images)
-
     seconds = time.perf_counter() - start
     report = PretrainReport(round(seconds, 2), round(time.process_time() - cpu_start, 2), len(SOURCE_SHAPES), len(labels),
                             float(history.history["val_accuracy"][-1]), int(extractor.output_shape[-1]))
-    tf.saved_model.save(reusable(Backbone(), extractor.variables, extractor.trainable_variables), str(path))
+    save_feature_extractor(extractor, path, (None, None, 3))
     (Path(path) / INFO_FILE).write_text(json.dumps({
         "name": BACKBONE_NAME, "version": BACKBONE_VERSION, "source_shapes": sorted(SOURCE_SHAPES),
         "native_size": NATIVE_SIZE, "seed": seed, **report.__dict__}, indent=2))

@@ -35,7 +35,7 @@ def test_the_pretrained_backbone_loads_like_a_hub_module_and_names_itself(pretra
 
 def test_the_backbone_is_saved_as_a_published_module_is(pretrained_demo):
     """Only __call__ and the variables: with the Keras model it was trained as, every layer's functions
-    would be saved too (67 of them), which tripled the time each run spent loading it."""
+    would be saved too (67 of them), and loading it would take 0.6 s instead of 0.08."""
     assert saved_functions(pretrained_demo.backbone) <= 2
 
 
