@@ -486,13 +486,13 @@ def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: 
         if not job.stop_requested and stop_file.exists():
             job.stop()
         snapshot = job.snapshot()
-        key = (snapshot.phase, snapshot.index, snapshot.epoch, job.stop_requested)
-        now = time.monotonic()
         if not running:
             _record_timings(job, snapshot, job_dir.parent)  # before the last publish: the next estimate uses them
-        if not running or key != last_key or now - published >= publish_seconds:
+            _publish(job_dir, snapshot)
+            return snapshot
+        key = (snapshot.phase, snapshot.index, snapshot.epoch, job.stop_requested)
+        now = time.monotonic()
+        if key != last_key or now - published >= publish_seconds:
             _publish(job_dir, snapshot)
             published, last_key = now, key
-        if not running:
-            return snapshot
         time.sleep(poll_seconds)
