@@ -210,7 +210,7 @@ class FolderSource:
 
         # Ordered output costs nothing measurable here and keeps a seed's runs (and cached features) identical.
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.filter(lambda image, _: tf.shape(image)[0] > 0)
+        return without_autotune(ds.filter(lambda image, _: tf.shape(image)[0] > 0))
 
     def samples(self, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
         files = self.files[TRAIN] + self.files[VALIDATION]
@@ -338,7 +338,7 @@ class TfdsSource:
                 x = x[..., :3]
             return x, tf.cast(y, tf.int64)
 
-        return ds.map(to_rgb)
+        return without_autotune(ds.map(to_rgb))
 
     def samples(self, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
         ds = self.examples(VALIDATION).shuffle(256, seed=seed).take(n)
@@ -361,6 +361,25 @@ def open_source(config: DataConfig, progress: Callable[[str], None] | None = Non
     if kind == "tfds":
         return TfdsSource(value.strip(), config, progress=progress)
     raise DataError(f"Unknown data source type '{kind}'; use 'tfds:NAME' or 'folder:PATH'.")
+
+
+def without_autotune(ds):
+    """ds with tf.data's autotuning off; every dataset made from it inherits the setting.
+
+    An autotuned pipeline keeps a thread that re-tunes it after sleeping 10 ms, then 20, 40, ... (doubling up
+    to a minute), and deleting the pipeline's iterator waits for that thread. In TensorFlow 2.21 the sleep
+    is not always cut short, so a finished pipeline can hold the process idle until the sleep ends, at
+    10 ms x (2^k - 1) after the iterator was made. Measured on 2 cores: deleting the exhausted iterator of
+    1,200 images fed to the backbone took 7.1 and 8.2 s in 2 passes of 5, both ending 20.5 s after it was
+    made; one `core train` spent 20.7 s on its training split's features and 10.3 s on its validation
+    split's (~15 and ~4 s of work). Without autotuning each parallel map runs as many calls at once as there
+    are cores and prefetch sizes its own buffer: 14 passes, no deletion over 0.01 s, passes as fast as before.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def preprocess(image, image_size: int):
@@ -429,4 +448,5 @@ __all__ = [
     "open_source",
     "preprocess",
     "steps_per_epoch",
+    "without_autotune",
 ]

@@ -267,7 +267,7 @@ def _validation_batches(source, image_size: int, batch_size: int):
     import tensorflow as tf
 
     from core.data.images import decode_image
-    from core.data.sources import VALIDATION, FolderSource, preprocess
+    from core.data.sources import VALIDATION, FolderSource, preprocess, without_autotune
     from core.settings.errors import ImageError
 
     names = _split_names(source)
@@ -290,7 +290,7 @@ def _validation_batches(source, image_size: int, batch_size: int):
             tf.constant(paths), tf.constant([label for _, label in files], tf.int64),
             tf.range(len(files), dtype=tf.int64)))
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0)
+        ds = without_autotune(ds.filter(lambda image, _y, _i: tf.shape(image)[0] > 0))
     else:
         ds = source.examples(VALIDATION).enumerate().map(lambda i, ex: (ex[0], ex[1], i))
     ds = ds.map(lambda x, y, i: (preprocess(x, image_size), y, i), num_parallel_calls=tf.data.AUTOTUNE)

@@ -141,4 +141,6 @@ def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAU
 def _as_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+    from core.data.sources import without_autotune
+
+    return without_autotune(tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size))

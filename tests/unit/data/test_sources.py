@@ -79,6 +79,23 @@ def test_tfds_and_folder_pipelines_shard_batches_not_files_between_workers(mock_
                 tf.data.experimental.AutoShardPolicy.DATA
 
 
+def test_every_pipeline_runs_without_tf_data_autotuning(mock_tfds, tmp_path):
+    """An autotuned pipeline's finished iterator can hold the process idle for seconds while it is deleted
+    (TensorFlow 2.21; see without_autotune), so no pipeline the Lab iterates may inherit autotuning: the
+    training and feature pipelines of both kinds of source, the reload check's images and evaluation's."""
+    from core.runs.evaluate import _validation_batches
+
+    write_images(tmp_path / "a", 4)
+    write_images(tmp_path / "b", 4, colour=(30, 30, 200))
+    for config in (DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=8), folder_config(tmp_path)):
+        source = open_source(config)
+        pipelines = [make_pipeline(source, split, config, training=split == TRAIN) for split in (TRAIN, VALIDATION)]
+        pipelines += [source.examples(VALIDATION, min_side=SIZE), _validation_batches(source, SIZE, 4)[0]]
+        for pipeline in pipelines:
+            assert pipeline.options().autotune.enabled is False
+        assert sum(len(y) for _, y in pipelines[0]) == source.info.split_size(TRAIN)  # and it still runs
+
+
 def test_tfds_limit_is_balanced_and_cuts_validation_in_proportion(mock_tfds):
     config = DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=4, limit=8)
     source = open_source(config)
