@@ -24,9 +24,10 @@ ARTICLE_LEARNING_RATE = 1e-3  # adam's default, which the article uses
 # Four valid 3x3 convolutions, each followed by a 2x2 pool, leave at least one pixel from 46 up.
 BASELINE_MIN_IMAGE_SIZE = 46
 # Images per backbone call while extracting (and evaluating). Features do not depend on it; speed and
-# memory do. On 2 cores, calls of 8, 16, 32 and 64 images alternated over the same backbone ran at 64, 54,
-# 49 and 48 images/s (32, 24, 25, 23 with the machine busier): 8 is the fastest, and MobileNetV2's
-# activations for 32 images at 224x224 took the process from 0.85 to 1.47 GB peak, 8 images to 1.04 GB.
+# memory do. On 2 cores, with the backbone saved as TF Hub publishes one, extracting 1,200 photos at 8 and
+# 16 images a call ran alike (99 and 97 images/s, medians of 4 alternating passes) and 32 a call 102
+# against 93 in 3 passes, within the passes' +-10%; MobileNetV2's activations for 32 images at 224x224
+# took the process to 1.33 GB peak against 0.89 GB for 8 (1.04 GB for 16), so 8 it is.
 EXTRACT_BATCH_SIZE = 8
 # How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
 # images weigh total / (classes x images of the class), so a small class counts as much as a large one.
