@@ -26,7 +26,7 @@ BASELINE_MIN_IMAGE_SIZE = 46
 # Images per backbone call while extracting (and evaluating). Features do not depend on it; speed and
 # memory do. On 2 cores, with the backbone saved as TF Hub publishes one, extracting 1,200 photos at 8 and
 # 16 images a call ran alike (99 and 97 images/s, medians of 4 alternating passes) and 32 a call 102
-# against 93 in 3 passes, within the passes' +-10%; MobileNetV2's activations for 32 images at 224x224
+# against 93 in 3 passes, within their spread (75-109); MobileNetV2's activations for 32 images at 224x224
 # took the process to 1.33 GB peak against 0.89 GB for 8 (1.04 GB for 16), so 8 it is.
 EXTRACT_BATCH_SIZE = 8
 # How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
