@@ -64,15 +64,16 @@ class Preset:
     allow_local_paths: bool  # may the web page name server-side folders and model files?
     max_concurrent_jobs: int  # training jobs at once across all sessions (core.training.jobs enforces it)
     allow_fine_tuning: bool  # gradients through the whole backbone need far more memory than the head
+    max_jobs_per_session: int  # queued or running trainings one visitor may hold (core.training.board enforces it)
 
 
 PRESETS = {
     "local": Preset("local", "Your own machine: every dataset size, local folders and model paths allowed.",
-                    None, None, None, True, 4, True),
+                    None, None, None, True, 4, True, max_jobs_per_session=4),
     "cloud": Preset("cloud", "Shared host (Streamlit Community Cloud, 2.7 GB of memory): at most 2,000 training "
                     "images at up to 224x224 in batches of up to 16, one training run at a time, no "
                     "fine-tuning, datasets from uploads, the generated demo or TFDS.", 2000, 16, 224, False, 1,
-                    False),
+                    False, max_jobs_per_session=1),
 }
 DEFAULT_PRESET = "local"
 
