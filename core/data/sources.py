@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.images import decode_image, file_image_size, is_image_name
-from core.settings.config import DataConfig
+from core.settings.config import MAX_CLASSES, DataConfig
 from core.settings.errors import DataError, ImageError
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ def _quotas(available: dict[int, int], total: int) -> dict[int, int]:
     return quota
 
 
+def check_class_count(count: int) -> None:
+    """Refuse a dataset with more classes than a run may record (core.runs.schema lists at most MAX_CLASSES),
+    before it is scanned, downloaded or unpacked: trained anyway, its run would be listed as damaged."""
+    if count > MAX_CLASSES:
+        raise DataError(f"This dataset has {count:,} classes; the Lab trains on at most {MAX_CLASSES:,}.")
+
+
 def validation_limit(limit: int, val_fraction: float) -> int:
     """Validation images to keep with `limit` training images, in the same 80/20 proportion."""
     return max(1, round(limit * val_fraction / (1 - val_fraction)))
@@ -85,6 +92,7 @@ class FolderSource:
         skipped: Counter = Counter()
         skipped_files: list[str] = []
         split_dirs = self._split_dirs()
+        check_class_count(self._class_folders_with_images(split_dirs))
         if split_dirs:
             per_split = {s: self._scan(d, skipped, skipped_files) for s, d in split_dirs.items()}
             names = sorted(set(per_split[TRAIN]) | set(per_split[VALIDATION]))
@@ -141,6 +149,19 @@ class FolderSource:
         if train.is_dir() and val is not None:
             return {TRAIN: train, VALIDATION: val}
         return None
+
+    def _class_folders_with_images(self, split_dirs: dict[str, Path] | None) -> int:
+        """Class folders holding at least one file named like an image, without reading any: a bound on the
+        classes _scan will find, cheap enough to refuse thousands of them before reading every header."""
+        names = set()
+        for root in split_dirs.values() if split_dirs else [self.root]:
+            for class_dir in root.iterdir():
+                if class_dir.name in names or not class_dir.is_dir() or class_dir.name.startswith("."):
+                    continue
+                if any(is_image_name(p.name) and not p.name.startswith(".") and p.is_file() and not p.is_symlink()
+                       for p in class_dir.rglob("*")):
+                    names.add(class_dir.name)
+        return len(names)
 
     @staticmethod
     def _scan(root: Path, skipped: Counter, skipped_files: list[str]) -> dict[str, list]:
@@ -245,6 +266,8 @@ class TfdsSource:
                 f"TFDS dataset '{name}' is not an image-classification dataset "
                 "(it needs an 'image' and a class 'label' feature)."
             )
+        # Before preparing: a dataset the Lab cannot train on is not worth downloading.
+        check_class_count(features["label"].num_classes)
         if not self.builder.is_prepared():
             try:
                 for status in preparation(name, self.data_dir):

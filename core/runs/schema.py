@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from core.settings.config import MAX_CLASSES  # shared with the data sources, which refuse bigger datasets
 from core.settings.errors import LabError
 
 # Bytes each file may have; a real run's files are a few KB (history: ~150 bytes an epoch).
@@ -26,7 +27,6 @@ MAX_FILE_BYTES = {
 MAX_DEPTH = 10  # the deepest the Lab writes is 5 (config.json's dataset -> counts -> split -> class)
 MAX_STRING = 4096  # characters: a path or a handle; names are far shorter
 MAX_NAME = 200  # characters in a class name or model kind
-MAX_CLASSES = 1000
 MAX_EPOCHS = 10_000
 MAX_ITEMS = 200_000  # values in one file
 MAX_PARAMS = 10**13

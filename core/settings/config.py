@@ -15,6 +15,10 @@ class ModelKind(str, enum.Enum):
 # The article's feature-vector module: MobileNetV2 trained on ImageNet, 1280 features, 224x224 input.
 MOBILENET_V2_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
 DEFAULT_SOURCE = "tfds:cats_vs_dogs"
+# The most classes a dataset may have: a run's config.json lists every class name and the pages draw one
+# bar, row and column per class, so the run schema refuses more, and the data sources refuse a dataset
+# with more before anything is trained on it (ImageNet's 1,000 still fit).
+MAX_CLASSES = 1000
 
 # The article's settings: how long each model trains and what it reached on cats_vs_dogs.
 ARTICLE_EPOCHS = {ModelKind.BASELINE: 15, ModelKind.MOBILENET_V2: 3}

@@ -275,3 +275,50 @@ def test_class_with_fewer_images_than_the_batch(tmp_path):
     assert source.info.counts[TRAIN]["few"] == 2 and source.info.counts[VALIDATION]["few"] == 1
     _, y = all_examples(source, TRAIN, config)
     assert Counter(y.tolist())[0] == 2  # classes are sorted: "few" is label 0
+
+
+# ---------------------------------------------------------------- more classes than a run may record
+
+
+def never_read(*_args, **_kwargs):
+    raise AssertionError("an image header was read before the classes were counted")
+
+
+def test_a_folder_of_5000_classes_is_refused_before_its_images_are_read(tmp_path, monkeypatch):
+    for i in range(5000):
+        (tmp_path / f"c{i:04d}").mkdir()
+        (tmp_path / f"c{i:04d}" / "0.png").touch()  # counted by its name alone
+    monkeypatch.setattr("core.data.sources.file_image_size", never_read)
+    with pytest.raises(DataError, match=r"^This dataset has 5,000 classes; the Lab trains on at most 1,000\.$"):
+        open_source(folder_config(tmp_path))
+
+
+def test_classes_of_both_split_folders_count_together_and_empty_folders_do_not(tmp_path, monkeypatch):
+    for split, names in (("train", range(600)), ("val", range(400, 1001))):
+        for i in names:
+            (tmp_path / split / f"c{i:04d}").mkdir(parents=True)
+            (tmp_path / split / f"c{i:04d}" / "0.jpg").touch()
+    for i in range(50):  # folders without images are no classes
+        (tmp_path / "train" / f"empty{i}").mkdir()
+        (tmp_path / "train" / f"empty{i}" / "notes.txt").touch()
+    monkeypatch.setattr("core.data.sources.file_image_size", never_read)
+    with pytest.raises(DataError, match=r"^This dataset has 1,001 classes; the Lab trains on at most 1,000\.$"):
+        FolderSource(tmp_path, folder_config(tmp_path))
+
+
+def test_a_dataset_at_the_limit_opens(tmp_path, monkeypatch):
+    monkeypatch.setattr("core.data.sources.MAX_CLASSES", 3)
+    for i, colour in enumerate(((200, 30, 30), (30, 200, 30), (30, 30, 200))):
+        write_images(tmp_path / f"c{i}", 4, colour)
+    assert FolderSource(tmp_path, folder_config(tmp_path)).info.num_classes == 3
+    write_images(tmp_path / "c3", 4)
+    with pytest.raises(DataError, match="has 4 classes; the Lab trains on at most 3"):
+        FolderSource(tmp_path, folder_config(tmp_path))
+
+
+def test_a_tfds_dataset_of_5089_classes_is_refused_before_it_is_downloaded(tmp_path, monkeypatch):
+    import core.data.downloads
+
+    monkeypatch.setattr(core.data.downloads, "preparation", never_read)
+    with pytest.raises(DataError, match=r"^This dataset has 5,089 classes; the Lab trains on at most 1,000\.$"):
+        TfdsSource("i_naturalist2017", DataConfig(source="tfds:i_naturalist2017"), data_dir=tmp_path)

@@ -129,6 +129,16 @@ def test_the_limits_leave_room_for_a_real_run(trained_runs):
     assert open_run(trained_runs["mobilenet_v2"]).layers
 
 
+def test_the_schema_takes_as_many_classes_as_the_data_sources_let_through():
+    """One limit: a dataset the sources open must give a run the schema lists, never a damaged one."""
+    from core.runs.schema import RunSchemaError, check_config
+    from core.settings.config import MAX_CLASSES
+
+    check_config({"class_names": [f"c{i}" for i in range(MAX_CLASSES)]})
+    with pytest.raises(RunSchemaError, match=f"1 to {MAX_CLASSES:,} class names"):
+        check_config({"class_names": [f"c{i}" for i in range(MAX_CLASSES + 1)]})
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "half"])
 def test_an_empty_or_truncated_model_file_is_listed_as_damaged(content, trained_runs, tmp_path):
     run = tmp_path / "runs" / trained_runs["baseline"].name
