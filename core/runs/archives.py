@@ -10,13 +10,13 @@ This module does not import TensorFlow until the model file is inspected.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 import re
 import secrets
 import shutil
-import stat
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
 from core.runs.schema import RunSchemaError, load_json, load_layers, load_run_json
-from core.safety.zips import extract_members
+from core.safety.zips import ZipRules, extract_members, open_zip, vetted_files
 from core.settings.errors import LabError
 from core.settings.text import megabytes
 
@@ -40,6 +40,13 @@ EXPORTS_DIR = "exports"  # exports are rebuilt from model.h5 on demand and can b
 # the zipped model.h5: a run trained on a local SavedModel then works on any Lab, a hosted one included.
 BACKBONE_DIR = "backbone"
 IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
+# How a run zip is vetted (core.safety.zips, shared with dataset zips) and how its refusals read.
+RUN_ZIP = ZipRules(
+    MAX_RUN_FILES, MAX_RUN_BYTES, LabError, action="import", outcome="nothing was imported",
+    not_a_zip="The file is not a zip. Zip a run folder (runs/<run-id>/) and import that.",
+    encrypted="The zip is password-protected; zip the run folder without a password.",
+    too_many="The zip holds {files:,} files; a run folder has far fewer (the limit is {limit:,}).",
+    too_big="The zip would unpack to more than {limit_mb}, more than a run folder holds.")
 # Run ids the Lab writes (20261128-055615-baseline-759c) and anything tame enough to be a folder name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -49,20 +56,6 @@ class ImportedRun:
     path: Path  # the run folder now in the runs folder
     warnings: list[str] = field(default_factory=list)  # what may not work here, in words for the user
     skipped: int = 0  # files in the zip that are not part of a run folder
-
-
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
-
-
-def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
-    name = info.filename.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise LabError(f"The zip contains an absolute path ('{info.filename}'); refusing to import it.")
-    path = PurePosixPath(name)
-    if any(part == ".." for part in path.parts):
-        raise LabError(f"The zip contains a path that leaves its folder ('{info.filename}'); refusing to import it.")
-    return path
 
 
 def _run_root(paths: list[PurePosixPath]) -> PurePosixPath:
@@ -183,33 +176,12 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
     from core.safety.model_files import inspect_model_file
 
     runs_dir = Path(runs_dir)
-    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    try:
-        archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise LabError("The file is not a zip. Zip a run folder (runs/<run-id>/) and import that.") from None
-    with archive:
-        infos = archive.infolist()
-        files = [m for m in infos if not m.is_dir()]
-        if len(files) > max_files:
-            raise LabError(f"The zip holds {len(files):,} files; a run folder has far fewer (the limit is "
-                           f"{max_files:,}).")
-        if sum(m.file_size for m in files) > max_bytes:
-            raise LabError(f"The zip would unpack to more than {megabytes(max_bytes)}, more than a run folder "
-                           "holds.")
-        paths = {}
-        for member in infos:
-            path = _member_path(member)
-            if _is_symlink(member):
-                raise LabError(f"The zip contains a symbolic link ('{member.filename}'); refusing to import it.")
-            if member.flag_bits & 0x1:
-                raise LabError("The zip is password-protected; zip the run folder without a password.")
-            if not member.is_dir():
-                paths[member.filename] = path
-        root = _run_root(list(paths.values()))
+    rules = dataclasses.replace(RUN_ZIP, max_files=max_files, max_bytes=max_bytes)
+    with open_zip(data, rules) as archive:
+        files = vetted_files(archive, rules)
+        root = _run_root([path for _, path in files])
         members, skipped = [], 0
-        for member in files:
-            path = paths[member.filename]
+        for member, path in files:
             if root.parts and path.parts[:len(root.parts)] != root.parts:
                 skipped += 1
                 continue
@@ -229,7 +201,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
         try:
             # Like core.runs.folders.RunWriter: the owner's pid keeps a concurrent clean-up away from it.
             (tmp / "owner.pid").write_text(str(os.getpid()))
-            extract_members(archive, members, tmp, max_bytes, error=LabError, outcome="nothing was imported")
+            extract_members(archive, members, tmp, rules)
             config = _check_run_json(tmp)
             info = inspect_model_file(tmp / "model.h5", allowed_handle=allowed_handle)
             names = config["class_names"]

@@ -1,13 +1,18 @@
-"""Unpacking an uploaded zip of class folders without trusting anything inside it.
+"""Unpacking a zip from a browser without trusting anything inside it: dataset zips and run folders alike.
 
-A zip from a browser can name files `../../etc/x` or `/home/x` (zip-slip), hold symlinks, declare tiny
-sizes for members that inflate to gigabytes, or not be a zip at all. Every member is checked before a
-byte is written; sizes are counted while inflating rather than taken from the header; everything is
-written into a hidden folder that is renamed into place only when complete. Non-image files are skipped
-and counted, as dataset folders do.
+A zip can name files `../../etc/x`, `/home/x` or `C:/x` (zip-slip), hold symlinks, declare tiny sizes for
+members that inflate to gigabytes, be encrypted, or not be a zip at all. `vetted_files` refuses all of that
+before a byte is written and `extract_members` counts the sizes while inflating rather than taking them
+from the headers; both take a ZipRules that says what one kind of zip may hold and how its refusals read.
+core.runs.archives imports run folders through them.
+
+`extract_zip` unpacks a dataset: everything is written into a hidden folder that is renamed into place
+only when complete. Non-image files are skipped and counted, as dataset folders do, and a zip with more
+classes than the Lab trains on is refused before anything is unpacked.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -21,7 +26,9 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from core.data.images import is_image_name
-from core.settings.errors import DataError
+from core.data.sources import check_class_count
+from core.settings.errors import DataError, LabError
+from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +39,89 @@ CHUNK = 1024 * 1024
 IGNORED_DIRS = {"__MACOSX", ".DS_Store", "__pycache__"}
 
 
+@dataclass(frozen=True)
+class ZipRules:
+    """What one kind of zip may hold, and how its refusals read (each a LabError, shown as it is)."""
+    max_files: int
+    max_bytes: int  # uncompressed, declared in the headers and counted again while inflating
+    error: type[LabError]
+    action: str  # "refusing to <action> it"
+    outcome: str  # what became of the work when inflating stopped midway
+    not_a_zip: str
+    encrypted: str
+    too_many: str  # formatted with files= and limit=
+    too_big: str  # formatted with declared=, limit= (bytes) and their megabytes() texts, declared_mb=, limit_mb=
+
+
+DATASET_ZIP = ZipRules(
+    MAX_FILES, MAX_TOTAL_BYTES, DataError, action="extract", outcome="nothing was kept",
+    not_a_zip="The upload is not a zip file. Zip a folder that holds one sub-folder per class.",
+    encrypted="The zip is password-protected; upload an unencrypted zip.",
+    too_many="The zip holds {files:,} files; the limit is {limit:,}.",
+    too_big="The zip would unpack to {declared_gb:.1f} GB; the limit is {limit_gb:.1f} GB.")
+
+
 @dataclass
 class ExtractResult:
     root: Path  # the dataset folder: the one holding the class sub-folders
     images: int
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> files not extracted
     reused: bool = False  # the same zip was unpacked before
+    classes: int = 0  # class folders, to tell the user what arrived without naming the server's folders
 
     @property
     def source(self) -> str:
         return f"folder:{self.root}"
 
 
-def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
+def open_zip(data: bytes | bytearray | BinaryIO, rules: ZipRules) -> zipfile.ZipFile:
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    try:
+        return zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise rules.error(rules.not_a_zip) from None
+
+
+def member_path(info: zipfile.ZipInfo, rules: ZipRules) -> PurePosixPath:
     """The member's path inside the archive, refused when it would land outside the target folder."""
     name = info.filename.replace("\\", "/")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"The zip contains an absolute path ('{info.filename}'); refusing to extract it.")
+    # Any "X:" start counts as a drive, not only a letter's: no member of a zip the Lab writes starts so.
+    if name.startswith("/") or name[1:2] == ":":
+        raise rules.error(f"The zip contains an absolute path ('{info.filename}'); refusing to {rules.action} it.")
     path = PurePosixPath(name)
     if any(part == ".." for part in path.parts):
-        raise DataError(f"The zip contains a path that leaves its folder ('{info.filename}'); refusing to extract it.")
+        raise rules.error(f"The zip contains a path that leaves its folder ('{info.filename}'); "
+                          f"refusing to {rules.action} it.")
     return path
 
 
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
+def is_symlink(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+
+
+def vetted_files(archive: zipfile.ZipFile, rules: ZipRules) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Every file member with its path inside the archive, once the whole zip passed: not too many files
+    or declared bytes, and no member (folders included) absolute, leaving its folder, a symlink or encrypted.
+    Raises rules.error for the first that fails; nothing has been written then."""
+    members = archive.infolist()
+    files = [m for m in members if not m.is_dir()]
+    if len(files) > rules.max_files:
+        raise rules.error(rules.too_many.format(files=len(files), limit=rules.max_files))
+    declared = sum(m.file_size for m in files)
+    if declared > rules.max_bytes:
+        raise rules.error(rules.too_big.format(
+            declared_gb=declared / 1e9, limit_gb=rules.max_bytes / 1e9, declared_mb=megabytes(declared),
+            limit_mb=megabytes(rules.max_bytes)))
+    vetted = []
+    for member in members:
+        path = member_path(member, rules)
+        if is_symlink(member):
+            raise rules.error(f"The zip contains a symbolic link ('{member.filename}'); refusing to {rules.action} it.")
+        if member.flag_bits & 0x1:
+            raise rules.error(rules.encrypted)
+        if not member.is_dir():
+            vetted.append((member, path))
+    return vetted
 
 
 def _dataset_root(folder: Path) -> Path:
@@ -79,38 +144,34 @@ def _digest(stream: BinaryIO) -> str:
     return h.hexdigest()[:16]
 
 
+def _class_count(paths: list[PurePosixPath]) -> int:
+    """The class folders core.data.sources.FolderSource will find once these files are unpacked, counted
+    from their paths alone: the wrapper folders _dataset_root looks through are dropped first, then
+    train/ and val/ (or validation/) are looked into when both are there, as FolderSource does."""
+    parts = [p.parts for p in paths]
+    while parts and all(len(p) > 1 for p in parts) and len({p[0] for p in parts}) == 1:
+        parts = [p[1:] for p in parts]
+    folders = {p[0] for p in parts if len(p) > 1}
+    val = next((name for name in ("val", "validation") if name in folders), None)
+    if "train" in folders and val:
+        return len({p[1] for p in parts if p[0] in ("train", val) and len(p) > 2})
+    return len(folders)
+
+
 def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = MAX_FILES,
                 max_total_bytes: int = MAX_TOTAL_BYTES) -> ExtractResult:
     """Unpack the images of a zip into dest_dir/zip-<content hash>/ and return where the classes are.
 
     The same zip uploaded twice is unpacked once. Raises DataError for anything unsafe or unusable.
     """
+    rules = dataclasses.replace(DATASET_ZIP, max_files=max_files, max_bytes=max_total_bytes)
     dest_dir = Path(dest_dir)
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     digest = _digest(stream)
-    try:
-        archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise DataError("The upload is not a zip file. Zip a folder that holds one sub-folder per class.") from None
-    with archive:
-        members = archive.infolist()
-        files = [m for m in members if not m.is_dir()]
-        if len(files) > max_files:
-            raise DataError(f"The zip holds {len(files):,} files; the limit is {max_files:,}.")
-        declared = sum(m.file_size for m in files)
-        if declared > max_total_bytes:
-            raise DataError(f"The zip would unpack to {declared / 1e9:.1f} GB; the limit is "
-                            f"{max_total_bytes / 1e9:.1f} GB.")
+    with open_zip(stream, rules) as archive:
         skipped: dict[str, int] = {}
         wanted: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
-        for member in members:
-            path = _member_path(member)
-            if _is_symlink(member):
-                raise DataError(f"The zip contains a symbolic link ('{member.filename}'); refusing to extract it.")
-            if member.is_dir():
-                continue
-            if member.flag_bits & 0x1:
-                raise DataError("The zip is password-protected; upload an unencrypted zip.")
+        for member, path in vetted_files(archive, rules):
             if any(part in IGNORED_DIRS or part.startswith(".") for part in path.parts):
                 skipped["archiver metadata"] = skipped.get("archiver metadata", 0) + 1
                 continue
@@ -121,28 +182,34 @@ def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = M
         if not wanted:
             raise DataError("The zip holds no images (jpg, jpeg, png, bmp, gif, webp). Zip a folder that "
                             "holds one sub-folder of images per class.")
+        # Counted from the names, before a byte is unpacked: thousands of classes would train, then give a
+        # run the run list calls damaged.
+        classes = _class_count([path for _, path in wanted])
+        check_class_count(classes)
         final = dest_dir / f"zip-{digest}"
         if final.is_dir():
             images = sum(1 for p in final.rglob("*") if p.is_file())
-            return ExtractResult(_dataset_root(final), images, skipped, reused=True)
+            return ExtractResult(_dataset_root(final), images, skipped, reused=True, classes=classes)
         dest_dir.mkdir(parents=True, exist_ok=True)
-        partial = dest_dir / f".partial-{final.name}-{os.getpid()}-{id(stream)}"
+        partial = dest_dir / f".partial-{final.name}-{os.getpid()}-{id(stream)}"  # unique while this call runs
         try:
-            extract_members(archive, wanted, partial, max_total_bytes)
-            if final.exists():  # another session unpacked the same zip meanwhile
-                shutil.rmtree(partial)
-            else:
-                os.replace(partial, final)
+            extract_members(archive, wanted, partial, rules)
+            try:
+                os.rename(partial, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(partial)  # another session unpacked the same zip meanwhile
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    return ExtractResult(_dataset_root(final), len(wanted), skipped)
+    return ExtractResult(_dataset_root(final), len(wanted), skipped, classes=classes)
 
 
-def extract_members(archive: zipfile.ZipFile, members, target: Path, max_total_bytes: int,
-                    error: type[Exception] = DataError, outcome: str = "nothing was kept") -> None:
-    """Write already-vetted (ZipInfo, relative path) members under target, counting the bytes really
-    unpacked: a zip's headers can understate sizes, so the limit is enforced while writing."""
+def extract_members(archive: zipfile.ZipFile, members, target: Path, rules: ZipRules) -> None:
+    """Write (ZipInfo, relative path) members from vetted_files under target, counting the bytes really
+    unpacked: a zip's headers can understate sizes, so rules.max_bytes is enforced while writing."""
+    error, outcome = rules.error, rules.outcome
     written = 0
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
@@ -156,8 +223,8 @@ def extract_members(archive: zipfile.ZipFile, members, target: Path, max_total_b
             with archive.open(member) as src, open(out, "wb") as dst:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     written += len(chunk)
-                    if written > max_total_bytes:
-                        raise error(f"The zip unpacks to more than {max_total_bytes / 1e6:,.0f} MB "
+                    if written > rules.max_bytes:
+                        raise error(f"The zip unpacks to more than {rules.max_bytes / 1e6:,.0f} MB "
                                     f"(its headers understate the sizes); {outcome}.")
                     dst.write(chunk)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
@@ -165,4 +232,3 @@ def extract_members(archive: zipfile.ZipFile, members, target: Path, max_total_b
                         f"compression ({exc.__class__.__name__}); {outcome}.") from None
         except OSError as exc:  # a name this file system refuses, or a full disk
             raise error(f"'{member.filename}' could not be written ({exc.strerror}); {outcome}.") from None
-

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import stat
 import zipfile
 from pathlib import Path
 
@@ -103,30 +102,15 @@ def test_a_run_zipped_from_the_project_folder_is_found_one_level_down(transfer_z
 
 @pytest.mark.parametrize("name, message", [
     ("../run/config.json", "leaves its folder"),
-    ("run/../../x.json", "leaves its folder"),
-    ("/etc/run/x.json", "absolute path"),
-    ("C:/run/x.json", "absolute path"),
+    ("1:/run/x.json", "absolute path"),  # the stricter of the two drive tests the Lab had
 ])
-def test_paths_leaving_the_folder_are_refused_before_anything_is_written(transfer_zip, tmp_path, name, message):
+def test_unsafe_members_are_refused_before_anything_is_written(transfer_zip, tmp_path, name, message):
+    """Run imports are vetted by core.safety.zips, as dataset zips are; tests/unit/safety/test_zips.py
+    holds every case (paths, links, encryption) for both."""
     data = make_zip(entries_of(transfer_zip) | {name: b"{}"})
-    with pytest.raises(LabError, match=message):
+    with pytest.raises(LabError, match=f"{message} .*; refusing to import it"):
         import_run_zip(data, tmp_path / "runs")
     assert left_behind(tmp_path / "runs") == []
-
-
-def test_symlinks_are_refused(transfer_zip, tmp_path):
-    entries = entries_of(transfer_zip)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-        link = zipfile.ZipInfo(next(iter(entries)).split("/")[0] + "/notes.txt")
-        link.create_system = 3
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(link, "/etc/passwd")
-    with pytest.raises(LabError, match="symbolic link"):
-        import_run_zip(buffer.getvalue(), tmp_path)
-    assert left_behind(tmp_path) == []
 
 
 def test_too_many_files_or_too_many_bytes_are_refused(transfer_zip, tmp_path):

@@ -1,4 +1,5 @@
-"""Unpacking uploaded zips: images in, everything unsafe refused before a byte is written."""
+"""Zips from a browser: the one vetting (core.safety.zips) that dataset zips and run imports share, and
+unpacking uploaded datasets: images in, everything unsafe refused before a byte is written."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,12 @@ import zipfile
 import pytest
 from PIL import Image
 
-from core.safety.zips import extract_zip
+from core.runs.archives import RUN_ZIP
+from core.safety.zips import DATASET_ZIP, extract_zip, vetted_files
 from core.settings.errors import DataError
+
+# Both kinds of zip, each with the error it raises and the word its refusals use.
+BOTH = pytest.mark.parametrize("rules", [DATASET_ZIP, RUN_ZIP], ids=["dataset", "run"])
 
 
 def png(colour=(200, 30, 30)) -> bytes:
@@ -25,6 +30,36 @@ def make_zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> byt
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def with_member(entries: dict[str, bytes], info: zipfile.ZipInfo, data: bytes) -> bytes:
+    """A zip of entries plus one member written from a hand-made ZipInfo (a symlink, an encrypted file)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+        archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def encrypted(data: bytes, name: str) -> bytes:
+    """data with member `name` marked encrypted in the central directory (zipfile cannot write one)."""
+    data = bytearray(data)
+    at = data.rfind(b"PK\x01\x02", 0, data.rfind(name.encode()))
+    struct.pack_into("<H", data, at + 8, struct.unpack_from("<H", data, at + 8)[0] | 0x1)
+    return bytes(data)
+
+
+def symlink(name: str) -> zipfile.ZipInfo:
+    link = zipfile.ZipInfo(name)
+    link.create_system = 3  # unix, where the mode bits below mark a symbolic link
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return link
+
+
+def vet(data: bytes, rules):
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return vetted_files(archive, rules)
 
 
 def class_zip(prefix: str = "") -> dict[str, bytes]:
@@ -51,14 +86,29 @@ def test_a_wrapper_folder_is_looked_through_and_a_second_upload_reuses_the_first
     assert again.reused and again.root == first.root and again.images == 5
 
 
-@pytest.mark.parametrize("name, message", [
+ESCAPING = [
     ("../evil.png", "leaves its folder"),
     ("cats/../../evil.png", "leaves its folder"),
-    ("/etc/evil.png", "absolute path"),
-    ("C:/Windows/evil.png", "absolute path"),
+    ("run/../../x.json", "leaves its folder"),
     ("..\\evil.png", "leaves its folder"),
-])
-def test_paths_that_escape_are_refused_and_nothing_is_written(tmp_path, name, message):
+    ("/etc/evil.png", "absolute path"),
+    ("\\\\server\\share\\evil.png", "absolute path"),
+    ("C:/Windows/evil.png", "absolute path"),
+    ("c:evil.png", "absolute path"),
+    # Not a drive letter, but no zip the Lab writes starts so: refused for both kinds, the stricter way.
+    ("1:/evil.png", "absolute path"),
+]
+
+
+@BOTH
+@pytest.mark.parametrize("name, message", ESCAPING)
+def test_paths_that_escape_are_refused_with_each_kind_of_zip_wording(rules, name, message):
+    with pytest.raises(rules.error, match=rf"^The zip contains .*{message} \('.*'\); refusing to {rules.action} it\.$"):
+        vet(make_zip(class_zip() | {name: png()}), rules)
+
+
+@pytest.mark.parametrize("name, message", ESCAPING)
+def test_a_dataset_zip_with_an_escaping_path_writes_nothing(tmp_path, name, message):
     target = tmp_path / "uploads"
     with pytest.raises(DataError, match=message):
         extract_zip(make_zip(class_zip() | {name: png()}), target)
@@ -66,17 +116,16 @@ def test_paths_that_escape_are_refused_and_nothing_is_written(tmp_path, name, me
     assert not (tmp_path / "evil.png").exists()
 
 
-def test_symlinks_are_refused(tmp_path):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in class_zip().items():
-            archive.writestr(name, data)
-        link = zipfile.ZipInfo("cats/link.png")
-        link.create_system = 3
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(link, "/etc/passwd")
-    with pytest.raises(DataError, match="symbolic link"):
-        extract_zip(buffer.getvalue(), tmp_path)
+@BOTH
+def test_symlinks_and_encrypted_members_are_refused(rules, tmp_path):
+    with pytest.raises(rules.error, match=rf"symbolic link \('cats/link.png'\); refusing to {rules.action} it"):
+        vet(with_member(class_zip(), symlink("cats/link.png"), b"/etc/passwd"), rules)
+    with pytest.raises(rules.error, match="password-protected"):
+        vet(encrypted(make_zip(class_zip()), "cats/1.png"), rules)
+    if rules is DATASET_ZIP:
+        with pytest.raises(DataError, match="symbolic link"):
+            extract_zip(with_member(class_zip(), symlink("cats/link.png"), b"/etc/passwd"), tmp_path)
+        assert not any(tmp_path.iterdir())
 
 
 def test_too_many_files_or_too_many_bytes_are_refused(tmp_path):
@@ -108,3 +157,36 @@ def test_not_a_zip_and_a_zip_without_images_say_what_to_upload(tmp_path):
         extract_zip(png(), tmp_path)
     with pytest.raises(DataError, match="no images"):
         extract_zip(make_zip({"readme.md": b"# hi", "data.csv": b"a,b"}), tmp_path)
+
+
+# ---------------------------------------------------------------- more classes than a run may record
+
+
+def test_a_zip_of_5000_classes_is_refused_before_anything_is_unpacked(tmp_path):
+    """Thousands of classes would train, then give a run that the run list calls damaged."""
+    data = make_zip({f"pets/c{i:04d}/0.png": b"" for i in range(5000)}, zipfile.ZIP_STORED)
+    with pytest.raises(DataError, match=r"^This dataset has 5,000 classes; the Lab trains on at most 1,000\.$"):
+        extract_zip(data, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("folders, classes", [
+    (["cats", "dogs", "birds/a"], 3),
+    (["holiday/pets/cats", "holiday/pets/dogs"], 2),  # wrapper folders are looked through
+    (["train/cats", "train/dogs", "train/owls", "val/cats", "val/owls", "train"], 3),  # train/*.png: no class
+    (["d/train/cats", "d/train/dogs", "d/validation/dogs", "d/validation/cats"], 2),
+    (["train/cats", "train/dogs"], 2),  # a lone train/ is a wrapper folder, looked through
+    (["", "cats", "dogs"], 2),  # images beside the class folders stop the descent
+    (["train/cats", "train/dogs", "birds"], 2),  # train/ without val/ is a class folder
+])
+def test_classes_are_counted_as_the_folder_source_will_find_them(tmp_path, folders, classes):
+    from core.data.sources import FolderSource
+    from core.settings.config import DataConfig
+
+    data = make_zip({f"{folder}/{i}.png".lstrip("/"): png() for folder in folders for i in range(2)})
+    result = extract_zip(data, tmp_path)
+    assert result.classes == classes
+    if classes > 1:
+        assert FolderSource(result.root, DataConfig(source=result.source)).info.num_classes == classes
+    again = extract_zip(data, tmp_path)
+    assert again.reused and again.classes == classes
