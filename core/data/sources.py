@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -324,10 +326,12 @@ class TfdsSource:
     def _counts(self) -> dict[str, dict[str, int]]:
         cache = self.data_dir / f"{self.name}.lab-counts.json"
         key = json.dumps([str(self.builder.info.version), self.split_specs, self.limits])
-        if cache.is_file():
+        try:
             stored = json.loads(cache.read_text())
             if stored.get("key") == key:
                 return stored["counts"]
+        except (OSError, ValueError, AttributeError):  # not counted yet, or a file cut short: count again
+            pass
         counts = {}
         for split in SPLITS:
             labels = self._limited(self._raw(split, decode=False), split).map(lambda _, y: y)
@@ -337,9 +341,12 @@ class TfdsSource:
             counts[split] = {n: int(tally.get(i, 0)) for i, n in enumerate(self.class_names)}
         if self.builder.is_prepared():
             # Counting reads the whole dataset once; a cache folder that cannot be written only costs speed.
+            # Written beside it and renamed: another session opening the same dataset never reads half of it.
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                cache.write_text(json.dumps({"key": key, "counts": counts}))
+                with tempfile.NamedTemporaryFile("w", dir=cache.parent, prefix=f".{cache.name}-", delete=False) as fh:
+                    json.dump({"key": key, "counts": counts}, fh)
+                os.replace(fh.name, cache)
             except OSError:
                 logger.warning("Could not cache TFDS counts in %s", cache)
         return counts

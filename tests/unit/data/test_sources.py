@@ -1,6 +1,7 @@
 """Dataset sources: TFDS through tfds.testing.mock_data, image folders with every layout and oddity."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -113,6 +114,18 @@ def test_tfds_grayscale_dataset_feeds_rgb_batches(mock_tfds):
     assert source.info.class_names == [str(i) for i in range(10)]
     x, _ = next(iter(make_pipeline(source, TRAIN, config, training=False)))
     assert x.shape == (5, SIZE, SIZE, 3)
+
+
+def test_tfds_counts_cut_short_by_another_session_are_counted_again(mock_tfds, tmp_path):
+    from core.settings.paths import tfds_dir
+
+    config = DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=8)
+    counts = open_source(config).info.counts
+    cache = tfds_dir() / "cats_vs_dogs.lab-counts.json"
+    cache.write_text(cache.read_text()[:20])  # as read while another session was writing it
+    assert open_source(config).info.counts == counts
+    assert json.loads(cache.read_text())["counts"] == counts
+    assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".cats_vs_dogs")] == []
 
 
 def test_tfds_unknown_name_is_a_data_error(mock_tfds):
