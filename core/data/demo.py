@@ -6,10 +6,23 @@
 - make_demo_folder (coloured circles, squares, triangles) and make_demo_backbone (fixed random filters,
   never trained) are cheap fixtures for tests that need a learnable folder and a loadable module, not a
   lesson; make_mobilenet_backbone has the real module's shape and speed for benchmarks.
+- prepare_once builds a folder of the shared cache (the demo's dataset and backbone) once, however many
+  sessions and processes ask for it at the same moment.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -151,3 +164,117 @@ def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
                                             input_shape=(image_size, image_size, 3))
     save_feature_extractor(net, path, (image_size, image_size, 3))
     return Path(path)
+
+
+# (fraction done in [0, 1], message): how a page or the CLI follows a preparation.
+Progress = Callable[[float, str], None]
+T = TypeVar("T")
+WAIT_POLL_SECONDS = 0.25  # how often a caller waiting for another's preparation looks at its progress
+
+
+def prepare_once(final: Path, ready: Callable[[Path], bool], build: Callable[[Path, Progress | None], T],
+                 progress: Progress | None = None) -> T | None:
+    """Make folder `final` of the shared cache with build(folder, progress), once, however many threads and
+    processes ask at the same moment (sessions of one server share a process, a workshop's first minute
+    brings several, the command line may run beside them).
+
+    One caller at a time holds an exclusive lock on a file beside final and builds into a temporary folder
+    of its own, renamed into place only when complete, so nobody ever sees a half-written final. The others
+    wait for the lock, passing the builder's progress on to their own callback meanwhile, then find final
+    ready and use it. Returns build's result, or None when final was ready (at once or after waiting).
+    """
+    if ready(final):
+        return None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    status = final.parent / f".{final.name}.progress"
+    with open(final.parent / f".{final.name}.lock", "a+") as lock:
+        _wait_for(lock, status, progress)
+        try:
+            if ready(final):  # built by the caller that held the lock before
+                return None
+            # Only the lock's holder makes these: any left are a killed builder's.
+            for left in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+                _remove(left)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+            try:
+                same_permissions(tmp, final.parent)
+                result = build(tmp, _reporting(status, f".{final.name}.tmp-", progress))
+                _publish(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return result
+        finally:
+            status.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _wait_for(lock, status: Path, progress: Progress | None) -> None:
+    """Take the lock; until then, pass the holder's progress (from its status file) on to progress."""
+    if progress is None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return
+    shown = None
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        try:
+            fraction, message = json.loads(status.read_text())
+            news = (float(fraction), str(message))
+        except (OSError, ValueError, TypeError):  # not written yet
+            news = None
+        if news is not None and news != shown:
+            shown = news
+            progress(*news)
+        time.sleep(WAIT_POLL_SECONDS)
+
+
+def _reporting(status: Path, prefix: str, progress: Progress | None) -> Progress:
+    """progress, also written to the status file for the callers waiting for the lock (through a file
+    named prefix..., which a later builder removes if this one is killed before renaming it)."""
+    def report(fraction: float, message: str) -> None:
+        written = None
+        # Best effort: a status that cannot be written only leaves the waiting callers without news.
+        try:
+            with tempfile.NamedTemporaryFile("w", dir=status.parent, prefix=f"{prefix}status-", delete=False) as fh:
+                written = Path(fh.name)
+                json.dump([float(fraction), str(message)], fh)
+            os.replace(written, status)  # waiting callers never read half a status
+        except (OSError, TypeError, ValueError):
+            if written:
+                with contextlib.suppress(OSError):
+                    written.unlink()
+        if progress:
+            progress(fraction, message)
+
+    return report
+
+
+def same_permissions(folder: Path, like: Path) -> None:
+    """Give a mkdtemp folder, its owner's alone, the read/write/search bits of `like` (the folder it is
+    published in), as a folder made with mkdir would have; bits such as an inherited set-group-id stay."""
+    own = stat.S_IMODE(folder.stat().st_mode)
+    os.chmod(folder, (own & ~0o777) | (stat.S_IMODE(like.stat().st_mode) & 0o777))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename tmp to final; an outdated final (another version's, or size's) is moved aside first, since a
+    rename cannot replace a folder that has files in it."""
+    if final.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        os.rename(final, aside)  # onto the empty folder mkdtemp made
+        os.rename(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(tmp, final)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +81,7 @@ def _epoch_reporter(progress: Progress, epochs: int):
 
 
 def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEED) -> PretrainReport:
-    """Train the backbone on the source shapes and save it to path (which must not exist yet)."""
+    """Train the backbone on the source shapes and save it to path (a new or empty folder)."""
     import numpy as np
     import tf_keras
 
@@ -127,28 +125,20 @@ def backbone_dir(root: Path | None = None) -> Path:
 def ensure_backbone(root: Path | None = None, progress: Progress | None = None) -> tuple[Path, PretrainReport | None]:
     """The pretrained backbone's folder, pretraining it first if this version is not cached yet.
 
-    Returns (folder, report of the pretraining, or None when the cached one was reused). Built in a
-    temporary folder and renamed, so a killed pretraining never leaves a folder that looks complete.
+    Returns (folder, report of the pretraining, or None when the cached one was reused, or pretrained
+    meanwhile by another session or process, whose progress this one followed). Pretrained once however
+    many ask at the same moment, in a temporary folder renamed into place (core.data.demo.prepare_once),
+    so a killed pretraining never leaves a folder that looks complete.
     """
+    from core.data.demo import prepare_once
+
     final = backbone_dir(root)
-    if (final / INFO_FILE).is_file():
+    report = prepare_once(final, lambda folder: (folder / INFO_FILE).is_file(),
+                          lambda folder, report_to: pretrain(folder, report_to), progress)
+    if report is None:
         if progress:
             progress(1.0, "Demo backbone already pretrained (cached).")
         return final, None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        report = pretrain(tmp, progress)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / INFO_FILE).is_file():  # not another process finishing the same work first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("pretrained the demo backbone into %s in %.1f s", final, report.seconds)
     return final, report
 
@@ -174,26 +164,25 @@ def prepare_demo(data_root: Path | None = None, per_class: int | None = None,
                  progress: Progress | None = None) -> DemoAssets:
     """Write the demo dataset (once per version and size) into data_root, default the cache folder's
     demo/, and pretrain the backbone into the cache folder unless it is there already."""
-    from core.data.demo import DEMO_PER_CLASS, make_scenes_folder
+    from core.data.demo import DEMO_PER_CLASS, make_scenes_folder, prepare_once
     from core.settings.paths import cache_dir
 
     per_class = per_class or DEMO_PER_CLASS
     folder = Path(data_root) if data_root else cache_dir() / "demo" / f"scenes-v{BACKBONE_VERSION}"
     stamp = f"version {BACKBONE_VERSION}, {per_class} per class\n"
-    ready = folder / "ready"
-    if not (ready.is_file() and ready.read_text() == stamp):
-        if progress:
-            progress(0.0, "Drawing the demo dataset (hearts, crescents, arrows) ...")
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def ready(path: Path) -> bool:
+        try:
+            return (path / "ready").read_text() == stamp
+        except OSError:
+            return False
+
+    def draw(tmp: Path, report_to: Progress) -> None:
+        report_to(0.0, "Drawing the demo dataset (hearts, crescents, arrows) ...")
         make_scenes_folder(tmp, per_class)
         (tmp / "ready").write_text(stamp)
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (ready.is_file() and ready.read_text() == stamp):  # unless another process finished first
-                raise
+
+    # Drawn once however many sessions ask at the same moment; another size's folder is replaced.
+    prepare_once(folder, ready, draw, progress)
     backbone, report = ensure_backbone(progress=progress)
     return DemoAssets(f"folder:{folder}", backbone, report)
