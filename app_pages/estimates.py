@@ -1,7 +1,7 @@
 """The Experiments page's duration estimates: models timed on this machine, cached for every session.
 
 Timing a model is the same work for every visitor of this server, so st.cache_data shares the results;
-core.training.estimate does the measuring and the arithmetic. Where runs of a setting finished here
+core.training.timing measures in a child process and core.training.estimate does the arithmetic. Where runs of a setting finished here
 already, their recorded costs (read fresh each time: a run may have just finished) replace the timing.
 """
 import dataclasses
@@ -13,25 +13,33 @@ from core.settings.config import DataConfig, ModelKind, TrainConfig, validate
 from core.training.estimate import Estimate, Observed, estimate_run, observed_timing
 
 
+# Timing is the same work for every visitor, so its results are shared; it runs in a child process
+# (core.training.timing), so a visitor waiting for it holds nothing the other visitors need.
 @st.cache_data(show_spinner=False, max_entries=32)
 def model_speed(kind_value: str, image_size: int, batch_size: int, handle: str, num_classes: int):
-    from core.training.estimate import measure_speed
+    from core.training import timing
 
-    return measure_speed(ModelKind(kind_value), image_size, batch_size, handle, num_classes)
+    return timing.speed(ModelKind(kind_value), image_size, batch_size, handle, num_classes, _lock_folder())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def decode_speed(source: str, image_size: int, batch_size: int) -> float:
-    from core.training.estimate import measure_decode
+    from core.training import timing
 
-    return measure_decode(open_source_cached(source), image_size, batch_size)
+    return timing.decode(source, image_size, batch_size, _lock_folder())
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def fine_tune_speed(image_size: int, batch_size: int, handle: str, num_classes: int) -> tuple[float, float]:
-    from core.training.estimate import measure_fine_tune
+    from core.training import timing
 
-    return measure_fine_tune(image_size, batch_size, handle, num_classes)
+    return timing.fine_tune(image_size, batch_size, handle, num_classes, _lock_folder())
+
+
+def _lock_folder():
+    from core.training.board import jobs_root
+
+    return jobs_root(runs_folder())
 
 
 def available(source: str) -> tuple[int, int, int]:
