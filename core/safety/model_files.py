@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.models.hub import resolve_relative
+from core.safety.savedmodel_ops import check_savedmodel
 from core.settings.errors import LabError, ModelFileError
 from core.settings.text import megabytes
 
@@ -410,57 +411,6 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
         info = ModelFileInfo(info.path, info.input_size, info.num_outputs,
                              [f"class {i}" for i in range(info.num_outputs)], info.hub_handles, info.softmax_output)
     return model, info
-
-
-# Operations that reach outside the graph: files, Python, summaries, remote calls. A SavedModel is a program;
-# one that came in a stranger's run zip must not read or write the server's files when it runs.
-OUTSIDE_OPS = frozenset({
-    "ReadFile", "WriteFile", "MatchingFiles", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc",
-    "PrintV2", "DecodeProtoV2", "EncodeProto", "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
-    "LoadAndRemapMatrix", "GenerateVocabRemapping", "Save", "SaveSlices", "Restore", "RestoreSlice",
-    "TFRecordDataset", "TFRecordDatasetV2", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2",
-    "TextLineDataset", "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset",
-    "ExperimentalSqlDataset", "LMDBDataset", "ExperimentalLMDBDataset", "SnapshotDataset", "SnapshotDatasetV2",
-    "SaveDataset", "SaveDatasetV2", "LoadDataset", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord",
-    "WholeFileReader", "WholeFileReaderV2", "TextLineReader", "TextLineReaderV2", "TFRecordReader",
-    "TFRecordReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2", "LMDBReader", "IdentityReader",
-    "IdentityReaderV2", "CreateSummaryFileWriter", "CreateSummaryDbWriter", "WriteSummary", "WriteScalarSummary",
-    "WriteImageSummary", "WriteAudioSummary", "WriteHistogramSummary", "WriteGraphSummary",
-    "WriteRawProtoSummary", "ImportEvent", "DebugIdentity", "DebugIdentityV2", "DebugIdentityV3", "Rpc",
-    "TryRpc", "RpcServer", "RpcClient", "RpcCall", "RpcServerStart", "RpcServerRegister",
-})
-# Checkpoint reading and writing, allowed only inside the SavedModel's own save and restore functions.
-CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename"})
-MAX_SAVEDMODEL_PB_BYTES = 200 * 10**6
-
-
-def check_savedmodel(folder: str | Path) -> None:
-    """Refuse a SavedModel whose graph reaches outside itself (OUTSIDE_OPS, or checkpoint I/O outside its
-    save and restore functions), read without running any of it."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = Path(folder) / "saved_model.pb"
-    try:
-        if pb.stat().st_size > MAX_SAVEDMODEL_PB_BYTES:
-            raise ModelFileError(f"The SavedModel '{folder}' is larger than {megabytes(MAX_SAVEDMODEL_PB_BYTES)}.")
-        saved = saved_model_pb2.SavedModel()
-        saved.ParseFromString(pb.read_bytes())
-    except LabError:
-        raise
-    except Exception as exc:
-        raise ModelFileError(f"The SavedModel '{folder}' is unreadable ({exc.__class__.__name__}).") from None
-    for graph in saved.meta_graphs:
-        savers = set()
-        for node in graph.graph_def.node:
-            # The saver's save and restore ops call the functions that do checkpoint I/O.
-            if node.name in (graph.saver_def.save_tensor_name.split(":")[0], graph.saver_def.restore_op_name):
-                savers.add(node.attr["f"].func.name)
-        bodies = [("", graph.graph_def.node)] + [(f.signature.name, f.node_def) for f in graph.graph_def.library.function]
-        for function, nodes in bodies:
-            for node in nodes:
-                if node.op in OUTSIDE_OPS or (node.op in CHECKPOINT_OPS and function not in savers):
-                    raise ModelFileError(f"The SavedModel '{folder}' contains a {node.op} operation, which reaches "
-                                         "outside the model (files or code); refusing to load it.")
 
 
 def rewrite_hub_handles(src: str | Path, dst: str | Path, mapping: dict[str, str]) -> None:
