@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import secrets
 import time
 from pathlib import Path
 
+from core.settings.files import read_json, write_atomically
 from core.settings.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,8 @@ def load_choices(token: str) -> dict:
     """What was saved under token, or {} for an unknown, malformed or oversized file."""
     if not is_token(token):
         return {}
-    path = _folder() / f"{token}.json"
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            return {}
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return plain_choices(data) if isinstance(data, dict) else {}
+    data = read_json(_folder() / f"{token}.json", dict, max_bytes=MAX_BYTES)
+    return plain_choices(data) if data is not None else {}
 
 
 def save_choices(token: str, values: dict) -> None:
@@ -76,9 +70,7 @@ def save_choices(token: str, values: dict) -> None:
         return
     folder = _folder()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{token}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, folder / f"{token}.json")
+    write_atomically(folder / f"{token}.json", text)
     if secrets.randbelow(50) == 0:  # now and then, not on every save
         _prune(folder)
 

@@ -1,0 +1,46 @@
+"""Worker processes: a module of the Lab started as `python -m MODULE ARGS`, and whether a pid still lives.
+
+Trainings (core.training.worker) and TFDS downloads (core.data.downloads) run in processes of their own,
+never in the server that shows them: a crash or an out-of-memory kill then ends that work only.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch_module(module: str, args: Iterable[str | os.PathLike], log_path: str | Path, *, append_log: bool = True,
+                  env_defaults: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start `python -m module args` with this interpreter, from the repository's root, its output in log_path.
+
+    The repository is put first on PYTHONPATH, so the worker imports this checkout whatever the server's
+    working folder. env_defaults are set only where the environment has no value of its own. The worker
+    gets a session of its own: a page's rerun, a closed tab or Ctrl-C in the server's terminal leaves it
+    alone; whoever started it stops it on purpose.
+    """
+    env = {**(env_defaults or {}), **os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    with open(log_path, "ab" if append_log else "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO_ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def pid_alive(pid) -> bool:
+    """Whether a process with this pid exists (one of another user's counts too); False for what is not a pid."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
