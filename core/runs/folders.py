@@ -7,7 +7,6 @@ killed process never leaves a folder that looks complete. This module does not i
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from core.runs.schema import RunSchemaError, load_layers, load_run_json
 from core.settings.errors import LabError
+from core.settings.files import write_json  # run files are written whole: readers never see half of one
+from core.settings.processes import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +33,6 @@ MAX_SUMMARY_CHARS = 200_000  # MobileNetV2's full Keras summary is about 40,000
 
 def new_run_id(model: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{secrets.token_hex(2)}"
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file.
-
-    The temporary name is unique to this call, not just this process: two sessions of one server (two
-    threads) evaluating the same run each write their own file, and the last rename wins whole. On a
-    failed write (a full or read-only disk) the temporary file is removed and the old file left as it was.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def disk_error(exc: OSError, doing: str, where: Path) -> LabError:
@@ -242,19 +227,6 @@ def list_runs(runs_dir: str | Path) -> RunListing:
             incomplete.append(child)
     runs.sort(key=_finished_at, reverse=True)
     return RunListing(runs, incomplete)
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process with this pid exists (one of another user's counts too)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_incomplete(runs_dir: str | Path) -> list[Path]:

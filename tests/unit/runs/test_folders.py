@@ -267,10 +267,10 @@ def test_write_json_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tm
     target = tmp_path / "metrics.json"
     write_json(target, {"old": True})
 
-    def full(self, *args, **kwargs):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", full)
+    monkeypatch.setattr(os, "write", full)  # where the bytes reach the disk
     with pytest.raises(OSError):
         write_json(target, {"old": False})
     monkeypatch.undo()

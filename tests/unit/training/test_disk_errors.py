@@ -86,7 +86,7 @@ def test_evaluating_on_a_full_disk_keeps_the_previous_evaluation(trained_runs, t
     run = Path(shutil.copytree(trained_runs["baseline"], tmp_path / "run"))
     before = (run / "evaluation.json").read_text()
     thumbnails = sorted(p.relative_to(run) for p in (run / "evaluation").rglob("*"))
-    monkeypatch.setattr(folders.Path, "write_text", raiser(FULL))
+    monkeypatch.setattr(folders.os, "write", raiser(FULL))  # where the bytes reach the disk
     with pytest.raises(LabError, match=r"^Could not store the evaluation in .* \(No space left on device\)"):
         evaluate_run(run)
     monkeypatch.undo()
