@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from core.settings.errors import DataError, OfflineError
+from core.settings.files import is_disk_full, read_json, write_json
+from core.settings.processes import launch_module
 from core.settings.text import duration, megabytes, percent
 
 ARTICLE_DATASET = "cats_vs_dogs"
@@ -44,6 +45,7 @@ POLL_SECONDS = 0.5
 SHUFFLE_BUFFER_BYTES = 64 * 1024**2
 LOCK_WAIT_SECONDS = 3.0  # a new worker's patience with a lock that a status check holds for a moment
 EXIT_BUSY = 3  # the worker found another one holding the lock
+STATUS_MAX_BYTES = 64 * 1024  # a status is a few hundred bytes; anything larger was not written by a worker
 
 STARTING, DOWNLOADING, PREPARING, DONE, FAILED, CANCELLED = (
     "starting", "downloading", "preparing", "done", "failed", "cancelled")
@@ -104,6 +106,27 @@ class DownloadStatus:
         return f"Starting the download of TFDS '{self.dataset}' ..."
 
 
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+# What each field of a status file must be, so that a damaged file reads as no status, not a broken line.
+_STATUS_TYPES = {"dataset": _text, "phase": _text, "done": _count, "total": _optional(_count),
+                 "rate": _optional(_number), "url": _text, "pid": _count, "error": _text, "updated": _number}
+
+
 def _lock_path(data_dir: Path, name: str) -> Path:
     return Path(data_dir) / f"{name}.lab-download.lock"
 
@@ -112,24 +135,28 @@ def _status_path(data_dir: Path, name: str) -> Path:
     return Path(data_dir) / f"{name}.lab-download.json"
 
 
+def _log_path(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / f"{name}.lab-download.log"
+
+
 def manual_dir(data_dir: Path) -> Path:
     """TFDS's manual download folder: a verified copy of an archive placed here is used instead of the URL."""
     return Path(data_dir) / "downloads" / "manual"
 
 
 def read_status(data_dir: Path, name: str) -> DownloadStatus | None:
-    try:
-        raw = json.loads(_status_path(data_dir, name).read_text())
-        return DownloadStatus(**{k: raw[k] for k in DownloadStatus.__dataclass_fields__ if k in raw})
-    except (OSError, ValueError, TypeError):
+    """The worker's last status of the dataset; None when there is none, or none that reads as one."""
+    raw = read_json(_status_path(data_dir, name), dict, max_bytes=STATUS_MAX_BYTES)
+    if raw is None:
         return None
+    values = {k: raw[k] for k in DownloadStatus.__dataclass_fields__ if k in raw}
+    if "dataset" not in values or not all(_STATUS_TYPES[k](v) for k, v in values.items()):
+        return None
+    return DownloadStatus(**values)
 
 
 def _write_status(data_dir: Path, status: DownloadStatus) -> None:
-    path = _status_path(data_dir, status.dataset)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(replace(status, updated=time.time()))))
-    os.replace(tmp, path)  # readers never see half a file
+    write_json(_status_path(data_dir, status.dataset), asdict(replace(status, updated=time.time())), indent=None)
 
 
 def is_running(data_dir: Path, name: str) -> bool:
@@ -310,8 +337,7 @@ def _failure_message(exc: BaseException, name: str, url: str, data_dir: Path, do
     if any(type(e).__name__ == "NonMatchingChecksumError" for e in chain):
         return (f"The file downloaded from {url} does not match its registered size and checksum (changed or "
                 f"damaged), so it was not used. Next: try again later, or {fallback}.")
-    space_errnos = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-    if any(isinstance(e, OSError) and e.errno in space_errnos for e in chain) or "No space left" in text:
+    if any(is_disk_full(e) for e in chain) or "No space left" in text:
         free = shutil.disk_usage(data_dir).free if Path(data_dir).exists() else 0
         need = f", about {megabytes(total * SPACE_FACTOR)} needed" if total else ""
         doing = "downloading" if phase != PREPARING else "preparing the examples of"
@@ -427,15 +453,10 @@ _workers_lock = threading.Lock()
 
 
 def _start_worker(name: str, data_dir: Path) -> subprocess.Popen:
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-               TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(Path(data_dir) / f"{name}.lab-download.log", "wb") as log:
-        # A session of its own: a page's rerun or a closed tab does not stop the download; `cancel` does.
-        return subprocess.Popen([sys.executable, "-m", "core.data.downloads", name, str(data_dir)], cwd=root,
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    # A session of its own: a page's rerun or a closed tab does not stop the download; `cancel` does.
+    return launch_module("core.data.downloads", [name, data_dir], _log_path(data_dir, name), append_log=False,
+                         env_defaults={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 def open_builder(name: str, data_dir: Path):
@@ -471,11 +492,11 @@ def preparation(name: str, data_dir: Path | None = None, poll: float = POLL_SECO
     archives = planned_archives(builder)
     local = bool(archives) and len(manual_copies(data_dir, archives)) == len(archives)
     hosts = () if local else hosts_of(a.url for a in archives) or DOWNLOAD_HOSTS
-    yield from follow(name, data_dir, builder.is_prepared, hosts, poll)
+    yield from follow_download(name, data_dir, builder.is_prepared, hosts, poll)
 
 
-def follow(name: str, data_dir: Path, is_prepared: Callable[[], bool], hosts: tuple = (),
-           poll: float = POLL_SECONDS) -> Iterator[DownloadStatus]:
+def follow_download(name: str, data_dir: Path, is_prepared: Callable[[], bool], hosts: tuple = (),
+                    poll: float = POLL_SECONDS) -> Iterator[DownloadStatus]:
     """Statuses of the dataset's download until it is prepared, starting a worker unless one is running.
 
     A worker already running (another session, the CLI) is followed, never doubled. Raises DataError with
@@ -510,7 +531,7 @@ def follow(name: str, data_dir: Path, is_prepared: Callable[[], bool], hosts: tu
                 yield status
             return
         if followed:
-            log = data_dir / f"{name}.lab-download.log"
+            log = _log_path(data_dir, name)
             raise DataError(f"The download of TFDS '{name}' stopped before it finished (its worker process ended; "
                             f"its output is in {log}). Load again to start over.")
         if hosts and not is_online(hosts):

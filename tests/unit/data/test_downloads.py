@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 
 import pytest
 
@@ -96,3 +97,35 @@ def test_a_configured_mirror_joins_the_hosts_the_sidebar_asks(monkeypatch):
     assert configured_hosts() == core.data.network.DOWNLOAD_HOSTS
     monkeypatch.setenv("LAB_CATS_VS_DOGS_URL", "http://127.0.0.1:8123/a.zip")
     assert configured_hosts()[-1] == ("127.0.0.1", 8123)
+
+
+def test_a_damaged_status_file_reads_as_no_status(tmp_path):
+    from core.data.downloads import read_status
+
+    path = tmp_path / "cats_vs_dogs.lab-download.json"
+    for text in ("[" * 100_000, json.dumps({"dataset": "cats_vs_dogs", "phase": DOWNLOADING, "done": "lots"}),
+                 json.dumps({"phase": DOWNLOADING}), json.dumps(["cats_vs_dogs"])):
+        path.write_text(text)
+        assert read_status(tmp_path, "cats_vs_dogs") is None
+    path.write_text(json.dumps({"dataset": "cats_vs_dogs", "phase": DOWNLOADING, "done": 5, "total": None,
+                                "rate": 1.5, "url": "https://example.org/a.zip", "pid": 7, "updated": 1.0}))
+    assert read_status(tmp_path, "cats_vs_dogs").line() == "Downloading https://example.org/a.zip: 0.000 MB, 0.000 MB/s"
+
+
+def test_a_status_written_on_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from core.data.downloads import _write_status, read_status
+
+    _write_status(tmp_path, DownloadStatus("cats_vs_dogs", DOWNLOADING, done=5))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        _write_status(tmp_path, DownloadStatus("cats_vs_dogs", DOWNLOADING, done=6))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["cats_vs_dogs.lab-download.json"]
+    assert read_status(tmp_path, "cats_vs_dogs").done == 5
