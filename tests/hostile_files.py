@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 
 def lambda_model_file(tmp_path: Path, wrapped: bool = False) -> tuple[Path, Path]:
@@ -67,4 +68,88 @@ def hostile_run(src: Path, runs_dir: Path, name: str = "20300101-000000-hostile"
         f.attrs["lab_class_names"] = json.dumps(XSS_CLASSES)
     shutil.rmtree(dst / "evaluation", ignore_errors=True)
     (dst / "evaluation.json").unlink(missing_ok=True)
+    return dst
+
+
+# ---------------------------------------------------------------- .h5 files whose data lies outside or is not there
+
+
+def replace_dataset(src: Path, dst: Path, path: str, make) -> Path:
+    """A copy of an .h5 whose dataset at path is deleted and made again by make(f, path, shape, dtype)."""
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "a") as f:
+        shape, dtype = f[path].shape, f[path].dtype
+        del f[path]
+        make(f, path, shape, dtype)
+    return dst
+
+
+def with_external_storage(src: Path, dst: Path, path: str, outside: Path) -> Path:
+    """The weight at path keeps its bytes in the file outside (HDF5 external storage), from its start."""
+    def make(f, name, shape, dtype):
+        size = int(np.prod(shape)) * dtype.itemsize
+        f.create_dataset(name, shape, dtype, external=[(str(outside), 0, size)])
+
+    return replace_dataset(src, dst, path, make)
+
+
+def with_virtual_weight(src: Path, dst: Path, path: str, source: Path, values) -> Path:
+    """The weight at path is a virtual dataset whose values are the dataset 'data' of another HDF5 file."""
+    with h5py.File(source, "w") as other:
+        other["data"] = values
+
+    def make(f, name, shape, dtype):
+        layout = h5py.VirtualLayout(shape, dtype)
+        layout[...] = h5py.VirtualSource(str(source), "data", shape=shape)
+        f.create_virtual_dataset(name, layout)
+
+    return replace_dataset(src, dst, path, make)
+
+
+def with_external_link(src: Path, dst: Path, path: str, target: Path, values) -> Path:
+    """The weight at path is a link to the dataset 'data' of another HDF5 file."""
+    with h5py.File(target, "w") as other:
+        other["data"] = values
+
+    def make(f, name, shape, dtype):
+        f[name] = h5py.ExternalLink(str(target), "/data")
+
+    return replace_dataset(src, dst, path, make)
+
+
+def with_unstored_weight(src: Path, dst: Path, path: str, declared_bytes: int) -> Path:
+    """The weight at path declared as declared_bytes of its type, chunked, with no chunk ever written: a
+    file of a few kB that makes a reader allocate all of it."""
+    def make(f, name, shape, dtype):
+        n = declared_bytes // dtype.itemsize
+        f.create_dataset(name, (n,), dtype, chunks=(min(n, 2**20),))
+
+    return replace_dataset(src, dst, path, make)
+
+
+def with_weight_shape(src: Path, dst: Path, path: str, shape: tuple) -> Path:
+    """The weight at path stored (in full) with another shape."""
+    return replace_dataset(src, dst, path, lambda f, name, _shape, dtype: f.create_dataset(name, data=np.zeros(shape, dtype)))
+
+
+def with_shared_text(src: Path, dst: Path, group: str, attr: str, length: int, count: int) -> Path:
+    """A copy whose attribute group.attr is a list of count names, every one of them pointing at the same
+    stored string of length bytes: the file grows by about 16 bytes a name, reading it by length bytes a name."""
+    import struct
+
+    from core.safety.hdf5_headers import HeaderReader
+
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "a") as f:
+        f[group].attrs[attr] = [b"w" * length] + [b"n%07d" % i for i in range(count - 1)]
+    with h5py.File(dst, "r") as f, open(dst, "rb") as fh:
+        reader = HeaderReader(fh, f.userblock_size, *f.id.get_create_plist().get_sizes(), dst.stat().st_size)
+        first = reader.vlen_elements(h5py.h5o.get_info(f[group].id).addr, attr.encode(), count)[0]
+    element = struct.pack("<I", first.length) + first.heap_object
+    data = bytearray(dst.read_bytes())
+    at = data.find(element)
+    assert at >= 0 and data.find(element, at + 1) < 0, "the first element's bytes are not unique in the file"
+    for i in range(1, count):
+        data[at + i * len(element):at + (i + 1) * len(element)] = element
+    dst.write_bytes(bytes(data))
     return dst

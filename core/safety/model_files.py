@@ -2,7 +2,10 @@
 
 tf_keras.models.load_model runs a Lambda layer's stored Python bytecode while loading (measured: a file
 was written on load), so the model config is read with h5py and checked first: only tf_keras's own layers
-and hub.KerasLayer are allowed, and a KerasLayer's handle must be resolvable without hanging.
+and hub.KerasLayer are allowed, and a KerasLayer's handle must be resolvable without hanging. The file's
+layout is checked too (core.safety.hdf5_layout): tf_keras would read weights kept in other files of the
+server and allocate whatever a weight declares, so every weight it will read must be stored in the file
+itself, and what it declares beyond what is stored must fit the model's config.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from core.models.hub import resolve_relative
+from core.safety.hdf5_layout import AttributeReader, WeightRead, check_unstored, keras_reads, walk
 from core.safety.savedmodel_ops import check_savedmodel
 from core.settings.errors import LabError, ModelFileError
 from core.settings.text import megabytes
@@ -55,6 +59,7 @@ class ModelFileInfo:
     class_names: list[str]
     hub_handles: list[str]
     softmax_output: bool
+    weight_bytes: int = 0  # what tf_keras allocates reading the model's and optimizer's weights
 
 
 def _walk_layers(config: dict):
@@ -225,6 +230,64 @@ def _nested_dicts(node):
             yield from _nested_dicts(value)
 
 
+def _config_int(cfg: dict, key: str) -> int | None:
+    value = cfg.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _expected_shape(cls: str, cfg: dict, role: str) -> list | None:
+    """The shape a layer's own config gives one of its weights, None for an axis it leaves to the layer's
+    input (or None for the whole weight when the config does not say). Only what the config alone fixes."""
+    if cls == "Dense" and _config_int(cfg, "units"):
+        units = cfg["units"]
+        return {"kernel": [None, units], "bias": [units]}.get(role)
+    if cls == "Embedding" and _config_int(cfg, "input_dim") and _config_int(cfg, "output_dim"):
+        return [cfg["input_dim"], cfg["output_dim"]] if role == "embeddings" else None
+    for n in (1, 2, 3):
+        if cls in (f"Conv{n}D", f"Conv{n}DTranspose") and _config_int(cfg, "filters"):
+            kernel, filters = _ints(cfg.get("kernel_size"), n), cfg["filters"]
+            if role == "bias":
+                return [filters]
+            if role == "kernel":
+                return [*kernel, filters, None] if cls.endswith("Transpose") else [*kernel, None, filters]
+        if cls in (f"DepthwiseConv{n}D", f"SeparableConv{n}D"):
+            kernel, multiplier = _ints(cfg.get("kernel_size"), n), _config_int(cfg, "depth_multiplier") or 1
+            if role == "depthwise_kernel":
+                return [*kernel, None, multiplier]
+            if role == "pointwise_kernel" and _config_int(cfg, "filters"):
+                return [*([1] * n), None, cfg["filters"]]
+            if role == "bias" and cls.startswith("Separable") and _config_int(cfg, "filters"):
+                return [cfg["filters"]]
+    return None
+
+
+def _check_weight_shapes(reads: list[WeightRead], layers: list[dict], label: str) -> None:
+    """Refuse a weight whose declared shape contradicts its layer's config, before it is read.
+
+    Weights are matched to layers by the names Keras gives them ('dense/kernel:0' is the kernel of the layer
+    'dense'; an optimizer's 'Adam/m/dense/kernel:0' has its shape too); a weight whose name matches no layer
+    is left to the file's budget of unstored bytes.
+    """
+    by_name = {}
+    for layer in layers:
+        cfg = layer.get("config")
+        if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+            by_name.setdefault(cfg["name"], (layer.get("class_name"), cfg))
+    for read in reads:
+        parts = read.name.split("/")
+        if len(parts) < 2 or parts[-2] not in by_name:
+            continue
+        cls, cfg = by_name[parts[-2]]
+        expected = _expected_shape(cls, cfg, parts[-1].split(":")[0])
+        shape = read.dataset.shape
+        if expected is None or (len(shape) == len(expected)
+                                and all(e is None or e == d for e, d in zip(expected, shape))):
+            continue
+        wanted = "(" + ", ".join("any" if e is None else str(e) for e in expected) + ")"
+        raise ModelFileError(f"'{label}' declares the weight '{read.name[:120]}' with shape {shape}, but its layer's "
+                             f"config makes it {wanted}; it was not opened.")
+
+
 def _holds_bytecode(node: dict) -> bool:
     """Keras marks marshalled Python functions as type "lambda" (Lambda's function_type, RNN cell
     wrappers' residual_fn_type, ...) or as class "__lambda__"; loading those runs them."""
@@ -277,20 +340,24 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
     if not h5py.is_hdf5(str(path)):
         raise ModelFileError(f"'{label}' is not an HDF5 (.h5) model file.")
     try:
-        with h5py.File(path, "r") as f:
-            for attr, limit in (("model_config", MAX_CONFIG_BYTES), (CLASS_NAMES_ATTR, MAX_CONFIG_BYTES)):
-                # Fixed-length strings (what Keras writes) state their size before they are read.
-                if attr in f.attrs and f.attrs.get_id(attr).get_storage_size() > limit:
-                    raise ModelFileError(f"'{label}' has a model config over {megabytes(limit)}; refusing to "
-                                         "load it.")
-            raw = f.attrs.get("model_config")
-            names_raw = f.attrs.get(CLASS_NAMES_ATTR)
+        with h5py.File(path, "r") as f, open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # Links and layouts first: nothing is read until the file is known to keep its data inside itself.
+            datasets = walk(f, label, size)
+            attributes = AttributeReader(f, fh, label, size)
+            raw = attributes.read(f, "model_config", "model config", MAX_CONFIG_BYTES)
+            names_raw = attributes.read(f, CLASS_NAMES_ATTR, "list of class names", MAX_CONFIG_BYTES)
             if raw is None and "layer_names" in f.attrs:
                 raise ModelFileError(f"'{label}' holds weights only (model.save_weights), not a whole model; "
                                      "save the model with model.save('x.h5').")
             if raw is None or "model_weights" not in f:
                 raise ModelFileError(f"'{label}' is an HDF5 file but not a saved Keras model; "
                                      "save one with model.save('x.h5').")
+            # Read by tf_keras alone, so measured here but not read.
+            attributes.check(f, "training_config", "training config", MAX_CONFIG_BYTES)
+            for attr in ("keras_version", "backend"):
+                attributes.check(f, attr, "Keras version", MAX_CONFIG_STRING)
+            reads = keras_reads(f, attributes, datasets, label)
     except LabError:
         raise
     except Exception as exc:
@@ -340,6 +407,8 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
     if declared > MAX_DECLARED_PARAMS:
         raise ModelFileError(f"'{label}' declares about {declared / 1e6:,.0f} million parameters; the Lab loads models "
                              f"of up to {MAX_DECLARED_PARAMS / 1e6:,.0f} million. Refusing to build it.")
+    check_unstored(reads, declared, label)
+    _check_weight_shapes(reads, layers, label)
     input_size = num_outputs = None
     try:
         first = layers[0]["config"]
@@ -361,7 +430,8 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
             raise ModelFileError(f"'{label}' stores class names that are not a list of up to {MAX_CLASSES:,} names "
                                  f"of up to {MAX_CLASS_NAME} characters; refusing to load it.")
         class_names = names
-    return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax)
+    return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax,
+                         sum(r.dataset.declared for r in reads))
 
 
 def _keras_layer_class(base: Path):
@@ -409,7 +479,8 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
         ) from None
     if not info.class_names and info.num_outputs:
         info = ModelFileInfo(info.path, info.input_size, info.num_outputs,
-                             [f"class {i}" for i in range(info.num_outputs)], info.hub_handles, info.softmax_output)
+                             [f"class {i}" for i in range(info.num_outputs)], info.hub_handles, info.softmax_output,
+                             info.weight_bytes)
     return model, info
 
 
