@@ -505,15 +505,42 @@ def rewrite_hub_handles(src: str | Path, dst: str | Path, mapping: dict[str, str
 
 
 def save_model(model, path: str | Path, class_names: list[str]) -> None:
-    """Save as HDF5 (architecture, weights, compile settings, optimizer state) plus the class names."""
+    """Save as HDF5 (architecture, weights, compile settings, optimizer state) plus the class names.
+
+    A failed write raises OSError with its errno and a plain reason: h5py's own message spells out HDF5's
+    internals (file descriptor, buffer address, offsets) over two lines.
+    """
     import h5py
 
-    with warnings.catch_warnings():
-        # HDF5 is "legacy" to Keras, but it is the format the article saves and reloads, on purpose.
-        warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`.*")
-        model.save(str(path), save_format="h5", include_optimizer=True)
-    with h5py.File(path, "a") as f:
-        f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+    try:
+        with warnings.catch_warnings():
+            # HDF5 is "legacy" to Keras, but it is the format the article saves and reloads, on purpose.
+            warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`.*")
+            model.save(str(path), save_format="h5", include_optimizer=True)
+        with h5py.File(path, "a") as f:
+            f.attrs[CLASS_NAMES_ATTR] = json.dumps(list(class_names))
+    except OSError as exc:
+        raise _save_failure(exc, Path(path)) from None
+
+
+def _save_failure(exc: OSError, path: Path) -> OSError:
+    """The same failure with one line a person can act on: the disk is full (and how much is free), or the
+    system's words for its errno."""
+    import errno
+    import shutil
+
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason = "the disk is full" if code == errno.ENOSPC else "the disk quota is used up"
+        try:
+            reason += f": {megabytes(shutil.disk_usage(path.parent).free)} free"
+        except OSError:
+            pass
+    elif code:
+        reason = os.strerror(code)
+    else:
+        reason = "the model file could not be written"
+    return OSError(code or errno.EIO, reason)
 
 
 def store_uploaded_model(data: bytes | BinaryIO, name: str, dest_dir: str | Path | None = None,

@@ -260,3 +260,17 @@ def test_only_the_most_recent_uploads_are_kept(fitted, tmp_path, monkeypatch):
         stored.append(store_uploaded_model((tmp_path / "m.h5").read_bytes(), f"m{i}.h5", uploads))
         os.utime(stored[-1], (1000 + i, 1000 + i))
     assert sorted(uploads.iterdir()) == sorted(stored[1:])
+
+
+# ---------------------------------------------------------------- saving
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full, where every write fails: disk full")
+def test_a_full_disk_while_saving_says_so_in_one_plain_line(fitted):
+    with pytest.raises(OSError) as failed:
+        save_model(fitted[ModelKind.BASELINE], Path("/dev/full"), ["a", "b"])
+    assert failed.value.errno == 28
+    reason = failed.value.strerror
+    assert reason.startswith("the disk is full: ") and reason.endswith(" MB free")
+    # h5py's own message names HDF5's file descriptor, buffer address and write offsets, over two lines.
+    assert "\n" not in str(failed.value) and "descriptor" not in str(failed.value) and "buf" not in str(failed.value)
