@@ -15,11 +15,14 @@ interpreter lock, a reload or a closed tab leaves the training alone, and a cras
 ends that job only. At most the preset's `max_concurrent_jobs` train at once; later jobs wait in the order
 they came. An experiment whose fingerprint (its data's files, its settings, its seed) matches a run that
 finished here is not trained again, and a job identical to one queued or running is joined, not repeated.
+
+Every file here is read within bounds (core.settings.files.read_json): a damaged, huge or deeply nested one
+reads as missing, so a page that shows the board never fails on it. A full or read-only runs folder never
+fails a page either: reading goes on, pumping waits for space, and a submission is refused with one line.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,9 +38,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.runs.folders import open_run, pid_alive, write_json
+from core.runs.folders import open_run
 from core.settings.config import data_from_dict, to_dict, train_from_dict
 from core.settings.errors import LabError
+from core.settings.files import free_space, is_disk_full, is_read_only, locked, read_json, write_json
+from core.settings.processes import launch_module, pid_alive
+from core.settings.text import megabytes
 from core.training.jobs import FAILED, PREPARING, QUEUED, STOPPED, Experiment, Job, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -48,14 +54,30 @@ ENDED = "ended"  # written beside a final status, so listing active jobs need no
 KEPT_FINISHED = 200  # finished jobs kept on the board for reuse and links; older ones are removed
 # A launch that never recorded its worker's pid this long after it began counts as lost.
 LAUNCH_GRACE_SECONDS = 60
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_START = "worker-start.json"  # how long the latest worker took to start, for estimates
+# Bounds of what the board reads. A status holds the job's histories, about 270 bytes an epoch (4 MB: some
+# 15,000 epochs); a spec a few kilobytes per experiment; the other files (launch, exit, worker start) a line.
+STATUS_MAX_BYTES = 4 * 1024 * 1024
+SPEC_MAX_BYTES = 1024 * 1024
+SMALL_FILE_MAX_BYTES = 64 * 1024
+# The worker's exit code when it could not record its progress or its end because the disk was full
+# (sysexits' EX_TEMPFAIL: the job may be trained again once there is space).
+EXIT_DISK_FULL = 75
+# While the disk is full the watcher of an ended worker tries again this often to record how it ended.
+EXIT_RETRY_SECONDS = 5.0
+LOW_SPACE_BYTES = 16 * 1000**2  # less free than this, and a worker that ended unheard probably ran out of space
+WARN_EVERY_SECONDS = 600  # a board that cannot be changed is logged this often, not on every page's refresh
 DEFAULT_WORKER_START_SECONDS = 4.0  # Python and TensorFlow starting on a quiet 2-core machine
 # How often pages may pump one board, however many of them watch it: a look at dead workers and free slots
 # is a few file reads under the board's lock, and every watching page asks every 2 s.
 PUMP_EVERY_SECONDS = 2.0
 _last_pumped: dict[Path, float] = {}
 _last_pumped_lock = threading.Lock()
+# How the workers started by this process ended, kept until their exit file is written: while the disk is
+# full that file cannot be, and the board still needs to say why the job ended.
+_ended_here: dict[Path, int] = {}
+_warned: dict[tuple, float] = {}
+_warned_lock = threading.Lock()
 
 
 def jobs_root(runs_dir: str | Path) -> Path:
@@ -79,9 +101,9 @@ def experiment_fingerprint(source, data, train) -> str:
 
 def worker_start_seconds(runs_dir: str | Path) -> float:
     """Seconds a worker process needs before it trains (interpreter, TensorFlow), as last measured here."""
-    recorded = _read(jobs_root(runs_dir) / WORKER_START)
-    value = recorded.get("seconds") if isinstance(recorded, dict) else None
-    if isinstance(value, (int, float)) and 0 < value < 600:
+    recorded = read_small(jobs_root(runs_dir) / WORKER_START)
+    value = recorded.get("seconds") if recorded is not None else None
+    if _number(value) and 0 < value < 600:
         return float(value)
     return DEFAULT_WORKER_START_SECONDS
 
@@ -91,15 +113,53 @@ def record_worker_start(runs_dir: str | Path, seconds: float) -> None:
         write_json(jobs_root(runs_dir) / WORKER_START, {"seconds": round(seconds, 3), "at": time.time()})
 
 
-def _read(path: Path):
+def read_spec(job_dir: Path) -> dict | None:
+    return read_json(job_dir / SPEC, dict, max_bytes=SPEC_MAX_BYTES)
+
+
+def read_small(path: Path) -> dict | None:
+    """A launch, exit or worker-start record: one JSON object of a line."""
+    return read_json(path, dict, max_bytes=SMALL_FILE_MAX_BYTES)
+
+
+def _exists(path: Path) -> bool:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _warn(key: tuple, message: str, *args) -> None:
+    """Log a warning about a condition that pages would otherwise repeat every few seconds, now and then."""
+    now = time.monotonic()
+    with _warned_lock:
+        if now - _warned.get(key, float("-inf")) < WARN_EVERY_SECONDS:
+            return
+        _warned[key] = now
+    logger.warning(message, *args)
+
+
+def space_note(runs_dir: Path) -> str:
+    """'the disk is full (12 MB free in the runs folder)'."""
+    free = free_space(runs_dir)
+    return "the disk is full" + (f" ({megabytes(free)} free in the runs folder)" if free is not None else "")
+
+
+def disk_problem(exc: OSError, runs_dir: Path) -> str:
+    """What a failed write of the board says about its runs folder, to end a sentence with."""
+    if is_disk_full(exc):
+        return f"{space_note(runs_dir)}; free space there, then try again"
+    if is_read_only(exc):
+        return (f"the runs folder is read-only ({exc.strerror or exc.__class__.__name__}); make it writable "
+                "or set LAB_RUNS_DIR to another folder")
+    return f"{exc.strerror or exc.__class__.__name__} in the runs folder"
 
 
 def exit_reason(returncode: int) -> str:
     """One line on how a worker process ended without reporting a result."""
+    if returncode == EXIT_DISK_FULL:
+        return ("The training process stopped because the disk was full: it could not record its progress. "
+                "Free space in the runs folder, then train again.")
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -163,6 +223,36 @@ def _title(spec: dict) -> str:
     return ", then ".join(names)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The types a published status must have for pages to draw it (Snapshot.from_dict takes what it is given).
+_SNAPSHOT_NUMBERS = ("index", "total", "epoch", "epochs", "step", "steps", "elapsed_seconds", "fraction")
+
+
+def _snapshot(status: dict) -> Snapshot | None:
+    """The snapshot a status file holds; None when it does not hold a well-formed one."""
+    try:
+        snapshot = Snapshot.from_dict(status)
+    except (KeyError, TypeError, ValueError):
+        return None
+    well_formed = (isinstance(snapshot.phase, str) and isinstance(snapshot.message, str)
+                   and all(_number(getattr(snapshot, name)) for name in _SNAPSHOT_NUMBERS)
+                   and (snapshot.eta_seconds is None or _number(snapshot.eta_seconds))
+                   and (snapshot.error is None or isinstance(snapshot.error, str))
+                   and all(isinstance(row, dict) for _, rows in snapshot.histories for row in rows))
+    return snapshot if well_formed else None
+
+
+def _estimates(job_dir: Path) -> list[float | None] | None:
+    """Each experiment's estimated seconds from the job's spec; None when the spec no longer reads."""
+    try:
+        return [e.estimated_seconds for e in _experiments_from_spec(read_spec(job_dir))]
+    except (KeyError, TypeError, ValueError, AttributeError, LabError):
+        return None
+
+
 class Board:
     """The jobs of one runs folder. Cheap to create: pages make one per script run."""
 
@@ -186,38 +276,41 @@ class Board:
             return []
 
     def _view(self, path: Path) -> JobView | None:
-        spec = _read(path / SPEC)
-        if not isinstance(spec, dict) or not isinstance(spec.get("experiments"), list):
+        """The job in path as pages show it; None for a folder whose files do not make a job."""
+        spec = read_spec(path)
+        if spec is None or not isinstance(spec.get("experiments"), list) or not spec["experiments"]:
             return None
-        status = _read(path / STATUS)
-        snapshot = None
-        if isinstance(status, dict):
-            try:
-                snapshot = Snapshot.from_dict(status)
-            except (KeyError, TypeError, ValueError):
-                snapshot = None
+        try:
+            return self._view_of(path, spec)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError, LabError) as exc:
+            # Written by hand or by another version: shown nowhere, said once, never a page's error.
+            _warn(("view", str(path)), "job %s is not shown: its files do not make a job (%s: %s)", path.name,
+                  exc.__class__.__name__, exc)
+            return None
+
+    def _view_of(self, path: Path, spec: dict) -> JobView:
+        status = read_json(path / STATUS, dict, max_bytes=STATUS_MAX_BYTES)
+        snapshot = _snapshot(status) if status is not None else None
         if snapshot is None:
-            try:
-                snapshot = Job(_experiments_from_spec(spec), self.runs_dir).snapshot()
-            except (KeyError, TypeError, ValueError, LabError):
-                return None
-            if (path / LAUNCH).exists():
+            snapshot = Job(_experiments_from_spec(spec), self.runs_dir).snapshot()
+            if _exists(path / LAUNCH):
                 snapshot = _with(snapshot, phase=PREPARING, message="Starting the training process ...")
         elif snapshot.eta_seconds is not None and not snapshot.finished:
             # The status is as old as its last write; the time since then has passed for the ETA too.
-            age = max(0.0, time.time() - float(status.get("written_at", time.time())))
+            written = status.get("written_at")
+            age = max(0.0, time.time() - written) if _number(written) else 0.0
             snapshot = _with(snapshot, eta_seconds=max(0.0, snapshot.eta_seconds - age),
                              elapsed_seconds=snapshot.elapsed_seconds + age)
         return JobView(job_id=path.name, path=path, created=float(spec.get("created", 0)),
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
                        title=_title(spec), source=str(spec["experiments"][0]["data"].get("source", "?")),
-                       fingerprints=tuple(spec.get("fingerprints", ())), snapshot=snapshot)
+                       fingerprints=tuple(str(f) for f in spec.get("fingerprints", ())), snapshot=snapshot)
 
     def views(self, active_only: bool = False) -> list[JobView]:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
         dirs = self._job_dirs()
         if active_only:
-            dirs = [d for d in dirs if not (d / ENDED).exists()]
+            dirs = [d for d in dirs if not _exists(d / ENDED)]
         views = [v for v in map(self._view, dirs) if v is not None]
         views.sort(key=lambda v: (v.created, v.job_id))
         return self._with_queue(views)
@@ -247,8 +340,8 @@ class Board:
             start = slots[0]
             out.append(JobView(**{**v.__dict__, "queue_position": position,
                                   "wait_seconds": None if unknown else start}))
-            estimates = [e.estimated_seconds for e in _experiments_from_spec(_read(v.path / SPEC))]
-            if any(e is None for e in estimates):
+            estimates = _estimates(v.path)
+            if estimates is None or any(e is None for e in estimates):
                 unknown = True
             else:
                 slots[0] = start + sum(estimates)
@@ -274,45 +367,57 @@ class Board:
 
     @contextlib.contextmanager
     def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        """The board's lock, or a LabError of one line when the runs folder cannot hold it."""
+        with contextlib.ExitStack() as stack:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                self.root.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(locked(self.root / ".lock"))
+            except OSError as exc:
+                raise LabError(f"The job board cannot be changed: {disk_problem(exc, self.runs_dir)}.") from None
+            yield
 
     def submit(self, experiments: list[Experiment], fingerprints: list[str], owner: str,
                origin: str = "dashboard") -> Submission:
-        """Queue experiments as one job, train nothing twice, and start what the slots allow."""
+        """Queue experiments as one job, train nothing twice, and start what the slots allow.
+
+        Raises LabError when the runs folder cannot take the job (full, read-only).
+        """
         if not experiments or len(experiments) != len(fingerprints):
             raise ValueError("one fingerprint per experiment, and at least one experiment")
-        with self._locked():
-            self._reap()
-            reused = {i: run for i, fp in enumerate(fingerprints) if (run := self.finished_run(fp)) is not None}
-            todo = [i for i in range(len(experiments)) if i not in reused]
-            if not todo:
-                return Submission(None, False, reused)
-            wanted = tuple(fingerprints[i] for i in todo)
-            for v in self.views(active_only=True):
-                if v.active and v.fingerprints == wanted:
-                    return Submission(v.job_id, True, reused)
-            job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin)
-            self._start_queued()
+        try:
+            with self._locked():
+                self._reap()
+                reused = {i: run for i, fp in enumerate(fingerprints) if (run := self.finished_run(fp)) is not None}
+                todo = [i for i in range(len(experiments)) if i not in reused]
+                if not todo:
+                    return Submission(None, False, reused)
+                wanted = tuple(fingerprints[i] for i in todo)
+                active = [v for v in self.views(active_only=True) if v.active]
+                for v in active:
+                    if v.fingerprints == wanted:
+                        return Submission(v.job_id, True, reused)
+                job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin)
+                self._start_queued()
+        except OSError as exc:
+            raise LabError(f"The training could not be queued: {disk_problem(exc, self.runs_dir)}.") from None
         return Submission(job_id, False, reused)
 
     def _create(self, experiments: list[Experiment], fingerprints: list[str], owner: str, origin: str,
                 pid: int | None = None) -> str:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         tmp = self.root / f".new-{job_id}"
-        tmp.mkdir(parents=True)
         spec = {"job_id": job_id, "created": time.time(), "origin": origin, "owner": owner, "pid": pid,
                 "fingerprints": fingerprints,
                 "experiments": [{"data": to_dict(e.data), "train": to_dict(e.train),
                                  "estimated_seconds": e.estimated_seconds, "fine_tune_seconds": e.fine_tune_seconds}
                                 for e in experiments]}
-        write_json(tmp / SPEC, spec)
-        os.replace(tmp, self.root / job_id)  # a job appears whole or not at all
+        try:
+            tmp.mkdir(parents=True)
+            write_json(tmp / SPEC, spec)
+            os.replace(tmp, self.root / job_id)  # a job appears whole or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return job_id
 
     def stop(self, job_id: str) -> None:
@@ -320,18 +425,28 @@ class Board:
         view = self.view(job_id)
         if view is None or view.finished:
             return
-        with self._locked():
-            (view.path / STOP).touch()
-            if not (view.path / LAUNCH).exists() and view.origin != "cli":
-                _publish(view.path, _with(view.snapshot, phase=STOPPED, eta_seconds=None,
-                                          message="Cancelled before it started; nothing was trained."))
-            self._start_queued()
+        try:
+            with self._locked():
+                (view.path / STOP).touch()
+                if not _exists(view.path / LAUNCH) and view.origin != "cli":
+                    _publish(view.path, _with(view.snapshot, phase=STOPPED, eta_seconds=None,
+                                              message="Cancelled before it started; nothing was trained."))
+                self._start_queued()
+        except OSError as exc:
+            raise LabError(f"The training could not be stopped: {disk_problem(exc, self.runs_dir)}.") from None
 
     def pump(self) -> None:
-        """Mark jobs whose process died as failed and start queued jobs into free slots."""
-        with self._locked():
-            self._reap()
-            self._start_queued()
+        """Mark jobs whose process died as failed and start queued jobs into free slots.
+
+        A runs folder that cannot be written now (full, read-only) leaves the board as it is, with a line
+        in the log now and then: pages pump on every refresh, and must go on showing the board.
+        """
+        try:
+            with self._locked():
+                self._reap()
+                self._start_queued()
+        except (LabError, OSError) as exc:
+            _warn(("pump", self.root), "the job board in %s was left as it is: %s", self.root, exc)
 
     def pump_if_due(self, every_seconds: float = PUMP_EVERY_SECONDS) -> bool:
         """pump(), at most once per every_seconds for this board in this process; whether it pumped."""
@@ -348,27 +463,41 @@ class Board:
             if v.finished:
                 continue
             if v.origin == "cli":
-                pid = (_read(v.path / SPEC) or {}).get("pid")
+                pid = (read_spec(v.path) or {}).get("pid")
             else:
-                launch = _read(v.path / LAUNCH)
-                if not isinstance(launch, dict):
+                launch = read_small(v.path / LAUNCH)
+                if launch is None:
                     continue  # waiting in the queue
-                pid = launch.get("pid")
-                if pid is None and time.time() - float(launch.get("at") or 0) < LAUNCH_GRACE_SECONDS:
+                pid, at = launch.get("pid"), launch.get("at")
+                at = at if _number(at) else 0.0
+                if pid is None and time.time() - at < LAUNCH_GRACE_SECONDS:
                     continue  # being started right now
             if pid_alive(pid):
                 continue
             current = self._view(v.path)
             if current is None or current.finished:
                 continue  # it published its result just now
-            ended = _read(v.path / EXIT)
-            if isinstance(ended, dict) and isinstance(ended.get("returncode"), int):
-                reason = exit_reason(ended["returncode"])
-            else:
-                reason = "The training process ended without reporting a result (killed, or the machine restarted)."
+            reason = self._end_reason(v.path)
+            try:
+                _publish(v.path, _with(current.snapshot, phase=FAILED, message=reason, error=reason,
+                                       eta_seconds=None))
+            except OSError as exc:  # a full disk: the job is marked failed on a later look, once there is space
+                _warn(("reap", v.path), "job %s ended, but its end could not be recorded yet: %s", v.job_id, exc)
+                continue
             logger.warning("job %s failed: %s", v.job_id, reason)
-            _publish(v.path, _with(current.snapshot, phase=FAILED, message=reason, error=reason, eta_seconds=None))
         self._prune()
+
+    def _end_reason(self, job_dir: Path) -> str:
+        """Why a job's process ended without reporting a result, as far as this board can tell."""
+        ended = read_small(job_dir / EXIT)
+        returncode = ended.get("returncode") if ended is not None else _ended_here.get(job_dir)
+        if isinstance(returncode, int) and not isinstance(returncode, bool):
+            return exit_reason(returncode)
+        reason = "The training process ended without reporting a result"
+        free = free_space(self.runs_dir)
+        if free is not None and free < LOW_SPACE_BYTES:
+            return f"{reason}, probably because {space_note(self.runs_dir)}."
+        return f"{reason} (killed, or the machine restarted)."
 
     def _start_queued(self) -> None:
         views = self.views(active_only=True)
@@ -376,21 +505,38 @@ class Board:
         for v in views:
             if running >= self.max_concurrent:
                 break
-            if v.queued and not (v.path / LAUNCH).exists() and not (v.path / STOP).exists():
-                launched = time.time()  # kept with the pid: the worker times its start from it
-                write_json(v.path / LAUNCH, {"pid": None, "at": launched})
+            if v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP):
                 try:
-                    process = self._launcher(v.path)
-                except OSError as exc:
-                    reason = f"The training process could not be started ({exc.strerror or exc})."
-                    _publish(v.path, _with(v.snapshot, phase=FAILED, message=reason, error=reason))
-                    continue
-                write_json(v.path / LAUNCH, {"pid": process.pid, "at": launched})
-                _watch(process, v.path, self)
-                running += 1
+                    started = self._launch(v)
+                except OSError as exc:  # nothing was started: the job waits in the queue for the next pump
+                    _warn(("launch", self.root), "job %s could not be started yet: %s", v.job_id, exc)
+                    break
+                if started:
+                    running += 1
+
+    def _launch(self, v: JobView) -> bool:
+        """Start v's worker; whether it started. OSError when the launch could not be recorded (nothing runs)."""
+        launched = time.time()  # kept with the pid: the worker times its start from it
+        write_json(v.path / LAUNCH, {"pid": None, "at": launched})
+        try:
+            process = self._launcher(v.path)
+        except OSError as exc:
+            reason = f"The training process could not be started ({exc.strerror or exc})."
+            _publish(v.path, _with(v.snapshot, phase=FAILED, message=reason, error=reason))
+            return False
+        try:
+            write_json(v.path / LAUNCH, {"pid": process.pid, "at": launched})
+        except OSError:
+            # A worker nobody can find would train unseen and unstoppable: end it, and queue the job again.
+            process.kill()
+            process.wait()
+            (v.path / LAUNCH).unlink(missing_ok=True)
+            raise
+        _watch(process, v.path, self)
+        return True
 
     def _prune(self) -> None:
-        ended = [d for d in self._job_dirs() if (d / ENDED).exists()]  # job ids sort by creation time
+        ended = [d for d in self._job_dirs() if _exists(d / ENDED)]  # job ids sort by creation time
         for path in ended[:-KEPT_FINISHED] if len(ended) > KEPT_FINISHED else []:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -404,15 +550,19 @@ class Board:
         """
         fingerprints = [f"here-{secrets.token_hex(8)}" for _ in job.experiments]  # never taken for another run
         with self._locked():
-            job_id = self._create(job.experiments, fingerprints, owner, "cli", pid=os.getpid())
+            try:
+                job_id = self._create(job.experiments, fingerprints, owner, "cli", pid=os.getpid())
+            except OSError as exc:
+                raise LabError(f"The training could not be listed on the job board: "
+                               f"{disk_problem(exc, self.runs_dir)}.") from None
         job_dir = self.root / job_id
         try:
-            snapshot = follow(job, job_dir)
+            snapshot = follow_training(job, job_dir)
         except KeyboardInterrupt:
             job.stop()
             print("\nStopping after the current batch; finished epochs are kept (Ctrl-C again aborts).",
                   file=sys.stderr, flush=True)
-            snapshot = follow(job, job_dir, started=True)
+            snapshot = follow_training(job, job_dir, started=True)
         if job.exception is not None and (snapshot.phase == FAILED or not snapshot.run_dirs):
             # The caller reports the error where it was asked; a record of a job that saved nothing would
             # only clutter the runs folder.
@@ -448,34 +598,45 @@ def _publish(job_dir: Path, snapshot: Snapshot) -> None:
 
 
 def launch_worker(job_dir: Path) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with open(job_dir / LOG, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "core.training.worker", str(job_dir)], cwd=REPO_ROOT,
-                                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    return launch_module("core.training.worker", [job_dir], job_dir / LOG)
 
 
 def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:
-    """Wait for a worker on a thread: record how it ended, then let the next queued job start."""
+    """Wait for a worker on a thread: record how it ended, then let the next queued job start.
+
+    While the disk is full the exit file cannot be written: the exit code is kept in this process for the
+    board (which marks the job failed once it can write again) and the write is tried again until it lands,
+    or the job's folder is gone.
+    """
     def wait() -> None:
         returncode = process.wait()
-        with contextlib.suppress(OSError):
-            write_json(job_dir / EXIT, {"returncode": returncode, "at": time.time()})
+        _ended_here[job_dir] = returncode
+        while True:
+            try:
+                write_json(job_dir / EXIT, {"returncode": returncode, "at": time.time()})
+                break
+            except OSError as exc:
+                if not job_dir.is_dir():
+                    break
+                _warn(("exit", job_dir), "how the worker of job %s ended is not recorded yet: %s", job_dir.name, exc)
+                time.sleep(EXIT_RETRY_SECONDS)
         try:
             board.pump()
         except Exception:  # the board must outlive any one job; the next page view pumps again
             logger.exception("starting the next queued job failed")
+        _ended_here.pop(job_dir, None)
 
     threading.Thread(target=wait, name=f"lab-worker-{job_dir.name}", daemon=True).start()
 
 
-def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: float = 0.25,
-           started: bool = False) -> Snapshot:
+def follow_training(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: float = 0.25,
+                    started: bool = False) -> Snapshot:
     """Run job to its end in this process, publishing its progress and honouring the stop file.
 
     Progress is published a few times a second and at once when an epoch ends or a stop is seen, so a
     page polling the status file shows every epoch and "Stopping ..." without asking the trainer anything.
+    A full disk skips progress (training goes on, and may still save its run once there is space); the final
+    status must be published, or this raises the OSError.
     """
     stop_file = job_dir / STOP
     if not started:
@@ -493,6 +654,12 @@ def follow(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: 
         key = (snapshot.phase, snapshot.index, snapshot.epoch, job.stop_requested)
         now = time.monotonic()
         if key != last_key or now - published >= publish_seconds:
-            _publish(job_dir, snapshot)
-            published, last_key = now, key
+            try:
+                _publish(job_dir, snapshot)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                _warn(("progress", job_dir), "the progress of job %s is not published: %s", job_dir.name, exc)
+            else:
+                published, last_key = now, key
         time.sleep(poll_seconds)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from core.data.sources import DEFAULT_CACHE_BUDGET_BYTES, validation_limit
 from core.settings.config import ARTICLE_EPOCHS, ModelKind
+from core.settings.files import read_json, update_json
 
 # Opening the data, writing model.h5 and the run's JSON files: seconds no warm-up batch sees.
 OVERHEAD_SECONDS = 3.0
@@ -37,6 +38,9 @@ PLAN_SHARE_OF_BUDGET = 0.85
 TIMINGS_FILE = "timings.json"  # in the job board's folder: what finished runs here really took, per setting
 TIMINGS_KEPT = 5  # latest runs kept per setting; their medians speak for it
 TIMINGS_SETTINGS = 64  # settings kept in the file, the least recently trained dropped first
+# 64 settings of 5 runs take about 70 KB; a larger file was not written here and is not read (pages read
+# it on every rerun).
+TIMINGS_MAX_BYTES = 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
@@ -232,24 +236,27 @@ def observation(run_dir: str | Path, wall_seconds: float) -> dict | None:
 def record_timing(folder: str | Path, data, train, run_dir: str | Path, wall_seconds: float) -> None:
     """Add a finished run's costs to folder's timings file, for later estimates of the same setting.
 
-    Best effort: two processes finishing at once may each keep only their own addition, and a file that
-    cannot be read or written is left alone; an estimate then falls back on timed batches.
+    Updated under a lock, so processes finishing at once each keep their addition. A file that cannot be
+    read is started afresh; one that cannot be written is left alone, and an estimate then falls back on
+    timed batches.
     """
-    from core.runs.folders import write_json
-
     seen = observation(run_dir, wall_seconds)
     if seen is None:
         return
     path = Path(folder) / TIMINGS_FILE
-    timings = _read_timings(path)
     key = timing_key(data, train)
-    runs = [*timings.pop(key, []), seen][-TIMINGS_KEPT:]
-    timings[key] = runs  # a re-added key moves to the end: the least recently trained come first
-    while len(timings) > TIMINGS_SETTINGS:
-        timings.pop(next(iter(timings)))
+
+    def add(recorded: dict) -> dict:
+        timings = _well_formed_timings(recorded)
+        runs = [*timings.pop(key, []), seen][-TIMINGS_KEPT:]
+        timings[key] = runs  # a re-added key moves to the end: the least recently trained come first
+        while len(timings) > TIMINGS_SETTINGS:
+            timings.pop(next(iter(timings)))
+        return timings
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, timings)
+        update_json(path, add, dict, max_bytes=TIMINGS_MAX_BYTES)
     except OSError as exc:
         logger.warning("could not record the run's timings in %s: %s", path, exc)
 
@@ -281,13 +288,12 @@ def _well_formed(entry) -> bool:
 
 
 def _read_timings(path: Path) -> dict[str, list[dict]]:
-    """The timings file's settings, each with its well-formed entries only; {} when it cannot be read."""
-    try:
-        timings = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(timings, dict):
-        return {}
+    """The timings file's settings, each with its well-formed entries only; {} when it cannot be read
+    (missing, over TIMINGS_MAX_BYTES, nested too deep or not an object: read_json logs it once)."""
+    return _well_formed_timings(read_json(path, dict, max_bytes=TIMINGS_MAX_BYTES) or {})
+
+
+def _well_formed_timings(timings: dict) -> dict[str, list[dict]]:
     kept = {k: [e for e in v if _well_formed(e)] for k, v in timings.items() if isinstance(v, list)}
     return {k: v for k, v in kept.items() if v}
 

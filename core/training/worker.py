@@ -15,7 +15,18 @@ import os
 import sys
 from pathlib import Path
 
-from core.training.board import LAUNCH, SPEC, _experiments_from_spec, _publish, _read, follow, record_worker_start
+from core.settings.files import is_disk_full
+from core.training.board import (
+    EXIT_DISK_FULL,
+    LAUNCH,
+    _experiments_from_spec,
+    _publish,
+    follow_training,
+    read_small,
+    read_spec,
+    record_worker_start,
+    space_note,
+)
 from core.training.jobs import FAILED, Job
 
 logger = logging.getLogger("core.training.worker")
@@ -32,7 +43,7 @@ def main(argv: list[str]) -> int:
         return 2
     job_dir = Path(argv[0])
     os.nice(WORKER_NICENESS)
-    spec = _read(job_dir / SPEC)
+    spec = read_spec(job_dir)
     try:
         experiments = _experiments_from_spec(spec)
         runs_dir = job_dir.parent.parent
@@ -47,16 +58,18 @@ def main(argv: list[str]) -> int:
     record_worker_start(runs_dir, _start_seconds(job_dir))
     job = Job(experiments, runs_dir)
     try:
-        final = follow(job, job_dir)
+        final = follow_training(job, job_dir)
     except Exception as exc:  # publishing itself failed (disk full, folder removed): say so if possible
         logger.exception("the job could not be followed")
+        full = is_disk_full(exc)
+        reason = f"Training failed: {space_note(runs_dir)}." if full else f"Training failed: {exc}"
         try:
-            snapshot = job.snapshot()
             from dataclasses import replace
 
-            _publish(job_dir, replace(snapshot, phase=FAILED, error=str(exc), message=f"Training failed: {exc}"))
-        except OSError:
-            pass
+            _publish(job_dir, replace(job.snapshot(), phase=FAILED, error=reason if full else str(exc), message=reason))
+        except OSError as again:
+            # Nothing here can be written: the exit code tells the board why, and it records the job's end.
+            return EXIT_DISK_FULL if full or is_disk_full(again) else 1
         return 1
     logger.info("job %s ended: %s", job_dir.name, final.message)
     return 0
@@ -65,8 +78,8 @@ def main(argv: list[str]) -> int:
 def _start_seconds(job_dir: Path) -> float:
     """Seconds from the board launching this process to TensorFlow being ready in it: the process's start,
     the interpreter's and every import, as a person waits for them (the board writes the launch time)."""
-    launch = _read(job_dir / LAUNCH)
-    launched = launch.get("at") if isinstance(launch, dict) else None
+    launch = read_small(job_dir / LAUNCH)
+    launched = launch.get("at") if launch is not None else None
     ready = time.time()
     if isinstance(launched, (int, float)) and 0 < ready - launched < 600:
         return ready - launched

@@ -5,8 +5,10 @@ real worker processes that train on the demo folder.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,8 +47,11 @@ class SleepingWorkers:
     def __init__(self):
         self.started: list[Path] = []
         self.processes: list[subprocess.Popen] = []
+        self.closed = False
 
     def __call__(self, job_dir: Path) -> subprocess.Popen:
+        if self.closed:  # a watcher starting the next queued job after the test: nothing outlives the test
+            raise OSError("the test is over")
         self.started.append(job_dir)
         process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         self.processes.append(process)
@@ -61,6 +66,7 @@ class SleepingWorkers:
         process.wait()
 
     def close(self):
+        self.closed = True
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -271,3 +277,268 @@ def test_a_crashing_worker_leaves_no_run_and_the_board_keeps_serving(tmp_path, d
     clean_incomplete(tmp_path)
     assert [r.path for r in list_runs(tmp_path).runs] == list(view.snapshot.run_dirs)
     assert list_runs(tmp_path).incomplete == []
+
+
+# -- damaged files, full and read-only disks, and one session's share of the queue -------------------------
+
+class FilledDisk:
+    """A disk that is full while `full` is set: every write of bytes fails with ENOSPC, and 12 MB are free."""
+
+    def __init__(self, monkeypatch):
+        self.full = False
+        real_write, real_write_text = os.write, Path.write_text
+
+        def write(fd, data):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        def write_text(path, *args, **kwargs):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write_text(path, *args, **kwargs)
+
+        usage = shutil.disk_usage
+
+        def disk_usage(path):
+            return usage(path)._replace(free=12_000_000) if self.full else usage(path)
+
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(Path, "write_text", write_text)
+        monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+
+def _bad_job(root: Path, name: str, spec: str | None = None, **files: str) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    if spec is not None:
+        (path / "spec.json").write_text(spec)
+    for file_name, text in files.items():
+        (path / file_name.replace("_", ".")).write_text(text)
+    return path
+
+
+def test_board_views_survive_damaged_and_deeply_nested_job_files(tmp_path, workers):
+    board = Board(tmp_path, max_concurrent=2, launcher=workers)
+    job = board.submit([experiment()], ["a"], owner="alice")
+    root = jobs_root(tmp_path)
+    good_spec = (root / job.job_id / "spec.json").read_text()
+    _bad_job(root, "20000101-000000-deep01", "[" * 100_000)
+    _bad_job(root, "20000101-000000-none02", json.dumps({"experiments": []}))
+    _bad_job(root, "20000101-000000-when03", json.dumps({**json.loads(good_spec), "created": "soon"}))
+    _bad_job(root, "20000101-000000-data04", json.dumps({"experiments": [{"data": 5, "train": []}]}))
+    # A job whose own spec is sound shows, whatever its status and launch files hold.
+    shown = _bad_job(root, "20000101-000000-stat05", good_spec, status_json="{" * 100_000,
+                     launch_json=json.dumps({"pid": None, "at": "yesterday"}))
+    _bad_job(root, "20000101-000000-type06", good_spec, launch_json=json.dumps({"pid": 2**62, "at": 0}),
+             status_json=json.dumps({"phase": "training", "fraction": "most", "eta_seconds": [1]}))
+    views = board.views()
+    assert {v.job_id for v in views} >= {job.job_id, shown.name}
+    assert not {v.job_id for v in views} & {"20000101-000000-deep01", "20000101-000000-none02",
+                                             "20000101-000000-when03", "20000101-000000-data04"}
+    assert all(isinstance(v.snapshot.fraction, float | int) for v in views)
+    board.pump()  # the job whose launch names no process is failed, not a crash
+    assert board.view("20000101-000000-type06").snapshot.phase == FAILED
+    assert board.view(job.job_id).active
+
+
+def test_a_huge_job_file_is_not_read(tmp_path, workers):
+    import tracemalloc
+
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    job = board.submit([experiment()], ["a"], owner="alice")
+    with open(board.view(job.job_id).path / STATUS, "wb") as fh:
+        fh.truncate(64 * 1024**2)  # sparse: 64 MB of zero bytes
+    tracemalloc.start()
+    try:
+        view = board.view(job.job_id)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert view is not None and view.active
+    assert peak < 16 * 1024**2
+
+
+def test_a_damaged_timings_file_is_refused_quickly_and_replaced_by_the_next_record(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from core.training import estimate
+
+    path = jobs_root(tmp_path) / TIMINGS_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("[" * 100_000)
+    assert estimate.observed_timing(path.parent, DATA, TrainConfig()) is None
+    with open(path, "wb") as fh:
+        fh.truncate(150 * 1000**2)
+    tracemalloc.start()
+    try:
+        assert estimate.observed_timing(path.parent, DATA, TrainConfig()) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024**2
+    seen = {"fixed": 3.0, "first_epoch": 0.01, "epoch": 0.01, "features": None, "in_memory": True, "at": 1.0}
+    monkeypatch.setattr(estimate, "observation", lambda run_dir, seconds: dict(seen))
+    estimate.record_timing(path.parent, DATA, TrainConfig(), tmp_path, 10.0)
+    assert estimate.observed_timing(path.parent, DATA, TrainConfig()).runs == 1
+
+
+def _record_timings(folder: str, prefix: str, count: int) -> None:
+    from core.training import estimate
+
+    for n in range(count):
+        estimate.record_timing(folder, replace(DATA, source=f"folder:{prefix}{n}"), TrainConfig(), folder, 10.0)
+
+
+def test_timings_recorded_by_two_processes_at_once_are_all_kept(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from core.training import estimate
+
+    seen = {"fixed": 3.0, "first_epoch": 0.01, "epoch": 0.01, "features": None, "in_memory": True, "at": 1.0}
+    monkeypatch.setattr(estimate, "observation", lambda run_dir, seconds: dict(seen))  # inherited by the forks
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_record_timings, args=(str(tmp_path), prefix, 30)) for prefix in "ab"]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    assert len(json.loads((tmp_path / TIMINGS_FILE).read_text())) == 60
+
+
+def test_submitting_on_a_full_disk_says_so_in_one_line_and_leaves_no_half_made_job(tmp_path, workers, monkeypatch):
+    from core.settings.errors import LabError
+
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    board.submit([experiment()], ["a"], owner="alice")
+    disk = FilledDisk(monkeypatch)
+    disk.full = True
+    with pytest.raises(LabError) as refused:
+        board.submit([experiment()], ["b"], owner="bob")
+    assert str(refused.value) == ("The training could not be queued: the disk is full (12 MB free in the runs "
+                                  "folder); free space there, then try again.")
+    assert not [p.name for p in board.root.iterdir() if p.name.startswith(".new-")]
+    assert len(board.views()) == 1 and board.pump_if_due(every_seconds=0)  # pages go on reading and pumping
+    disk.full = False
+    assert board.submit([experiment()], ["b"], owner="bob").job_id is not None
+
+
+def test_a_read_only_runs_folder_refuses_in_one_line_and_pages_still_read(tmp_path, workers, monkeypatch):
+    from core.settings.errors import LabError
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    board = Board(tmp_path / "runs", max_concurrent=1, launcher=workers)
+    monkeypatch.setattr(Path, "mkdir", read_only)  # root ignores chmod: the folder cannot be made, as when read-only
+    with pytest.raises(LabError, match=r"^The job board cannot be changed: the runs folder is read-only "
+                                       r"\(Read-only file system\); make it writable or set LAB_RUNS_DIR"):
+        board.submit([experiment()], ["a"], owner="alice")
+    assert board.views() == [] and board.pump_if_due(every_seconds=0)
+    monkeypatch.undo()
+
+    job = board.submit([experiment()], ["a"], owner="alice")
+    real_open = os.open
+
+    def open_read_only(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_read_only)
+    with pytest.raises(LabError, match="^The job board cannot be changed: the runs folder is read-only"):
+        board.submit([experiment()], ["b"], owner="bob")
+    with pytest.raises(LabError, match="^The job board cannot be changed"):
+        board.stop(job.job_id)
+    assert board.pump_if_due(every_seconds=0)
+    assert [v.job_id for v in board.views()] == [job.job_id]
+
+
+def test_a_worker_that_ended_on_a_full_disk_is_failed_once_there_is_space(tmp_path, monkeypatch):
+    from core.training import board as board_module
+    from core.training.board import EXIT_DISK_FULL, exit_reason
+
+    monkeypatch.setattr(board_module, "EXIT_RETRY_SECONDS", 0.05)
+    go = tmp_path / "go"
+    launched = []
+
+    def launch(_job_dir):
+        script = f"import os, sys, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\nsys.exit({EXIT_DISK_FULL})"
+        launched.append(subprocess.Popen([sys.executable, "-c", script]))
+        return launched[-1]
+
+    board = Board(tmp_path / "runs", max_concurrent=1, launcher=launch)
+    job = board.submit([experiment()], ["a"], owner="alice")
+    path = board.view(job.job_id).path
+    disk = FilledDisk(monkeypatch)
+    disk.full = True
+    os.close(os.open(go, os.O_CREAT | os.O_WRONLY))
+    assert launched[0].wait(30) == EXIT_DISK_FULL
+    time.sleep(0.3)  # the watcher tries to record the end, and cannot
+    assert not (path / EXIT).exists()
+    assert board.pump_if_due(every_seconds=0)  # a page's refresh: no error while the disk is full
+    assert board.view(job.job_id).active
+    disk.full = False
+    wait_until(lambda: board.view(job.job_id).finished)
+    view = board.view(job.job_id)
+    assert view.snapshot.phase == FAILED and view.snapshot.message == exit_reason(EXIT_DISK_FULL)
+    assert "the disk was full" in view.snapshot.message
+    assert json.loads((path / EXIT).read_text())["returncode"] == EXIT_DISK_FULL
+
+
+def test_a_worker_ends_with_the_disk_full_code_when_it_cannot_publish(tmp_path, monkeypatch):
+    from core.training import worker
+    from core.training.board import EXIT_DISK_FULL
+
+    board = Board(tmp_path, max_concurrent=1, launcher=lambda job_dir: None)
+    with board._locked():
+        job_dir = board.root / board._create([experiment()], ["a"], "alice", "dashboard")
+    monkeypatch.setattr(worker.os, "nice", lambda increment: 0)
+    monkeypatch.setattr(worker, "follow_training", raiser_of(OSError(errno.ENOSPC, "No space left on device")))
+    disk = FilledDisk(monkeypatch)
+    disk.full = True
+    assert worker.main([str(job_dir)]) == EXIT_DISK_FULL
+    assert not (job_dir / STATUS).exists()
+    disk.full = False  # space again as it failed: the job says why itself
+    assert worker.main([str(job_dir)]) == 1
+    status = json.loads((job_dir / STATUS).read_text())
+    assert status["phase"] == FAILED and status["message"].startswith("Training failed: the disk is full (")
+
+
+def raiser_of(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+def test_training_goes_on_while_its_progress_cannot_be_published(tmp_path, monkeypatch):
+    import threading
+
+    from core.training.board import follow_training
+    from core.training.jobs import Job
+
+    gate = threading.Event()
+
+    def runner(data, train, runs_dir, callbacks):
+        callbacks.on_status("Opening the data ...")
+        assert gate.wait(30)
+        run = Path(runs_dir) / "run"
+        run.mkdir()
+        return run
+
+    job_dir = tmp_path / ".jobs" / "job"
+    job_dir.mkdir(parents=True)
+    disk = FilledDisk(monkeypatch)
+    disk.full = True
+    ended = {}
+    follower = threading.Thread(target=lambda: ended.update(snapshot=follow_training(job, job_dir, poll_seconds=0.01)))
+    job = Job([experiment()], tmp_path, runner)
+    follower.start()
+    time.sleep(0.3)  # many publishes refused meanwhile
+    assert follower.is_alive() and not (job_dir / STATUS).exists()
+    disk.full = False
+    gate.set()
+    follower.join(30)
+    assert ended["snapshot"].phase == DONE
+    assert json.loads((job_dir / STATUS).read_text())["phase"] == DONE
