@@ -50,7 +50,7 @@ class ZipRules:
     not_a_zip: str
     encrypted: str
     too_many: str  # formatted with files= and limit=
-    too_big: str  # formatted with declared=, limit= (bytes) and their megabytes() texts, declared_mb=, limit_mb=
+    too_big: str  # formatted with declared_gb=, limit_gb= (numbers) and declared_mb=, limit_mb= (megabytes() texts)
 
 
 DATASET_ZIP = ZipRules(
@@ -85,7 +85,8 @@ def open_zip(data: bytes | bytearray | BinaryIO, rules: ZipRules) -> zipfile.Zip
 def member_path(info: zipfile.ZipInfo, rules: ZipRules) -> PurePosixPath:
     """The member's path inside the archive, refused when it would land outside the target folder."""
     name = info.filename.replace("\\", "/")
-    # Any "X:" start counts as a drive, not only a letter's: no member of a zip the Lab writes starts so.
+    # Windows puts "C:x" on drive C. Any "X:" start is refused, not only a letter's (the stricter of the two
+    # tests the Lab had): no zip the Lab writes has one, and a person's zip hardly ever.
     if name.startswith("/") or name[1:2] == ":":
         raise rules.error(f"The zip contains an absolute path ('{info.filename}'); refusing to {rules.action} it.")
     path = PurePosixPath(name)
