@@ -13,8 +13,10 @@ Jobs from the dashboard train in a worker process (`python -m core.training.work
 server that shows them: TensorFlow's Python threads then never compete with the server for its
 interpreter lock, a reload or a closed tab leaves the training alone, and a crash or an out-of-memory kill
 ends that job only. At most the preset's `max_concurrent_jobs` train at once; later jobs wait in the order
-they came. An experiment whose fingerprint (its data's files, its settings, its seed) matches a run that
-finished here is not trained again, and a job identical to one queued or running is joined, not repeated.
+they came, and one session (an owner) may have at most `max_jobs_per_session` of them queued or running. An
+experiment whose fingerprint (its data's files, its settings, its seed) matches a run that finished here is
+not trained again, and a job identical to one queued or running is joined, not repeated (the joiner holds no
+job of its own by that).
 
 Every file here is read within bounds (core.settings.files.read_json): a damaged, huge or deeply nested one
 reads as missing, so a page that shows the board never fails on it. A full or read-only runs folder never
@@ -257,14 +259,17 @@ class Board:
     """The jobs of one runs folder. Cheap to create: pages make one per script run."""
 
     def __init__(self, runs_dir: str | Path, max_concurrent: int | None = None,
-                 launcher: Callable[[Path], subprocess.Popen] | None = None):
+                 launcher: Callable[[Path], subprocess.Popen] | None = None, max_per_session: int | None = None):
         self.runs_dir = Path(runs_dir)
         self.root = jobs_root(runs_dir)
-        if max_concurrent is None:
+        if max_concurrent is None or max_per_session is None:
             from core.settings.presets import active_preset
 
-            max_concurrent = active_preset().max_concurrent_jobs
+            preset = active_preset()
+            max_concurrent = preset.max_concurrent_jobs if max_concurrent is None else max_concurrent
+            max_per_session = preset.max_jobs_per_session if max_per_session is None else max_per_session
         self.max_concurrent = max(1, int(max_concurrent))
+        self.max_per_session = max(1, int(max_per_session))
         self._launcher = launcher or launch_worker
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -380,7 +385,8 @@ class Board:
                origin: str = "dashboard") -> Submission:
         """Queue experiments as one job, train nothing twice, and start what the slots allow.
 
-        Raises LabError when the runs folder cannot take the job (full, read-only).
+        Raises LabError when the owner already holds max_per_session jobs, or when the runs folder cannot
+        take the job (full, read-only).
         """
         if not experiments or len(experiments) != len(fingerprints):
             raise ValueError("one fingerprint per experiment, and at least one experiment")
@@ -396,11 +402,21 @@ class Board:
                 for v in active:
                     if v.fingerprints == wanted:
                         return Submission(v.job_id, True, reused)
+                self._check_session_limit(active, owner)
                 job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin)
                 self._start_queued()
         except OSError as exc:
             raise LabError(f"The training could not be queued: {disk_problem(exc, self.runs_dir)}.") from None
         return Submission(job_id, False, reused)
+
+    def _check_session_limit(self, active: list[JobView], owner: str) -> None:
+        held = sum(1 for v in active if v.owner == owner)
+        if held < self.max_per_session:
+            return
+        if self.max_per_session == 1:
+            raise LabError("You already have a training queued or running; wait for it to finish or stop it.")
+        raise LabError(f"You already have {held} trainings queued or running, the most one session may have; wait "
+                       "for one to finish or stop it.")
 
     def _create(self, experiments: list[Experiment], fingerprints: list[str], owner: str, origin: str,
                 pid: int | None = None) -> str:

@@ -542,3 +542,36 @@ def test_training_goes_on_while_its_progress_cannot_be_published(tmp_path, monke
     follower.join(30)
     assert ended["snapshot"].phase == DONE
     assert json.loads((job_dir / STATUS).read_text())["phase"] == DONE
+
+
+def test_one_session_holds_at_most_its_share_of_the_queue_and_joining_costs_nothing(tmp_path, workers):
+    from core.settings.errors import LabError
+
+    board = Board(tmp_path, max_concurrent=1, launcher=workers, max_per_session=1)
+    first = board.submit([experiment()], ["a"], owner="alice")
+    with pytest.raises(LabError) as refused:
+        board.submit([experiment()], ["b"], owner="alice")
+    assert str(refused.value) == "You already have a training queued or running; wait for it to finish or stop it."
+    assert len(board.views()) == 1
+    assert board.submit([experiment()], ["b"], owner="bob").job_id is not None  # another session's own
+    joined = board.submit([experiment()], ["a"], owner="carol")  # the same as alice's: joined, not held
+    assert joined.attached and joined.job_id == first.job_id
+    assert board.submit([experiment()], ["c"], owner="carol").job_id is not None
+    # Once alice's training has ended, she may queue another.
+    workers.finish(board, board.view(first.job_id).path)
+    assert board.submit([experiment()], ["d"], owner="alice").job_id is not None
+
+
+def test_the_share_of_a_session_comes_from_the_preset(tmp_path, monkeypatch, workers):
+    from core.settings.errors import LabError
+
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    assert Board(tmp_path).max_per_session == 1
+    monkeypatch.setenv("LAB_PRESET", "local")
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    assert board.max_per_session == 4
+    for n in range(4):
+        board.submit([experiment()], [f"f{n}"], owner="alice")
+    with pytest.raises(LabError, match="^You already have 4 trainings queued or running, the most one session may "
+                                       "have; wait for one to finish or stop it.$"):
+        board.submit([experiment()], ["f5"], owner="alice")
