@@ -89,7 +89,7 @@ def test_sessions_loading_the_demo_at_once_prepare_it_once_and_follow_its_progre
         except BaseException as exc:  # reported below, with the session it happened in
             errors[i] = exc
 
-    threads = [threading.Thread(target=session, args=(i,)) for i in range(sessions)]
+    threads = [threading.Thread(target=session, args=(i,), daemon=True) for i in range(sessions)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -124,8 +124,13 @@ def test_processes_preparing_the_demo_at_once_prepare_it_once(tmp_path):
                for out in outs]
     for worker in workers:
         worker.start()
-    for worker in workers:
-        worker.join(180)
+    try:
+        for worker in workers:
+            worker.join(180)
+    finally:
+        for worker in workers:
+            if worker.is_alive():  # stuck: the test fails below, without leaving the process behind
+                worker.kill()
     assert [w.exitcode for w in workers] == [0] * processes
     assert work_done(log) == ["pretrain", "scenes"]
     results = {tuple(json.loads(out.read_text())) for out in outs}
