@@ -30,12 +30,22 @@ the cloud preset: batches of at most 16 and 224 pixels keep the worst case at 2.
 after the baseline added 0.19 GB: most of the first run's memory is reused), leaving room for the
 sessions and Predict's cached models; batches of 32 reach 2.75 GB and fine-tuning 2.73 GB, over the
 host's 2.7 GB.
+
+Data efficiency (core.training.efficiency) trains in the server process, not in a worker, and holds every
+training image it uses as a float32 array beside the validation split's cache, so it has caps of its own:
+at most 128x128 and 1,000 training images (its largest count times the classes), with the batch and
+epoch caps above. Measured in a child process the same way (Streamlit, pandas and plotly imported, 0.73 GB),
+at those caps on generated ~500x375 JPEGs: 10 classes of 100 training images, 2,600 validation images (510
+MB resized, just inside the 512 MB cache), counts 10 and 100, batches of 16, a 128x128 MobileNetV2 of random
+weights: peak 2.18 GB (2.41 GB before the baseline trained on a view of the images instead of a copy).
+At 224x224 within the training caps it had reached 2.9 GB.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,15 +75,37 @@ class Preset:
     max_concurrent_jobs: int  # training jobs at once across all sessions (core.training.jobs enforces it)
     allow_fine_tuning: bool  # gradients through the whole backbone need far more memory than the head
     max_jobs_per_session: int  # queued or running trainings one visitor may hold (core.training.board enforces it)
+    # Caps below default to none, so a preset names only those it sets.
+    max_epochs: int | None = None  # per training, and per fine-tuning phase (apply_preset)
+    max_job_minutes: float | None = None  # the longest a training may be by its estimate (check_job_length)
+    # Data efficiency keeps every training image it uses in memory, as float32 arrays (core.training.efficiency),
+    # so it needs its own, lower image-size cap and a cap on its images (largest count x classes).
+    max_efficiency_image_size: int | None = None
+    max_efficiency_images: int | None = None
 
+
+# One training at a time on the cloud preset, so every visitor in the queue waits out each job ahead of them:
+# its length is what the caps below bound. The article's longest training is the baseline's 15 epochs;
+# 20 leaves room to watch it overfit, not for a 500-epoch job that held the queue for most of an hour.
+CLOUD_MAX_EPOCHS = 20
+# By the page's own estimate: a visitor behind one job waits at most this long for it, and the Quick demo
+# (a 3-minute budget by default) and the article's transfer run fit well inside it.
+CLOUD_MAX_JOB_MINUTES = 10
+# Data efficiency trains in the server process itself: 2.18 GB at these caps (the module docstring says how
+# it was measured), where 224x224 within the training caps reached 2.9 GB.
+CLOUD_EFFICIENCY_IMAGE_SIZE = 128
+CLOUD_EFFICIENCY_IMAGES = 1000
 
 PRESETS = {
     "local": Preset("local", "Your own machine: every dataset size, local folders and model paths allowed.",
                     None, None, None, True, 4, True, max_jobs_per_session=4),
     "cloud": Preset("cloud", "Shared host (Streamlit Community Cloud, 2.7 GB of memory): at most 2,000 training "
-                    "images at up to 224x224 in batches of up to 16, one training run at a time, no "
-                    "fine-tuning, datasets from uploads, the generated demo or TFDS.", 2000, 16, 224, False, 1,
-                    False, max_jobs_per_session=1),
+                    "images at up to 224x224 in batches of up to 16, one training run at a time (of at most "
+                    f"{CLOUD_MAX_EPOCHS} epochs and {CLOUD_MAX_JOB_MINUTES} minutes), no fine-tuning, datasets "
+                    "from uploads, the generated demo or TFDS.", 2000, 16, 224, False, 1,
+                    False, max_jobs_per_session=1, max_epochs=CLOUD_MAX_EPOCHS,
+                    max_job_minutes=CLOUD_MAX_JOB_MINUTES, max_efficiency_image_size=CLOUD_EFFICIENCY_IMAGE_SIZE,
+                    max_efficiency_images=CLOUD_EFFICIENCY_IMAGES),
 }
 DEFAULT_PRESET = "local"
 
@@ -119,14 +151,22 @@ def capped_batch_size(batch_size: int, preset: Preset | None = None) -> int:
 
 
 def _inside_lab_folders(folder: str) -> bool:
-    """Dataset folders the web page may name under a preset without local paths: uploads and the demo."""
+    """Dataset folders the web page may name under a preset without local paths: uploads and the demo.
+
+    Judged first from the text alone (a folder outside the cache is refused before anything on the disk is
+    looked at, so the answer never says whether it exists), then resolved (a link inside leading out).
+    """
     from core.settings.paths import cache_dir
 
+    cache = cache_dir().expanduser()
     try:
+        written = Path(os.path.abspath(os.path.expanduser(folder)))
+        if not any(written.is_relative_to(root) for root in (Path(os.path.abspath(cache)), cache.resolve())):
+            return False
         path = Path(folder).expanduser().resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return False
-    return path.is_relative_to(cache_dir().expanduser().resolve())
+    return path.is_relative_to(cache.resolve())
 
 
 def check_source(source: str, preset: Preset | None = None) -> None:
@@ -158,10 +198,73 @@ def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Pre
         raise LabError(f"The {preset.name} preset allows images of at most {preset.max_image_size}x"
                        f"{preset.max_image_size} (asked for {data.image_size}); lower the image size.")
     check_source(data.source, preset)
+    if train is not None:
+        check_epochs(train.resolved_epochs, preset)
     if train is not None and train.fine_tune_epochs and not preset.allow_fine_tuning:
         raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
                        "memory than this host has. Set fine-tuning epochs to 0.")
+    if train is not None:
+        check_epochs(train.fine_tune_epochs, preset, "fine-tuning epochs")
     return data
+
+
+def check_epochs(epochs: int, preset: Preset | None = None, what: str = "epochs") -> None:
+    """Raise LabError when epochs is over the preset's max_epochs (a fine-tuning phase has the same cap)."""
+    preset = preset or active_preset()
+    if preset.max_epochs is not None and epochs > preset.max_epochs:
+        raise LabError(f"The {preset.name} preset trains at most {preset.max_epochs} {what} (asked for {epochs}); "
+                       f"lower the {what}.")
+
+
+def check_job_length(estimated_seconds: float, preset: Preset | None = None) -> None:
+    """Raise LabError when a training's estimated length is over the preset's max_job_minutes.
+
+    For the page that submits a training, with its estimate: on a host that trains one job at a time, the
+    visitors queued behind a job wait out all of it. A length that could not be estimated is refused too.
+    """
+    import math
+
+    preset = preset or active_preset()
+    cap = preset.max_job_minutes
+    if cap is None:
+        return
+    advice = f"the hosted Lab runs trainings of at most {cap:g} min: use fewer images or epochs."
+    try:
+        seconds = float(estimated_seconds)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise LabError(f"This training's length could not be estimated; {advice}")
+    if seconds > cap * 60:
+        raise LabError(f"This training would take about {math.ceil(seconds / 60)} min; {advice}")
+
+
+def apply_efficiency_preset(data: DataConfig, epochs: Iterable[int], preset: Preset | None = None) -> DataConfig:
+    """Data efficiency's settings under the preset, like apply_preset's for a run: its data source, batch and
+    image size, every training's epochs, and its own lower image-size cap; LabError says what to change.
+
+    The images it holds depend on the dataset's classes: check_efficiency_images, once they are known.
+    """
+    preset = preset or active_preset()
+    cap = preset.max_efficiency_image_size
+    if cap is not None and data.image_size > cap:
+        raise LabError(f"The {preset.name} preset measures data efficiency on images of at most {cap}x{cap} (asked "
+                       f"for {data.image_size}); lower the image size.")
+    data = apply_preset(data, preset=preset)
+    for count in epochs:
+        check_epochs(count, preset)
+    return data
+
+
+def check_efficiency_images(per_class: int, classes: int, preset: Preset | None = None) -> None:
+    """Raise LabError when Data efficiency would hold more training images than the preset allows: its
+    largest count of images per class, for every class."""
+    preset = preset or active_preset()
+    cap = preset.max_efficiency_images
+    if cap is not None and per_class * classes > cap:
+        raise LabError(f"The {preset.name} preset measures data efficiency on at most {cap:,} training images "
+                       f"(asked for {per_class:,} per class of {classes:,} classes: {per_class * classes:,}); use "
+                       "smaller counts.")
 
 
 def article_settings(kind: ModelKind, preset: Preset | None = None) -> dict:

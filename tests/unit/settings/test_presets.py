@@ -141,3 +141,69 @@ def test_experiments_page_applies_the_preset(open_page, monkeypatch, demo_folder
     assert "batches of at most 16 (asked for 64)" in errors
     assert "does not read folders" not in errors
     assert at.session_state["exp_t_batch"] == 16  # the page's default batch is the preset's cap, not 32
+
+
+def test_cloud_caps_epochs_and_fine_tuning_epochs_in_one_line():
+    data = DataConfig(source="tfds:cats_vs_dogs", batch_size=16)
+    with pytest.raises(LabError, match=r"^The cloud preset trains at most 20 epochs \(asked for 500\); lower the "
+                                       r"epochs\.$"):
+        apply_preset(data, TrainConfig(model=ModelKind.BASELINE, epochs=500), CLOUD)
+    assert apply_preset(data, TrainConfig(model=ModelKind.BASELINE, epochs=15), CLOUD).batch_size == 16  # the article's
+    tuning = replace(CLOUD, allow_fine_tuning=True)  # a host with the memory for it still caps its length
+    with pytest.raises(LabError, match=r"at most 20 fine-tuning epochs \(asked for 30\); lower the fine-tuning epochs"):
+        apply_preset(data, TrainConfig(model=ModelKind.MOBILENET_V2, fine_tune_epochs=30), tuning)
+    local = DataConfig(source="tfds:cats_vs_dogs")
+    assert apply_preset(local, TrainConfig(epochs=500, fine_tune_epochs=500), LOCAL) == local
+
+
+def test_a_training_longer_than_the_cloud_allows_is_refused_by_its_estimate():
+    from core.settings.presets import check_job_length
+
+    check_job_length(600, CLOUD)  # exactly the cap
+    with pytest.raises(LabError) as refused:
+        check_job_length(14 * 60, CLOUD)
+    assert str(refused.value) == ("This training would take about 14 min; the hosted Lab runs trainings of at most "
+                                  "10 min: use fewer images or epochs.")
+    with pytest.raises(LabError, match="about 11 min"):
+        check_job_length(601, CLOUD)  # never "about 10 min" for a training that is over 10
+    for unknown in (float("nan"), float("inf"), None):
+        with pytest.raises(LabError, match="could not be estimated"):
+            check_job_length(unknown, CLOUD)
+    check_job_length(10 * 3600, LOCAL)
+
+
+def test_data_efficiency_has_its_own_caps_on_the_cloud(tmp_path):
+    from core.settings.paths import cache_dir
+    from core.settings.presets import apply_efficiency_preset, check_efficiency_images
+
+    inside = f"folder:{cache_dir() / 'uploads' / 'zip-eff' / 'pets'}"
+    ok = DataConfig(source=inside, image_size=128, batch_size=16)
+    assert apply_efficiency_preset(ok, [15, 3], CLOUD).image_size == 128
+    for data, epochs, message in (
+            (replace(ok, image_size=224), [15, 3], r"data efficiency on images of at most 128x128 \(asked for 224\)"),
+            (replace(ok, batch_size=32), [15, 3], r"batches of at most 16 \(asked for 32\)"),
+            (ok, [500, 3], r"at most 20 epochs \(asked for 500\)"),
+            (replace(ok, source=f"folder:{tmp_path}"), [15, 3], "does not read folders on the server")):
+        with pytest.raises(LabError, match=message):
+            apply_efficiency_preset(data, epochs, CLOUD)
+    check_efficiency_images(100, 10, CLOUD)
+    with pytest.raises(LabError, match=r"at most 1,000 training images \(asked for 80 per class of 20 classes: "
+                                       r"1,600\); use smaller counts"):
+        check_efficiency_images(80, 20, CLOUD)
+    big = replace(ok, image_size=512, batch_size=256, source=f"folder:{tmp_path}")
+    assert apply_efficiency_preset(big, [500], LOCAL) == big
+    check_efficiency_images(10_000, 1000, LOCAL)
+
+
+def test_a_folder_outside_the_cache_is_refused_alike_whether_it_exists_or_leads_into_the_cache(tmp_path):
+    """The data source check reads the text first: a link outside the cache that leads into it is refused
+    like a folder that does not exist, so the answer never tells which of the server's paths exist."""
+    from core.settings.paths import cache_dir
+
+    target = cache_dir() / "uploads" / "zip-link" / "pets"
+    target.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "link").symlink_to(cache_dir())
+    for folder in (tmp_path / "link" / "uploads" / "zip-link" / "pets", tmp_path / "missing" / "uploads"):
+        with pytest.raises(LabError, match="does not read folders on the server"):
+            apply_preset(DataConfig(source=f"folder:{folder}", batch_size=16), preset=CLOUD)
+    assert apply_preset(DataConfig(source=f"folder:{target}", batch_size=16), preset=CLOUD).source == f"folder:{target}"
