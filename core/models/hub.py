@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -139,17 +140,42 @@ def web_upload_handle_allowed(handle: str) -> bool:
     return any(path.is_relative_to(root.expanduser().resolve()) for root in (cache_dir(), runs_dir()))
 
 
+WEB_HANDLE_REFUSED = ("This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder as "
+                      "the hub handle.")
+
+
+def _written_inside_lab_folders(handle: str) -> bool:
+    """Whether a local handle, read as text only (no folder is looked up or resolved), names a place inside the
+    cache or runs folder."""
+    from core.settings.paths import cache_dir, runs_dir
+
+    path = Path(os.path.abspath(os.path.expanduser(handle)))
+    roots = {form for root in (cache_dir(), runs_dir())
+             for form in (Path(os.path.abspath(root.expanduser())), root.expanduser().resolve())}
+    return any(path.is_relative_to(root) for root in roots)
+
+
 def check_web_handle(handle: str) -> str:
     """Normalise a hub handle typed into a hosted page; refuse server folders the Lab does not own.
 
     On a public host the Experiments page's handle field is a server path like any other: a SavedModel
     is a TensorFlow graph, which can read files, so strangers may only name downloads and the Lab's own
     folders (the generated demo's pretrained backbone lives in the cache folder).
+
+    A path outside those folders is refused from its text, before anything on the disk is looked at, with one
+    message that does not repeat it: the answer is the same whether the folder exists or not, so the field
+    cannot be used to learn which folders the server has. For the same reason a Kaggle-shaped handle is
+    always Kaggle's here, never a folder that happens to exist beside the server.
     """
-    normalised = normalise_handle(handle)
-    if not web_upload_handle_allowed(normalised):
-        raise ModelFileError(
-            f"This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder as the hub "
-            f"handle, not '{handle.strip()}'."
-        )
+    text = (handle or "").strip()
+    if not text or text.startswith(("http://", "https://", "gs://")):
+        normalised = normalise_handle(text)  # the empty handle's message, or the URL itself
+    elif _KAGGLE_HANDLE.match(text) and not text.startswith((".", "/", "~")):
+        normalised = KAGGLE_PREFIX + text
+    elif not _written_inside_lab_folders(text):
+        raise ModelFileError(WEB_HANDLE_REFUSED)
+    else:
+        normalised = normalise_handle(text)  # inside the Lab's own folders, whether it exists may be said
+    if not web_upload_handle_allowed(normalised):  # resolved: a link inside the Lab's folders leading out
+        raise ModelFileError(WEB_HANDLE_REFUSED)
     return normalised

@@ -354,8 +354,10 @@ def test_public_host_offers_no_server_paths_and_queues_trainings_beyond_its_limi
 
     at = open_page("experiments", state=training_state(uploaded, demo_backbone))
     assert not at.exception
+    # One answer for every server folder, which neither repeats the path nor says whether it exists.
     assert ("No estimate: This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder "
-            f"as the hub handle, not '{demo_backbone}'.") in errors(at)
+            "as the hub handle.") in errors(at)
+    assert not any(str(demo_backbone) in error for error in errors(at))
     at.button(key="run_mobilenet_v2").click().run()
     assert not at.session_state["exp_following"] if "exp_following" in at.session_state else True
     assert any(e.startswith("This server only uses TF Hub") for e in errors(at))
