@@ -9,8 +9,10 @@ side costs seconds even with the real MobileNetV2. Works for any source and any 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,10 +20,35 @@ import numpy as np
 
 from core.settings.config import ARTICLE_EPOCHS, DataConfig, ModelKind, TrainConfig, validate
 from core.settings.errors import LabError, StopRequested
+from core.settings.presets import Preset, apply_efficiency_preset, check_efficiency_images
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COUNTS = (5, 10, 20, 40, 80)
+
+# Measurements running in this process under a preset: unlike trainings, which run in worker processes
+# queued by core.training.board, a measurement trains inside the server, so its preset's
+# max_concurrent_jobs bounds them here (two at once would need twice the memory the caps were measured for).
+_running = 0
+_running_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _measuring(preset: Preset | None):
+    global _running
+    if preset is None:
+        yield
+        return
+    with _running_lock:
+        if _running >= preset.max_concurrent_jobs:
+            raise LabError(f"Another data efficiency measurement is running on this server, and the {preset.name} "
+                           f"preset runs at most {preset.max_concurrent_jobs} at once; try again when it has finished.")
+        _running += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
 
 
 @dataclass(frozen=True)
@@ -61,7 +88,7 @@ def _pick_per_class(source, data: DataConfig, most: int, classes: int) -> tuple[
         if all(len(b) >= most for b in kept.values()):
             break
     order = [(i, c) for i in range(most) for c in range(classes) if i < len(kept[c])]
-    images = np.stack([kept[c][i] for i, c in order]).astype(np.float32)
+    images = np.stack([kept[c][i] for i, c in order]).astype(np.float32, copy=False)  # no second copy
     labels = np.array([c for _, c in order], np.int64)
     ranks = np.array([i for i, _ in order])
     return images, labels, ranks
@@ -70,33 +97,59 @@ def _pick_per_class(source, data: DataConfig, most: int, classes: int) -> tuple[
 def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAULT_COUNTS,
                     epochs: dict[ModelKind, int] | None = None, learning_rate: float = 1e-3,
                     on_status: Callable[[str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> EfficiencyResult:
+                    should_stop: Callable[[], bool] | None = None, preset: Preset | None = None) -> EfficiencyResult:
     """Train both models at each count of training images per class; validation accuracy per count.
 
     epochs defaults to the article's (15 for the baseline, 3 for the transfer head); data.batch_size,
     data.image_size and data.seed apply to every training. data.limit is ignored: the counts are the limit.
-    """
-    import tf_keras
 
-    from core.data.sources import VALIDATION, make_pipeline, open_source
-    from core.models.architectures import build_baseline, build_transfer, compile_model
+    preset, when given (the web page gives the active one), applies its caps before anything is read or
+    trained: data source, batch, image size and epochs (core.settings.presets.apply_efficiency_preset), the
+    hub handle where it allows no server paths, then the training images held (check_efficiency_images, once
+    the classes are known); and at most its max_concurrent_jobs measurements run at once in this process.
+    None, as on the command line: no caps.
+    """
     from core.settings.paths import configure_caches
-    from core.training.experiment import run_model_label
-    from core.training.features import extract_features, feature_batches, split_features
 
     counts = sorted({int(c) for c in counts})
     if not counts or counts[0] < 1:
         raise LabError("Give at least one count of training images per class, each 1 or more.")
     epochs = {**ARTICLE_EPOCHS, **(epochs or {})}
-    status = on_status or (lambda _msg: None)
-    stop = should_stop or (lambda: False)
     configure_caches()
     data = dataclasses.replace(data, limit=None)
     for kind in ModelKind:
         validate(data, TrainConfig(model=kind, epochs=epochs[kind], learning_rate=learning_rate, handle=handle))
-    status(f"Opening {data.source} ...")
+    shown_source = data.source
+    if preset is not None:
+        apply_efficiency_preset(data, epochs.values(), preset)
+        if not preset.allow_local_paths:
+            from core.models.hub import check_web_handle
+            from core.settings.text import dataset_name
+
+            check_web_handle(handle)  # as the Experiments page checks its handle field
+            shown_source = dataset_name(data.source)  # the status line is shown on the page
+    with _measuring(preset):
+        return _measure(data, handle, counts, epochs, learning_rate, on_status, should_stop, preset, shown_source)
+
+
+def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[ModelKind, int], learning_rate: float,
+             on_status: Callable[[str], None] | None, should_stop: Callable[[], bool] | None, preset: Preset | None,
+             shown_source: str) -> EfficiencyResult:
+    """data_efficiency's work, once its settings are checked."""
+    import tf_keras
+
+    from core.data.sources import VALIDATION, make_pipeline, open_source
+    from core.models.architectures import build_baseline, build_transfer, compile_model
+    from core.training.experiment import run_model_label
+    from core.training.features import extract_features, feature_batches, split_features
+
+    status = on_status or (lambda _msg: None)
+    stop = should_stop or (lambda: False)
+    status(f"Opening {shown_source} ...")
     source = open_source(data, progress=on_status)
     classes = source.info.num_classes
+    if preset is not None:
+        check_efficiency_images(counts[-1], classes, preset)
     status(f"Reading up to {counts[-1]} training images per class ...")
     images, labels, ranks = _pick_per_class(source, data, counts[-1], classes)
 
@@ -112,8 +165,9 @@ def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAU
     for count in counts:
         if stop():
             raise StopRequested()
-        chosen = ranks < count
-        n = int(chosen.sum())
+        # ranks never decrease (_pick_per_class orders by rank), so a count's images are a prefix: a view of
+        # the arrays, where a boolean selection would copy every chosen image once more.
+        n = int((ranks < count).sum())
         for kind in (ModelKind.MOBILENET_V2, ModelKind.BASELINE):
             status(f"{count} images per class: training the {'transfer head' if kind is ModelKind.MOBILENET_V2 else 'baseline CNN'} ...")
             tf_keras.utils.set_random_seed(data.seed)
@@ -122,13 +176,13 @@ def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAU
                 head = tf_keras.Sequential([tf_keras.Input(shape=train_features.shape[1:]),
                                             tf_keras.layers.Dense(classes, dtype="float32")])
                 compile_model(head, learning_rate)
-                head.fit(feature_batches(train_features[chosen], labels[chosen], batch, seed=data.seed),
+                head.fit(feature_batches(train_features[:n], labels[:n], batch, seed=data.seed),
                          epochs=epochs[kind], shuffle=False, verbose=0)
                 accuracy = head.evaluate(val_batches, verbose=0)[1]
             else:
                 model = build_baseline(classes, data.image_size)
                 compile_model(model, learning_rate)
-                model.fit(images[chosen], labels[chosen], batch_size=batch, epochs=epochs[kind], shuffle=True,
+                model.fit(images[:n], labels[:n], batch_size=batch, epochs=epochs[kind], shuffle=True,
                           verbose=0)
                 accuracy = model.evaluate(val_pipeline, verbose=0)[1]
             points.append(EfficiencyPoint(kind, count, n, float(accuracy)))
