@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 ATTRIBUTE = 0x000C
 CONTINUATION = 0x0010
+ATTRIBUTE_INFO = 0x0015
 VLEN_CLASS = 9
 MAX_HEADER_BLOCKS = 64
 MAX_MESSAGES = 65_536
@@ -107,10 +108,18 @@ class HeaderReader:
         if blocks:
             raise HeaderError("an object header spread over too many blocks")
 
+    def _dense_storage(self, body: bytes) -> bool:
+        """Whether an attribute info message points at a fractal heap (its address is not all ones)."""
+        pos = 2 + (2 if len(body) > 1 and body[1] & 0x01 else 0)
+        return self._uint(body, pos, self.offset_size) != (1 << (8 * self.offset_size)) - 1
+
     def vlen_elements(self, address: int, name: bytes, count: int) -> list[VlenElement]:
         """The elements of the variable-length attribute `name` (count of them) of the object at address."""
         found = []
         for mtype, mflags, body in self._messages(address):
+            if mtype == ATTRIBUTE_INFO and self._dense_storage(body):
+                # HDF5 then looks for attributes in a heap elsewhere, which this reader does not follow.
+                raise HeaderError("attributes kept in dense storage")
             if mtype != ATTRIBUTE:
                 continue
             if mflags & 0x02:

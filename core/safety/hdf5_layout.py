@@ -275,6 +275,5 @@ def check_unstored(reads: list[WeightRead], declared_params: int, label: str) ->
     if total > allowance:
         largest, read = max(unstored, key=lambda item: item[0])
         raise _refuse(label, f"declares {megabytes(total)} of weights that it does not store (the weight "
-                             f"'{_shown(read.name)}' alone {megabytes(largest)}), more than its model's config "
-                             f"needs ({megabytes(allowance)}); reading it would take that memory, so it was not "
-                             "opened")
+                             f"'{_shown(read.name)}' alone {megabytes(largest)}), beyond the {megabytes(allowance)} "
+                             "its model's config allows; reading it would take that memory, so it was not opened")

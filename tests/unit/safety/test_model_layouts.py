@@ -169,6 +169,17 @@ def test_a_soft_link_is_refused(trained, tmp_path):
     assert "makes 'model_weights/alias' a soft link" in refusal(path)
 
 
+def test_a_keras_file_written_in_hdf5s_newest_format_is_read_too(trained, tmp_path):
+    """Object headers of version 2 (h5py's libver='latest'), as another program may rewrite a model."""
+    path = tmp_path / "latest.h5"
+    with h5py.File(trained, "r") as src, h5py.File(path, "w", libver="latest") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for key in src:
+            src.copy(src[key], dst, name=key)
+    assert inspect_model_file(path).weight_bytes == inspect_model_file(trained).weight_bytes > 0
+
+
 def test_the_labs_own_file_states_what_loading_it_reads(trained):
     info = inspect_model_file(trained)
     with h5py.File(trained, "r") as f:
