@@ -21,8 +21,9 @@ _PLUMBING = {
     "Shape", "Cast",
 }
 # Calls between the module's own functions (checked to be in its library, without recursion) and the
-# two-way branches Keras emits for its `training` argument. No loops: a While can spin forever.
-_CALLS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf"}
+# two-way branches Keras emits for its `training` argument (If), or graphs converted from TF1 code (Switch and
+# Merge). No loops: a While, or TF1's Enter/NextIteration, can spin forever.
+_CALLS = {"StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf", "Switch", "Merge"}
 # The module's own variables: read for inference, updated by batch norm when fine-tuned.
 _VARIABLES = {
     "ReadVariableOp", "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "DisableCopyOnRead",
