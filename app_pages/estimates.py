@@ -1,45 +1,70 @@
-"""The Experiments page's duration estimates: models timed on this machine, cached for every session.
+"""The Experiments page's duration estimates: models timed on this machine, shared by every session.
 
-Timing a model is the same work for every visitor of this server, so st.cache_data shares the results;
-core.training.timing measures in a child process and core.training.estimate does the arithmetic. Where runs of a setting finished here
-already, their recorded costs (read fresh each time: a run may have just finished) replace the timing.
+Timing a setting is the same work for every visitor of this server, so its result is shared. It runs in a
+child process (core.training.timing) started from a thread of the server, never from a page's script run:
+the page is drawn at once, says that the estimate is on its way, and picks it up when it is there, while
+a visitor waiting for it holds nothing the others need. core.training.estimate does the arithmetic. Where
+runs of a setting finished here already, their recorded costs (read fresh each time: a run may have just
+finished) replace the timing.
 """
-import dataclasses
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
 from app_pages.common import open_source_cached, runs_folder
 from core.settings.config import DataConfig, ModelKind, TrainConfig, validate
-from core.training.estimate import Estimate, Observed, estimate_run, observed_timing
+from core.training.estimate import Estimate, Observed, Speed, estimate_run, observed_timing
+
+RETRY_FAILED_SECONDS = 30.0  # a failed timing (offline, a bad handle) is shown, then tried again after this
+KEPT_TIMINGS = 64  # settings whose timings are kept, the oldest dropped first
 
 
-# Timing is the same work for every visitor, so its results are shared; it runs in a child process
-# (core.training.timing), so a visitor waiting for it holds nothing the other visitors need.
-@st.cache_data(show_spinner=False, max_entries=32)
-def model_speed(kind_value: str, image_size: int, batch_size: int, handle: str, num_classes: int):
-    from core.training import timing
-
-    return timing.speed(ModelKind(kind_value), image_size, batch_size, handle, num_classes, _lock_folder())
+class Pending(Exception):
+    """The setting is being timed; its estimate is not there yet."""
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def decode_speed(source: str, image_size: int, batch_size: int) -> float:
-    from core.training import timing
+class _Timings:
+    """Timings by setting, measured one at a time in a thread of the server that only waits on a child."""
 
-    return timing.decode(source, image_size, batch_size, _lock_folder())
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-timing")
+        self._futures: dict[tuple, tuple[Future, float]] = {}
+
+    def future(self, key: tuple) -> Future:
+        from core.training import timing
+        from core.training.board import jobs_root
+
+        with self._lock:
+            found = self._futures.get(key)
+            if found is not None:
+                future, asked = found
+                stale = future.done() and future.exception() is not None and \
+                    time.monotonic() - asked > RETRY_FAILED_SECONDS
+                if not stale:
+                    return future
+            kind, image_size, batch_size, handle, classes, source, fine_tune = key
+            future = self._pool.submit(timing.measure_setting, ModelKind(kind), image_size, batch_size, handle,
+                                       classes, source, fine_tune, jobs_root(runs_folder()))
+            self._futures[key] = (future, time.monotonic())
+            while len(self._futures) > KEPT_TIMINGS:
+                self._futures.pop(next(iter(self._futures)))
+            return future
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def fine_tune_speed(image_size: int, batch_size: int, handle: str, num_classes: int) -> tuple[float, float]:
-    from core.training import timing
-
-    return timing.fine_tune(image_size, batch_size, handle, num_classes, _lock_folder())
+@st.cache_resource(show_spinner=False)
+def _timings() -> _Timings:
+    return _Timings()
 
 
-def _lock_folder():
-    from core.training.board import jobs_root
-
-    return jobs_root(runs_folder())
+def _key(kind: ModelKind, data: DataConfig, train: TrainConfig, num_classes: int) -> tuple:
+    # Fine-tuning is timed only when asked for: the slowest step there is to time.
+    return (kind.value, data.image_size, data.batch_size, train.handle, num_classes, data.source,
+            bool(train.fine_tune_epochs))
 
 
 def available(source: str) -> tuple[int, int, int]:
@@ -48,13 +73,15 @@ def available(source: str) -> tuple[int, int, int]:
     return info.split_size("train"), info.split_size("validation"), info.num_classes
 
 
-def speed(kind: ModelKind, data: DataConfig, train: TrainConfig, num_classes: int):
-    measured = model_speed(kind.value, data.image_size, data.batch_size, train.handle, num_classes)
-    measured = dataclasses.replace(measured, decode=decode_speed(data.source, data.image_size, data.batch_size))
-    if train.fine_tune_epochs:  # timed only when asked for: the slowest step there is to time
-        per_image, setup = fine_tune_speed(data.image_size, data.batch_size, train.handle, num_classes)
-        measured = dataclasses.replace(measured, fine_tune=per_image, fine_tune_setup=setup)
-    return measured
+def speed(kind: ModelKind, data: DataConfig, train: TrainConfig, num_classes: int,
+          wait_seconds: float = 0.0) -> Speed:
+    """The setting's measured speed; raises Pending while it is still being timed (after waiting up to
+    wait_seconds), or the timing's own error."""
+    future = _timings().future(_key(kind, data, train, num_classes))
+    try:
+        return future.result(timeout=wait_seconds)
+    except TimeoutError:
+        raise Pending from None
 
 
 def observed(data: DataConfig, train: TrainConfig) -> Observed | None:
@@ -65,6 +92,7 @@ def observed(data: DataConfig, train: TrainConfig) -> Observed | None:
 
 
 def run_estimate(data: DataConfig, train: TrainConfig) -> Estimate:
+    """The estimate of one experiment; raises Pending while its setting is being timed."""
     validate(data, train)
     n_train, n_val, classes = available(data.source)
     return estimate_run(data, train, n_train, n_val, speed(train.model, data, train, classes),

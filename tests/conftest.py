@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from lab_helpers import TEST_IMAGE_SIZE
+from lab_helpers import TEST_IMAGE_SIZE, wait_for_estimates
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,6 +113,8 @@ def open_page(monkeypatch, tmp_path):
         at.run()
         if page != "home":
             at.switch_page(f"app_pages/{page}.py").run()
+        if page == "experiments":
+            wait_for_estimates(at)  # timed in a child process while the page is already drawn
         return at
 
     return open_

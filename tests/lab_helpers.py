@@ -36,6 +36,22 @@ def wait_for_job(at, seconds: float = JOB_WAIT_SECONDS, rerun_while_waiting: boo
     return followed_job(at).snapshot
 
 
+TIMING_CAPTION = "Timing a few batches on this server"
+
+
+def wait_for_estimates(at, seconds: float = JOB_WAIT_SECONDS):
+    """Rerun an Experiments page until no estimate is still being timed (in a browser, the page's own
+    fragment does this); the AppTest."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(TIMING_CAPTION in c.value for c in at.caption):
+        assert time.monotonic() < deadline, "the estimates were never timed"
+        time.sleep(0.5)
+        at.run()
+    return at
+
+
 def wait_for_epoch(at, epochs: int = 1, seconds: float = JOB_WAIT_SECONDS):
     """Wait until the followed job has finished this many epochs of its current experiment."""
     import time

@@ -30,19 +30,20 @@ def _measure(what: str, args: dict):
     """Runs in the child: the measurement itself, as plain JSON values."""
     from core.training import estimate
 
-    if what == "speed":
-        speed = estimate.measure_speed(ModelKind(args["kind"]), args["image_size"], args["batch_size"],
-                                       args["handle"], args["num_classes"])
-        return dataclasses.asdict(speed)
-    if what == "fine_tune":
-        return list(estimate.measure_fine_tune(args["image_size"], args["batch_size"], args["handle"],
-                                               args["num_classes"]))
-    if what == "decode":
+    if what != "setting":
+        raise ValueError(f"unknown measurement {what!r}")
+    speed = estimate.measure_speed(ModelKind(args["kind"]), args["image_size"], args["batch_size"], args["handle"],
+                                   args["num_classes"])
+    values = dataclasses.asdict(speed)
+    if args.get("source"):
         from core.data.sources import open_source
 
         source = open_source(DataConfig(source=args["source"]))
-        return estimate.measure_decode(source, args["image_size"], args["batch_size"])
-    raise ValueError(f"unknown measurement {what!r}")
+        values["decode"] = estimate.measure_decode(source, args["image_size"], args["batch_size"])
+    if args.get("fine_tune"):
+        values["fine_tune"], values["fine_tune_setup"] = estimate.measure_fine_tune(
+            args["image_size"], args["batch_size"], args["handle"], args["num_classes"])
+    return values
 
 
 def _lock(folder: Path | None):
@@ -60,7 +61,7 @@ def _lock(folder: Path | None):
 
 
 def measure_apart(what: str, lock_folder: str | Path | None = None, **args):
-    """The measurement `what` ("speed", "fine_tune" or "decode") made in a child process.
+    """The measurement `what` made in a child process.
 
     Errors the user can act on come back as the Lab's own error types with their message; anything else
     becomes one LabError line (the child's traceback goes to the server's log through stderr).
@@ -91,24 +92,15 @@ def measure_apart(what: str, lock_folder: str | Path | None = None, **args):
     return reply["result"]
 
 
-def speed(kind: ModelKind, image_size: int, batch_size: int, handle: str, num_classes: int,
-          lock_folder: str | Path | None = None):
+def measure_setting(kind: ModelKind, image_size: int, batch_size: int, handle: str, num_classes: int,
+                    source: str | None = None, fine_tune: bool = False, lock_folder: str | Path | None = None):
+    """A Speed for one setting, all of it from one child process (TensorFlow's import is paid once):
+    the model's own steps, decoding the source's images when named, the unfrozen backbone when asked."""
     from core.training.estimate import Speed
 
-    values = measure_apart("speed", lock_folder, kind=kind.value, image_size=image_size, batch_size=batch_size,
-                           handle=handle, num_classes=num_classes)
-    return Speed(**{f.name: values[f.name] for f in dataclasses.fields(Speed) if f.name in values})
-
-
-def fine_tune(image_size: int, batch_size: int, handle: str, num_classes: int,
-              lock_folder: str | Path | None = None) -> tuple[float, float]:
-    per_image, setup = measure_apart("fine_tune", lock_folder, image_size=image_size, batch_size=batch_size,
-                                     handle=handle, num_classes=num_classes)
-    return float(per_image), float(setup)
-
-
-def decode(source: str, image_size: int, batch_size: int, lock_folder: str | Path | None = None) -> float:
-    return float(measure_apart("decode", lock_folder, source=source, image_size=image_size, batch_size=batch_size))
+    values = measure_apart("setting", lock_folder, kind=kind.value, image_size=image_size, batch_size=batch_size,
+                           handle=handle, num_classes=num_classes, source=source, fine_tune=fine_tune)
+    return Speed(**{f.name: float(values[f.name]) for f in dataclasses.fields(Speed) if f.name in values})
 
 
 def main() -> int:

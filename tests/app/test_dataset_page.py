@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 import streamlit as st
+from lab_helpers import wait_for_estimates
 from PIL import Image
 from stand_in_hosts import Route, StandInHost, petimages_zip
 
@@ -135,7 +136,7 @@ def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page, pre
     assert metric(at, "Classes") == "3"
     assert at.session_state["lab_source"] == pretrained_demo.source == f"folder:{cache_dir() / 'demo' / 'scenes-v1'}"
     assert at.radio[0].value == "demo"  # the user's choice, not "A folder on this machine"
-    at.switch_page("app_pages/experiments.py").run()
+    wait_for_estimates(at.switch_page("app_pages/experiments.py").run())
     assert not at.exception and not at.error
     assert at.text_input(key="exp_t_handle").value == str(pretrained_demo.backbone) == str(
         cache_dir() / "demo" / "backbone-v1")

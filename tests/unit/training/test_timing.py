@@ -8,30 +8,31 @@ import time
 import pytest
 
 from core.settings.config import MOBILENET_V2_HANDLE, ModelKind
-from core.settings.errors import LabError, OfflineError
+from core.settings.errors import DataError, LabError, OfflineError
 from core.training import timing
 from core.training.estimate import Speed
 
 
-def test_a_transfer_model_is_timed_in_a_child_process_and_the_server_holds_no_tensorflow(demo_backbone, tmp_path):
+def test_a_setting_is_timed_in_one_child_and_the_server_never_imports_tensorflow(demo_backbone, demo_folder,
+                                                                                    tmp_path):
     before = "tensorflow" in sys.modules
-    speed = timing.speed(ModelKind.MOBILENET_V2, 64, 8, str(demo_backbone), 3, lock_folder=tmp_path)
+    speed = timing.measure_setting(ModelKind.MOBILENET_V2, 64, 8, str(demo_backbone), 3,
+                                   source=f"folder:{demo_folder}", lock_folder=tmp_path)
     assert isinstance(speed, Speed)
     assert speed.train > 0 and speed.evaluate > 0 and speed.setup > 0
     assert speed.features > 0 and speed.head_train > 0  # the cached-features path is timed too
+    assert 0 < speed.decode < 5  # the source's own images, read and resized
+    assert speed.fine_tune == 0  # the slowest step is timed only when asked for
     assert ("tensorflow" in sys.modules) == before  # measured elsewhere, not imported here
 
 
-def test_decoding_is_timed_on_the_source_named(demo_folder, tmp_path):
-    assert 0 < timing.decode(f"folder:{demo_folder}", 64, 8, lock_folder=tmp_path) < 5
-
-
-def test_the_labs_own_errors_come_back_as_themselves(tmp_path):
+def test_the_labs_own_errors_come_back_as_themselves(demo_backbone, tmp_path):
     # Offline, the article's hub module cannot be fetched: the page must tell "unreachable" from a failure.
     with pytest.raises(OfflineError):
-        timing.speed(ModelKind.MOBILENET_V2, 64, 8, MOBILENET_V2_HANDLE, 2, lock_folder=tmp_path)
-    with pytest.raises(LabError, match="should look like"):
-        timing.decode("nonsense", 64, 8, lock_folder=tmp_path)
+        timing.measure_setting(ModelKind.MOBILENET_V2, 64, 8, MOBILENET_V2_HANDLE, 2, lock_folder=tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        timing.measure_setting(ModelKind.BASELINE, 64, 4, str(demo_backbone), 2, source=f"folder:{tmp_path / 'gone'}",
+                               lock_folder=tmp_path)
 
 
 def test_anything_else_is_one_line_and_never_a_traceback(tmp_path):
@@ -40,7 +41,7 @@ def test_anything_else_is_one_line_and_never_a_traceback(tmp_path):
     assert "Timing failed (ValueError)" in str(caught.value) and "Traceback" not in str(caught.value)
 
 
-def test_one_measurement_at_a_time_per_lock_folder(demo_folder, tmp_path, monkeypatch):
+def test_one_measurement_at_a_time_per_lock_folder(tmp_path, monkeypatch):
     spans = []
     real_run = timing.subprocess.run
 
@@ -52,11 +53,12 @@ def test_one_measurement_at_a_time_per_lock_folder(demo_folder, tmp_path, monkey
             spans.append((began, time.monotonic()))
 
     monkeypatch.setattr(timing.subprocess, "run", recorded)
-    threads = [threading.Thread(target=timing.decode, args=(f"folder:{demo_folder}", 64, 8, tmp_path))
+    # The cheapest child there is: a request it refuses at once, after importing what every timing imports.
+    threads = [threading.Thread(target=lambda: pytest.raises(LabError, timing.measure_apart, "nothing", tmp_path))
                for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    (a_start, a_end), (b_start, b_end) = sorted(spans)
-    assert a_end <= b_start  # the second child started only after the first had ended
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start  # the second child started only after the first had ended
