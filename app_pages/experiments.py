@@ -6,6 +6,7 @@ import streamlit as st
 
 from app_pages.common import (
     HANDLE_FIELD_KEY,
+    LOADED_KEY,
     chip,
     current_handle,
     current_source,
@@ -14,7 +15,7 @@ from app_pages.common import (
     session_token,
     show_error,
 )
-from app_pages.estimates import available, observed, run_estimate, speed, worker_start
+from app_pages.estimates import Pending, available, observed, run_estimate, speed, worker_start
 from app_pages.results import results, show_runs
 from app_pages.training_panel import (
     FINISH_SEEN_SECONDS,
@@ -42,7 +43,12 @@ SIZE_KEY, BUDGET_KEY, SEED_KEY = "exp_image_size", "exp_budget_min", "exp_seed"
 PREFIX = {ModelKind.BASELINE: "exp_b_", ModelKind.MOBILENET_V2: "exp_t_"}
 HANDLE_FIELD, CACHE_FIELD = HANDLE_FIELD_KEY, "exp_t_cache"
 FINE_EPOCHS_FIELD, FINE_LR_FIELD = "exp_t_ft_epochs", "exp_t_ft_lr"
-KINDS = (ModelKind.BASELINE, ModelKind.MOBILENET_V2)  # the article's order, also for "Run both"
+KINDS = (ModelKind.BASELINE, ModelKind.MOBILENET_V2)  # the article's order, left to right
+QUICK_DEMO_WAIT_SECONDS = 90.0  # how long the Quick demo button waits for both models' timings
+TIMING_POLL_SECONDS = 2.0  # how often a page whose estimates are being timed looks for them
+# "Run both" trains the transfer model first: its result is on the charts in seconds, while the baseline's
+# minutes follow; the article's order stays in the columns and the comparison table.
+RUN_BOTH = (ModelKind.MOBILENET_V2, ModelKind.BASELINE)
 
 
 def init_state() -> None:
@@ -85,13 +91,19 @@ def apply_quick_demo() -> None:
     budget = float(st.session_state[BUDGET_KEY]) * 60
     try:
         n_train, n_val, classes = available(current_source())
-        speeds = {kind: speed(kind, *configs(kind), classes) for kind in KINDS}
+        # A callback may wait: the timing runs in a child process, and waiting on it holds nothing.
+        speeds = {kind: speed(kind, *configs(kind), classes, wait_seconds=QUICK_DEMO_WAIT_SECONDS) for kind in KINDS}
         transfer_data, transfer = configs(ModelKind.MOBILENET_V2)
         cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
         preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs,
                             start_seconds=worker_start() + FINISH_SEEN_SECONDS,
                             observed={kind: observed(*configs(kind)) for kind in KINDS})
+    except Pending:
+        text = ("Both models are still being timed on this server (others may be ahead in line); press Quick demo "
+                "again in a minute.")
+        st.session_state[NOTICE_KEY] = ("warning", text)
+        return
     except Exception as exc:  # a callback's exception would replace the page with a traceback
         if not isinstance(exc, LabError):
             logger.exception("timing for the Quick demo preset failed")
@@ -174,8 +186,12 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
         st.caption("No estimate until the dataset can be opened.")
         return None
     try:
-        with st.spinner("Timing a few batches on this machine ..."):
-            est = run_estimate(*configs(kind))
+        est = run_estimate(*configs(kind))
+    except Pending:
+        timing.add(kind)
+        st.caption(":material/timer: Timing a few batches on this server; the estimate appears here in a moment. "
+                   "You can start a run meanwhile.")
+        return None
     except OfflineError:
         # It could not train either: its Run buttons are disabled below, and this says what to do instead.
         unreachable.add(kind)
@@ -189,6 +205,19 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
     st.markdown(f"**Estimated duration: {duration(est.total_seconds)}**")
     st.caption(estimate_details(est))
     return est
+
+
+@st.fragment(run_every=TIMING_POLL_SECONDS)
+def await_estimates(kinds: tuple[str, ...]) -> None:
+    """Draws nothing; reruns the page once the estimates being timed are there (or their timing failed)."""
+    for value in kinds:
+        try:
+            run_estimate(*configs(ModelKind(value)))
+        except Pending:
+            return
+        except Exception as exc:  # the page's rerun shows what went wrong, in its column
+            logger.debug("timing ended with %s", exc.__class__.__name__)
+    st.rerun()
 
 
 def transfer_fields() -> None:
@@ -218,8 +247,6 @@ init_state()
 show_shared_job(st.query_params.get("job", ""))
 st.title("Experiments")
 st.caption(f"Training on {describe_source(current_source())}. Change it on the Dataset page.")
-running_now()
-live_curves()
 busy = own_active_job(board().active())
 
 with st.container(border=True):
@@ -245,6 +272,14 @@ if not busy:
     try:
         with st.spinner(f"Opening {describe_source(current_source())} ..."):
             available(current_source())
+    except OfflineError as exc:
+        data_ok = False
+        if st.session_state.get(LOADED_KEY) == current_source():
+            show_error(exc)
+        else:  # nothing chosen yet in this session: the article's dataset is a default, not a mistake
+            st.info(f"{describe_source(current_source())} is not downloaded on this server and the network is "
+                    "unreachable. Choose a dataset first: the Generated demo works offline.", icon=":material/wifi_off:")
+        st.page_link("app_pages/dataset.py", label="Choose a dataset", icon=":material/photo_library:")
     except Exception as exc:
         data_ok = False
         show_error(exc)
@@ -252,6 +287,7 @@ if not busy:
 
 estimates = {}
 unreachable: set = set()  # models whose hub module is neither reachable nor cached
+timing: set = set()  # models whose estimate is still being timed
 for kind, column in zip(KINDS, st.columns(2, gap="large")):
     with column, st.container(border=True):
         estimates[kind] = settings_column(kind, busy, data_ok)
@@ -265,8 +301,13 @@ both_total = sum(e.total_seconds for e in estimates.values()) + worker_start() i
 label = "Run both" + (f" (about {duration(both_total)})" if both_total else "")
 if st.button(label, type="primary", disabled=busy or not data_ok or bool(unreachable), icon=":material/play_circle:",
              key="run_both"):
-    start(KINDS, estimates)
+    start(RUN_BOTH, estimates)
     st.rerun()
+if timing:
+    await_estimates(tuple(sorted(k.value for k in timing)))
+# Right under the buttons that start a training: on a phone, what a tap started is on screen, not above it.
+running_now()
+live_curves()
 
 st.divider()
 results()

@@ -16,8 +16,11 @@ from core.settings.presets import active_preset
 FOLLOWING_KEY = "exp_following"  # job ids this session follows (its own and the ones it joined); kept on reload
 REUSED_KEY = "exp_reused"  # runs handed back for the latest submission, charted with its new runs
 STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "Stopping ..." at once
-CHANGED_KEY = "exp_panel_seen"  # (job id, epochs, finished) per followed job, as last drawn
+# Run folders of followed jobs already put on this session's charts. Kept on reload, so a result is delivered
+# once: whether or not a page saw its job running, and however many reloads or tabs came in between.
+DELIVERED_KEY = "exp_delivered"
 LEVEL_KEY = "exp_panel_level"  # the activity level the panel was last set to poll at
+STOP_ERROR_KEY = "panel_stop_error"  # (job id, message) when a Stop could not be written; not kept on reload
 
 WATCHING, OTHERS, IDLE = "watching", "others", "idle"
 POLL_SECONDS = {WATCHING: 2.0, OTHERS: 5.0, IDLE: 30.0}
@@ -51,7 +54,13 @@ def may_stop(view) -> bool:
 
 
 def _stop(job_id: str) -> None:
-    board().stop(job_id)
+    from core.settings.errors import LabError
+
+    try:
+        board().stop(job_id)
+    except LabError as exc:  # a full or read-only runs folder: one line on the card, never a traceback
+        st.session_state[STOP_ERROR_KEY] = (job_id, str(exc))
+        return
     st.session_state[STOPPING_KEY] = [*st.session_state.get(STOPPING_KEY, []), job_id]
 
 
@@ -73,6 +82,12 @@ def _job_card(view, mine: bool) -> None:
                         help="Stops after the current batch; finished epochs are saved as a run.")
         line = "Stopping after the current batch ..." if stopping and not view.queued else job_status_line(view)
         st.progress(min(1.0, max(0.0, snap.fraction)), text=line)
+        failed = st.session_state.get(STOP_ERROR_KEY)
+        if failed and failed[0] == view.job_id:
+            st.error(failed[1], icon=":material/error:")
+        if mine and snap.run_dirs and not snap.finished:
+            done = ", ".join(names[:len(snap.run_dirs)])
+            st.caption(f":material/check_circle: {done} finished: on the charts below while the rest trains.")
         if mine and not view.queued:
             a, b = st.columns(2)
             a.caption(f"Epochs done: {snap.epoch} of {snap.epochs}")
@@ -131,8 +146,9 @@ def _followed(b) -> list:
 def _level(followed: list, active: list) -> str:
     """How closely this session needs to follow the board: its own (or joined) training runs, only other
     people's do, or nothing trains on the server."""
-    if any(v.active for v in followed):
+    if any(v.active and not v.queued for v in followed):
         return WATCHING
+    # A place in the queue changes only when a job ahead ends: a room waiting in line polls at the slower rate.
     return OTHERS if active else IDLE
 
 
@@ -157,23 +173,14 @@ def _running_now() -> None:
     if active and b.pump_if_due():
         active = b.active()  # the pump may have failed a dead job or started a queued one
     followed = _followed(b)
-    seen = st.session_state.get(CHANGED_KEY, {})
-    now = {v.job_id: v.finished for v in followed}
-    st.session_state[CHANGED_KEY] = now
-    ended = [v for v in followed if v.finished and seen.get(v.job_id) is False]
-    if ended:
-        from app_pages.results import show_runs
-
-        # The charts show what was just asked for: the new runs and those handed back with them.
-        show_runs(st.session_state.get(REUSED_KEY, []) + [p.name for v in ended for p in v.snapshot.run_dirs],
-                  keep=False)
-        st.rerun()  # the whole page: its results now include the finished runs
+    if deliver(followed):
+        st.rerun()  # the whole page: its results now include the new runs
     if _level(followed, active) != st.session_state.get(LEVEL_KEY):
         st.rerun()  # the whole page, to poll at the rate the new level needs
     if followed and followed[-1].finished:
         _outcome(followed[-1])
     mine = [v for v in followed if v.active]
-    others = [v for v in active if v.job_id not in now]
+    others = [v for v in active if v.job_id not in {f.job_id for f in followed}]
     if not mine and not others:
         return
     st.subheader("Running now", anchor=False)
@@ -181,6 +188,23 @@ def _running_now() -> None:
         _job_card(view, mine=True)
     for view in others:
         _job_card(view, mine=False)
+
+
+def deliver(followed: list) -> bool:
+    """Put every run that a followed job has saved and this session has not yet charted on the charts, the
+    moment it is saved (with "Run both", the first model's while the second trains). True if any was new."""
+    from app_pages.results import show_runs
+
+    delivered = list(st.session_state.get(DELIVERED_KEY, []))
+    fresh = [v for v in followed if any(p.name not in delivered for p in v.snapshot.run_dirs)]
+    if not fresh:
+        return False
+    # The charts show what was just asked for: the job's runs so far and those handed back with it.
+    runs = [p.name for p in fresh[-1].snapshot.run_dirs]
+    show_runs(st.session_state.get(REUSED_KEY, []) + runs, keep=False)
+    st.session_state[DELIVERED_KEY] = (delivered + [p.name for v in fresh for p in v.snapshot.run_dirs
+                                                    if p.name not in delivered])[-40:]
+    return True
 
 
 def show_shared_job(job_id: str) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from lab_helpers import TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
+from lab_helpers import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
 
 
 @pytest.fixture
@@ -190,12 +191,17 @@ def test_run_history_shows_earlier_runs_and_lists_broken_folders(open_page, trai
     assert any("No runs selected" in i.value for i in at.info)
 
 
-def test_offline_default_dataset_is_one_clear_error(open_page):
+def test_offline_default_dataset_asks_for_a_choice_and_a_chosen_one_is_an_error(open_page):
+    # A new visitor has chosen nothing yet: the article's dataset is only the default, so no red error.
     at = open_page("experiments")
-    assert not at.exception
-    assert len(at.error) == 1
-    assert "network is unreachable" in at.error[0].value
+    assert not at.exception and not at.error
+    offline = [i.value for i in at.info if "network is unreachable" in i.value]
+    assert len(offline) == 1 and "Generated demo" in offline[0]
     assert not [m for m in at.markdown if m.value.startswith("**Estimated duration")]
+    assert at.button(key="run_both").disabled
+    # Loaded on the Dataset page on purpose, it is the error it is.
+    chosen = open_page("experiments", state={"ds_loaded": "tfds:cats_vs_dogs"})
+    assert len(chosen.error) == 1 and "network is unreachable" in chosen.error[0].value
 
 
 def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state, trained_runs, demo_folder,
@@ -273,3 +279,45 @@ def test_offline_the_transfer_model_cannot_be_started_and_the_page_says_what_to_
     assert any("cannot train here" in w.value and "Generated demo" in w.value for w in at.warning)
     assert at.button(key="run_mobilenet_v2").disabled and at.button(key="run_both").disabled
     assert not at.button(key="run_baseline").disabled  # the baseline needs no download
+
+
+def test_a_run_that_ends_while_no_page_watches_reaches_the_charts_after_a_reload(open_page, tiny_state):
+    at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=1, exp_seed=11))
+    token = at.session_state["lab_token"]
+    at.button(key="run_baseline").click().run()
+    job = followed_job(at)
+    # The page is closed while it trains: nobody sees the job running or ending.
+    deadline = time.monotonic() + JOB_WAIT_SECONDS
+    while not (view := followed_job(at)).finished:
+        assert time.monotonic() < deadline, view.snapshot
+        time.sleep(0.3)
+    run_id = view.snapshot.run_dirs[0].name
+    reloaded = open_page("experiments", query={"s": token})
+    assert not reloaded.exception
+    assert reloaded.multiselect(key="exp_shown").value == [run_id]
+    assert [s.value for s in reloaded.success] == [view.snapshot.message]
+    # Delivered once: choosing other runs afterwards is not undone by the next poll or reload.
+    reloaded.multiselect(key="exp_shown").set_value([]).run()
+    again = open_page("experiments", query={"s": token})
+    assert again.multiselect(key="exp_shown").value == []
+    assert job.job_id in again.session_state["exp_following"]
+
+
+def test_run_both_trains_the_transfer_model_first_and_charts_it_while_the_baseline_trains(open_page, tiny_state):
+    at = open_page("experiments", state=dict(tiny_state, exp_b_epochs=300, exp_t_epochs=1, exp_seed=12))
+    at.button(key="run_both").click().run()
+    deadline = time.monotonic() + JOB_WAIT_SECONDS
+    while not (view := followed_job(at)).snapshot.run_dirs:
+        assert time.monotonic() < deadline and not view.finished, view.snapshot
+        time.sleep(0.3)
+    assert view.title == "Transfer (backbone), then Baseline CNN"
+    transfer = view.snapshot.run_dirs[0].name
+    assert transfer.split("-")[2] == "mobilenet_v2"
+    at.run()
+    assert not at.exception
+    assert not followed_job(at).finished  # the baseline's 300 epochs are still ahead
+    assert at.multiselect(key="exp_shown").value == [transfer]
+    assert any("Transfer (backbone) finished: on the charts below" in c.value for c in at.caption)
+    at.button(key=f"stop_{view.job_id}").click().run()
+    snap = wait_for_job(at, rerun_while_waiting=True)
+    assert snap.phase == "stopped" and snap.run_dirs[0].name == transfer
