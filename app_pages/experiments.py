@@ -32,7 +32,13 @@ from core.present.labels import estimate_details, estimate_source, run_time
 from core.runs.folders import open_run
 from core.settings.config import ARTICLE_IMAGE_SIZE, MODEL_LABELS, DataConfig, ModelKind, TrainConfig, validate
 from core.settings.errors import LabError, OfflineError
-from core.settings.presets import ARTICLE_SETTINGS_NOTE, active_preset, apply_preset, article_settings
+from core.settings.presets import (
+    ARTICLE_SETTINGS_NOTE,
+    active_preset,
+    apply_preset,
+    article_settings,
+    check_job_length,
+)
 from core.settings.text import duration
 from core.training.estimate import Estimate, quick_demo
 
@@ -128,17 +134,23 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     from core.training.jobs import Experiment
 
     experiments, fingerprints = [], []
+    capped = active_preset().max_job_minutes is not None
     try:
         for kind in kinds:
             data, train = configs(kind)
             validate(data, train)
             est = estimates.get(kind)
+            if est is None and capped:  # a host that caps a training's length needs its estimate first
+                est = estimate_waited(kind, data, train)
             experiments.append(Experiment(data, train, est.total_seconds if est else None,
                                           est.fine_tune_seconds if est else None))
             fingerprints.append(experiment_fingerprint(open_source_cached(data.source), data, train))
         if experiments[0].estimated_seconds is not None:  # the worker's start belongs to the job's first run
             experiments[0] = dataclasses.replace(experiments[0],
                                                  estimated_seconds=experiments[0].estimated_seconds + worker_start())
+        if capped:
+            known = [e.estimated_seconds for e in experiments]
+            check_job_length(sum(known) if None not in known else None)
         submission = board().submit(experiments, fingerprints, owner=session_token())
     except LabError as exc:  # shown by the rerun that follows the click
         st.session_state[NOTICE_KEY] = ("error", str(exc))
@@ -160,6 +172,15 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
             notes.append("The same training was already queued or running for another session: following it, "
                          "so it trains once.")
     st.session_state[NOTICE_KEY] = ("info", " ".join(notes)) if notes else None
+
+
+def estimate_waited(kind: ModelKind, data: DataConfig, train: TrainConfig) -> Estimate | None:
+    """The estimate, waiting for its timing if it is still on its way (waiting holds nothing)."""
+    try:
+        speed(kind, data, train, available(data.source)[2], wait_seconds=QUICK_DEMO_WAIT_SECONDS)
+        return run_estimate(data, train)
+    except Pending:
+        return None
 
 
 def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | None:

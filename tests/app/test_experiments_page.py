@@ -321,3 +321,29 @@ def test_run_both_trains_the_transfer_model_first_and_charts_it_while_the_baseli
     at.button(key=f"stop_{view.job_id}").click().run()
     snap = wait_for_job(at, rerun_while_waiting=True)
     assert snap.phase == "stopped" and snap.run_dirs[0].name == transfer
+
+
+def test_a_hosted_lab_refuses_a_training_longer_than_its_cap_by_the_estimate(open_page, tiny_state, monkeypatch):
+    import dataclasses
+    import os
+
+    import core.settings.presets
+
+    short = dataclasses.replace(core.settings.presets.PRESETS["cloud"], max_job_minutes=0.01)
+    monkeypatch.setitem(core.settings.presets.PRESETS, "cloud", short)
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    cache = Path(os.environ["LAB_CACHE_DIR"])
+    handle, data = cache / "job-cap-backbone", cache / "uploads" / "job-cap-data"
+    if not handle.exists():
+        shutil.copytree(tiny_state["lab_handle"], handle)
+    if not data.exists():
+        shutil.copytree(tiny_state["lab_source"].removeprefix("folder:"), data)
+    at = open_page("experiments", state=dict(tiny_state, lab_handle=str(handle), exp_t_handle=str(handle),
+                                             lab_source=f"folder:{data}", exp_seed=21))
+    at.button(key="run_both").click().run()
+    assert not at.exception
+    assert any("the hosted Lab runs trainings of at most 0.01 min" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert not at.session_state["exp_following"] if "exp_following" in at.session_state else True
+    jobs = Path(os.environ["LAB_RUNS_DIR"]) / ".jobs"
+    assert not jobs.exists() or not [p for p in jobs.iterdir() if p.is_dir() and not p.name.startswith(".")]
