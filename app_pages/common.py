@@ -5,6 +5,8 @@ Nothing here imports TensorFlow, so the home page and the sidebar paint fast.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -22,11 +24,15 @@ HANDLE_KEY = "lab_handle"  # the hub handle the transfer model starts from
 HANDLE_FIELD_KEY = "exp_t_handle"  # the Experiments page's hub handle field, filled from HANDLE_KEY
 DEMO_NOTE_KEY = "lab_demo_note"
 TOKEN_KEY = "lab_token"  # this browser session's key: owns its trainings and names its saved choices
+# When this server issued the session's key, saved with its choices: a key is only taken from an address when
+# the server holds choices for it, and this makes sure every issued key has some from its first page on.
+ISSUED_KEY = "lab_issued_at"
+IMPORTED_KEY = "exp_imported"  # ids of the runs this session imported: its own default picks, nobody else's
 SAVED_KEY = "lab_saved_choices"  # the choices as last saved, to write only when they change
 # What a reload must find again: the dataset, the hub handle and every page's settings. Widget keys with
 # these prefixes hold plain values only (buttons and uploaders have other keys, see keep_widget_state).
 PERSISTED_PREFIXES = ("exp_", "ds_", "pred_")
-PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY)
+PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY, ISSUED_KEY)
 LOADED_KEY = "ds_loaded"  # the source this session has opened on the Dataset page
 
 
@@ -92,6 +98,18 @@ def describe_source(source: str) -> str:
     return f"`{kind}{':' if value else ''}{value}`"
 
 
+def describe_handle(handle: str) -> str:
+    """A hub handle for a page, in a code span: a URL as it is; a folder's path only where the preset
+    allows server paths, else the folder's own name (the demo's backbone lives in the server's cache)."""
+    from core.models.hub import is_local
+    from core.settings.presets import active_preset
+
+    handle = handle.replace("`", "'")
+    if not is_local(handle) or active_preset().allow_local_paths:
+        return f"`{handle}`"
+    return f"`{Path(handle).name or '?'}` (a SavedModel folder on the server)"
+
+
 def runs_folder() -> Path:
     from core.settings.paths import runs_dir
 
@@ -125,10 +143,62 @@ def chip(kind: ModelKind | str | None) -> str:
     return f'<span style="color:{MODEL_COLOURS[k]}; font-size:1.1em">●</span> **{MODEL_LABELS[k]}**'
 
 
+# A character of a path in a message: anything but what ends one (spaces, quotes, brackets, separators).
+_PATH_CHAR = r"[^\s'\"`,;()<>\[\]{}|]"
+# Where a path may start: not inside a word, a relative path or a URL (whose "//" is left alone).
+_PATH_START = r"(?<![\w./~-])"
+
+
+def _lab_roots() -> list[tuple[str, str]]:
+    """(folder as text, what to call it) for the Lab's own folders, longest first, as written and resolved."""
+    from core.settings.paths import cache_dir, hub_cache_dir, runs_dir
+
+    roots = {}
+    for folder, name in ((cache_dir(), "cache folder"), (hub_cache_dir(), "cache folder"), (runs_dir(), "runs folder")):
+        for form in (folder.expanduser().absolute(), folder.expanduser().resolve()):
+            roots.setdefault(str(form), name)
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
+
+
+def public_text(text: str) -> str:
+    """text as a page may show it: where the preset keeps server paths off the pages, every path in it
+    becomes a neutral word ("the cache folder", "the runs folder", "a server folder"; a dataset's
+    "folder:PATH" its folder's name); elsewhere unchanged.
+
+    Messages from core name folders for the command line and a local Lab; a hosted Lab's visitors must not
+    learn its layout from them (a full disk, a missing download, an unpacked upload).
+    """
+    from core.settings.presets import active_preset
+
+    text = str(text)
+    if active_preset().allow_local_paths:
+        return text
+    roots = _lab_roots()
+    known = "|".join(re.escape(root) for root, _ in roots)
+    # A path has a name after its first slash: "TF Hub / Kaggle" is text.
+    pattern = re.compile(rf"(?P<lead>\s?){_PATH_START}(?P<path>(?:{known}){_PATH_CHAR}*|~?/(?!/){_PATH_CHAR}+)")
+
+    def neutral(match: re.Match) -> str:
+        lead, path = match.group("lead"), match.group("path")
+        trail = path[len(path.rstrip(".:!?")):]  # a sentence's full stop is not part of the path
+        path = path[:len(path) - len(trail)]
+        before = match.string[:match.start()]
+        if before.endswith("folder:"):  # a data source: the dataset's own name, as describe_source gives it
+            return lead + (Path(path).name or "?") + trail
+        name = next((n for r, n in roots if path == r or path.startswith(r.rstrip("/") + "/")), None)
+        if name and before.rstrip().endswith(name):  # "the cache folder /srv/..." says it already
+            return trail
+        return lead + (f"the {name}" if name else "a server folder") + trail
+
+    return pattern.sub(neutral, text)
+
+
 def show_error(exc: BaseException, prefix: str = "") -> None:
-    """One st.error line for an error the user can act on; anything else is logged and summarised."""
+    """One st.error line for an error the user can act on; anything else is logged and summarised.
+
+    Its text goes through public_text: messages from core may name the server's folders."""
     if isinstance(exc, LabError):
-        st.error(f"{prefix}{exc}", icon=":material/error:")
+        st.error(public_text(f"{prefix}{exc}"), icon=":material/error:")
     else:
         logger.exception("unexpected error on a page")
         st.error(f"{prefix}Something went wrong ({exc.__class__.__name__}). The server log has the details.",
@@ -163,14 +233,23 @@ def restore_session() -> None:
 
     The key sits in the page's address as ?s=..., so a reload, or the same address in a new tab, finds
     the same dataset, settings and trainings. Sharing a training uses a link without it.
+
+    Keys are issued by this server: one from an address is taken only when the server holds choices saved
+    under it. Any other (made up, or planted through a link so that its sender could later open the same
+    session and its trainings) is replaced by a new key, and the address shows the new one.
     """
     from core.settings.choices import is_token, load_choices, new_token
 
     if TOKEN_KEY not in st.session_state:
         from_url = st.query_params.get("s")
-        token = from_url if is_token(from_url) else new_token()
+        saved = load_choices(from_url) if is_token(from_url) else {}
+        if saved:
+            token = from_url
+        else:
+            token = new_token()
+            # Saved with the choices from this run on (save_session), so the key is known from its first page.
+            st.session_state[ISSUED_KEY] = int(time.time())
         st.session_state[TOKEN_KEY] = token
-        saved = load_choices(token)
         for key, value in saved.items():
             if key in PERSISTED_KEYS or key.startswith(PERSISTED_PREFIXES):
                 st.session_state.setdefault(key, value)
@@ -191,6 +270,38 @@ def save_session() -> None:
         st.session_state[SAVED_KEY] = choices
     except OSError as exc:  # a full or read-only disk costs the reload memory, never the page
         logger.warning("could not save the session's choices: %s", exc)
+
+
+# Runs imported through the pages, by id: empty files in a hidden folder of the runs folder (listings skip
+# hidden folders), so that every session of this runs folder, after a restart too, knows them.
+IMPORTS_DIR = ".web-imports"
+MAX_OWN_IMPORTS = 50  # the saved choices keep lists of at most 50 names
+
+
+def note_imported_run(run_id: str) -> None:
+    """Remember that this session imported run_id: a default pick for it, never for other visitors.
+
+    Anyone can import a run on a hosted Lab; were it everyone's default (the newest run on the charts, the
+    best one on Predict), one visitor's upload would be what every later visitor sees first.
+    """
+    run_id = Path(run_id).name
+    own = [i for i in st.session_state.get(IMPORTED_KEY, []) if i != run_id]
+    st.session_state[IMPORTED_KEY] = (own + [run_id])[-MAX_OWN_IMPORTS:]
+    try:
+        folder = runs_folder() / IMPORTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / run_id).touch()
+    except OSError as exc:  # a full or read-only disk: the run is still imported, only not kept out of defaults
+        logger.warning("could not record the imported run %s: %s", run_id, exc)
+
+
+def others_imports() -> set[str]:
+    """Ids of runs other sessions imported through the pages: never picked by default here, only by choice."""
+    try:
+        imported = {path.name for path in (runs_folder() / IMPORTS_DIR).iterdir()}
+    except OSError:  # none imported yet, or an unreadable folder
+        return set()
+    return imported - set(st.session_state.get(IMPORTED_KEY, []))
 
 
 def tidy_runs_folder() -> None:

@@ -6,6 +6,7 @@ from app_pages.common import (
     current_source,
     describe_source,
     open_source_cached,
+    public_text,
     set_handle,
     set_source,
     show_error,
@@ -60,7 +61,8 @@ def demo_source() -> str:
     from core.models.demo_backbone import prepare_demo
 
     bar = st.progress(0.0, text="Preparing the generated demo ...")
-    demo = prepare_demo(progress=lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)), text=message))
+    demo = prepare_demo(progress=lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)),
+                                                                        text=public_text(message)))
     bar.empty()
     if demo.pretrain:
         st.toast(f"Demo backbone pretrained on {demo.pretrain.source_images:,} images of "
@@ -79,7 +81,7 @@ def follow_download(name: str) -> None:
     bar = st.progress(0.0, text=f"Checking TFDS '{name}' ...")
     st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
     for status in preparation(name):
-        bar.progress(status.fraction or 0.0, text=status.line())
+        bar.progress(status.fraction or 0.0, text=public_text(status.line()))
 
 
 def unpack_upload(upload) -> str | None:
@@ -93,8 +95,10 @@ def unpack_upload(upload) -> str | None:
             result = extract_zip(upload, uploads_dir())
         st.session_state[ZIP_KEY] = (upload.file_id, result)
     skipped = sum(result.skipped.values())
-    st.caption(f"{'Already unpacked' if result.reused else 'Unpacked'}: {result.images:,} images into "
-               f"`{result.root}`" + (f"; {skipped:,} other files left out." if skipped else "."))
+    # Where it was unpacked is the server's business on a public host: the folder is only named locally.
+    where = f" into `{result.root}`" if active_preset().allow_local_paths else ""
+    st.caption(f"{'Already unpacked' if result.reused else 'Unpacked'}: {result.images:,} images{where}"
+               + (f"; {skipped:,} other files left out." if skipped else "."))
     return result.source
 
 
@@ -163,7 +167,7 @@ if load.button("Load dataset", type="primary", disabled=candidate is None, width
         if tfds_name:
             follow_download(tfds_name)
         with st.status(f"Opening {describe_source(candidate)} ...") as status:
-            open_source_cached(candidate, _progress=lambda message: status.update(label=message))
+            open_source_cached(candidate, _progress=lambda message: status.update(label=public_text(message)))
             overview(candidate)
             status.update(label=f"Opened {describe_source(candidate)}", state="complete")
         set_source(candidate)
@@ -209,7 +213,7 @@ left, right = st.columns(2, gap="large")
 left.plotly_chart(class_counts_bar(info["counts"]), key="ds_counts")
 right.plotly_chart(image_size_scatter(view["sizes"], sampled=view["sampled"]), key="ds_sizes")
 for note in info["notes"]:
-    st.caption(note)
+    st.caption(public_text(note))
 model_side = int(st.session_state.get(IMAGE_SIZE_KEY, ARTICLE_IMAGE_SIZE))
 upscaled = upscaling_note([tuple(s) for s in view["sizes"]], model_side, sampled=view["sampled"])
 if upscaled:

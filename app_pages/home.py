@@ -1,7 +1,7 @@
 """Home: what the Lab reproduces, the article's numbers, where to start, and the current status."""
 import streamlit as st
 
-from app_pages.common import chip, current_source, describe_source, network_online, runs_folder
+from app_pages.common import chip, current_source, describe_source, network_online, public_text, runs_folder
 from core.settings.config import ARTICLE_EPOCHS, ModelKind
 from core.settings.paths import cache_dir
 from core.settings.presets import active
@@ -66,11 +66,13 @@ st.subheader("Status")
 online = network_online()
 status = st.columns(4)
 status[0].markdown(f"**Dataset**  \n{describe_source(current_source())}")
-status[1].markdown(f"**Runs folder**  \n`{runs_folder()}`")
-status[2].markdown(f"**Cache folder**  \n`{cache_dir()}`")
-status[3].markdown("**Network**  \n" + ("Online" if online else "Offline"))
 preset = active()
-st.caption(f"**Preset: {preset.preset.name}** ({preset.reason}). {preset.preset.description}")
+# As in the sidebar: the server's folders are shown on a user's own machine, never on a public host.
+shown = preset.preset.allow_local_paths
+status[1].markdown("**Runs folder**  \n" + (f"`{runs_folder()}`" if shown else "on the server"))
+status[2].markdown("**Cache folder**  \n" + (f"`{cache_dir()}`" if shown else "on the server"))
+status[3].markdown("**Network**  \n" + ("Online" if online else "Offline"))
+st.caption(f"**Preset: {preset.preset.name}** ({public_text(preset.reason)}). {preset.preset.description}")
 if not online:
     st.info(
         "Offline: cats_vs_dogs and the TF Hub module can only be used if they are already in the cache "

@@ -4,7 +4,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import SOURCE_KEY, chip, current_classes, current_source, runs_folder, show_error
+from app_pages.common import (
+    SOURCE_KEY,
+    chip,
+    current_classes,
+    current_source,
+    others_imports,
+    public_text,
+    runs_folder,
+    show_error,
+)
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs, matches_dataset, preferred_run_index
@@ -180,9 +189,18 @@ if choice == "run":
     ids = [r.run_id for r in runs]
     by_id = {r.run_id: r for r in runs}
     if st.session_state.get("pred_run") not in by_id:
-        st.session_state["pred_run"] = ids[preferred_run_index(runs, current_source(), dataset_classes)]
+        # Runs other visitors imported are never the default: each visitor picks one of those deliberately.
+        others = others_imports()
+        candidates = [r for r in runs if r.run_id not in others]
+        st.session_state["pred_run"] = (
+            candidates[preferred_run_index(candidates, current_source(), dataset_classes)].run_id if candidates
+            else None)
     run_id = st.selectbox("Saved run (one trained on the current dataset is picked first)", ids, key="pred_run",
-                          format_func=lambda i: run_option(by_id[i]))
+                          format_func=lambda i: run_option(by_id[i]), placeholder="Choose a saved run")
+    if run_id is None:
+        st.info("Choose a saved run to predict with: the runs here were imported by other visitors.",
+                icon=":material/info:")
+        st.stop()
     record = by_id[run_id]
     model_path, trusted, kind = record.model_path, True, model_kind(record.model_kind)
     run_model_name = record.model_name
@@ -215,7 +233,7 @@ try:
     with st.spinner(f"Reloading {markdown_literal(shown_name or model_path.name)} ..."):
         loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
 except FileNotFoundError:
-    st.error(f"'{model_path}' does not exist.", icon=":material/error:")
+    st.error(public_text(f"'{model_path}' does not exist."), icon=":material/error:")
     st.stop()
 except Exception as exc:
     show_error(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages.common import chip, runs_folder, show_error
+from app_pages.common import chip, note_imported_run, others_imports, public_text, runs_folder, show_error
 from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports, show_reload_check
 from core.present.charts import CurveSeries, model_kind, training_curves
 from core.present.labels import compact_shape, run_option, run_time, run_title
@@ -50,11 +50,12 @@ def _import_uploaded_run() -> None:
         # Uploaded by a stranger: its model may only use hub modules the web page may (no server folders).
         imported = import_run_zip(upload.getvalue(), runs_folder(), allowed_handle=web_upload_handle_allowed)
     except LabError as exc:
-        st.session_state[IMPORT_NOTICE_KEY] = ("error", str(exc), [])
+        st.session_state[IMPORT_NOTICE_KEY] = ("error", public_text(exc), [])
         return
+    note_imported_run(imported.path.name)
     show_runs([imported.path.name])
     st.session_state[IMPORT_NOTICE_KEY] = ("success", f"Imported {imported.path.name}; it is on the charts below.",
-                                           imported.warnings)
+                                           [public_text(warning) for warning in imported.warnings])
 
 
 def import_section() -> None:
@@ -77,8 +78,10 @@ def pick_runs() -> list:
     by_id = {r.run_id: r for r in listing.runs}
     if SHOWN_KEY not in st.session_state:
         newest = {}
+        others = others_imports()  # another visitor's import is shown only to whoever picks it
         for record in listing.runs:  # newest first
-            newest.setdefault(record.model_kind, record.run_id)
+            if record.run_id not in others:
+                newest.setdefault(record.model_kind, record.run_id)
         st.session_state[SHOWN_KEY] = list(newest.values())
     st.session_state[SHOWN_KEY] = list(dict.fromkeys(i for i in st.session_state[SHOWN_KEY] if i in by_id))
     labels = {i: run_option(r) for i, r in by_id.items()}
