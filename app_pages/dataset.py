@@ -58,7 +58,7 @@ def samples(source: str, seed: int) -> list:
 
 def demo_source() -> str:
     """Write the demo dataset and pretrain its backbone into the cache folder (each once), showing progress."""
-    from core.models.demo_backbone import prepare_demo
+    from core.models.demo_backbone import TRAINING_SIZE, prepare_demo
 
     bar = st.progress(0.0, text="Preparing the generated demo ...")
     demo = prepare_demo(progress=lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)),
@@ -68,6 +68,7 @@ def demo_source() -> str:
         st.toast(f"Demo backbone pretrained on {demo.pretrain.source_images:,} images of "
                  f"{demo.pretrain.source_classes} other shapes in {demo.pretrain.seconds:.0f} s.")
     set_handle(str(demo.backbone))
+    st.session_state[IMAGE_SIZE_KEY] = TRAINING_SIZE  # the size the demo was made for, not the article's
     return demo.source
 
 

@@ -127,7 +127,7 @@ def test_a_zip_that_is_not_a_zip_is_refused(open_page):
 def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page, pretrained_demo):
     from core.settings.paths import cache_dir
 
-    at = open_page("experiments", state={"exp_image_size": 64})
+    at = open_page("experiments", state={"exp_image_size": 128})
     assert at.text_input(key="exp_t_handle").value.startswith("https://tfhub.dev/")
     at.switch_page("app_pages/dataset.py").run()
     at.radio[0].set_value("demo").run()
@@ -136,6 +136,7 @@ def test_generated_demo_sets_up_an_offline_dataset_and_hub_handle(open_page, pre
     assert metric(at, "Classes") == "3"
     assert at.session_state["lab_source"] == pretrained_demo.source == f"folder:{cache_dir() / 'demo' / 'scenes-v1'}"
     assert at.radio[0].value == "demo"  # the user's choice, not "A folder on this machine"
+    assert at.session_state["exp_image_size"] == 64  # the size the demo is made for, not the article's 224
     wait_for_estimates(at.switch_page("app_pages/experiments.py").run())
     assert not at.exception and not at.error
     assert at.text_input(key="exp_t_handle").value == str(pretrained_demo.backbone) == str(
