@@ -208,3 +208,19 @@ def test_a_tflite_file_that_disagrees_with_its_model_is_not_written(run_copies, 
     with pytest.raises(LabError, match="disagrees with the model by up to"):
         export_run(run_copies["mobilenet_v2"], "tflite-int8", tmp_path / "c.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_savedmodel_holds_its_signature_and_variables_not_every_keras_layer(run_copies):
+    """Holding the Keras model would save a traced function per layer: slower to write, read and convert."""
+    import tensorflow as tf
+
+    folder = export_run(run_copies["baseline"], "savedmodel").path
+    loaded = tf.saved_model.load(str(folder))
+    assert not hasattr(loaded, "model")
+    assert len(loaded.model_variables) == len(load_model_variables(run_copies["baseline"]))
+
+
+def load_model_variables(run: Path) -> list:
+    from core.safety.model_files import load_model
+
+    return load_model(run / "model.h5")[0].variables
