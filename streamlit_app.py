@@ -1,11 +1,16 @@
 """Transfer Learning Lab: page config and navigation. Nothing heavy here: no TensorFlow import, so the
 first paint is fast; each page imports what it needs when it runs."""
+# Imported here, before any page runs, on purpose: plotly looks pandas up in sys.modules without importing
+# it, so a chart built while another visitor's first page was still importing pandas met a half-initialised
+# module ("partially initialized module 'pandas' has no attribute 'Series'") in a room of visitors.
+import pandas  # noqa: F401
 import streamlit as st
 
 from app_pages.common import save_session, sidebar, skip_keras_clear_session
 
 skip_keras_clear_session()
-st.set_page_config(page_title="Transfer Learning Lab", page_icon=":material/science:", layout="wide",
+# An emoji favicon is drawn by the browser; a Material icon one is fetched from a font CDN (fails offline).
+st.set_page_config(page_title="Transfer Learning Lab", page_icon="🧪", layout="wide",
                    initial_sidebar_state="auto")  # collapsed on phones
 
 PAGES = [

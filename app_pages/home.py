@@ -49,7 +49,7 @@ with right, st.container(border=True):
                   "after the last epoch.")
 
 st.subheader("Start here")
-steps = st.columns(3, gap="medium")
+steps = st.columns(4, gap="medium")
 with steps[0], st.container(border=True):
     st.page_link("app_pages/dataset.py", label="**1. Dataset**", icon=":material/photo_library:")
     st.caption("Pick cats_vs_dogs, another TFDS dataset, a folder or a zip of class folders; look at the "
@@ -59,7 +59,10 @@ with steps[1], st.container(border=True):
     st.caption("Train both models side by side with live curves beside the article's; the Quick demo "
                "preset fits both into a few minutes.")
 with steps[2], st.container(border=True):
-    st.page_link("app_pages/predict.py", label="**3. Predict**", icon=":material/image_search:")
+    st.page_link("app_pages/data_efficiency.py", label="**3. Data efficiency**", icon=":material/stacked_line_chart:")
+    st.caption("Both models on 5 to 80 images per class: the fewer images, the more a pretrained backbone wins.")
+with steps[3], st.container(border=True):
+    st.page_link("app_pages/predict.py", label="**4. Predict**", icon=":material/image_search:")
     st.caption("Reload a saved model from its .h5 file and classify your own photos or the camera's.")
 
 st.subheader("Status")

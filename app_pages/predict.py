@@ -14,6 +14,7 @@ from app_pages.common import (
     runs_folder,
     show_error,
 )
+from core.data.images import MAX_BYTES
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs, matches_dataset, preferred_run_index
@@ -267,8 +268,9 @@ if st.toggle("Take a photo with the camera", key="pred_camera"):
     photo = st.camera_input("Camera", key="up_camera", label_visibility="collapsed")
     if photo is not None:
         files.append(("camera photo", photo.getvalue()))
+# The uploader says the same limit the image checks apply (core.data.images.MAX_BYTES), not the server's.
 uploads = st.file_uploader("Images (jpg, png, webp, bmp, gif); several at once is fine", type=UPLOAD_TYPES,
-                           accept_multiple_files=True, key="up_images")
+                           accept_multiple_files=True, key="up_images", max_upload_size=MAX_BYTES // 2**20)
 files += [(f.name, f.getvalue()) for f in uploads or []]
 if not files:
     st.caption("Upload images or take a photo to see what the model thinks.")
@@ -292,5 +294,7 @@ for start in range(0, len(good), PER_ROW):
             picture.image(thumbnail(data, result.name), caption=result.name, width="stretch")
             verdict.markdown(f"### {markdown_literal(result.label)}")
             verdict.caption(f"{result.confidence:.1%} confident")
-            verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}")
+            # No toolbar: on a bar this short it covers the bars themselves.
+            verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}",
+                                 config={"displayModeBar": False})
             explain_controls(index, loaded, result.name, data, (str(model_path), mtime))

@@ -23,6 +23,7 @@ def test_home_renders_offline_with_the_articles_numbers(open_page, tmp_path):
     page_links = [link.proto.page for link in at.get("page_link")]
     assert any(p.endswith("dataset") for p in page_links)
     assert any(p.endswith("experiments") for p in page_links)
+    assert any(p.endswith("data-efficiency") for p in page_links)  # every page is a step of "Start here"
     assert any(p.endswith("predict") for p in page_links)
     body = texts(at)
     assert "Offline" in body  # the network check is forced offline in tests
