@@ -6,14 +6,16 @@
   `serving_default` signature takes `images`, float32 (batch, size, size, 3) RGB scaled to [0, 1], and
   returns `probabilities`, float32 (batch, classes) summing to 1, classes in the order of
   `assets/labels.txt`. The hub module is baked in, so no handle is resolved when it is loaded.
-- tflite / tflite-int8: TFLite flatbuffers converted from that SavedModel, with the same input and
-  output; the class names go to NAME.labels.txt beside NAME.tflite (labels.txt in a download's zip).
+- tflite / tflite-fp16 / tflite-int8: TFLite flatbuffers converted from that SavedModel, with the same
+  input and output; the class names go to NAME.labels.txt beside NAME.tflite (labels.txt in a download's
+  zip). float16 stores the weights as float16 (about half the size) and computes in float32 on a CPU.
   int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), activations in float.
 
 Expected agreement with the Keras model on the same input (checked by the tests): h5 identical,
-SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite int8 the same top class and within 0.05. Every
-TFLite file is also checked when written: run with LiteRT (ai-edge-litert) where it is installed, else
-tf.lite.Interpreter, against the SavedModel it was converted from, within the same tolerance.
+SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite float16 the same top class and within 0.01,
+TFLite int8 the same top class and within 0.05. Every TFLite file is also checked when written: run with
+LiteRT (ai-edge-litert) where it is installed, else tf.lite.Interpreter, against the SavedModel it was
+converted from, within the same tolerance.
 """
 from __future__ import annotations
 
@@ -46,7 +48,11 @@ class ExportFormat(str, enum.Enum):
     H5 = "h5"
     SAVEDMODEL = "savedmodel"
     TFLITE = "tflite"
+    TFLITE_FP16 = "tflite-fp16"
     TFLITE_INT8 = "tflite-int8"
+
+
+TFLITE_FORMATS = (ExportFormat.TFLITE, ExportFormat.TFLITE_FP16, ExportFormat.TFLITE_INT8)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ FORMATS = {
     ExportFormat.SAVEDMODEL: FormatInfo("TF SavedModel", "_savedmodel", "TF Serving, TensorFlow in any language",
                                         1e-5),
     ExportFormat.TFLITE: FormatInfo("TFLite float32", ".tflite", "mobile and edge devices, full precision", 1e-4),
+    ExportFormat.TFLITE_FP16: FormatInfo("TFLite float16", "_fp16.tflite",
+                                         "mobile and edge GPUs: about half the size, nearly full precision", 0.01),
     ExportFormat.TFLITE_INT8: FormatInfo("TFLite int8 (dynamic range)", "_int8.tflite",
                                          "mobile where size matters: about 4x smaller, same top class", 0.05),
 }
@@ -149,12 +157,14 @@ def write_savedmodel(run_dir: Path, folder: Path) -> None:
         tf.saved_model.save(module, str(folder), signatures={SIGNATURE: module.serve})
 
 
-def _tflite_bytes(savedmodel: Path, quantise: bool) -> bytes:
+def _tflite_bytes(savedmodel: Path, fmt: ExportFormat) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel), signature_keys=[SIGNATURE])
-    if quantise:
+    if fmt is not ExportFormat.TFLITE:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt is ExportFormat.TFLITE_FP16:
+        converter.target_spec.supported_types = [tf.float16]
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises its own and MLIR error types for unsupported graphs
@@ -208,7 +218,7 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
                 else:
                     savedmodel.rename(staged)
             else:
-                staged.write_bytes(_tflite_bytes(savedmodel, fmt is ExportFormat.TFLITE_INT8))
+                staged.write_bytes(_tflite_bytes(savedmodel, fmt))
                 check = _check_tflite(staged, fmt, savedmodel, run.image_size)
                 shutil.copyfile(savedmodel / "assets" / LABELS_FILE, tmp / LABELS_FILE)
                 os.replace(tmp / LABELS_FILE, labels_path(out))
@@ -273,7 +283,7 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
     _, path, _ = _download_file(run, fmt)
     if path.is_file():
         return download_info(run.path, fmt)
-    if fmt in (ExportFormat.TFLITE, ExportFormat.TFLITE_INT8):
+    if fmt in TFLITE_FORMATS:
         tflite = _default_out(run.path, fmt)
         if not (tflite.is_file() and labels_path(tflite).is_file()):
             export_run(run.path, fmt, tflite)

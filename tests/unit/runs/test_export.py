@@ -224,3 +224,18 @@ def load_model_variables(run: Path) -> list:
     from core.safety.model_files import load_model
 
     return load_model(run / "model.h5")[0].variables
+
+
+def test_float16_is_about_half_the_size_of_float32_and_agrees_closely(run_copies, images, reference):
+    sizes = {}
+    for kind in KINDS:
+        float32 = export_run(run_copies[kind], "tflite").size_bytes
+        result = export_run(run_copies[kind], "tflite-fp16")
+        assert result.path.name.endswith("_fp16.tflite") and result.check.startswith("checked with ")
+        assert labels_path(result.path).read_text().split() == ["circles", "squares"]
+        probs = predict_with_export(result.path, "tflite-fp16", images)
+        np.testing.assert_array_equal(probs.argmax(axis=1), reference[kind].argmax(axis=1))
+        assert np.abs(probs - reference[kind]).max() <= FORMATS[ExportFormat.TFLITE_FP16].tolerance == 0.01
+        sizes[kind] = result.size_bytes / float32
+    assert sizes["baseline"] < 0.6  # a graph of a few large weights halves; the tiny hub model less so
+    assert parse_format("tflite-fp16") is ExportFormat.TFLITE_FP16
