@@ -9,16 +9,23 @@
 - tflite / tflite-fp16 / tflite-int8: TFLite flatbuffers converted from that SavedModel, with the same
   input and output; the class names go to NAME.labels.txt beside NAME.tflite (labels.txt in a download's
   zip). float16 stores the weights as float16 (about half the size) and computes in float32 on a CPU.
-  int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), activations in float.
+  int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), and the input of every
+  convolution and dense layer rounded to 256 levels as it runs. It needs no representative images: each
+  input's range is taken as it comes, so nothing is calibrated. Full-integer int8, calibrated on
+  representative images, is not offered: the calibration pass costs more time, and activations rounded to
+  ranges fixed in advance agree less with the float model.
 
 Expected agreement with the Keras model on the same input (checked by the tests): h5 identical,
 SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite float16 the same top class and within 0.01,
 TFLite int8 the same top class and within 0.05. Every TFLite file is also checked when written: run with
 LiteRT (ai-edge-litert) where it is installed, else tf.lite.Interpreter, against the SavedModel it was
-converted from, within the same tolerance.
+converted from, within the same tolerance. A file refused that way is remembered in
+RUN_DIR/exports/NAME.refused.json while the tolerance, TensorFlow and LiteRT stay the same, so a page says so
+at once and offers the next format up in precision instead of converting again.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -100,6 +107,7 @@ class DownloadInfo:
     mime: str
     ready: bool
     size_bytes: int | None  # of the very file the download hands over, once it is on disk
+    refused: ExportRefused | None = None  # an earlier export of this format was refused and would be again
 
 
 def parse_format(value: str | ExportFormat) -> ExportFormat:
@@ -219,7 +227,13 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
                     savedmodel.rename(staged)
             else:
                 staged.write_bytes(_tflite_bytes(savedmodel, fmt))
-                check = _check_tflite(staged, fmt, savedmodel, run.image_size)
+                try:
+                    check = _check_tflite(staged, fmt, savedmodel, run.image_size)
+                except ExportRefused as refused:
+                    _remember_refusal(run_dir, refused)
+                    raise
+                with contextlib.suppress(OSError):  # a refusal left by an older converter no longer holds
+                    _refusal_path(run_dir, fmt).unlink(missing_ok=True)
                 shutil.copyfile(savedmodel / "assets" / LABELS_FILE, tmp / LABELS_FILE)
                 os.replace(tmp / LABELS_FILE, labels_path(out))
         if out.is_dir():
@@ -269,9 +283,11 @@ def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
     from core.runs.folders import open_run
 
     fmt = parse_format(fmt)
-    name, path, mime = _download_file(open_run(run_dir), fmt)
+    run = open_run(run_dir)
+    name, path, mime = _download_file(run, fmt)
     ready = path.is_file()
-    return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None)
+    refused = None if ready or fmt not in TFLITE_FORMATS else stored_refusal(run.path, fmt)
+    return DownloadInfo(name, mime, ready, path.stat().st_size if ready else None, refused)
 
 
 def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
@@ -286,6 +302,9 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
     if fmt in TFLITE_FORMATS:
         tflite = _default_out(run.path, fmt)
         if not (tflite.is_file() and labels_path(tflite).is_file()):
+            refused = stored_refusal(run.path, fmt)
+            if refused is not None:  # converting the same model with the same converter refuses it again
+                raise refused
             export_run(run.path, fmt, tflite)
         _zip_tflite(tflite, path)
     else:
@@ -359,6 +378,31 @@ def tflite_interpreter(path: str | Path):
 
 
 CHECK_IMAGES = 4
+# What to export instead when a TFLite file is refused (the next format up in precision), and why it fits.
+ALTERNATIVE = {ExportFormat.TFLITE_INT8: ExportFormat.TFLITE_FP16, ExportFormat.TFLITE_FP16: ExportFormat.TFLITE}
+INSTEAD = {ExportFormat.TFLITE_FP16: "keeps every activation unrounded, at about half the size of float32",
+           ExportFormat.TFLITE: "keeps full precision"}
+# What a format rounds, in words, for a refusal message.
+ROUNDING = {
+    ExportFormat.TFLITE_INT8: "int8 rounds every weight, and every layer's input as it runs, to one of 256 levels",
+    ExportFormat.TFLITE_FP16: "float16 rounds every weight to about 3 significant digits",
+}
+
+
+class ExportRefused(LabError):
+    """A converted TFLite file disagreed with the SavedModel it came from by more than its format allows."""
+
+    def __init__(self, fmt: ExportFormat, diff: float, tolerance: float, runtime: str):
+        self.fmt, self.diff, self.tolerance, self.runtime = fmt, diff, tolerance, runtime
+        self.alternative = ALTERNATIVE.get(fmt)
+        text = (f"The {FORMATS[fmt].label} file disagrees with the model by up to {diff:.3g} when run with "
+                f"{runtime}, more than the {tolerance:g} allowed, so it was not written")
+        if fmt in ROUNDING:
+            text += f": {ROUNDING[fmt]}, which moves this model's probabilities too far"
+        if self.alternative is not None:
+            text += (f". {FORMATS[self.alternative].label} ({self.alternative.value}) {INSTEAD[self.alternative]}: "
+                     "export that instead")
+        super().__init__(text + ".")
 
 
 def _check_tflite(tflite: Path, fmt: ExportFormat, savedmodel: Path, image_size: int) -> str:
@@ -374,7 +418,55 @@ def _check_tflite(tflite: Path, fmt: ExportFormat, savedmodel: Path, image_size:
     diff = float(np.abs(probs - reference).max())
     tolerance = FORMATS[fmt].tolerance
     if not diff <= tolerance:
-        raise LabError(f"The {FORMATS[fmt].label} file disagrees with the model by up to {diff:.3g} (more than "
-                       f"{tolerance:g}) when run with {runtime}; it was not written.")
+        raise ExportRefused(fmt, diff, tolerance, runtime)
     return (f"checked with {runtime}: on {CHECK_IMAGES} test images its probabilities are within {diff:.1e} of "
             "the SavedModel's")
+
+
+def _refusal_path(run_dir: Path, fmt: ExportFormat) -> Path:
+    out = _default_out(run_dir, fmt)
+    return out.with_name(f"{out.name}.refused.json")
+
+
+def _converter_versions() -> str:
+    """The converter's and the checking runtime's versions: a refusal holds only while both are the same."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("tensorflow", "tensorflow-cpu", "ai-edge-litert"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _remember_refusal(run_dir: Path, refused: ExportRefused) -> None:
+    """Keep a refusal beside the run's exports: converting the same model again gives the same file."""
+    from core.settings.files import write_json
+
+    path = _refusal_path(run_dir, refused.fmt)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {
+            "format": refused.fmt.value, "max_abs_diff": refused.diff, "tolerance": refused.tolerance,
+            "runtime": refused.runtime, "versions": _converter_versions()})
+    except OSError as exc:  # a read-only run folder: the refusal is still reported, just not remembered
+        logger.warning("Could not remember the refused %s export of %s: %s", refused.fmt.value, run_dir, exc)
+
+
+def stored_refusal(run_dir: str | Path, fmt: str | ExportFormat) -> ExportRefused | None:
+    """The refusal an earlier export of this format left for this run, if the same tolerance, converter and
+    runtime would refuse it again; None otherwise."""
+    from core.settings.files import read_json
+
+    fmt = parse_format(fmt)
+    stored = read_json(_refusal_path(Path(run_dir), fmt))
+    if stored is None:  # none left, or damaged or far too large
+        return None
+    try:
+        if stored["tolerance"] != FORMATS[fmt].tolerance or stored["versions"] != _converter_versions():
+            return None
+        return ExportRefused(fmt, float(stored["max_abs_diff"]), float(stored["tolerance"]), str(stored["runtime"]))
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -210,6 +210,21 @@ def test_a_tflite_file_that_disagrees_with_its_model_is_not_written(run_copies, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_float16_is_about_half_the_size_of_float32_and_agrees_closely(run_copies, images, reference):
+    sizes = {}
+    for kind in KINDS:
+        float32 = export_run(run_copies[kind], "tflite").size_bytes
+        result = export_run(run_copies[kind], "tflite-fp16")
+        assert result.path.name.endswith("_fp16.tflite") and result.check.startswith("checked with ")
+        assert labels_path(result.path).read_text().split() == ["circles", "squares"]
+        probs = predict_with_export(result.path, "tflite-fp16", images)
+        np.testing.assert_array_equal(probs.argmax(axis=1), reference[kind].argmax(axis=1))
+        assert np.abs(probs - reference[kind]).max() <= FORMATS[ExportFormat.TFLITE_FP16].tolerance == 0.01
+        sizes[kind] = result.size_bytes / float32
+    assert sizes["baseline"] < 0.6  # a graph of a few large weights halves; the tiny hub model less so
+    assert parse_format("tflite-fp16") is ExportFormat.TFLITE_FP16
+
+
 def test_the_savedmodel_holds_its_signature_and_variables_not_every_keras_layer(run_copies):
     """Holding the Keras model would save a traced function per layer: slower to write, read and convert."""
     import tensorflow as tf
@@ -226,16 +241,56 @@ def load_model_variables(run: Path) -> list:
     return load_model(run / "model.h5")[0].variables
 
 
-def test_float16_is_about_half_the_size_of_float32_and_agrees_closely(run_copies, images, reference):
-    sizes = {}
-    for kind in KINDS:
-        float32 = export_run(run_copies[kind], "tflite").size_bytes
-        result = export_run(run_copies[kind], "tflite-fp16")
-        assert result.path.name.endswith("_fp16.tflite") and result.check.startswith("checked with ")
-        assert labels_path(result.path).read_text().split() == ["circles", "squares"]
-        probs = predict_with_export(result.path, "tflite-fp16", images)
-        np.testing.assert_array_equal(probs.argmax(axis=1), reference[kind].argmax(axis=1))
-        assert np.abs(probs - reference[kind]).max() <= FORMATS[ExportFormat.TFLITE_FP16].tolerance == 0.01
-        sizes[kind] = result.size_bytes / float32
-    assert sizes["baseline"] < 0.6  # a graph of a few large weights halves; the tiny hub model less so
-    assert parse_format("tflite-fp16") is ExportFormat.TFLITE_FP16
+def strict(monkeypatch, fmt: ExportFormat, tolerance: float = 0.0) -> None:
+    """Make `fmt`'s agreement check refuse everything, as it refuses a model that rounding moves too far."""
+    import dataclasses
+
+    import core.runs.export
+
+    monkeypatch.setattr(core.runs.export, "FORMATS",
+                        {**FORMATS, fmt: dataclasses.replace(FORMATS[fmt], tolerance=tolerance)})
+
+
+def test_a_refused_int8_file_says_why_in_plain_words_and_offers_float16(run_copies, tmp_path, monkeypatch):
+    from core.runs.export import ExportRefused
+
+    strict(monkeypatch, ExportFormat.TFLITE_INT8)
+    with pytest.raises(ExportRefused) as refused:
+        export_run(run_copies["mobilenet_v2"], "tflite-int8", tmp_path / "c.tflite")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"disagrees with the model by up to {refused.value.diff:.3g} when run with " in message
+    assert "more than the 0 allowed, so it was not written: int8 rounds every weight" in message
+    assert "one of 256 levels" in message
+    assert "TFLite float16 (tflite-fp16) keeps every activation unrounded" in message
+    assert message.endswith("export that instead.")
+    assert refused.value.alternative is ExportFormat.TFLITE_FP16
+
+
+def test_a_refusal_is_remembered_until_the_tolerance_or_converter_changes(run_copies, tmp_path, monkeypatch):
+    import shutil as sh
+
+    import core.runs.export
+    from core.runs.export import ExportRefused, download_info, prepare_download
+
+    run = Path(sh.copytree(run_copies["baseline"], tmp_path / "run"))
+    sh.rmtree(run / "exports", ignore_errors=True)
+    strict(monkeypatch, ExportFormat.TFLITE_INT8)
+    with pytest.raises(ExportRefused):
+        prepare_download(run, "tflite-int8")
+    info = download_info(run, "tflite-int8")
+    assert not info.ready and isinstance(info.refused, ExportRefused)
+    assert info.refused.alternative is ExportFormat.TFLITE_FP16
+
+    def never(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    with monkeypatch.context() as m:  # asked again, it answers at once: the same model converts the same way
+        m.setattr(core.runs.export, "_tflite_bytes", never)
+        with pytest.raises(ExportRefused, match="one of 256 levels"):
+            prepare_download(run, "tflite-int8")
+    strict(monkeypatch, ExportFormat.TFLITE_INT8, tolerance=0.05)  # the shipped tolerance: no longer refused
+    assert download_info(run, "tflite-int8").refused is None
+    prepare_download(run, "tflite-int8")
+    assert download_info(run, "tflite-int8").ready
+    assert not list((run / "exports").glob("*.refused.json"))
