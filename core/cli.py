@@ -400,9 +400,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.runs.export import FORMATS, export_run
+    from core.runs.export import FORMATS, export_estimate, export_run, parse_format
     from core.settings.text import megabytes
 
+    estimate = export_estimate(args.run, args.format)
+    if estimate is not None:
+        print(f"Converting to {FORMATS[parse_format(args.format)].label}: {estimate.describe()} ...", flush=True)
     result = export_run(args.run, args.format, args.out)
     info = FORMATS[result.format]
     print(f"{info.label}, {megabytes(result.size_bytes)}, written in {result.seconds:.1f}s. Use: {info.use}.")

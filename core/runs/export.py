@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -108,6 +109,64 @@ class DownloadInfo:
     ready: bool
     size_bytes: int | None  # of the very file the download hands over, once it is on disk
     refused: ExportRefused | None = None  # an earlier export of this format was refused and would be again
+
+
+# What converting a run's model costs, in seconds of one CPU core: loading the model, writing the SavedModel
+# and reading it back, the converter and the check run on about one thread, so an idle machine takes about
+# this long. A fixed part plus a part per million parameters: a model on a hub backbone has a far larger
+# graph per parameter than the baseline CNN, whose parameters sit mostly in one dense layer. Every format
+# that converts costs about the same; int8 calibrates nothing (see the module's docstring), so no
+# representative images add to it. A process that has not imported TensorFlow yet pays for that first.
+EXPORT_SECONDS = {"hub": (2.0, 5.3), "keras": (2.0, 0.3)}
+TENSORFLOW_IMPORT_SECONDS = 5.0
+# Above this many runnable threads per core the estimate says the machine is busy and scales with the load.
+BUSY_LOAD_PER_CORE = 1.2
+
+
+@dataclass(frozen=True)
+class ExportEstimate:
+    """How long an export is expected to take: on an idle machine, and now, at the present load."""
+    idle_seconds: float
+    seconds: float
+    load_per_core: float
+    cores: int
+
+    @property
+    def busy(self) -> bool:
+        return self.load_per_core > BUSY_LOAD_PER_CORE
+
+    def describe(self) -> str:
+        from core.settings.text import duration
+
+        if not self.busy:
+            return f"about {duration(self.seconds)}"
+        return (f"about {duration(self.seconds)} now, about {duration(self.idle_seconds)} when this machine is idle "
+                f"(it is busy: load {self.load_per_core * self.cores:.0f} on {self.cores} cores)")
+
+
+def _load_per_core() -> tuple[float, int]:
+    cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] / cores, cores
+    except (OSError, AttributeError):  # no load average on this platform: assume an idle machine
+        return 0.0, cores
+
+
+def export_estimate(run_dir: str | Path, fmt: str | ExportFormat) -> ExportEstimate | None:
+    """How long export_run of this format will take here, from the model's parameter count (in the run's
+    metrics) and the machine's present load; None for the .h5, which is copied, or a run that does not say."""
+    from core.runs.folders import open_run
+
+    fmt = parse_format(fmt)
+    run = open_run(run_dir)
+    params = run.metrics.get("total_params")
+    if fmt is ExportFormat.H5 or not isinstance(params, int) or params <= 0:
+        return None
+    base, per_million = EXPORT_SECONDS["keras" if run.model_kind == "baseline" else "hub"]
+    idle = base + per_million * params / 1e6 + (0.0 if "tensorflow" in sys.modules else TENSORFLOW_IMPORT_SECONDS)
+    load, cores = _load_per_core()
+    # A busy core shares its time among the runnable threads: one thread gets about cores / load of a core.
+    return ExportEstimate(idle, idle * max(1.0, load), load, cores)
 
 
 def parse_format(value: str | ExportFormat) -> ExportFormat:

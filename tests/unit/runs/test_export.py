@@ -294,3 +294,29 @@ def test_a_refusal_is_remembered_until_the_tolerance_or_converter_changes(run_co
     prepare_download(run, "tflite-int8")
     assert download_info(run, "tflite-int8").ready
     assert not list((run / "exports").glob("*.refused.json"))
+
+
+def test_the_time_an_export_takes_is_estimated_before_it_starts(run_copies, monkeypatch):
+    import os
+
+    from core.runs.export import export_estimate
+
+    assert export_estimate(run_copies["baseline"], "h5") is None  # a copy
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    idle = export_estimate(run_copies["mobilenet_v2"], "tflite-int8")
+    assert not idle.busy and idle.seconds == idle.idle_seconds and 1 < idle.seconds < 60
+    assert idle.describe().startswith("about ")
+    monkeypatch.setattr(os, "getloadavg", lambda: (24.0, 20.0, 10.0))
+    busy = export_estimate(run_copies["mobilenet_v2"], "tflite-int8")
+    assert busy.busy and busy.seconds == pytest.approx(12 * idle.seconds)
+    assert "load 24 on 2 cores" in busy.describe()
+
+
+def test_cli_export_says_how_long_it_will_take_before_converting(run_copies, tmp_path, capsys):
+    from core.cli import main
+
+    out = tmp_path / "model_fp16.tflite"
+    assert main(["export", str(run_copies["baseline"]), "--format", "tflite-fp16", "--out", str(out)]) == 0
+    first, *_ = capsys.readouterr().out.splitlines()
+    assert first.startswith("Converting to TFLite float16: about ") and out.is_file()
