@@ -210,8 +210,9 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
         est = run_estimate(*configs(kind))
     except Pending:
         timing.add(kind)
-        st.caption(":material/timer: Timing a few batches on this server; the estimate appears here in a moment. "
-                   "You can start a run meanwhile.")
+        # A host that caps a training's length by its estimate (capped_length) needs the estimate before Run.
+        st.caption(":material/timer: Timing a few batches on this server; the estimate appears here in a moment"
+                   + (" and Run with it." if capped_length else ". You can start a run meanwhile."))
         return None
     except OfflineError:
         # It could not train either: its Run buttons are disabled below, and this says what to do instead.
@@ -309,18 +310,20 @@ if not busy:
 estimates = {}
 unreachable: set = set()  # models whose hub module is neither reachable nor cached
 timing: set = set()  # models whose estimate is still being timed
+capped_length = active_preset().max_job_minutes is not None
 for kind, column in zip(KINDS, st.columns(2, gap="large")):
     with column, st.container(border=True):
         estimates[kind] = settings_column(kind, busy, data_ok)
         if st.button(f"Run {MODEL_LABELS[kind]}", key=f"run_{kind.value}",
-                     disabled=busy or not data_ok or kind in unreachable,
+                     disabled=busy or not data_ok or kind in unreachable or (capped_length and kind in timing),
                      width="stretch", icon=":material/play_arrow:"):
             start((kind,), estimates)
             st.rerun()
 
 both_total = sum(e.total_seconds for e in estimates.values()) + worker_start() if all(estimates.values()) else None
 label = "Run both" + (f" (about {duration(both_total)})" if both_total else "")
-if st.button(label, type="primary", disabled=busy or not data_ok or bool(unreachable), icon=":material/play_circle:",
+if st.button(label, type="primary", disabled=busy or not data_ok or bool(unreachable) or (capped_length and bool(timing)),
+             icon=":material/play_circle:",
              key="run_both"):
     start(RUN_BOTH, estimates)
     st.rerun()

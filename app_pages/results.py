@@ -15,6 +15,7 @@ from core.settings.errors import LabError
 from core.settings.text import markdown_literal
 
 SHOWN_KEY = "exp_shown"  # run ids on the charts
+PENDING_KEY = "exp_shown_next"  # run ids to put on the charts at the next full run (show_runs_next)
 IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
 ORDER = {ModelKind.BASELINE.value: 0, ModelKind.MOBILENET_V2.value: 1}  # baseline left, transfer right
 COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch", "Best val accuracy",
@@ -25,6 +26,14 @@ def show_runs(run_ids, keep: bool = True) -> None:
     """Put these runs on the charts, beside those already there (keep) or instead of them."""
     shown = list(st.session_state.get(SHOWN_KEY, [])) if keep else []
     st.session_state[SHOWN_KEY] = shown + [r for r in run_ids if r not in shown]
+
+
+def show_runs_next(run_ids) -> None:
+    """Put these runs on the charts instead of the others at the page's next full run.
+
+    For a fragment's run: the run picker is a widget outside it, whose value written there can lose to the
+    value the browser sends back; the next full run writes it before the picker is drawn."""
+    st.session_state[PENDING_KEY] = list(run_ids)
 
 
 def curve_series(items) -> list[CurveSeries]:
@@ -76,6 +85,9 @@ def pick_runs() -> list:
     """The run picker; returns the chosen runs, baseline first and older first."""
     listing = list_runs(runs_folder())
     by_id = {r.run_id: r for r in listing.runs}
+    pending = st.session_state.pop(PENDING_KEY, None)
+    if pending is not None:
+        show_runs(pending, keep=False)
     if SHOWN_KEY not in st.session_state:
         newest = {}
         others = others_imports()  # another visitor's import is shown only to whoever picks it

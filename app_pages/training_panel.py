@@ -193,7 +193,7 @@ def _running_now() -> None:
 def deliver(followed: list) -> bool:
     """Put every run that a followed job has saved and this session has not yet charted on the charts, the
     moment it is saved (with "Run both", the first model's while the second trains). True if any was new."""
-    from app_pages.results import show_runs
+    from app_pages.results import show_runs_next
 
     delivered = list(st.session_state.get(DELIVERED_KEY, []))
     fresh = [v for v in followed if any(p.name not in delivered for p in v.snapshot.run_dirs)]
@@ -201,7 +201,7 @@ def deliver(followed: list) -> bool:
         return False
     # The charts show what was just asked for: the job's runs so far and those handed back with it.
     runs = [p.name for p in fresh[-1].snapshot.run_dirs]
-    show_runs(st.session_state.get(REUSED_KEY, []) + runs, keep=False)
+    show_runs_next(st.session_state.get(REUSED_KEY, []) + runs)
     st.session_state[DELIVERED_KEY] = (delivered + [p.name for v in fresh for p in v.snapshot.run_dirs
                                                     if p.name not in delivered])[-40:]
     return True

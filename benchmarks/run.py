@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--figures", nargs="+", choices=FIGURES + LIVE_FIGURES, metavar="FIGURE",
                         help=f"measure only these ({', '.join(FIGURES)}; default: all, without D1 D2 in --quick; "
                              f"with --live: {', '.join(LIVE_FIGURES)})")
+    parser.add_argument("--room", type=int, nargs="*", metavar="SESSIONS",
+                        help="only the workshop-room figures: Chromium sessions on one cloud-preset server "
+                             "(default rooms of 12 and 30; written to benchmarks/room-results.json)")
     parser.add_argument("--demo-only", action="store_true",
                         help="only D1 and D2, the offline demo's lesson and pretraining time (a few minutes)")
     return parser
@@ -247,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.live:
         return live_main(args, work, say, start)
+    if args.room is not None:
+        from benchmarks import room
+
+        results = room.run_rooms(work, args.room or [12, 30], say)
+        return _write(args.output or HERE / "room-results.json", results, room.table_rows(results), "room", start)
     if args.cold_start:
         from benchmarks.cold_start import measure as measure_cold_start
 

@@ -1,0 +1,276 @@
+"""A workshop room on the hosted preset: many browser sessions set up and wait together on one server.
+
+Each participant opens Dataset, chooses the Generated demo, presses Load, goes to Experiments, sets 64 px,
+presses Quick demo, changes the seed (every other participant, so several distinct experiments queue),
+and presses Run both, then waits for its result. Meanwhile the server's health check is timed twice a
+second and the resident memory of the server and its workers is summed as the host counts it.
+
+R1  time from the last click until the last participant sees a result; worst health-check latency;
+    a new visitor's Home paint while the room waits; peak server + workers memory; errors seen.
+
+`python -m benchmarks.room --url URL --sessions 12` measures a room on a running server (the demo prepared
+in its cache folder first, as an instructor does before a workshop); `python -m benchmarks --room`
+starts its own servers and measures rooms of 12 and 30, written to benchmarks/room-results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import statistics
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 900_000
+HEALTH_GOAL_S = 1.0
+HOME_GOAL_S = 3.0
+HOST_MEMORY_GB = 2.7
+# The Quick demo's time budget the room is asked to set: a workshop wants every result within minutes, and
+# jobs train one after another on the hosted preset.
+ROOM_BUDGET_MIN = 1.0
+ERROR_TEXT = re.compile(r"Something went wrong|This app has encountered an error|Traceback|Error:")
+
+
+class Sampler:
+    """Health-check latency and server + worker memory, sampled in a thread while the room runs."""
+
+    def __init__(self, url: str, server_pid: int | None):
+        self.url, self.server_pid = url, server_pid
+        self.health: list[tuple[float, float]] = []  # (time since start, seconds to answer)
+        self.memory_peak = 0.0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._health, daemon=True),
+                         threading.Thread(target=self._memory, daemon=True)]
+        self.start = time.monotonic()
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _health(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=60) as reply:
+                    reply.read()
+            except OSError:
+                pass
+            took = time.monotonic() - began
+            self.health.append((began - self.start, took))
+            self._stop.wait(max(0.0, 0.5 - took))
+
+    def _memory(self) -> None:
+        import psutil
+
+        if self.server_pid is None:
+            return
+        server = psutil.Process(self.server_pid)
+        while not self._stop.is_set():
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                for proc in [server, *server.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+            self.memory_peak = max(self.memory_peak, total / 1e9)
+            self._stop.wait(0.25)
+
+
+async def _participant(browser, url: str, index: int, record: dict, clicked: asyncio.Event, go: asyncio.Event,
+                       width: int, budget_min: float = ROOM_BUDGET_MIN) -> None:
+    context = await browser.new_context(viewport={"width": width, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = record.setdefault("errors", [])
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    try:
+        await page.goto(f"{url}/dataset")
+        await page.get_by_text("Generated demo (works offline)").click()
+        await page.get_by_role("button", name="Load dataset").click()
+        await page.get_by_role("button", name="Reload from disk").wait_for()
+        await page.goto(f"{url}/experiments?s={await _token(page)}")
+        await page.get_by_role("button", name=re.compile("^Run both")).wait_for()
+        size = page.get_by_role("spinbutton", name="Image size (pixels, square)")
+        await size.fill("64")
+        await size.press("Enter")
+        await page.wait_for_timeout(1500)
+        budget = page.get_by_role("spinbutton", name="Time budget for both (minutes)")
+        await budget.fill(f"{budget_min:.2f}")
+        await budget.press("Enter")
+        await page.wait_for_timeout(1500)
+        await page.get_by_role("button", name="Quick demo").click()
+        await page.get_by_text(re.compile(r"^Quick demo: ")).first.wait_for()
+        if index % 2:
+            seed = page.get_by_role("spinbutton", name="Seed")
+            await seed.fill(str(1000 + index))
+            await seed.press("Enter")
+            await page.wait_for_timeout(1500)
+        record["ready_s"] = time.monotonic()
+        clicked.set()
+        await go.wait()  # every participant presses Run both within the same few seconds
+        run = page.get_by_role("button", name=re.compile("^Run both"))
+        await run.wait_for()
+        record["click"] = time.monotonic()
+        await run.click()
+        await page.get_by_text(re.compile(r"Finished: \d run|trained here already")).first.wait_for()
+        record["result"] = time.monotonic()
+        charted = page.get_by_text("No runs selected")
+        await page.wait_for_timeout(500)
+        record["charted"] = not await charted.count()
+        body = await page.inner_text("body")
+        errors.extend(m.group(0) for m in ERROR_TEXT.finditer(body))
+    except Exception as exc:
+        errors.append(f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        clicked.set()  # a participant that failed holds nobody else
+        with contextlib.suppress(Exception):
+            await page.screenshot(path=str(HERE.parent / "test-artifacts" / f"room-{index}.png"), full_page=True)
+    finally:
+        await context.close()
+
+
+async def _token(page) -> str:
+    for _ in range(100):
+        match = re.search(r"[?&]s=([0-9a-f]+)", page.url)
+        if match:
+            return match.group(1)
+        await page.wait_for_timeout(100)
+    raise RuntimeError("the page's address has no session key")
+
+
+async def _visitor(browser, url: str) -> float:
+    """A new visitor's Home: from the address typed to the page's title painted."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    began = time.monotonic()
+    await page.goto(f"{url}/home")
+    await page.get_by_role("heading", name="Transfer Learning Lab").first.wait_for()
+    took = time.monotonic() - began
+    await context.close()
+    return took
+
+
+async def _room(url: str, sessions: int, say, width: int = 1280, budget_min: float = ROOM_BUDGET_MIN) -> dict:
+    from playwright.async_api import async_playwright
+
+    records = [{} for _ in range(sessions)]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM,
+                                          args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        ready = [asyncio.Event() for _ in range(sessions)]
+        go = asyncio.Event()
+        tasks = [asyncio.create_task(_participant(browser, url, i, records[i], ready[i], go, width, budget_min))
+                 for i in range(sessions)]
+        # Set-up happens together too, but a participant that failed must not hold the others forever.
+        waiting = [asyncio.create_task(e.wait()) for e in ready]
+        await asyncio.wait(waiting, timeout=TIMEOUT_MS / 1000)
+        say(f"room: {sum(e.is_set() for e in ready)} of {sessions} set up; everyone presses Run both")
+        go.set()
+        await asyncio.sleep(10)
+        home = await _visitor(browser, url)
+        say(f"room: a new visitor's Home painted in {home:.1f} s")
+        await asyncio.gather(*tasks)
+        await browser.close()
+    return {"records": records, "home_s": home}
+
+
+def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: float = ROOM_BUDGET_MIN,
+            width: int = 1280) -> dict:
+    with Sampler(url, server_pid) as sampler:
+        outcome = asyncio.run(_room(url, sessions, say, width, budget_min))
+    records = outcome["records"]
+    clicks = [r["click"] for r in records if "click" in r]
+    results = [r["result"] for r in records if "result" in r]
+    first_click = min(clicks) if clicks else None
+    waits = sorted(r["result"] - r["click"] for r in records if "result" in r)
+    worst = max((took for _, took in sampler.health), default=None)
+    errors = [e for r in records for e in r.get("errors", [])]
+    return {
+        "sessions": sessions,
+        "results_seen": len(results),
+        "charted": sum(1 for r in records if r.get("charted")),
+        "last_result_s": (max(results) - first_click) if results and first_click else None,
+        "median_wait_s": statistics.median(waits) if waits else None,
+        "health_worst_s": worst,
+        "health_over_1s": sum(1 for _, took in sampler.health if took > HEALTH_GOAL_S),
+        "health_samples": len(sampler.health),
+        "home_s": outcome["home_s"],
+        "memory_peak_gb": sampler.memory_peak,
+        "errors": errors,
+        "met": bool(results) and len(results) == sessions and not errors and worst is not None
+        and worst <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.memory_peak < HOST_MEMORY_GB,
+    }
+
+
+def run_rooms(work: Path, sizes: list[int], say, budget_min: float = ROOM_BUDGET_MIN) -> dict:
+    """One cloud-preset server per room size, on the demo prepared once in work/room-cache (as an
+    instructor prepares it before the room arrives); {"R12": {...}, "R30": {...}}."""
+    import shutil
+
+    from benchmarks.live import _server_pid
+    from benchmarks.server import start_server
+
+    cache = work / "room-cache"
+    os.environ["LAB_CACHE_DIR"] = str(cache)
+    os.environ["TFHUB_CACHE_DIR"] = str(cache / "tfhub")
+    from core.models.demo_backbone import prepare_demo
+
+    say("room: preparing the generated demo (pretrained once, then reused) ...")
+    prepare_demo()
+    results = {}
+    for size in sizes:
+        runs = work / f"room-runs-{size}"
+        shutil.rmtree(runs, ignore_errors=True)
+        with start_server(runs, {"LAB_PRESET": "cloud"}, f"benchmark-room-{size}") as url:
+            say(f"room: {size} sessions ...")
+            result = measure(url, size, _server_pid(url), say, budget_min=budget_min)
+        result["jobs"] = sum(1 for p in (runs / ".jobs").iterdir() if p.is_dir() and not p.name.startswith("."))
+        result["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        say(f"  {json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))})}")
+        results[f"R{size}"] = result
+    return results
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    rows = [["figure", "results seen / sessions (charted)", "jobs", "last result after the clicks",
+             "median wait", "worst health check", "new visitor's Home", "peak server + workers", "errors"]]
+    for name, r in sorted(results.items(), key=lambda item: int(item[0][1:])):
+        if "error" in r:
+            rows.append([name, r["error"], "", "", "", "", "", "", ""])
+            continue
+        rows.append([name, f"{r['results_seen']} / {r['sessions']} ({r['charted']})", str(r.get("jobs", "")),
+                     _seconds(r["last_result_s"]), _seconds(r["median_wait_s"]), _seconds(r["health_worst_s"]),
+                     _seconds(r["home_s"]), f"{r['memory_peak_gb']:.2f} GB", str(len(r["errors"]))])
+    return rows
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", required=True, help="a running Lab on the cloud preset")
+    parser.add_argument("--sessions", type=int, default=12)
+    parser.add_argument("--pid", type=int, help="the server's process id, for memory")
+    parser.add_argument("--budget", type=float, default=ROOM_BUDGET_MIN, help="the Quick demo's budget (minutes)")
+    args = parser.parse_args(argv)
+    result = measure(args.url, args.sessions, args.pid, lambda line: print(line, flush=True), args.budget)
+    print(json.dumps(result, indent=1))
+    return 0 if result["met"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(os.sys.argv[1:]))
