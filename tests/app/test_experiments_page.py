@@ -19,6 +19,20 @@ def tiny_state(demo_folder, demo_backbone) -> dict:
     }
 
 
+def inside_the_cache(state: dict, name: str) -> dict:
+    """The state with its data and hub folders copied inside the Lab's cache: the only server folders a
+    hosted preset reads (uploads, the generated demo)."""
+    import os
+
+    cache = Path(os.environ["LAB_CACHE_DIR"])
+    handle, data = cache / f"{name}-backbone", cache / "uploads" / f"{name}-data"
+    if not handle.exists():
+        shutil.copytree(state["lab_handle"], handle)
+    if not data.exists():
+        shutil.copytree(state["lab_source"].removeprefix("folder:"), data)
+    return dict(state, lab_handle=str(handle), exp_t_handle=str(handle), lab_source=f"folder:{data}")
+
+
 def chart_specs(at) -> list[dict]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
@@ -249,21 +263,13 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
 
 def test_quick_demo_never_picks_more_images_than_the_hosted_preset_allows(open_page, tiny_state, monkeypatch):
     import dataclasses
-    import os
 
     import core.settings.presets
 
     small = dataclasses.replace(core.settings.presets.PRESETS["cloud"], max_train_images=12)
     monkeypatch.setitem(core.settings.presets.PRESETS, "cloud", small)
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    # A hosted preset only reads data and hub folders inside the Lab's own cache (uploads, generated demo).
-    cache = Path(os.environ["LAB_CACHE_DIR"])
-    handle, data = cache / "quick-demo-backbone", cache / "uploads" / "quick-demo-data"
-    if not handle.exists():
-        shutil.copytree(tiny_state["lab_handle"], handle)
-    if not data.exists():
-        shutil.copytree(tiny_state["lab_source"].removeprefix("folder:"), data)
-    at = open_page("experiments", state=dict(tiny_state, lab_handle=str(handle), lab_source=f"folder:{data}"))
+    at = open_page("experiments", state=inside_the_cache(tiny_state, "quick-demo"))
     next(b for b in at.button if b.label == "Quick demo").click().run()
     assert not at.exception
     s = at.session_state
@@ -332,14 +338,7 @@ def test_a_hosted_lab_refuses_a_training_longer_than_its_cap_by_the_estimate(ope
     short = dataclasses.replace(core.settings.presets.PRESETS["cloud"], max_job_minutes=0.01)
     monkeypatch.setitem(core.settings.presets.PRESETS, "cloud", short)
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    cache = Path(os.environ["LAB_CACHE_DIR"])
-    handle, data = cache / "job-cap-backbone", cache / "uploads" / "job-cap-data"
-    if not handle.exists():
-        shutil.copytree(tiny_state["lab_handle"], handle)
-    if not data.exists():
-        shutil.copytree(tiny_state["lab_source"].removeprefix("folder:"), data)
-    at = open_page("experiments", state=dict(tiny_state, lab_handle=str(handle), exp_t_handle=str(handle),
-                                             lab_source=f"folder:{data}", exp_seed=21))
+    at = open_page("experiments", state=dict(inside_the_cache(tiny_state, "job-cap"), exp_seed=21))
     at.button(key="run_both").click().run()
     assert not at.exception
     assert any("the hosted Lab runs trainings of at most 0.01 min" in e.value for e in at.error), \

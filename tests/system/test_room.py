@@ -8,39 +8,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from system_helpers import SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
 
+from benchmarks.room import Sampler
 from core.settings.choices import new_token, save_choices
 
 pytestmark = pytest.mark.browser
 
 ROOM = 8
 HEALTH_LIMIT_S = 3.0
-
-
-class HealthProbe(threading.Thread):
-    """Times /_stcore/health twice a second until stopped; the worst answer is what a newcomer would wait."""
-
-    def __init__(self, url: str):
-        super().__init__(daemon=True)
-        self.url, self.times, self.stopping = url, [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            began = time.monotonic()
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=60) as reply:
-                    reply.read()
-            except OSError:
-                pass
-            self.times.append(time.monotonic() - began)
-            self.stopping.wait(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -58,46 +38,43 @@ def room_server(tmp_path_factory, demo_folder, demo_backbone, _isolated_cache):
 
 def test_a_room_of_eight_each_sees_its_result_while_the_server_answers(browser, room_server):
     tabs = []
-    probe = HealthProbe(room_server["url"])
-    probe.start()
     try:
-        for i in range(ROOM):
-            token = new_token()
-            # Two experiments in the room (two seeds), as a workshop where half changed the seed.
-            save_choices(token, {"lab_source": room_server["source"], "lab_handle": room_server["handle"],
-                                 "exp_t_handle": room_server["handle"], "exp_image_size": 64, "exp_b_batch": 16,
-                                 "exp_t_batch": 16, "exp_b_limit": 48, "exp_t_limit": 48, "exp_b_epochs": 1,
-                                 "exp_t_epochs": 1, "exp_seed": 1 + i % 2})
-            context = browser.new_context(viewport={"width": 390, "height": 844} if i % 4 == 3
-                                          else {"width": 1280, "height": 900})
-            tab = context.new_page()
-            tab.set_default_timeout(3 * TIMEOUT_MS)
-            tab.goto(f"{room_server['url']}/experiments?s={token}")
-            tabs.append(tab)
-        for tab in tabs:
-            # A hosted Lab caps a training's length by its estimate: Run both waits for it, and says so.
-            tab.get_by_role("button", name=re.compile(r"^Run both \(about")).wait_for()
-            settle(tab)
-        clicked = time.monotonic()
-        for tab in tabs:
-            tab.get_by_role("button", name=re.compile("^Run both")).click()
-        for i, tab in enumerate(tabs):
-            tab.get_by_text(re.compile(r"Finished: 2 run\(s\) saved|trained here already")).first.wait_for(
-                timeout=6 * TIMEOUT_MS)
-            settle(tab)
-            assert tab.get_by_test_id("stException").count() == 0, f"visitor {i}"
-            assert tab.get_by_text("No runs selected").count() == 0, f"visitor {i}: its runs are not on the charts"
-            # Both of its runs, the transfer model's (delivered first) and the baseline's, are on its charts.
-            picker = tab.get_by_test_id("stMultiSelect").first
-            for model in ("Transfer (room-backbone) · ", "Baseline CNN · "):
-                picker.get_by_text(model).first.wait_for(timeout=30_000)
-            assert tab.get_by_text("Something went wrong").count() == 0, f"visitor {i}"
-        waited = time.monotonic() - clicked
-        shoot(tabs[0], "room-desktop")
-        shoot(tabs[3], "room-phone")
+        with Sampler(room_server["url"], server_pid=None) as probe:  # health checks, twice a second
+            for i in range(ROOM):
+                token = new_token()
+                # Two experiments in the room (two seeds), as a workshop where half changed the seed.
+                save_choices(token, {"lab_source": room_server["source"], "lab_handle": room_server["handle"],
+                                     "exp_t_handle": room_server["handle"], "exp_image_size": 64, "exp_b_batch": 16,
+                                     "exp_t_batch": 16, "exp_b_limit": 48, "exp_t_limit": 48, "exp_b_epochs": 1,
+                                     "exp_t_epochs": 1, "exp_seed": 1 + i % 2})
+                context = browser.new_context(viewport={"width": 390, "height": 844} if i % 4 == 3
+                                              else {"width": 1280, "height": 900})
+                tab = context.new_page()
+                tab.set_default_timeout(3 * TIMEOUT_MS)
+                tab.goto(f"{room_server['url']}/experiments?s={token}")
+                tabs.append(tab)
+            for tab in tabs:
+                # A hosted Lab caps a training's length by its estimate: Run both waits for it, and says so.
+                tab.get_by_role("button", name=re.compile(r"^Run both \(about")).wait_for()
+                settle(tab)
+            clicked = time.monotonic()
+            for tab in tabs:
+                tab.get_by_role("button", name=re.compile("^Run both")).click()
+            for i, tab in enumerate(tabs):
+                tab.get_by_text(re.compile(r"Finished: 2 run\(s\) saved|trained here already")).first.wait_for(
+                    timeout=6 * TIMEOUT_MS)
+                settle(tab)
+                assert tab.get_by_test_id("stException").count() == 0, f"visitor {i}"
+                assert tab.get_by_text("No runs selected").count() == 0, f"visitor {i}: its runs are not on the charts"
+                # Both of its runs, the transfer model's (delivered first) and the baseline's, are on its charts.
+                picker = tab.get_by_test_id("stMultiSelect").first
+                for model in ("Transfer (room-backbone) · ", "Baseline CNN · "):
+                    picker.get_by_text(model).first.wait_for(timeout=30_000)
+                assert tab.get_by_text("Something went wrong").count() == 0, f"visitor {i}"
+            waited = time.monotonic() - clicked
+            shoot(tabs[0], "room-desktop")
+            shoot(tabs[3], "room-phone")
     finally:
-        probe.stopping.set()
-        probe.join()
         for i, tab in enumerate(tabs):
             if not tab.is_closed():
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -105,5 +82,5 @@ def test_a_room_of_eight_each_sees_its_result_while_the_server_answers(browser, 
                 tab.context.close()
     jobs = [p for p in (room_server["runs"] / ".jobs").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(jobs) == 2, "identical experiments train once: two seeds, two jobs"
-    worst = max(probe.times)
+    worst = max(took for _, took in probe.health)
     assert worst < HEALTH_LIMIT_S, f"the health check took {worst:.1f} s with the room waiting ({waited:.0f} s)"
