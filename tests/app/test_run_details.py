@@ -266,7 +266,7 @@ def test_the_per_class_table_has_f1_and_the_macro_averages_follow_it(runs_copy):
     saved = stored_evaluation(run)
     at = open_sections(run)
     [table] = [t.value for t in at.table]
-    assert list(table.columns) == ["Class", "Precision", "Recall", "F1", "Accuracy", "Images", "Predicted as"]
+    assert list(table.columns) == ["Class", "Precision", "Recall", "F1", "Images", "Predicted"]
     assert list(table["F1"]) == [f"{m['f1']:.1%}" for m in saved["per_class"]]
     from core.runs.evaluate import load_evaluation
 
@@ -288,3 +288,13 @@ def test_a_tflite_download_is_labelled_with_what_it_downloads(open_page, runs_co
     assert button.proto.label == f"TFLite int8 · .zip · {megabytes(len(data()))}"
     [h5] = [b for b in at.get("download_button") if f"download_h5_{run.name}" in b.proto.id]
     assert h5.proto.label == f"Keras .h5 · {megabytes((run / 'model.h5').stat().st_size)}"
+
+
+def test_the_reload_line_wraps_and_the_per_class_table_keeps_to_six_short_columns(runs_copy):
+    """Two runs side by side on a desktop page leave each about 460 px: a scrolled code line or a seventh
+    column is cut off there."""
+    at = open_sections(runs_copy["mobilenet_v2"])
+    [code] = at.code
+    assert code.proto.wrap_lines
+    [table] = [t.value for t in at.table]
+    assert len(table.columns) == 6 and max(len(c) for c in table.columns) <= len("Precision")
