@@ -81,7 +81,39 @@ def current_handle() -> str:
 def set_handle(handle: str) -> None:
     """Make handle the transfer model's hub handle, also where the Experiments page already has a field."""
     st.session_state[HANDLE_KEY] = handle
-    st.session_state[HANDLE_FIELD_KEY] = handle
+    st.session_state[HANDLE_FIELD_KEY] = handle_field_text(handle)
+
+
+CACHE_HANDLE_PREFIX = "cache:"  # a hosted page's way of writing a hub folder inside the cache folder
+
+
+def handle_field_text(handle: str) -> str:
+    """The hub handle as the Experiments field shows it. On a public host a folder inside the cache folder
+    (the generated demo's backbone) is written relative to it, "cache:demo/backbone-v1": the page never
+    shows the server's own path."""
+    from core.settings.paths import cache_dir
+    from core.settings.presets import active_preset
+
+    if active_preset().allow_local_paths or "://" in handle:
+        return handle
+    try:
+        inside = Path(handle).resolve().relative_to(cache_dir().resolve())
+    except (ValueError, OSError):
+        return handle
+    return CACHE_HANDLE_PREFIX + inside.as_posix()
+
+
+def handle_from_field(text: str) -> str:
+    """The hub handle a field's text names: "cache:..." is a folder inside the cache folder (judged by the
+    preset's handle check like any other path, "../" included); anything else is itself."""
+    import os
+
+    from core.settings.paths import cache_dir
+
+    text = text.strip()
+    if not text.startswith(CACHE_HANDLE_PREFIX):
+        return text
+    return os.path.normpath(cache_dir() / text.removeprefix(CACHE_HANDLE_PREFIX).lstrip("/"))
 
 
 def describe_source(source: str) -> str:

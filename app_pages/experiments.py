@@ -11,6 +11,8 @@ from app_pages.common import (
     current_handle,
     current_source,
     describe_source,
+    handle_field_text,
+    handle_from_field,
     open_source_cached,
     session_token,
     show_error,
@@ -62,7 +64,7 @@ def init_state() -> None:
         for name, value in article_settings(kind).items():
             st.session_state.setdefault(prefix + name, value)
     for key, value in ((SIZE_KEY, ARTICLE_IMAGE_SIZE), (BUDGET_KEY, 3.0), (SEED_KEY, DataConfig.seed),
-                       (HANDLE_FIELD, current_handle()), (CACHE_FIELD, True), ("exp_show_article", True),
+                       (HANDLE_FIELD, handle_field_text(current_handle())), (CACHE_FIELD, True), ("exp_show_article", True),
                        ("exp_show_reference", True)):
         st.session_state.setdefault(key, value)
 
@@ -73,7 +75,7 @@ def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
     data = DataConfig(source=current_source(), image_size=int(s[SIZE_KEY]), batch_size=int(s[p + "batch"]),
                       limit=int(s[p + "limit"]) or None, augment=bool(s[p + "augment"]), seed=int(s[SEED_KEY]))
     train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
-                        handle=s[HANDLE_FIELD].strip(), cache_features=bool(s[CACHE_FIELD]),
+                        handle=handle_from_field(s[HANDLE_FIELD]), cache_features=bool(s[CACHE_FIELD]),
                         fine_tune_epochs=int(s[FINE_EPOCHS_FIELD]) if transfer else 0,
                         fine_tune_learning_rate=float(s[FINE_LR_FIELD]),
                         class_weight="balanced" if s[p + "balance"] else None)

@@ -346,3 +346,19 @@ def test_a_hosted_lab_refuses_a_training_longer_than_its_cap_by_the_estimate(ope
     assert not at.session_state["exp_following"] if "exp_following" in at.session_state else True
     jobs = Path(os.environ["LAB_RUNS_DIR"]) / ".jobs"
     assert not jobs.exists() or not [p for p in jobs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def test_a_hosted_page_writes_the_cache_backbone_without_the_servers_path(open_page, tiny_state, monkeypatch):
+    import os
+
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    state = inside_the_cache(tiny_state, "alias")
+    del state["exp_t_handle"]  # filled from the session's handle, as after the Generated demo's Load
+    at = open_page("experiments", state=state)
+    field = at.text_input(key="exp_t_handle").value
+    assert field == "cache:alias-backbone"
+    assert os.environ["LAB_CACHE_DIR"] not in " ".join(m.value for m in [*at.markdown, *at.caption, *at.error])
+    assert not at.error and len([m for m in at.markdown if m.value.startswith("**Estimated duration")]) == 2
+    # The alias names only folders inside the cache: climbing out of it is refused like any server folder.
+    at.text_input(key="exp_t_handle").set_value("cache:../../etc").run()
+    assert any(e.value.startswith("No estimate: This server only uses") for e in at.error), [e.value for e in at.error]
