@@ -206,6 +206,9 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
         "health_worst_s": worst,
         "health_over_1s": sum(1 for _, took in sampler.health if took > HEALTH_GOAL_S),
         "health_samples": len(sampler.health),
+        # When the slow answers came, from the sampler's start, beside when Run both was pressed: set-up or wait.
+        "health_slow": [[round(at, 1), round(took, 2)] for at, took in sampler.health if took > HEALTH_GOAL_S][:100],
+        "clicked_at_s": round(first_click - sampler.start, 1) if first_click else None,
         "home_s": outcome["home_s"],
         "memory_peak_gb": sampler.memory_peak,
         "errors": errors,
