@@ -17,10 +17,12 @@ GALLERY_COLUMNS = 4
 # A per-class table longer than this becomes a scrolling grid rather than a page-long table.
 MAX_TABLE_CLASSES = 10
 # Short enough for a button in half a page; the help text says more.
-BUTTON_LABELS = {"h5": "Keras .h5", "savedmodel": "SavedModel", "tflite": "TFLite float32", "tflite-int8": "TFLite int8"}
+BUTTON_LABELS = {"h5": "Keras .h5", "savedmodel": "SavedModel", "tflite": "TFLite float32",
+                 "tflite-fp16": "TFLite float16", "tflite-int8": "TFLite int8"}
 EXPORT_GUIDE = ("Which format where: **Keras .h5** to reload in Python as the article does · **SavedModel** for "
                 "TF Serving or TensorFlow in other languages · **TFLite** for phones and edge devices "
-                "(int8: about 4x smaller, same top class).")
+                "(float16: half the size, nearly full precision; int8: about 4x smaller, same top class, "
+                "refused where rounding moves the model's probabilities too far).")
 
 
 def _percent(value: float | None) -> str:
@@ -125,16 +127,48 @@ def show_reload_check(record) -> None:
     st.caption(f"{':material/check_circle:' if exact else ':material/info:'} {describe_reload_check(record.metrics)}")
 
 
-def _prepare(record, fmt, label: str) -> bool:
-    from core.runs.export import prepare_download
+def _prepare(record, fmt, label: str, refusals: dict) -> bool:
+    """Convert now, under a spinner; a refused TFLite file goes to `refusals` (shown below the buttons,
+    with what to export instead), any other failure is shown in place."""
+    from core.runs.export import ExportRefused, prepare_download
 
     try:
         with st.spinner(f"Converting to {label} ..."):
             prepare_download(record.path, fmt)
+    except ExportRefused as refused:
+        refusals[fmt] = refused
+        return False
     except Exception as exc:
         show_error(exc, prefix=f"{label}: ")
         return False
     return True
+
+
+def _wanted_key(fmt, record) -> str:
+    """Session key set by an "instead" offer: prepare this format on the next run of the page."""
+    return f"wanted_{fmt.value}_{record.run_id}"
+
+
+def _want(key: str) -> None:
+    st.session_state[key] = True
+
+
+def _show_refusals(record, refusals: dict) -> None:
+    """Why a TFLite file was not written, in the run's full width, and a button for the format to use instead."""
+    from core.runs.export import download_info
+
+    for refused in refusals.values():
+        st.warning(markdown_literal(str(refused)), icon=":material/block:")  # numbers and names, no paths
+        alternative = refused.alternative
+        if alternative is None:
+            continue
+        label = BUTTON_LABELS.get(alternative.value, alternative.value)
+        info = download_info(record.path, alternative)
+        if info.ready:
+            st.caption(f"{label} is ready above.")
+        elif info.refused is None:
+            st.button(f"Prepare {label} instead", key=f"instead_{alternative.value}_{record.run_id}",
+                      icon=":material/build:", on_click=_want, args=(_wanted_key(alternative, record),))
 
 
 def _what(filename: str, size_bytes: int | None) -> str:
@@ -145,6 +179,11 @@ def _what(filename: str, size_bytes: int | None) -> str:
     return zipped + (f" · {megabytes(size_bytes)}" if size_bytes is not None else "")
 
 
+def _short(seconds: float) -> str:
+    """'~40 s', '~3 min': a duration that fits a half-width button beside its label (longer ones are cut)."""
+    return f"~{max(1, round(seconds))} s" if seconds < 59.5 else f"~{round(seconds / 60)} min"
+
+
 def _download_bytes(run_dir, fmt) -> bytes:
     from core.runs.export import export_download
 
@@ -152,25 +191,46 @@ def _download_bytes(run_dir, fmt) -> bytes:
 
 
 def show_exports(record) -> None:
-    """A download per export format; formats that need converting get a Prepare button first, so no
-    conversion runs until the user asks for it."""
-    from core.runs.export import FORMATS, download_info
+    """A download per export format; formats that need converting get a Prepare button first, saying how
+    long it will take, so no conversion runs until the user asks for it. A TFLite file the agreement check
+    refused is remembered: its button says so, and the format to use instead is offered below."""
+    from core.runs.export import FORMATS, download_info, export_estimate
 
-    cells = [cell for _ in range(2) for cell in st.columns(2)]
+    rows = len(FORMATS) // 2 + 1  # the formats, then the whole run folder in the last free cell
+    st.caption(":material/build: converts the model when clicked, in about the time shown, then offers the "
+               "download; :material/download: downloads at once.")
+    cells = [cell for _ in range(rows) for cell in st.columns(2)]
+    refusals = {}
     for cell, (fmt, fmt_info) in zip(cells, FORMATS.items()):
         label = BUTTON_LABELS.get(fmt.value, fmt_info.label)
+        wanted = st.session_state.pop(_wanted_key(fmt, record), False)
         try:
             info = download_info(record.path, fmt)
         except LabError as exc:
             cell.caption(f"{fmt_info.label}: {exc}")
             continue
         slot = cell.empty()  # the Prepare button, replaced by the download once the export is written
+        if info.refused is not None:
+            refusals[fmt] = info.refused
+            slot.button(f"{label} · refused", key=f"refused_{fmt.value}_{record.run_id}", icon=":material/block:",
+                        width="stretch", disabled=True, help="Not written for this run: the reason is below.")
+            continue
         if not info.ready:
-            if not slot.button(f"Prepare {label}", key=f"prepare_{fmt.value}_{record.run_id}",
-                               icon=":material/build:", width="stretch", help=f"{fmt_info.label}: {fmt_info.use}"):
+            estimate = export_estimate(record.path, fmt)
+            cost = "" if estimate is None else f" · {_short(estimate.seconds)}"
+            takes = "" if estimate is None else f" Converting takes {estimate.describe()}."
+            # "Prepare" is left to the icon and the caption: with a time in minutes it cut the label off.
+            clicked = slot.button(f"{label}{cost}", key=f"prepare_{fmt.value}_{record.run_id}",
+                                  icon=":material/build:", width="stretch",
+                                  help=f"Prepare {fmt_info.label}: {fmt_info.use}.{takes}")
+            if not (clicked or wanted):
                 continue
             with cell:
-                if not _prepare(record, fmt, fmt_info.label):
+                if not _prepare(record, fmt, fmt_info.label, refusals):
+                    if fmt in refusals:
+                        slot.button(f"{label} · refused", key=f"refused_{fmt.value}_{record.run_id}",
+                                    icon=":material/block:", width="stretch", disabled=True,
+                                    help="Not written for this run: the reason is below.")
                     continue
             info = download_info(record.path, fmt)
         # A callable: the file is read when the button is clicked, not on every rerun of the page.
@@ -178,13 +238,13 @@ def show_exports(record) -> None:
                              data=partial(_download_bytes, record.path, fmt), file_name=info.filename,
                              mime=info.mime, key=f"download_{fmt.value}_{record.run_id}", icon=":material/download:",
                              width="stretch", on_click="ignore", help=f"{fmt_info.label}: {fmt_info.use}")
-    st.columns(2)[0].download_button("Whole run folder (.zip)", data=partial(_run_zip, record.path),
-                                     file_name=f"{record.run_id}.zip", mime="application/zip",
-                                     key=f"download_run_{record.run_id}", icon=":material/folder_zip:",
-                                     on_click="ignore", width="stretch",
-                                     help="Charts, summaries, evaluation and model: import it into another "
-                                          "installation's run history (Import a run trained elsewhere) or with "
-                                          "`python -m core import-run`.")
+    cells[len(FORMATS)].download_button(
+        "Whole run folder (.zip)", data=partial(_run_zip, record.path), file_name=f"{record.run_id}.zip",
+        mime="application/zip", key=f"download_run_{record.run_id}", icon=":material/folder_zip:",
+        on_click="ignore", width="stretch",
+        help="Charts, summaries, evaluation and model: import it into another installation's run history "
+             "(Import a run trained elsewhere) or with `python -m core import-run`.")
+    _show_refusals(record, refusals)
 
 
 def _run_zip(run_dir) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import zipfile
 
@@ -298,3 +299,43 @@ def test_the_reload_line_wraps_and_the_per_class_table_keeps_to_six_short_column
     assert code.proto.wrap_lines
     [table] = [t.value for t in at.table]
     assert len(table.columns) == 6 and max(len(c) for c in table.columns) <= len("Precision")
+
+
+def test_int8_says_what_it_costs_up_front_and_a_refusal_offers_float16(open_page, runs_copy, folder_state, downloads,
+                                                                       monkeypatch):
+    import dataclasses
+
+    import core.runs.export
+    from core.runs.export import FORMATS, ExportFormat
+
+    run = runs_copy["mobilenet_v2"]
+    at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)
+    assert not at.exception and not at.error
+    prepare = at.button(key=f"prepare_tflite-int8_{run.name}")
+    assert re.fullmatch(r"TFLite int8 · ~\d+ (s|min)", prepare.label)  # short enough not to be cut off
+    assert "Converting takes about " in prepare.help
+    # A model that int8's rounding moves further than allowed: with no difference allowed, any model.
+    int8 = ExportFormat.TFLITE_INT8
+    monkeypatch.setattr(core.runs.export, "FORMATS", {**FORMATS, int8: dataclasses.replace(FORMATS[int8], tolerance=0)})
+    prepare.click().run()
+    assert not at.exception and not at.error
+    [warning] = [w.value for w in at.warning if "TFLite int8" in w.value]
+    assert "disagrees with the model by up to" in warning and "one of 256 levels" in warning
+    assert "TFLite float16 \\(tflite-fp16\\) keeps every activation unrounded" in warning
+    assert at.button(key=f"refused_tflite-int8_{run.name}").disabled
+    assert f"download_tflite-int8_{run.name}" not in downloads
+
+    at.button(key=f"instead_tflite-fp16_{run.name}").click().run()
+    assert not at.exception and not at.error
+    data, name = downloads[f"download_tflite-fp16_{run.name}"]
+    assert name == f"{run.name}_fp16.tflite.zip" and zipfile.is_zipfile(io.BytesIO(data()))
+
+    def never(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(core.runs.export, "_tflite_bytes", never)
+    at.run()  # the refusal is remembered: said at once, nothing converted again
+    assert not at.exception and not at.error
+    assert at.button(key=f"refused_tflite-int8_{run.name}").disabled
+    assert any("one of 256 levels" in w.value for w in at.warning)
+    assert any(c.value == "TFLite float16 is ready above." for c in at.caption)
