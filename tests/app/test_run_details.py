@@ -98,7 +98,7 @@ def test_fine_tuning_and_augmentation_settings_reach_the_runs(open_page, folder_
     snap = wait_for_job(at)
     assert snap.phase == "done", snap.message
     assert not at.exception
-    baseline_run, transfer_run = snap.run_dirs
+    transfer_run, baseline_run = snap.run_dirs  # Run both trains the transfer model first
     baseline_config = json.loads((baseline_run / "config.json").read_text())
     assert baseline_config["data"]["augment"] is True and baseline_config["train"]["fine_tune_epochs"] == 0
     config = json.loads((transfer_run / "config.json").read_text())
