@@ -68,7 +68,8 @@ def test_every_page_in_chromium(page, server, demo_folder, trained_runs):
     shoot(page, "2-dataset")
 
     go(page, "Experiments")
-    page.get_by_text("Estimated duration").first.wait_for()
+    # Estimates are timed in a child process that imports TensorFlow, after the page is drawn.
+    page.get_by_text("Estimated duration").first.wait_for(timeout=3 * TIMEOUT_MS)
     page.get_by_role("heading", name="Comparison").wait_for()
     page.get_by_role("heading", name="Evaluation on the validation split").wait_for()
     settle(page)

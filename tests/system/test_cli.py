@@ -343,9 +343,10 @@ def test_export_says_how_the_tflite_file_was_checked(cli_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runtime = "ai-edge-litert" if importlib.util.find_spec("ai_edge_litert") else "tf.lite"
     lines = proc.stdout.strip().splitlines()
-    assert re.match(r"^TFLite float32, \d+\.\d+ MB, written in", lines[0])
-    assert lines[1].startswith(f"checked with {runtime}: on 4 test images its probabilities are within ")
-    assert lines[2] == str(tmp_path / "model.tflite")
+    assert lines[0].startswith("Converting to TFLite float32: about ")  # what it will cost, said first
+    assert re.match(r"^TFLite float32, \d+\.\d+ MB, written in", lines[1])
+    assert lines[2].startswith(f"checked with {runtime}: on 4 test images its probabilities are within ")
+    assert lines[3] == str(tmp_path / "model.tflite")
 
 
 def test_efficiency_prints_both_models_accuracy_by_images_per_class(demo_folder, demo_backbone, capsys):

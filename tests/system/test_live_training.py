@@ -56,6 +56,11 @@ def visitor(browser, hosted, **settings):
     return tab
 
 
+# A training long enough to be watched, reloaded, joined, queued behind and stopped, within the hosted
+# preset's caps (20 epochs, 10 minutes by its estimate): augmented images in small batches make each epoch slow.
+LONG = {"exp_b_epochs": 20, "exp_image_size": 160, "exp_b_batch": 4, "exp_b_augment": True}
+
+
 def card(tab, text: str):
     return tab.get_by_text(text, exact=False).first
 
@@ -81,7 +86,7 @@ def tabs():
 
 def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs):
     runs = hosted["runs"]
-    alice = tabs["alice"] = visitor(browser, hosted, exp_b_epochs=500, exp_seed=1)
+    alice = tabs["alice"] = visitor(browser, hosted, **LONG, exp_seed=1)
     alice.get_by_role("button", name="Run Baseline CNN").click()
     card(alice, "Baseline CNN · yours").wait_for()
     alice.get_by_text(re.compile(r"Epochs done: [1-9]")).wait_for()  # the live panel follows the epochs
@@ -97,12 +102,12 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     settle(alice)
     # The settings below the panel come back from the session's saved choices once the page has rerun.
     alice.wait_for_function("() => [...document.querySelectorAll(\"input[aria-label='Epochs']\")]"
-                            ".some(e => e.value === '500')")
+                            ".some(e => e.value === '20')")
     assert alice.get_by_role("button", name="Run Baseline CNN").is_disabled()
     shoot(alice, "live-2-after-reload")
 
     # Another visitor with the same experiment joins the running job instead of training it again.
-    carol = tabs["carol"] = visitor(browser, hosted, exp_b_epochs=500, exp_seed=1)
+    carol = tabs["carol"] = visitor(browser, hosted, **LONG, exp_seed=1)
     card(carol, "Baseline CNN · another visitor's").wait_for()
     assert carol.get_by_role("button", name="Stop").count() == 0  # not hers to stop on a hosted Lab
     carol.get_by_role("button", name="Run Baseline CNN").click()
@@ -110,7 +115,7 @@ def test_watch_reload_share_queue_stop_and_a_killed_worker(browser, hosted, tabs
     assert job_ids(runs) == [alice_job]
 
     # A third with another seed waits in line, with its place shown.
-    bob = tabs["bob"] = visitor(browser, hosted, exp_b_epochs=500, exp_seed=2)
+    bob = tabs["bob"] = visitor(browser, hosted, **LONG, exp_seed=2)
     bob.get_by_role("button", name="Run Baseline CNN").click()
     bob.get_by_text(re.compile(r"Waiting: 1st in line")).wait_for()
     no_exception(bob)
