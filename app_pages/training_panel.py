@@ -180,7 +180,8 @@ def _running_now() -> None:
     if followed and followed[-1].finished:
         _outcome(followed[-1])
     mine = [v for v in followed if v.active]
-    others = [v for v in active if v.job_id not in {f.job_id for f in followed}]
+    followed_ids = {v.job_id for v in followed}
+    others = [v for v in active if v.job_id not in followed_ids]
     if not mine and not others:
         return
     st.subheader("Running now", anchor=False)
