@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.runs.room import record_job
 from core.settings.files import is_disk_full
 from core.training.board import (
     EXIT_DISK_FULL,
@@ -71,6 +72,7 @@ def main(argv: list[str]) -> int:
             # Nothing here can be written: the exit code tells the board why, and it records the job's end.
             return EXIT_DISK_FULL if full or is_disk_full(again) else 1
         return 1
+    record_job(runs_dir, spec, final.run_dirs)  # the room's ledger outlives this job's folder
     logger.info("job %s ended: %s", job_dir.name, final.message)
     return 0
 
