@@ -16,10 +16,12 @@ st.set_page_config(page_title="Transfer Learning Lab", page_icon="🧪", layout=
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
     st.Page("app_pages/dataset.py", title="Dataset", icon=":material/photo_library:", url_path="dataset"),
+    st.Page("app_pages/own_classes.py", title="Your classes", icon=":material/photo_camera:", url_path="your-classes"),
     st.Page("app_pages/experiments.py", title="Experiments", icon=":material/monitoring:", url_path="experiments"),
     st.Page("app_pages/data_efficiency.py", title="Data efficiency", icon=":material/stacked_line_chart:",
             url_path="data-efficiency"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:", url_path="predict"),
+    st.Page("app_pages/room.py", title="Room", icon=":material/groups:", url_path="room"),
 ]
 
 page = st.navigation(PAGES)

@@ -44,6 +44,35 @@ def follow(job_id: str) -> None:
     st.session_state[FOLLOWING_KEY] = [j for j in following() if j != job_id][-9:] + [job_id]
 
 
+def submit(experiments: list, owner: str):
+    """Queue experiments (core.training.jobs.Experiment) as one job, trained in that order, and follow it.
+
+    What every page's training goes through: each experiment fingerprinted (one trained here already is
+    handed back, an identical job joined), the worker's start counted in the first estimate, and the
+    preset's cap on a training's length checked. Returns the board's Submission; LabError says why not.
+    """
+    import dataclasses
+
+    from app_pages.common import open_source_cached
+    from core.settings.config import validate
+    from core.settings.presets import check_job_length
+    from core.training.board import experiment_fingerprint, worker_start_seconds
+
+    for e in experiments:
+        validate(e.data, e.train)
+    fingerprints = [experiment_fingerprint(open_source_cached(e.data.source), e.data, e.train) for e in experiments]
+    if experiments[0].estimated_seconds is not None:  # the worker's start belongs to the job's first run
+        experiments = [dataclasses.replace(experiments[0], estimated_seconds=experiments[0].estimated_seconds
+                                           + worker_start_seconds(runs_folder())), *experiments[1:]]
+    if active_preset().max_job_minutes is not None:
+        known = [e.estimated_seconds for e in experiments]
+        check_job_length(sum(known) if None not in known else None)
+    submission = board().submit(experiments, fingerprints, owner=owner)
+    if submission.job_id:
+        follow(submission.job_id)
+    return submission
+
+
 def own_active_job(views) -> bool:
     return any(v.active and (v.job_id in following() or v.owner == session_token()) for v in views)
 

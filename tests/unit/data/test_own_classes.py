@@ -243,3 +243,15 @@ def test_prune_if_due_looks_at_most_once_per_interval(tmp_path, monkeypatch):
     own_classes.prune_if_due(tmp_path, now=10_000.0 + own_classes.PRUNE_EVERY_SECONDS - 1)
     own_classes.prune_if_due(tmp_path, now=10_000.0 + own_classes.PRUNE_EVERY_SECONDS + 1)
     assert len(calls) == 2
+
+
+def test_training_settings_fit_small_classes_and_the_preset(monkeypatch):
+    from core.settings.config import ModelKind
+
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    source = f"folder:{own_classes.own_root() / 'x' / 'sets' / 'y'}"
+    pairs = own_classes.training_configs(source, "handle", own_classes.training_images([5, 5]), with_baseline=True)
+    assert [t.model for _, t in pairs] == [ModelKind.TRANSFER, ModelKind.BASELINE]
+    data, transfer = pairs[0]
+    assert data.batch_size == 8 and data.image_size <= 224 and transfer.cache_features
+    assert own_classes.training_configs(source, "h", 100)[0][0].batch_size == 16  # the cloud preset's cap
