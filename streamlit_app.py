@@ -21,6 +21,7 @@ PAGES = [
     st.Page("app_pages/data_efficiency.py", title="Data efficiency", icon=":material/stacked_line_chart:",
             url_path="data-efficiency"),
     st.Page("app_pages/predict.py", title="Predict", icon=":material/image_search:", url_path="predict"),
+    st.Page("app_pages/room.py", title="Room", icon=":material/groups:", url_path="room"),
 ]
 
 page = st.navigation(PAGES)

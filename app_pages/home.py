@@ -2,6 +2,7 @@
 import streamlit as st
 
 from app_pages.common import chip, current_source, describe_source, network_online, public_text, runs_folder
+from core.present.room import join_link, only_this_machine, qr_png
 from core.settings.config import ARTICLE_EPOCHS, ModelKind
 from core.settings.paths import cache_dir
 from core.settings.presets import active
@@ -64,6 +65,23 @@ with steps[2], st.container(border=True):
 with steps[3], st.container(border=True):
     st.page_link("app_pages/predict.py", label="**4. Predict**", icon=":material/image_search:")
     st.caption("Reload a saved model from its .h5 file and classify your own photos or the camera's.")
+
+with st.expander("Join this room", icon=":material/qr_code_2:"):
+    # The address without its query: the ?s= key there restores this session's choices and is its own.
+    link = join_link(st.context.url, ("home",))
+    if link is None:
+        st.caption("Open the Lab in a browser to see the address others can join.")
+    else:
+        st.caption("Participants scan the code or type the address: each gets a session of their own on this "
+                   "server, and their trained models appear on the Room page.")
+        code, text = st.columns([1, 2], vertical_alignment="center")
+        code.image(qr_png(link), caption="Scan to join", width=240)
+        text.code(link, language=None, wrap_lines=True)
+        if only_this_machine(link):
+            text.warning("This address only works on this machine. Open the Lab by its network address "
+                         "(the Network URL that `streamlit run` prints) and the code follows it.",
+                         icon=":material/warning:")
+        text.page_link("app_pages/room.py", label="Open the Room", icon=":material/groups:")
 
 st.subheader("Status")
 online = network_online()

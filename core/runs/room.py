@@ -20,6 +20,7 @@ TensorFlow or Streamlit.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import math
 import threading
@@ -209,6 +210,25 @@ def clear(runs_dir: str | Path, at: float | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     update_json(path, lambda ledger: {"entries": _entries_of(ledger),
                                       "cleared_at": max(moment, _cleared_at(ledger))}, indent=None)
+
+
+# Who may clear the room: anyone at a local Lab (a workshop machine the instructor runs); on any other
+# preset (a public host) only whoever knows the host's room password, and nobody when none is set.
+OPEN, PASSWORD, CLOSED = "open", "password", "closed"
+
+
+def clearing_rule(preset_name: str, password: str | None) -> str:
+    """OPEN, PASSWORD or CLOSED: how the room may be cleared on this preset with this configured password."""
+    if preset_name == "local":
+        return OPEN
+    return PASSWORD if password else CLOSED
+
+
+def password_matches(configured: str | None, given) -> bool:
+    """Whether given is the configured room password, compared in constant time; never without one."""
+    if not configured or not isinstance(given, str) or not given:
+        return False
+    return hmac.compare_digest(configured.encode("utf-8"), given.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,119 @@
+"""Room: every participant's trained models on this server side by side, refreshed live."""
+import os
+import time
+
+import pandas as pd
+import streamlit as st
+
+from app_pages.common import public_text, runs_folder, session_token, show_error
+from core.present.room import room_run_option, room_table
+from core.runs import room
+from core.settings.presets import active_preset
+from core.training.board import Board
+
+REFRESH_SECONDS = 3  # a new result reaches every open Room page this soon; a poll reads a few small files
+NAME_KEY = "room_name"  # the name field; not a persisted prefix: the room's ledger keeps the name
+PASSWORD_ENV = "LAB_ROOM_PASSWORD"
+WRONG_PASSWORD_PAUSE_S = 1.0  # guessing the host's password costs a second a try
+PASSWORD_KEY = "room_clear_password"
+CLEARED_KEY = "room_cleared"  # what the last click on Clear did, shown once
+
+
+def room_password() -> str | None:
+    """The host's password for clearing the room: the app's `room_password` secret, else LAB_ROOM_PASSWORD."""
+    if st.secrets.load_if_toml_exists():
+        secret = st.secrets.get("room_password")
+        if isinstance(secret, str) and secret:
+            return secret
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def save_name() -> None:
+    try:
+        st.session_state[NAME_KEY] = room.set_name(runs_folder(), session_token(), st.session_state[NAME_KEY])
+    except OSError as exc:
+        st.session_state["room_name_error"] = public_text(str(exc))
+
+
+def try_on_predict(run_id: str) -> None:
+    st.session_state["pred_model_source"] = "run"
+    st.session_state["pred_run"] = run_id
+    st.switch_page("app_pages/predict.py")
+
+
+def clear_room(rule: str, password: str | None) -> None:
+    """Before the page draws, so that the table below is drawn already cleared."""
+    if rule == room.OPEN or room.password_matches(password, st.session_state.get(PASSWORD_KEY)):
+        try:
+            room.clear(runs_folder())
+            st.session_state[CLEARED_KEY] = "cleared"
+        except OSError as exc:
+            st.session_state[CLEARED_KEY] = public_text(str(exc))
+    else:
+        time.sleep(WRONG_PASSWORD_PAUSE_S)
+        st.session_state[CLEARED_KEY] = "refused"
+    st.session_state.pop(PASSWORD_KEY, None)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live_room(runs_dir, me: str) -> None:
+    try:
+        room.record_running(runs_dir, Board(runs_dir).views(active_only=True))  # "Run both"'s first result
+        rows = room.rows(runs_dir)
+    except OSError as exc:
+        show_error(exc)
+        return
+    if not rows:
+        st.info("No models in the room yet. Train one on the Experiments page: it appears here the moment it "
+                "is saved.", icon=":material/groups:")
+        return
+    people = len({r.owner for r in rows})
+    st.caption(f"{people} participant{'s' if people != 1 else ''}, {sum(len(r.runs) for r in rows)} models. "
+               "Validation accuracy after the last epoch; the time counts the epochs and, for a transfer "
+               "model, computing its backbone's features.")
+    table = pd.DataFrame(room_table(rows))
+    table["Participant"] = [f"{r.name} (you)" if r.owner == me else r.name for r in rows]
+    st.dataframe(table, hide_index=True)
+    runs = {run.run_id: room_run_option(row, run) for row in rows for run in row.runs}
+    picked = st.selectbox("Try a model on your own images", list(runs), format_func=runs.get, key="room_pick")
+    if st.button("Open it on Predict", icon=":material/image_search:", key="room_try", disabled=picked is None):
+        try_on_predict(picked)
+
+
+st.title("Room")
+st.caption("Everyone using this Lab's server is in this room. Each model trained here from the dashboard is "
+           "listed with its participant's name and figures (never the images), the baseline CNN beside the "
+           "transfer model where one participant trained both on the same data.")
+
+runs_dir, token = runs_folder(), session_token()
+if NAME_KEY not in st.session_state:
+    st.session_state[NAME_KEY] = room.name_of(runs_dir, token)
+st.text_input("Your name in the room", key=NAME_KEY, max_chars=room.MAX_NAME_CHARS, on_change=save_name,
+              placeholder="e.g. Ana, or a team name",
+              help="Shown beside the models you train. Only this browser session can change it.")
+if error := st.session_state.pop("room_name_error", None):
+    st.error(f"The name could not be saved: {error}", icon=":material/error:")
+
+live_room(runs_dir, room.owner_key(token))
+
+with st.expander("Clear the room", icon=":material/delete_sweep:"):
+    preset, password = active_preset(), room_password()
+    rule = room.clearing_rule(preset.name, password)
+    st.caption("Clearing hides every model listed now, for a new group or a new exercise. Nobody's saved runs "
+               "are deleted: they stay on Experiments and Predict.")
+    if rule == room.CLOSED:
+        st.info(f"On the {preset.name} preset only the host can clear the room, with a password, and none is "
+                f"set: add `room_password` to the app's secrets or set {PASSWORD_ENV} on the server.",
+                icon=":material/lock:")
+    else:
+        if rule == room.PASSWORD:
+            st.text_input("Host password", type="password", key=PASSWORD_KEY)
+        st.button("Clear the room", icon=":material/delete_sweep:", key="room_clear", on_click=clear_room,
+                  args=(rule, password))
+        outcome = st.session_state.pop(CLEARED_KEY, None)
+        if outcome == "cleared":
+            st.success("The room is cleared.", icon=":material/check:")
+        elif outcome == "refused":
+            st.error("That is not the host's password.", icon=":material/lock:")
+        elif outcome:
+            st.error(f"The room could not be cleared: {outcome}", icon=":material/error:")
