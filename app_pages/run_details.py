@@ -66,10 +66,16 @@ def _per_class_table(evaluation) -> None:
                "macro average such a figure counts as 0.")
 
 
-def _gallery(evaluation) -> None:
+def _gallery(evaluation, record) -> None:
+    from app_pages.common import session_token
+    from core.data.own_classes import belongs_to_other_session
+
     wrong = [w for w in evaluation.wrong if w.thumbnail.is_file()]
     if not evaluation.errors:
         st.caption("Every validation image was classified correctly: no mistakes to show.")
+        return
+    if belongs_to_other_session(record.source, session_token()):
+        st.caption(":material/lock: Trained on another participant's own photos: only they see its mistakes.")
         return
     if not wrong:
         st.caption("The thumbnails of this evaluation's mistakes are missing; evaluate the run again.")
@@ -109,7 +115,7 @@ def show_evaluation(record) -> None:
         st.caption(f":material/info: {note}")
     st.plotly_chart(confusion_matrix_figure(evaluation), key=f"confusion_{record.run_id}")
     _per_class_table(evaluation)
-    _gallery(evaluation)
+    _gallery(evaluation, record)
 
 
 def show_reload_check(record) -> None:

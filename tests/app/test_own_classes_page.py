@@ -103,3 +103,48 @@ def test_train_shows_validation_accuracy_and_try_it_opens_predict(open_page, dem
     assert at.session_state["pred_run"] == snapshot.run_dirs[0].name
     assert at.session_state["pred_camera"] is True
     assert at.title[0].value == "Predict"
+
+
+def evaluation_of(run_dir: str, token: str) -> None:
+    """A run's evaluation as the run's section shows it to the session holding token."""
+    import streamlit as st
+
+    from app_pages.run_details import show_evaluation
+    from core.runs.folders import open_run
+
+    st.session_state["lab_token"] = token
+    show_evaluation(open_run(run_dir))
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_mistakes_of_a_run_on_someone_elses_photos_are_not_shown(trained_runs, tmp_path, own):
+    import json
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.data.own_classes import own_root, session_folder_name
+
+    owner, visitor = "a" * 32, "b" * 32
+    run = tmp_path / "run"
+    shutil.copytree(trained_runs["baseline"], run)
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    matrix = evaluation["matrix"]  # one mistake with its thumbnail, as an evaluation stores it
+    matrix[0][0], matrix[0][1] = matrix[0][0] - 1, matrix[0][1] + 1
+    (run / "evaluation" / "wrong_test.png").write_bytes(png(1))
+    evaluation["wrong"] = [{"thumbnail": "evaluation/wrong_test.png", "true_label": "circles",
+                            "predicted_label": "squares", "confidence": 0.9, "true_probability": 0.1,
+                            "source": "circles/1.jpg"}]
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["source"] = f"folder:{own_root() / session_folder_name(owner) / 'sets' / 'x'}"
+    (run / "config.json").write_text(json.dumps(config))
+    at = AppTest.from_function(evaluation_of, args=(str(run), owner if own else visitor), default_timeout=60).run()
+    assert not at.exception
+    captions = [c.value for c in at.caption]
+    gallery = [c for c in captions if c.startswith("true **")]
+    if own:
+        assert gallery and len(at.get("image")) == len(gallery)
+    else:
+        assert not gallery and not at.get("image")
+        assert any("another participant's own photos" in c for c in captions)
