@@ -31,9 +31,12 @@ FINISH_SEEN_SECONDS = POLL_SECONDS[WATCHING] / 2 + 1.0
 
 
 def board():
+    import os
+
     from core.training.board import Board
 
-    return Board(runs_folder())
+    # A warm worker waits for the next training (LAB_WARM_WORKER=0 turns it off, e.g. for in-process tests).
+    return Board(runs_folder(), warm_worker=os.environ.get("LAB_WARM_WORKER", "1") != "0")
 
 
 def following() -> list[str]:
@@ -191,7 +194,9 @@ def running_now() -> None:
     a server busy with nothing to show; a change of level reruns the page to poll at the new rate.
     """
     b = board()
-    level = _level(_followed(b), b.active())
+    active = b.active()
+    b.keep_warm(active)  # whoever presses Run next finds TensorFlow started
+    level = _level(_followed(b), active)
     st.session_state[LEVEL_KEY] = level
     st.fragment(run_every=POLL_SECONDS[level])(_running_now)()
 

@@ -18,6 +18,9 @@ def _isolated_cache(tmp_path_factory):
     os.environ["LAB_CACHE_DIR"] = str(cache)
     os.environ["TFHUB_CACHE_DIR"] = str(cache / "tfhub")
     os.environ["LAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("default-runs"))
+    # Pages in this process start no warm worker (each would import TensorFlow beside the suite); the
+    # servers of the browser tests do, as a user's does, and tests/unit/training/test_warm_worker.py checks it.
+    os.environ["LAB_WARM_WORKER"] = "0"
     yield cache
 
 
@@ -83,7 +86,7 @@ def trained_runs(tmp_path_factory, demo_folder, demo_backbone) -> dict[str, Path
     runs = tmp_path_factory.mktemp("runs")
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16)
     out = {}
-    for kind, epochs, lr in ((ModelKind.BASELINE, 3, 1e-3), (ModelKind.MOBILENET_V2, 8, 1e-2)):
+    for kind, epochs, lr in ((ModelKind.BASELINE, 3, 1e-3), (ModelKind.TRANSFER, 8, 1e-2)):
         out[kind.value] = run_experiment(
             data, TrainConfig(model=kind, epochs=epochs, learning_rate=lr, handle=str(demo_backbone)), runs)
     out["dir"] = runs

@@ -15,19 +15,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch_module(module: str, args: Iterable[str | os.PathLike], log_path: str | Path, *, append_log: bool = True,
-                  env_defaults: Mapping[str, str] | None = None) -> subprocess.Popen:
+                  env_defaults: Mapping[str, str] | None = None, stdin_pipe: bool = False) -> subprocess.Popen:
     """Start `python -m module args` with this interpreter, from the repository's root, its output in log_path.
 
     The repository is put first on PYTHONPATH, so the worker imports this checkout whatever the server's
     working folder. env_defaults are set only where the environment has no value of its own. The worker
     gets a session of its own: a page's rerun, a closed tab or Ctrl-C in the server's terminal leaves it
-    alone; whoever started it stops it on purpose.
+    alone; whoever started it stops it on purpose. With stdin_pipe the caller may write to its standard
+    input (a warm worker waits there for its job); otherwise it reads nothing.
     """
     env = {**(env_defaults or {}), **os.environ}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     with open(log_path, "ab" if append_log else "wb") as log:
         return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO_ROOT, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 

@@ -80,6 +80,14 @@ _last_pumped_lock = threading.Lock()
 _ended_here: dict[Path, int] = {}
 _warned: dict[tuple, float] = {}
 _warned_lock = threading.Lock()
+# The warm worker of this process (core.training.worker --standby): TensorFlow imported, it takes the next
+# job at once instead of making it wait for a new process to import it (seconds, most of a small job).
+# There is at most one, made for the LAB_* settings it inherited, and it waits only while a training slot is
+# free: it never adds a TensorFlow process to those the preset lets train at once.
+STANDBY_LOG = "standby.log"
+_standby: subprocess.Popen | None = None
+_standby_env: tuple = ()
+_standby_lock = threading.Lock()
 
 
 def jobs_root(runs_dir: str | Path) -> Path:
@@ -259,7 +267,8 @@ class Board:
     """The jobs of one runs folder. Cheap to create: pages make one per script run."""
 
     def __init__(self, runs_dir: str | Path, max_concurrent: int | None = None,
-                 launcher: Callable[[Path], subprocess.Popen] | None = None, max_per_session: int | None = None):
+                 launcher: Callable[[Path], subprocess.Popen] | None = None, max_per_session: int | None = None,
+                 warm_worker: bool = False):
         self.runs_dir = Path(runs_dir)
         self.root = jobs_root(runs_dir)
         if max_concurrent is None or max_per_session is None:
@@ -271,6 +280,7 @@ class Board:
         self.max_concurrent = max(1, int(max_concurrent))
         self.max_per_session = max(1, int(max_per_session))
         self._launcher = launcher or launch_worker
+        self.warm_worker = warm_worker  # keep a warm worker for the next job while a slot is free
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -464,6 +474,11 @@ class Board:
         except (LabError, OSError) as exc:
             _warn(("pump", self.root), "the job board in %s was left as it is: %s", self.root, exc)
 
+    def keep_warm(self, active: list[JobView]) -> None:
+        """With a training slot free (by the board's active jobs), have a warm worker wait for the next job."""
+        if self.warm_worker and sum(1 for v in active if not v.queued) < self.max_concurrent:
+            keep_standby(self.root)
+
     def pump_if_due(self, every_seconds: float = PUMP_EVERY_SECONDS) -> bool:
         """pump(), at most once per every_seconds for this board in this process; whether it pumped."""
         now = time.monotonic()
@@ -529,6 +544,8 @@ class Board:
                     break
                 if started:
                     running += 1
+        if self.warm_worker and running < self.max_concurrent:
+            keep_standby(self.root)
 
     def _launch(self, v: JobView) -> bool:
         """Start v's worker; whether it started. OSError when the launch could not be recorded (nothing runs)."""
@@ -614,7 +631,68 @@ def _publish(job_dir: Path, snapshot: Snapshot) -> None:
 
 
 def launch_worker(job_dir: Path) -> subprocess.Popen:
+    """The warm worker, given job_dir, when one waits; else a new worker process for it."""
+    process = _take_standby()
+    if process is not None:
+        try:
+            process.stdin.write(f"{job_dir}\n".encode())
+            process.stdin.close()
+            return process
+        except OSError:  # it ended while waiting: start one as usual
+            process.kill()
+            process.wait()
     return launch_module("core.training.worker", [job_dir], job_dir / LOG)
+
+
+def _lab_environment() -> tuple:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("LAB_")))
+
+
+def _take_standby() -> subprocess.Popen | None:
+    global _standby
+    with _standby_lock:
+        process, _standby = _standby, None
+    if process is None or process.poll() is not None:
+        return None
+    if _standby_env != _lab_environment():  # made for other settings (folders, preset): not this job's worker
+        drop(process)
+        return None
+    return process
+
+
+def keep_standby(root: Path) -> None:
+    """Start a warm worker in the background unless one for these settings waits already."""
+    global _standby, _standby_env
+    with _standby_lock:
+        env = _lab_environment()
+        if _standby is not None and _standby.poll() is None and _standby_env == env:
+            return
+        if _standby is not None:
+            drop(_standby)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _standby = launch_module("core.training.worker", ["--standby"], root / STANDBY_LOG, stdin_pipe=True)
+        except OSError as exc:  # the next job starts a worker of its own, as without one
+            _standby = None
+            _warn(("standby", root), "no warm worker could be started: %s", exc)
+            return
+        _standby_env = env
+
+
+def drop(process: subprocess.Popen) -> None:
+    """End a warm worker that has no job: an empty input ends it, and the wait reaps it."""
+    with contextlib.suppress(OSError):
+        process.stdin.close()
+    threading.Thread(target=process.wait, name="lab-standby-end", daemon=True).start()
+
+
+def drop_standby() -> None:
+    """End this process's warm worker, if any (tests, and a server shutting its board down)."""
+    global _standby
+    with _standby_lock:
+        process, _standby = _standby, None
+    if process is not None:
+        drop(process)
 
 
 def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:

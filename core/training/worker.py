@@ -1,6 +1,8 @@
 """`python -m core.training.worker JOB_DIR`: train one job of the board in a process of its own.
 
-Started by core.training.board for the dashboard. It reads the job's spec, trains its experiments with
+Started by core.training.board for the dashboard. `python -m core.training.worker --standby` is a warm worker:
+it imports TensorFlow first, then waits for one job folder's path on its standard input and trains that job
+like a worker started for it (an empty input ends it), so the job does not wait for TensorFlow to start. It reads the job's spec, trains its experiments with
 the same engine the CLI uses (core.training.jobs.Job) and publishes progress into the job folder until
 the job ends; a stop file there stops it after the current batch, keeping finished epochs as a run.
 """
@@ -20,6 +22,7 @@ from core.settings.files import is_disk_full
 from core.training.board import (
     EXIT_DISK_FULL,
     LAUNCH,
+    LOG,
     _experiments_from_spec,
     _publish,
     follow_training,
@@ -35,15 +38,24 @@ logger = logging.getLogger("core.training.worker")
 # Trainings yield the CPU to the server: a click, a page or a prediction is served at once, while a training
 # alone on the machine runs at full speed (niceness only matters when both want the same core).
 WORKER_NICENESS = 10
+STANDBY = "--standby"
+READY = "warm worker ready: waiting for a job"
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if len(argv) != 1:
-        print("usage: python -m core.training.worker JOB_DIR", file=sys.stderr)
+        print(f"usage: python -m core.training.worker JOB_DIR | {STANDBY}", file=sys.stderr)
         return 2
-    job_dir = Path(argv[0])
     os.nice(WORKER_NICENESS)
+    if argv[0] == STANDBY:
+        _import_tensorflow()
+        logger.info(READY)
+        job_dir = _wait_for_job()
+        if job_dir is None:
+            return 0
+    else:
+        job_dir = Path(argv[0])
     spec = read_spec(job_dir)
     try:
         experiments = _experiments_from_spec(spec)
@@ -51,11 +63,7 @@ def main(argv: list[str]) -> int:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         logger.error("unreadable job spec in %s: %s", job_dir, exc)
         return 2
-    # Imported before the job starts, so the time it takes is measured once and estimates can count it.
-    import tensorflow  # noqa: F401
-    import tensorflow_hub  # noqa: F401
-    import tf_keras  # noqa: F401
-
+    _import_tensorflow()
     record_worker_start(runs_dir, _start_seconds(job_dir))
     job = Job(experiments, runs_dir)
     try:
@@ -75,6 +83,29 @@ def main(argv: list[str]) -> int:
     record_job(runs_dir, spec, final.run_dirs)  # the room's ledger outlives this job's folder
     logger.info("job %s ended: %s", job_dir.name, final.message)
     return 0
+
+
+def _import_tensorflow() -> None:
+    """Imported before the job starts, so the time it takes is measured once and estimates can count it."""
+    import tensorflow  # noqa: F401
+    import tensorflow_hub  # noqa: F401
+    import tf_keras  # noqa: F401
+
+    import core.training.experiment  # noqa: F401  (the models, data pipeline and hub loading it brings)
+
+
+def _wait_for_job() -> Path | None:
+    """The job folder a warm worker is given, its output then going to that job's log; None: none will come."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    job_dir = Path(line)
+    with open(job_dir / LOG, "ab") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
+    return job_dir
 
 
 def _start_seconds(job_dir: Path) -> float:
