@@ -48,15 +48,15 @@ logger = logging.getLogger(__name__)
 
 NOTICE_KEY = "exp_notice"  # (level, text) left by a button's callback for the next run to show
 SIZE_KEY, BUDGET_KEY, SEED_KEY = "exp_image_size", "exp_budget_min", "exp_seed"
-PREFIX = {ModelKind.BASELINE: "exp_b_", ModelKind.MOBILENET_V2: "exp_t_"}
+PREFIX = {ModelKind.BASELINE: "exp_b_", ModelKind.TRANSFER: "exp_t_"}
 HANDLE_FIELD, CACHE_FIELD = HANDLE_FIELD_KEY, "exp_t_cache"
 FINE_EPOCHS_FIELD, FINE_LR_FIELD = "exp_t_ft_epochs", "exp_t_ft_lr"
-KINDS = (ModelKind.BASELINE, ModelKind.MOBILENET_V2)  # the article's order, left to right
+KINDS = (ModelKind.BASELINE, ModelKind.TRANSFER)  # the article's order, left to right
 QUICK_DEMO_WAIT_SECONDS = 90.0  # how long the Quick demo button waits for both models' timings
 TIMING_POLL_SECONDS = 2.0  # how often a page whose estimates are being timed looks for them
 # "Run both" trains the transfer model first: its result is on the charts in seconds, while the baseline's
 # minutes follow; the article's order stays in the columns and the comparison table.
-RUN_BOTH = (ModelKind.MOBILENET_V2, ModelKind.BASELINE)
+RUN_BOTH = (ModelKind.TRANSFER, ModelKind.BASELINE)
 
 
 def init_state() -> None:
@@ -71,7 +71,7 @@ def init_state() -> None:
 
 def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
     s, p = st.session_state, PREFIX[kind]
-    transfer = kind is ModelKind.MOBILENET_V2
+    transfer = kind is ModelKind.TRANSFER
     data = DataConfig(source=current_source(), image_size=int(s[SIZE_KEY]), batch_size=int(s[p + "batch"]),
                       limit=int(s[p + "limit"]) or None, augment=bool(s[p + "augment"]), seed=int(s[SEED_KEY]))
     train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
@@ -101,7 +101,7 @@ def apply_quick_demo() -> None:
         n_train, n_val, classes = available(current_source())
         # A callback may wait: the timing runs in a child process, and waiting on it holds nothing.
         speeds = {kind: speed(kind, *configs(kind), classes, wait_seconds=QUICK_DEMO_WAIT_SECONDS) for kind in KINDS}
-        transfer_data, transfer = configs(ModelKind.MOBILENET_V2)
+        transfer_data, transfer = configs(ModelKind.TRANSFER)
         cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
         preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs,
@@ -200,7 +200,7 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
     st.toggle("Balance the classes", key=p + "balance",
               help="Weights each class's loss by images / (classes x its images), so a small class counts as much "
                    "as a large one; recorded in config.json. Off matches the article.")
-    if kind is ModelKind.MOBILENET_V2:
+    if kind is ModelKind.TRANSFER:
         transfer_fields()
     if busy:
         st.caption("Estimates pause while your training runs, so they do not slow it down.")
@@ -252,7 +252,7 @@ def transfer_fields() -> None:
               help="The backbone never changes, so its output for an image is the same in every epoch. "
                    "Off: every epoch pushes every image through it again, as the article does.")
     try:
-        data, train = configs(ModelKind.MOBILENET_V2)
+        data, train = configs(ModelKind.TRANSFER)
     except LabError:
         data = train = None  # the estimate below says what is wrong with the settings
     if train is not None and train.cache_features and not uses_feature_cache(data, train):

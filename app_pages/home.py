@@ -37,7 +37,7 @@ with left, st.container(border=True):
              help=f"The article's text; its notebook printed {article_final_val_accuracy(kind):.1%} "
                   "after the last epoch.")
 with right, st.container(border=True):
-    kind = ModelKind.MOBILENET_V2
+    kind = ModelKind.TRANSFER
     st.markdown(chip(kind) + ": frozen features + one Dense layer", unsafe_allow_html=True)
     st.caption("A TF Hub MobileNetV2 feature vector (not trained) and a Dense output layer (trained).")
     a, b, c = st.columns(3)

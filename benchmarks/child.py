@@ -27,7 +27,7 @@ def memory(args) -> dict:
     from core.training.experiment import fit, save_run
 
     data = DataConfig(source=args.data, image_size=224, batch_size=32, limit=args.limit)
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=3, handle=args.handle)
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=3, handle=args.handle)
     start = time.perf_counter()
     source = open_source(data)
     result = fit(source, data, train)

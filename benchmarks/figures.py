@@ -76,7 +76,7 @@ def r1_training(setup: Setup, model_path: Path) -> dict:
     from core.settings.config import ModelKind, TrainConfig
 
     data = _data(setup)
-    base = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=ARTICLE_TRANSFER_EPOCHS, handle=str(setup.backbone))
+    base = TrainConfig(model=ModelKind.TRANSFER, epochs=ARTICLE_TRANSFER_EPOCHS, handle=str(setup.backbone))
     _fresh_cache(setup, "r1-uncached")
     with _decoding_every_epoch():
         uncached_s, uncached = _timed_fit(data, _replace(base, cache_features=False))
@@ -490,7 +490,7 @@ def p1_extraction(setup: Setup, repeats: int, images: int) -> dict:
     data = _replace(_data(setup), limit=images)
     source = open_source(data)
     n = source.info.split_size(TRAIN)
-    backbone = build_model(ModelKind.MOBILENET_V2, 2, 224, str(setup.backbone)).layers[0]
+    backbone = build_model(ModelKind.TRANSFER, 2, 224, str(setup.backbone)).layers[0]
     call = tf.function(lambda x: backbone(x, training=False), autograph=False,
                        input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.float32)])
     batch = tf.constant(np.random.default_rng(0).random((EXTRACT_BATCH_SIZE, 224, 224, 3), np.float32))

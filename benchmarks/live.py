@@ -84,7 +84,7 @@ def _experiments(choices: dict):
     from core.training.jobs import Experiment
 
     out = []
-    for kind, p in ((ModelKind.BASELINE, "exp_b_"), (ModelKind.MOBILENET_V2, "exp_t_")):
+    for kind, p in ((ModelKind.BASELINE, "exp_b_"), (ModelKind.TRANSFER, "exp_t_")):
         data = DataConfig(source=choices["lab_source"], image_size=choices["exp_image_size"],
                           batch_size=choices[p + "batch"], limit=choices[p + "limit"] or None,
                           seed=choices["exp_seed"])

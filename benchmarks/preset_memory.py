@@ -44,7 +44,7 @@ def child(case: str, data_dir: Path, handle: Path, limit: int, batch_size: int, 
     after_imports = _rss_bytes()
     data = DataConfig(source=f"folder:{data_dir}", image_size=224, batch_size=batch_size, limit=limit)
     baseline = TrainConfig(model=ModelKind.BASELINE, epochs=1)
-    transfer = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, handle=str(handle), cache_features=case != "uncached",
+    transfer = TrainConfig(model=ModelKind.TRANSFER, epochs=1, handle=str(handle), cache_features=case != "uncached",
                            fine_tune_epochs=1 if case == "fine_tune" else 0)
     runs = {"baseline": [baseline], "both": [baseline, transfer]}.get(case, [transfer])
     start = time.perf_counter()

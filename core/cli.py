@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a finished run from its model.h5 (weights and optimizer state) for --epochs "
                        "more epochs on its own dataset and settings; written as a new run naming its parent")
-    train.add_argument("--model", choices=[k.value for k in ModelKind], default=ModelKind.MOBILENET_V2.value)
+    train.add_argument("--model", choices=[k.value for k in ModelKind], default=ModelKind.TRANSFER.value)
     train.add_argument("--data", default=DEFAULT_SOURCE, help="tfds:NAME or folder:PATH (default %(default)s)")
     train.add_argument("--epochs", type=_positive_int, help="default: the article's (15 baseline, 3 transfer)")
     train.add_argument("--batch-size", type=_positive_int, default=ARTICLE_BATCH_SIZE)

@@ -16,7 +16,7 @@ from core.settings.config import ModelKind
 from core.settings.reference import HEADLINE_VAL_ACCURACY, article_headline_label, article_history, article_label
 from core.settings.text import FINE_TUNE_PHASE
 
-MODEL_COLOURS = {ModelKind.BASELINE: "#E8731A", ModelKind.MOBILENET_V2: "#1F6FB2"}
+MODEL_COLOURS = {ModelKind.BASELINE: "#E8731A", ModelKind.TRANSFER: "#1F6FB2"}
 NEUTRAL_COLOUR = "#7F7F7F"
 SPLIT_COLOURS = {"train": "#4C5B7A", "validation": "#A7B4CC"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation"}
@@ -194,7 +194,7 @@ def probability_bar(probabilities: dict[str, float], colour: str | None = None) 
     names = list(probabilities)
     values = [probabilities[n] * 100 for n in names]
     top = max(range(len(values)), key=values.__getitem__) if values else -1
-    highlight = colour or MODEL_COLOURS[ModelKind.MOBILENET_V2]
+    highlight = colour or MODEL_COLOURS[ModelKind.TRANSFER]
     fig = go.Figure(go.Bar(
         x=values, y=names, orientation="h", text=[f"{v:.1f}%" for v in values], textposition="outside",
         cliponaxis=False, marker_color=[highlight if i == top else "#C9CED8" for i in range(len(values))],

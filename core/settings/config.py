@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 class ModelKind(str, enum.Enum):
     BASELINE = "baseline"
-    MOBILENET_V2 = "mobilenet_v2"
+    TRANSFER = "mobilenet_v2"
 
 
 # The article's feature-vector module: MobileNetV2 trained on ImageNet, 1280 features, 224x224 input.
@@ -21,7 +21,7 @@ DEFAULT_SOURCE = "tfds:cats_vs_dogs"
 MAX_CLASSES = 1000
 
 # The article's settings: how long each model trains and what it reached on cats_vs_dogs.
-ARTICLE_EPOCHS = {ModelKind.BASELINE: 15, ModelKind.MOBILENET_V2: 3}
+ARTICLE_EPOCHS = {ModelKind.BASELINE: 15, ModelKind.TRANSFER: 3}
 ARTICLE_BATCH_SIZE = 32
 ARTICLE_IMAGE_SIZE = 224
 ARTICLE_LEARNING_RATE = 1e-3  # adam's default, which the article uses
@@ -38,7 +38,7 @@ EXTRACT_BATCH_SIZE = 8
 CLASS_WEIGHT_CHOICES = ("balanced",)
 # What a model is called before its backbone is known (a settings column, a run in progress); a finished
 # run is named by model_label, after the backbone it really used.
-MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.MOBILENET_V2: "Transfer model"}
+MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.TRANSFER: "Transfer model"}
 MOBILENET_V2_LABEL = "MobileNetV2 transfer"
 # Where Google publishes MobileNetV2 feature vectors: TF Hub and its successor, Kaggle Models.
 _MOBILENET_V2_PUBLISHERS = ("https://tfhub.dev/google/", "https://www.kaggle.com/models/google/",
@@ -84,7 +84,7 @@ def transfer_label(handle: str | None, backbone_name: str | None = None) -> str:
         return f"{backbone_name} transfer"
     if is_mobilenet_v2_handle(handle):
         return MOBILENET_V2_LABEL
-    return f"Transfer ({short_handle(handle)})" if handle else MODEL_LABELS[ModelKind.MOBILENET_V2]
+    return f"Transfer ({short_handle(handle)})" if handle else MODEL_LABELS[ModelKind.TRANSFER]
 
 
 def model_label(kind: ModelKind, handle: str | None = None, backbone_name: str | None = None) -> str:
@@ -105,7 +105,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelKind = ModelKind.MOBILENET_V2
+    model: ModelKind = ModelKind.TRANSFER
     epochs: int | None = None  # None: the article's epochs for this model
     learning_rate: float = ARTICLE_LEARNING_RATE
     handle: str = MOBILENET_V2_HANDLE  # hub URL, Kaggle handle or local SavedModel folder
@@ -140,7 +140,7 @@ def validate(data: DataConfig, train: TrainConfig) -> None:
                        f"(four 3x3 conv + 2x2 pool stages; got {data.image_size}).")
     if train.fine_tune_epochs < 0:
         raise LabError(f"Fine-tuning epochs must be 0 (off) or more (got {train.fine_tune_epochs}).")
-    if train.fine_tune_epochs and train.model is not ModelKind.MOBILENET_V2:
+    if train.fine_tune_epochs and train.model is not ModelKind.TRANSFER:
         raise LabError("Fine-tuning unfreezes a pretrained backbone; the baseline CNN has none (it trains "
                        "every layer already). Set fine-tuning epochs to 0 for it.")
     if train.class_weight is not None and train.class_weight not in CLASS_WEIGHT_CHOICES:
@@ -159,11 +159,11 @@ def balanced_class_weights(counts: dict[str, int], class_names: list[str]) -> di
 def uses_feature_cache(data: DataConfig, train: TrainConfig) -> bool:
     """Backbone features can be computed once only when the backbone is frozen and every epoch sees the
     same pixels: augmentation changes the images, hence the features, every epoch."""
-    return train.model is ModelKind.MOBILENET_V2 and train.cache_features and not data.augment
+    return train.model is ModelKind.TRANSFER and train.cache_features and not data.augment
 
 
 def total_epochs(train: TrainConfig) -> int:
-    return train.resolved_epochs + (train.fine_tune_epochs if train.model is ModelKind.MOBILENET_V2 else 0)
+    return train.resolved_epochs + (train.fine_tune_epochs if train.model is ModelKind.TRANSFER else 0)
 
 
 def to_dict(obj) -> dict:
@@ -174,7 +174,7 @@ def to_dict(obj) -> dict:
 def train_from_dict(d: dict) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kw = {k: v for k, v in d.items() if k in fields}
-    kw["model"] = ModelKind(kw.get("model", ModelKind.MOBILENET_V2.value))
+    kw["model"] = ModelKind(kw.get("model", ModelKind.TRANSFER.value))
     return TrainConfig(**kw)
 
 

@@ -275,7 +275,7 @@ def article_settings(kind: ModelKind, preset: Preset | None = None) -> dict:
     """
     settings = {"epochs": ARTICLE_EPOCHS[kind], "batch": capped_batch_size(ARTICLE_BATCH_SIZE, preset),
                 "lr": ARTICLE_LEARNING_RATE, "limit": 0, "augment": False, "balance": False}
-    if kind is ModelKind.MOBILENET_V2:
+    if kind is ModelKind.TRANSFER:
         settings |= {"ft_epochs": 0, "ft_lr": TrainConfig.fine_tune_learning_rate}
     return settings
 

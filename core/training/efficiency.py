@@ -168,11 +168,11 @@ def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[Mode
         # ranks never decrease (_pick_per_class orders by rank), so a count's images are a prefix: a view of
         # the arrays, where a boolean selection would copy every chosen image once more.
         n = int((ranks < count).sum())
-        for kind in (ModelKind.MOBILENET_V2, ModelKind.BASELINE):
-            status(f"{count} images per class: training the {'transfer head' if kind is ModelKind.MOBILENET_V2 else 'baseline CNN'} ...")
+        for kind in (ModelKind.TRANSFER, ModelKind.BASELINE):
+            status(f"{count} images per class: training the {'transfer head' if kind is ModelKind.TRANSFER else 'baseline CNN'} ...")
             tf_keras.utils.set_random_seed(data.seed)
             batch = min(data.batch_size, n)
-            if kind is ModelKind.MOBILENET_V2:
+            if kind is ModelKind.TRANSFER:
                 head = tf_keras.Sequential([tf_keras.Input(shape=train_features.shape[1:]),
                                             tf_keras.layers.Dense(classes, dtype="float32")])
                 compile_model(head, learning_rate)
@@ -186,9 +186,9 @@ def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[Mode
                           verbose=0)
                 accuracy = model.evaluate(val_pipeline, verbose=0)[1]
             points.append(EfficiencyPoint(kind, count, n, float(accuracy)))
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, handle=handle)
+    train = TrainConfig(model=ModelKind.TRANSFER, handle=handle)
     return EfficiencyResult(points, {ModelKind.BASELINE: run_model_label(TrainConfig(model=ModelKind.BASELINE)),
-                                     ModelKind.MOBILENET_V2: run_model_label(train)},
+                                     ModelKind.TRANSFER: run_model_label(train)},
                             len(val.labels), {k: epochs[k] for k in ModelKind}, list(source.info.class_names))
 
 

@@ -143,7 +143,7 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
     epochs = max(1, int(epochs))
     decode_all = (train_images + val_images) * speed.decode
     setup = speed.setup + OVERHEAD_SECONDS
-    if kind is ModelKind.MOBILENET_V2 and cache_features:
+    if kind is ModelKind.TRANSFER and cache_features:
         features = (train_images + val_images) * (speed.features + speed.decode)
         epoch = train_images * speed.head_train + val_images * speed.head_evaluate
         first = epoch
@@ -157,7 +157,7 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
         setup, features, first, epoch = _from_observed(observed, setup, features, first, epoch,
                                                        train_images, val_images, image_size)
     total = setup + features + first + (epochs - 1) * epoch
-    fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.MOBILENET_V2 else 0
+    fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.TRANSFER else 0
     fine_total = fine_epoch = 0.0
     if fine_epochs:
         if speed.fine_tune <= 0:
@@ -196,7 +196,7 @@ def timing_key(data, train) -> str:
     whether features are cached and whether images are augmented (not the limit, epochs or seed)."""
     from core.settings.config import uses_feature_cache
 
-    handle = (train.handle or "").strip() if train.model is ModelKind.MOBILENET_V2 else ""
+    handle = (train.handle or "").strip() if train.model is ModelKind.TRANSFER else ""
     return json.dumps([data.source, train.model.value, data.image_size, data.batch_size, handle,
                        uses_feature_cache(data, train), bool(data.augment)])
 
@@ -323,7 +323,7 @@ def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_
 
     last = None
     for pair in EPOCH_FALLBACKS:
-        epochs = {ModelKind.BASELINE: pair[0], ModelKind.MOBILENET_V2: pair[1]}
+        epochs = {ModelKind.BASELINE: pair[0], ModelKind.TRANSFER: pair[1]}
         epochs = {k: min(v, ARTICLE_EPOCHS[k]) for k, v in epochs.items() if k in speeds}
         last = epochs
         if total(floor, epochs) > plan_seconds:
@@ -383,7 +383,7 @@ def measure_speed(kind: ModelKind, image_size: int, batch_size: int, handle: str
     setup = time.perf_counter() - start
     train = _per_image(model.train_on_batch, x, y, 1, batches)
     evaluate = _per_image(model.test_on_batch, x, y, 0, batches)
-    if kind is not ModelKind.MOBILENET_V2:
+    if kind is not ModelKind.TRANSFER:
         return Speed(train, evaluate, setup)
     backbone = model.layers[0]
 

@@ -186,7 +186,7 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
     else:
         status("Reloading the model and its optimizer state ...")
         model = build()
-    transfer = train.model is ModelKind.MOBILENET_V2
+    transfer = train.model is ModelKind.TRANSFER
     # A run resumed after fine-tuning has its backbone unfrozen, so its features change every step.
     unfrozen = transfer and model.layers[0].trainable
     history: list[dict] = [dict(row) for row in earlier]

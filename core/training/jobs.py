@@ -252,7 +252,7 @@ class Job:
 
         def on_epoch(report: EpochReport) -> None:
             # The phase core.training.experiment records in history.json, so live charts mark fine-tuning as saved ones do.
-            phase = TRAIN_PHASE if train.model is not ModelKind.MOBILENET_V2 else (
+            phase = TRAIN_PHASE if train.model is not ModelKind.TRANSFER else (
                 FROZEN_PHASE if report.epoch <= train.resolved_epochs else FINE_TUNE_PHASE)
             row = dict(report.metrics, seconds=round(report.seconds, 3), phase=phase)
             with self._lock:

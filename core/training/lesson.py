@@ -45,11 +45,11 @@ def compare_models(source: str, handle: str, seeds: Sequence[int] = (0, 1, 2), i
         data = DataConfig(source=source, image_size=image_size, batch_size=ARTICLE_BATCH_SIZE, seed=seed)
         opened = open_source(data)
         final = {}
-        for kind in (ModelKind.BASELINE, ModelKind.MOBILENET_V2):
+        for kind in (ModelKind.BASELINE, ModelKind.TRANSFER):
             if on_status:
                 on_status(f"seed {seed}: training the {kind.value} model ...")
             train = TrainConfig(model=kind, epochs=(epochs or {}).get(kind), learning_rate=ARTICLE_LEARNING_RATE,
                                 handle=handle)
             final[kind] = float(fit(opened, data, train).final["val_accuracy"])
-        results.append(SeedResult(seed, final[ModelKind.BASELINE], final[ModelKind.MOBILENET_V2]))
+        results.append(SeedResult(seed, final[ModelKind.BASELINE], final[ModelKind.TRANSFER]))
     return results

@@ -66,7 +66,7 @@ def test_transfer_with_mobilenet_v2_shape_has_the_articles_parameter_counts(tmp_
     from core.data.demo import make_mobilenet_backbone
 
     handle = make_mobilenet_backbone(tmp_path / "mobilenet_v2")
-    model = build_model(ModelKind.MOBILENET_V2, num_classes=2, image_size=224, handle=str(handle))
+    model = build_model(ModelKind.TRANSFER, num_classes=2, image_size=224, handle=str(handle))
     assert param_counts(model) == (2_260_546, 2_562)  # the article's summary: 2,260,546 total, 2,562 trainable
     assert model.output_shape == (None, 2)
     # Saved as a published module is: __call__ and variables, not the Keras model's layers as well.

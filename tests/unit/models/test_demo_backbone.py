@@ -29,7 +29,7 @@ def test_the_pretrained_backbone_loads_like_a_hub_module_and_names_itself(pretra
     images = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
     assert model.predict(images, verbose=0).shape == (2, 3)
     assert backbone_name(str(pretrained_demo.backbone)) == BACKBONE_NAME
-    assert run_model_label(TrainConfig(model=ModelKind.MOBILENET_V2, handle=str(pretrained_demo.backbone))) == \
+    assert run_model_label(TrainConfig(model=ModelKind.TRANSFER, handle=str(pretrained_demo.backbone))) == \
         f"{BACKBONE_NAME} transfer"
 
 

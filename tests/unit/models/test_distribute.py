@@ -161,17 +161,17 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
     folder, handle, runs = sys.argv[1:4]
     out = {"auto": choose_strategy("auto").kind, "mirrored_replicas": choose_strategy("mirrored").replicas}
-    for name, kind, cache in (("cached", ModelKind.MOBILENET_V2, True), ("uncached", ModelKind.MOBILENET_V2, False),
+    for name, kind, cache in (("cached", ModelKind.TRANSFER, True), ("uncached", ModelKind.TRANSFER, False),
                               ("baseline", ModelKind.BASELINE, False)):
         for strategy, batch in (("default", 16), ("mirrored", 8)):
             data = DataConfig(source="folder:" + folder, image_size=64, batch_size=batch, limit=64)
-            rate = 0.01 if kind is ModelKind.MOBILENET_V2 else 0.001
+            rate = 0.01 if kind is ModelKind.TRANSFER else 0.001
             train = TrainConfig(model=kind, epochs=2, learning_rate=rate, handle=handle, cache_features=cache,
                                 strategy=strategy)
             result = fit(open_source(data), data, train)
             out[name + "_" + strategy] = {"history": result.history, "distribution": result.extra["distribution"]}
     data = DataConfig(source="folder:" + folder, image_size=64, batch_size=8, limit=64)
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, learning_rate=0.01, handle=handle,
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=2, learning_rate=0.01, handle=handle,
                         strategy="mirrored")
     out["run_dir"] = str(run_experiment(data, train, Path(runs)))
     try:

@@ -22,7 +22,7 @@ TRANSFER = [{"loss": 0.1, "accuracy": 0.95, "val_loss": 0.05, "val_accuracy": 0.
 
 def series() -> list[CurveSeries]:
     return [CurveSeries("Baseline CNN", ModelKind.BASELINE, BASELINE),
-            CurveSeries("MobileNetV2 transfer", ModelKind.MOBILENET_V2, TRANSFER)]
+            CurveSeries("MobileNetV2 transfer", ModelKind.TRANSFER, TRANSFER)]
 
 
 def traces(fig, name: str):
@@ -36,7 +36,7 @@ def test_accuracy_curves_overlay_both_models_in_percent_with_train_dashed_and_va
     assert list(train.y) == pytest.approx([50, 65]) and list(val.y) == pytest.approx([55, 66])
     assert list(val.x) == [1, 2]
     assert {t.line.color for t in traces(fig, "Baseline CNN")} == {MODEL_COLOURS[ModelKind.BASELINE]}
-    assert {t.line.color for t in traces(fig, "MobileNetV2 transfer")} == {MODEL_COLOURS[ModelKind.MOBILENET_V2]}
+    assert {t.line.color for t in traces(fig, "MobileNetV2 transfer")} == {MODEL_COLOURS[ModelKind.TRANSFER]}
     # One legend entry per run: the validation curve carries it, the training curve joins its group.
     assert [t.showlegend for t in traces(fig, "Baseline CNN")] == [False, True]
     assert fig.layout.xaxis.title.text == "Epoch"
@@ -76,7 +76,7 @@ def test_further_runs_of_a_model_get_shades_of_its_colour():
     base = model_colour(ModelKind.BASELINE)
     shades = {model_colour(ModelKind.BASELINE, shade) for shade in range(4)}
     assert base == MODEL_COLOURS[ModelKind.BASELINE] and len(shades) == 4
-    assert model_colour("baseline") == base and model_colour("mobilenet_v2") == MODEL_COLOURS[ModelKind.MOBILENET_V2]
+    assert model_colour("baseline") == base and model_colour("mobilenet_v2") == MODEL_COLOURS[ModelKind.TRANSFER]
     assert model_colour("unknown") == model_colour(None)  # neutral, never an error for odd run folders
 
 
@@ -107,7 +107,7 @@ def test_probability_bar_highlights_the_predicted_class():
 
 def test_the_start_of_fine_tuning_is_a_labelled_dashed_line_between_epochs():
     history = [dict(TRANSFER[0], phase=phase) for phase in ("frozen", "frozen", "fine-tune")]
-    fig = training_curves([CurveSeries("MobileNetV2 transfer", ModelKind.MOBILENET_V2, history)], "loss",
+    fig = training_curves([CurveSeries("MobileNetV2 transfer", ModelKind.TRANSFER, history)], "loss",
                           show_article=False)
     lines = [shape for shape in fig.layout.shapes if shape.x0 == shape.x1]
     assert [line.x0 for line in lines] == [2.5] and lines[0].line.dash == "dash"

@@ -213,7 +213,7 @@ def run_with_handle(trained_run: Path, handle: Path, dest: Path) -> Path:
     from core.settings.config import ModelKind
 
     shutil.copytree(trained_run, dest)
-    save_model(build_model(ModelKind.MOBILENET_V2, 2, 64, str(handle)), dest / "model.h5", ["circles", "squares"])
+    save_model(build_model(ModelKind.TRANSFER, 2, 64, str(handle)), dest / "model.h5", ["circles", "squares"])
     return dest
 
 
@@ -311,7 +311,7 @@ def portable(trained_runs, demo_backbone, tmp_path_factory) -> dict:
     shutil.copytree(demo_backbone, backbone)
     source = open_run(trained_runs["mobilenet_v2"]).config["data"]["source"]
     run = run_experiment(DataConfig(source=source, image_size=64, batch_size=16, limit=40),
-                         TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, learning_rate=1e-2, handle=str(backbone)),
+                         TrainConfig(model=ModelKind.TRANSFER, epochs=2, learning_rate=1e-2, handle=str(backbone)),
                          root / "runs")
     data = export_run_zip(run)
     shutil.rmtree(backbone)

@@ -242,7 +242,7 @@ def mislabelled_run(tmp_path_factory, demo_backbone) -> tuple[Path, set[str]]:
         (root / "val" / cls / name).rename(target)
         wrong.add(target.relative_to(root).as_posix())  # stored relative: no server path in evaluation.json
     data = DataConfig(source=f"folder:{root}", image_size=TEST_IMAGE_SIZE, batch_size=16)
-    run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=10, learning_rate=1e-2,
+    run = run_experiment(data, TrainConfig(model=ModelKind.TRANSFER, epochs=10, learning_rate=1e-2,
                                            handle=str(demo_backbone)), tmp_path_factory.mktemp("runs"))
     return run, wrong
 
@@ -493,7 +493,7 @@ def test_a_frozen_run_is_evaluated_without_running_the_backbone_again(demo_folde
     monkeypatch.setattr(core.runs.evaluate, "evaluate_run", watched_evaluate)
     monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path / "cache"))
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16, limit=40)
-    run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, handle=str(demo_backbone)),
+    run = run_experiment(data, TrainConfig(model=ModelKind.TRANSFER, epochs=1, handle=str(demo_backbone)),
                          tmp_path / "runs")
     assert calls["all"] > 0 and calls["evaluating"] == 0
     assert load_evaluation(run).images == json.loads((run / "metrics.json").read_text())["val_images"]

@@ -50,7 +50,7 @@ def shape_or_nothing(tmp_path_factory, demo_backbone) -> dict[str, Path]:
     runs = tmp_path_factory.mktemp("runs")
     return {kind.value: run_experiment(data, TrainConfig(model=kind, epochs=epochs, learning_rate=lr,
                                                          handle=str(demo_backbone)), runs)
-            for kind, epochs, lr in ((ModelKind.BASELINE, 3, 1e-3), (ModelKind.MOBILENET_V2, 8, 1e-2))}
+            for kind, epochs, lr in ((ModelKind.BASELINE, 3, 1e-3), (ModelKind.TRANSFER, 8, 1e-2))}
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,7 @@ def test_hub_model_exports_do_not_need_the_hub_module(tmp_path, demo_folder, dem
 
     backbone = Path(shutil.copytree(demo_backbone, tmp_path / "backbone"))
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16, limit=32)
-    run = run_experiment(data, TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, handle=str(backbone)),
+    run = run_experiment(data, TrainConfig(model=ModelKind.TRANSFER, epochs=1, handle=str(backbone)),
                          tmp_path / "runs")
     loaded = load_for_prediction(run)
     expected = keras_probabilities(loaded.model, loaded.softmax_output, images)

@@ -26,13 +26,13 @@ def fitted(demo_folder, demo_backbone):
     source = open_source(data)
     x, _ = next(iter(make_pipeline(source, VALIDATION, data, training=False)))
     out = {"x": x.numpy(), "class_names": source.info.class_names}
-    for kind, lr in ((ModelKind.BASELINE, 1e-3), (ModelKind.MOBILENET_V2, 1e-2)):
+    for kind, lr in ((ModelKind.BASELINE, 1e-3), (ModelKind.TRANSFER, 1e-2)):
         out[kind] = fit(source, data, TrainConfig(model=kind, epochs=1, learning_rate=lr,
                                                   handle=str(demo_backbone))).model
     return out
 
 
-@pytest.mark.parametrize("kind", [ModelKind.BASELINE, ModelKind.MOBILENET_V2])
+@pytest.mark.parametrize("kind", [ModelKind.BASELINE, ModelKind.TRANSFER])
 def test_h5_round_trip_is_exact(fitted, kind, tmp_path):
     model, x = fitted[kind], fitted["x"]
     path = tmp_path / "model.h5"
@@ -52,7 +52,7 @@ def test_h5_round_trip_is_exact(fitted, kind, tmp_path):
 
 
 def test_transfer_h5_records_the_hub_handle(fitted, demo_backbone, tmp_path):
-    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    save_model(fitted[ModelKind.TRANSFER], tmp_path / "t.h5", ["a", "b"])
     info = inspect_model_file(tmp_path / "t.h5")
     assert info.hub_handles == [str(Path(demo_backbone).resolve())]
 
@@ -147,7 +147,7 @@ def test_hub_handle_unresolvable_offline_names_handle_and_cache(fitted, tmp_path
     from core.settings.paths import hub_cache_dir
 
     saved = tmp_path / "t.h5"
-    save_model(fitted[ModelKind.MOBILENET_V2], saved, ["a", "b"])
+    save_model(fitted[ModelKind.TRANSFER], saved, ["a", "b"])
     path = with_handle(saved, tmp_path / "online.h5", ARTICLE_URL)
     with pytest.raises(ModelFileError) as err:
         load_model(path)
@@ -159,14 +159,14 @@ def test_hub_handle_unresolvable_offline_names_handle_and_cache(fitted, tmp_path
 
 def test_hub_handle_folder_gone_names_the_handle(fitted, tmp_path):
     saved = tmp_path / "t.h5"
-    save_model(fitted[ModelKind.MOBILENET_V2], saved, ["a", "b"])
+    save_model(fitted[ModelKind.TRANSFER], saved, ["a", "b"])
     gone = str(tmp_path / "moved-away-backbone")
     with pytest.raises(ModelFileError, match="moved-away-backbone"):
         load_model(with_handle(saved, tmp_path / "gone.h5", gone))
 
 
 def test_handle_refused_by_the_callers_policy(fitted, tmp_path):
-    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    save_model(fitted[ModelKind.TRANSFER], tmp_path / "t.h5", ["a", "b"])
     with pytest.raises(ModelFileError, match="may not use"):
         load_model(tmp_path / "t.h5", allowed_handle=lambda handle: False)
 
@@ -232,7 +232,7 @@ def test_uploads_over_the_limit_empty_or_refused_leave_nothing(fitted, tmp_path)
     from core.safety.model_files import store_uploaded_model
 
     uploads = tmp_path / "uploads"
-    save_model(fitted[ModelKind.MOBILENET_V2], tmp_path / "t.h5", ["a", "b"])
+    save_model(fitted[ModelKind.TRANSFER], tmp_path / "t.h5", ["a", "b"])
     data = (tmp_path / "t.h5").read_bytes()
     with pytest.raises(ModelFileError, match=r"^'big.h5' is 0\.\d{3} MB; uploaded models may be at most 0\.010 MB\.$"):
         store_uploaded_model(data, "big.h5", uploads, max_bytes=10_000)

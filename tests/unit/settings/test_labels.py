@@ -30,7 +30,7 @@ def test_a_named_backbone_names_the_model_and_the_baseline_is_always_the_baselin
     assert transfer_label("/x/backbone-v1", "Demo backbone (pretrained on synthetic shapes)") == \
         "Demo backbone (pretrained on synthetic shapes) transfer"
     assert model_label(ModelKind.BASELINE, MOBILENET_V2_HANDLE) == "Baseline CNN"
-    assert model_label(ModelKind.MOBILENET_V2, MOBILENET_V2_HANDLE) == "MobileNetV2 transfer"
+    assert model_label(ModelKind.TRANSFER, MOBILENET_V2_HANDLE) == "MobileNetV2 transfer"
 
 
 def test_names_read_from_files_must_be_plain_words():
@@ -41,6 +41,6 @@ def test_names_read_from_files_must_be_plain_words():
 
 
 def test_the_articles_figures_are_labelled_as_the_articles():
-    assert article_label(ModelKind.MOBILENET_V2) == "Article: MobileNetV2 transfer"
-    assert article_headline_label(ModelKind.MOBILENET_V2) == "Article: MobileNetV2 98%"
+    assert article_label(ModelKind.TRANSFER) == "Article: MobileNetV2 transfer"
+    assert article_headline_label(ModelKind.TRANSFER) == "Article: MobileNetV2 98%"
     assert article_headline_label(ModelKind.BASELINE) == "Article: Baseline CNN 88%"

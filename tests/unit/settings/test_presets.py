@@ -80,7 +80,7 @@ def test_cloud_reads_uploaded_and_generated_folders_inside_the_cache(tmp_path):
 def test_cloud_refuses_fine_tuning_which_needs_more_memory_than_the_host_has():
     with pytest.raises(LabError, match="does not fine-tune"):
         apply_preset(DataConfig(source="tfds:cats_vs_dogs", batch_size=16),
-                     TrainConfig(model=ModelKind.MOBILENET_V2, fine_tune_epochs=1), CLOUD)
+                     TrainConfig(model=ModelKind.TRANSFER, fine_tune_epochs=1), CLOUD)
 
 
 def test_the_cloud_preset_trains_one_job_at_a_time_and_queues_the_next(monkeypatch, tmp_path):
@@ -151,7 +151,7 @@ def test_cloud_caps_epochs_and_fine_tuning_epochs_in_one_line():
     assert apply_preset(data, TrainConfig(model=ModelKind.BASELINE, epochs=15), CLOUD).batch_size == 16  # the article's
     tuning = replace(CLOUD, allow_fine_tuning=True)  # a host with the memory for it still caps its length
     with pytest.raises(LabError, match=r"at most 20 fine-tuning epochs \(asked for 30\); lower the fine-tuning epochs"):
-        apply_preset(data, TrainConfig(model=ModelKind.MOBILENET_V2, fine_tune_epochs=30), tuning)
+        apply_preset(data, TrainConfig(model=ModelKind.TRANSFER, fine_tune_epochs=30), tuning)
     local = DataConfig(source="tfds:cats_vs_dogs")
     assert apply_preset(local, TrainConfig(epochs=500, fine_tune_epochs=500), LOCAL) == local
 

@@ -90,7 +90,7 @@ def wait_until(condition, seconds=20.0):
 def test_jobs_beyond_the_limit_wait_in_order_with_their_place_and_wait(tmp_path, workers):
     board = Board(tmp_path, max_concurrent=1, launcher=workers)
     first = board.submit([experiment(estimated=30.0)], ["a"], owner="alice")
-    second = board.submit([experiment(estimated=20.0), experiment(ModelKind.MOBILENET_V2, estimated=5.0)],
+    second = board.submit([experiment(estimated=20.0), experiment(ModelKind.TRANSFER, estimated=5.0)],
                           ["b", "c"], owner="bob")
     third = board.submit([experiment(estimated=7.0)], ["d"], owner="carol")
     assert [Path(p).name for p in workers.started] == [first.job_id]
@@ -127,17 +127,17 @@ def test_a_cancelled_queued_job_leaves_the_queue_and_never_starts(tmp_path, work
 
 def test_identical_experiments_join_the_running_job_and_reuse_finished_runs(tmp_path, workers, trained_runs):
     board = Board(tmp_path, max_concurrent=1, launcher=workers)
-    first = board.submit([experiment(), experiment(ModelKind.MOBILENET_V2)], ["base", "transfer"], owner="alice")
-    again = board.submit([experiment(), experiment(ModelKind.MOBILENET_V2)], ["base", "transfer"], owner="bob")
+    first = board.submit([experiment(), experiment(ModelKind.TRANSFER)], ["base", "transfer"], owner="alice")
+    again = board.submit([experiment(), experiment(ModelKind.TRANSFER)], ["base", "transfer"], owner="bob")
     assert again.attached and again.job_id == first.job_id
     assert len(workers.started) == 1 and len(board.views()) == 1
     # Once it has finished, the same experiments are not trained again: the runs are handed back.
     runs = (trained_runs["baseline"], trained_runs["mobilenet_v2"])
     workers.finish(board, board.view(first.job_id).path, run_dirs=runs)
-    later = board.submit([experiment(), experiment(ModelKind.MOBILENET_V2)], ["base", "transfer"], owner="carol")
+    later = board.submit([experiment(), experiment(ModelKind.TRANSFER)], ["base", "transfer"], owner="carol")
     assert later.job_id is None and later.reused == {0: runs[0], 1: runs[1]}
     # Half the same: only the new experiment is queued.
-    mixed = board.submit([experiment(), experiment(ModelKind.MOBILENET_V2, epochs=9)], ["base", "other"], owner="dan")
+    mixed = board.submit([experiment(), experiment(ModelKind.TRANSFER, epochs=9)], ["base", "other"], owner="dan")
     assert mixed.reused == {0: runs[0]} and mixed.job_id is not None
     assert board.view(mixed.job_id).fingerprints == ("other",)
     assert len(workers.started) == 2

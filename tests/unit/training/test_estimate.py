@@ -33,7 +33,7 @@ from core.training.estimate import (
 BASELINE = Speed(train=0.01, evaluate=0.005, setup=2.0, decode=0.002)
 TRANSFER = Speed(train=0.004, evaluate=0.003, setup=1.0, features=0.003, head_train=0.0001, head_evaluate=0.00005,
                  decode=0.002)
-SPEEDS = {ModelKind.BASELINE: BASELINE, ModelKind.MOBILENET_V2: TRANSFER}
+SPEEDS = {ModelKind.BASELINE: BASELINE, ModelKind.TRANSFER: TRANSFER}
 
 
 def test_baseline_decodes_in_the_first_epoch_only_when_the_split_fits_memory():
@@ -52,16 +52,16 @@ def test_baseline_decodes_in_the_first_epoch_only_when_the_split_fits_memory():
 
 
 def test_cached_transfer_pays_for_features_once_then_only_for_the_head():
-    est = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=True)
+    est = estimate(ModelKind.TRANSFER, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=True)
     assert est.feature_seconds == pytest.approx(125 * (0.003 + 0.002))
     assert est.epoch_seconds == pytest.approx(100 * 0.0001 + 25 * 0.00005)
     assert est.total_seconds == pytest.approx(1.0 + OVERHEAD_SECONDS + est.feature_seconds + 3 * est.epoch_seconds)
-    uncached = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=False)
+    uncached = estimate(ModelKind.TRANSFER, TRANSFER, 100, 25, epochs=3, image_size=224, cache_features=False)
     assert uncached.feature_seconds == 0
     # On cached features only the Dense head's steps are traced, never the whole model's training step.
     quick_head = dataclasses.replace(TRANSFER, head_setup=0.25)
-    assert estimate(ModelKind.MOBILENET_V2, quick_head, 100, 25, 3, 224).setup_seconds == 0.25 + OVERHEAD_SECONDS
-    assert estimate(ModelKind.MOBILENET_V2, quick_head, 100, 25, 3, 224,
+    assert estimate(ModelKind.TRANSFER, quick_head, 100, 25, 3, 224).setup_seconds == 0.25 + OVERHEAD_SECONDS
+    assert estimate(ModelKind.TRANSFER, quick_head, 100, 25, 3, 224,
                     cache_features=False).setup_seconds == 1.0 + OVERHEAD_SECONDS
     assert uncached.epoch_seconds == pytest.approx(100 * 0.004 + 25 * 0.003)
     assert uncached.total_seconds > est.total_seconds
@@ -69,8 +69,8 @@ def test_cached_transfer_pays_for_features_once_then_only_for_the_head():
 
 def test_fine_tuning_epochs_run_the_whole_model_on_decoded_images_after_the_cached_ones():
     speed = dataclasses.replace(TRANSFER, fine_tune=0.012, fine_tune_setup=4.0)
-    frozen = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224)
-    tuned = estimate(ModelKind.MOBILENET_V2, speed, 100, 25, epochs=3, image_size=224, fine_tune_epochs=2)
+    frozen = estimate(ModelKind.TRANSFER, speed, 100, 25, epochs=3, image_size=224)
+    tuned = estimate(ModelKind.TRANSFER, speed, 100, 25, epochs=3, image_size=224, fine_tune_epochs=2)
     compute = 100 * 0.012 + 25 * 0.003
     assert tuned.fine_tune_epochs == 2 and tuned.fine_tune_epoch_seconds == pytest.approx(compute)
     # Its own pipeline decodes every image again in the first fine-tuning epoch, then keeps them in memory.
@@ -80,7 +80,7 @@ def test_fine_tuning_epochs_run_the_whole_model_on_decoded_images_after_the_cach
     baseline = estimate(ModelKind.BASELINE, BASELINE, 100, 25, epochs=3, image_size=64, fine_tune_epochs=2)
     assert baseline.fine_tune_seconds == 0 and baseline.fine_tune_epochs == 0
     with pytest.raises(ValueError, match="measure_fine_tune"):
-        estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, fine_tune_epochs=1)
+        estimate(ModelKind.TRANSFER, TRANSFER, 100, 25, epochs=3, image_size=224, fine_tune_epochs=1)
 
 
 def test_split_sizes_follow_the_limit_and_the_80_20_proportion():
@@ -94,7 +94,7 @@ def test_quick_demo_takes_the_largest_limit_that_fits_with_the_articles_epochs()
     plan = 60 * PLAN_SHARE_OF_BUDGET
     preset = quick_demo(60, SPEEDS, available_train=18610, available_val=4652, image_size=224)
     assert preset.fits and preset.budget_seconds == 60
-    assert preset.epochs == {ModelKind.BASELINE: 15, ModelKind.MOBILENET_V2: 3}
+    assert preset.epochs == {ModelKind.BASELINE: 15, ModelKind.TRANSFER: 3}
     assert preset.total_seconds <= plan and preset.total_seconds * 1.15 <= 60
     one_more = quick_demo(10**6, SPEEDS, 18610, 4652, 224)  # what the next image would cost
     assert one_more.limit == 18610
@@ -110,7 +110,7 @@ def test_quick_demo_drops_baseline_epochs_before_images_and_says_when_nothing_fi
     assert tight.total_seconds <= 25 * PLAN_SHARE_OF_BUDGET
     hopeless = quick_demo(5, SPEEDS, 18610, 4652, image_size=224)
     assert not hopeless.fits
-    assert hopeless.limit == 200 and hopeless.epochs == {ModelKind.BASELINE: 1, ModelKind.MOBILENET_V2: 1}
+    assert hopeless.limit == 200 and hopeless.epochs == {ModelKind.BASELINE: 1, ModelKind.TRANSFER: 1}
 
 
 def test_quick_demo_on_a_small_dataset_uses_all_of_it():
@@ -132,7 +132,7 @@ def test_measured_speeds_come_from_the_real_models(demo_backbone, demo_folder):
     baseline = measure_speed(ModelKind.BASELINE, 48, 8, handle="", num_classes=2)
     assert baseline.train > 0 and baseline.evaluate > 0 and baseline.setup > 0
     assert baseline.features == baseline.head_train == 0
-    transfer = measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(demo_backbone), num_classes=2)
+    transfer = measure_speed(ModelKind.TRANSFER, 48, 8, handle=str(demo_backbone), num_classes=2)
     assert min(transfer.train, transfer.features, transfer.head_train, transfer.head_evaluate) > 0
     assert transfer.head_setup > 0 and baseline.head_setup == 0
     source = open_source(DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=8))
@@ -150,7 +150,7 @@ def test_measuring_a_model_that_cannot_be_built_says_why(tmp_path):
     from core.training.estimate import measure_speed
 
     with pytest.raises(LabError, match="not a SavedModel folder"):
-        measure_speed(ModelKind.MOBILENET_V2, 48, 8, handle=str(tmp_path), num_classes=2)
+        measure_speed(ModelKind.TRANSFER, 48, 8, handle=str(tmp_path), num_classes=2)
 
 
 OBSERVED = Observed(fixed=10.0, first_epoch=0.02, epoch=0.01, features=0.03, in_memory=True, runs=3)
@@ -162,7 +162,7 @@ def test_finished_runs_replace_the_timed_costs_of_their_setting():
     assert est.first_epoch_seconds == pytest.approx(125 * 0.02)
     assert est.epoch_seconds == pytest.approx(125 * 0.01)
     assert est.total_seconds == pytest.approx(10.0 + 125 * 0.02 + 2 * 125 * 0.01)
-    cached = estimate(ModelKind.MOBILENET_V2, TRANSFER, 100, 25, epochs=3, image_size=224, observed=OBSERVED)
+    cached = estimate(ModelKind.TRANSFER, TRANSFER, 100, 25, epochs=3, image_size=224, observed=OBSERVED)
     assert cached.feature_seconds == pytest.approx(125 * 0.03)
     # Images too big to keep in memory decode in every epoch, which the observed runs never paid for:
     # their epochs do not apply, the rest does.
@@ -178,7 +178,7 @@ def test_finished_runs_replace_the_timed_costs_of_their_setting():
     # The Quick demo plans with them too.
     preset = quick_demo(60, SPEEDS, 18610, 4652, 224, observed={ModelKind.BASELINE: OBSERVED})
     assert preset.estimates[ModelKind.BASELINE].observed_runs == 3
-    assert preset.estimates[ModelKind.MOBILENET_V2].observed_runs == 0
+    assert preset.estimates[ModelKind.TRANSFER].observed_runs == 0
 
 
 def _rewrite(run: Path, name: str, change) -> None:
@@ -204,16 +204,16 @@ def test_a_finished_run_teaches_the_estimates_of_its_own_setting(trained_runs, d
         assert seen.in_memory
     # Only the transfer run computed backbone features.
     assert observed_timing(folder, *configs[ModelKind.BASELINE]).features is None
-    transfer = runs[ModelKind.MOBILENET_V2]
+    transfer = runs[ModelKind.TRANSFER]
     images = transfer.metrics["train_images"] + transfer.metrics["val_images"]
-    assert observed_timing(folder, *configs[ModelKind.MOBILENET_V2]).features == pytest.approx(
+    assert observed_timing(folder, *configs[ModelKind.TRANSFER]).features == pytest.approx(
         transfer.metrics["feature_seconds"] / images)
     # Another image size, batch size or backbone is another setting; the limit, epochs and seed are not.
     data, train = configs[ModelKind.BASELINE]
     assert observed_timing(folder, dataclasses.replace(data, image_size=2 * data.image_size), train) is None
     assert observed_timing(folder, dataclasses.replace(data, batch_size=8), train) is None
-    assert observed_timing(folder, *configs[ModelKind.MOBILENET_V2][:1],
-                           dataclasses.replace(configs[ModelKind.MOBILENET_V2][1], handle=str(tmp_path))) is None
+    assert observed_timing(folder, *configs[ModelKind.TRANSFER][:1],
+                           dataclasses.replace(configs[ModelKind.TRANSFER][1], handle=str(tmp_path))) is None
     assert observed_timing(folder, dataclasses.replace(data, limit=50, seed=3), dataclasses.replace(train, epochs=9))
     # Only the latest runs count.
     for _ in range(TIMINGS_KEPT + 2):

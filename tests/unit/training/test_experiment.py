@@ -32,7 +32,7 @@ def test_both_models_learn_the_generated_classes(trained_runs, kind):
 
 def test_transfer_model_learns_through_the_hub_layer_every_epoch(demo_folder, demo_backbone, tmp_path):
     """The article's way: every batch goes through hub.KerasLayer, no cached features."""
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=4, learning_rate=1e-2, handle=str(demo_backbone),
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=4, learning_rate=1e-2, handle=str(demo_backbone),
                         cache_features=False)
     run = open_run(run_experiment(demo_data(demo_folder), train, tmp_path))
     assert run.metrics["final_val_accuracy"] >= 0.9
@@ -59,7 +59,7 @@ def test_callbacks_report_every_epoch_and_batch(demo_folder, demo_backbone, tmp_
     assert result.total_params == result.trainable_params > 0
 
 
-@pytest.mark.parametrize("kind", [ModelKind.BASELINE, ModelKind.MOBILENET_V2])
+@pytest.mark.parametrize("kind", [ModelKind.BASELINE, ModelKind.TRANSFER])
 def test_stop_after_the_first_epoch_saves_a_one_epoch_run(demo_folder, demo_backbone, tmp_path, kind):
     done = []
     callbacks = Callbacks(on_epoch=done.append, should_stop=lambda: len(done) >= 1)
@@ -101,7 +101,7 @@ def test_a_run_repeats_exactly_from_its_config(trained_runs, tmp_path):
 def test_settings_that_cannot_work_are_refused_before_training(demo_folder, demo_backbone, tmp_path, data_kw,
                                                                train_kw, match):
     data = replace(demo_data(demo_folder), **data_kw)
-    train = TrainConfig(**{"model": ModelKind.MOBILENET_V2, "epochs": 1, "handle": str(demo_backbone), **train_kw})
+    train = TrainConfig(**{"model": ModelKind.TRANSFER, "epochs": 1, "handle": str(demo_backbone), **train_kw})
     with pytest.raises(LabError, match=match):
         run_experiment(data, train, tmp_path)
     assert list_runs(tmp_path).runs == []
@@ -120,7 +120,7 @@ def test_balanced_class_weights_change_what_the_loss_counts(demo_folder, demo_ba
         shutil.copy(image, data_dir / "squares")
     data = DataConfig(source=f"folder:{data_dir}", image_size=TEST_IMAGE_SIZE, batch_size=16)
     source = open_source(data)
-    plain = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, learning_rate=1e-2, handle=str(demo_backbone))
+    plain = TrainConfig(model=ModelKind.TRANSFER, epochs=1, learning_rate=1e-2, handle=str(demo_backbone))
     weighted = replace(plain, class_weight="balanced")
     losses = [fit(source, data, train).history[0]["loss"] for train in (plain, weighted)]
     assert losses[0] != pytest.approx(losses[1], rel=1e-3)

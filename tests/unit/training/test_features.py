@@ -25,7 +25,7 @@ def demo_data(folder: Path, **kw) -> DataConfig:
 
 
 def transfer(backbone: Path, **kw) -> TrainConfig:
-    return TrainConfig(model=ModelKind.MOBILENET_V2, epochs=8, learning_rate=1e-2, handle=str(backbone), **kw)
+    return TrainConfig(model=ModelKind.TRANSFER, epochs=8, learning_rate=1e-2, handle=str(backbone), **kw)
 
 
 class CountingBackbone:

@@ -17,7 +17,7 @@ def fine_tuned_run(tmp_path_factory, demo_folder, demo_backbone):
     from core.training.experiment import run_experiment
 
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16, limit=40)
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, learning_rate=1e-2, handle=str(demo_backbone),
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=2, learning_rate=1e-2, handle=str(demo_backbone),
                         fine_tune_epochs=2, fine_tune_learning_rate=1e-3)
     return run_experiment(data, train, tmp_path_factory.mktemp("ft-runs"), evaluate=False)
 
@@ -84,7 +84,7 @@ def test_augmentation_turns_the_feature_cache_off_and_is_recorded(tmp_path, demo
 
     data = DataConfig(source=f"folder:{demo_folder}", image_size=TEST_IMAGE_SIZE, batch_size=16, limit=32,
                       augment=True)
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=1, handle=str(demo_backbone))
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=1, handle=str(demo_backbone))
     assert not uses_feature_cache(data, train)
     assert uses_feature_cache(DataConfig(), train)
     run = run_experiment(data, train, tmp_path, evaluate=False)

@@ -62,13 +62,13 @@ class ScriptedRunner:
 
 def test_a_job_runs_its_experiments_in_order_and_collects_histories(tmp_path):
     runner = ScriptedRunner()
-    job = Job([experiment(ModelKind.BASELINE, 2), experiment(ModelKind.MOBILENET_V2, 3)], tmp_path, runner)
+    job = Job([experiment(ModelKind.BASELINE, 2), experiment(ModelKind.TRANSFER, 3)], tmp_path, runner)
     assert job.snapshot().phase == "queued" and job.snapshot().fraction == 0
     assert job.start().join(10)
     snap = job.snapshot()
     assert snap.phase == DONE and snap.finished and snap.error is None
-    assert [t.model for t in runner.calls] == [ModelKind.BASELINE, ModelKind.MOBILENET_V2]
-    assert [k for k, _ in snap.histories] == [ModelKind.BASELINE, ModelKind.MOBILENET_V2]
+    assert [t.model for t in runner.calls] == [ModelKind.BASELINE, ModelKind.TRANSFER]
+    assert [k for k, _ in snap.histories] == [ModelKind.BASELINE, ModelKind.TRANSFER]
     assert [len(h) for _, h in snap.histories] == [2, 3]
     assert snap.histories[0][1][1]["accuracy"] == pytest.approx(0.7)
     assert len(snap.run_dirs) == 2 and all(p.is_dir() for p in snap.run_dirs)
@@ -80,7 +80,7 @@ def test_a_job_runs_its_experiments_in_order_and_collects_histories(tmp_path):
 def test_progress_and_eta_mid_epoch(tmp_path):
     runner = ScriptedRunner(steps=4)
     runner.pause_after = (2, 2)  # epoch 1 done (1.5 s), half of epoch 2 done at 0.5 s a batch
-    job = Job([experiment(epochs=3), experiment(ModelKind.MOBILENET_V2, 1, estimated=20.0)], tmp_path, runner).start()
+    job = Job([experiment(epochs=3), experiment(ModelKind.TRANSFER, 1, estimated=20.0)], tmp_path, runner).start()
     assert runner.paused.wait(10)
     snap = job.snapshot()
     assert snap.phase == TRAINING and snap.model is ModelKind.BASELINE
@@ -96,7 +96,7 @@ def test_progress_and_eta_mid_epoch(tmp_path):
 def test_fine_tuning_epochs_are_marked_live_and_timed_apart_from_the_frozen_ones(tmp_path):
     runner = ScriptedRunner(steps=4)
     runner.pause_after = (2, 2)  # frozen epoch 1 done (1.5 s), half of frozen epoch 2 done
-    train = TrainConfig(model=ModelKind.MOBILENET_V2, epochs=2, fine_tune_epochs=2)
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=2, fine_tune_epochs=2)
     job = Job([Experiment(DATA, train, 30.0, fine_tune_seconds=20.0)], tmp_path, runner).start()
     assert runner.paused.wait(10)
     snap = job.snapshot()
@@ -111,7 +111,7 @@ def test_fine_tuning_epochs_are_marked_live_and_timed_apart_from_the_frozen_ones
 def test_stop_before_the_first_epoch_saves_nothing_and_skips_the_rest(tmp_path):
     runner = ScriptedRunner()
     runner.pause_after = (1, 1)
-    job = Job([experiment(), experiment(ModelKind.MOBILENET_V2)], tmp_path, runner).start()
+    job = Job([experiment(), experiment(ModelKind.TRANSFER)], tmp_path, runner).start()
     assert runner.paused.wait(10)
     job.stop()
     assert job.stop_requested and job.snapshot().message.startswith("Stopping")
@@ -179,7 +179,7 @@ def test_a_real_run_stops_after_its_first_epoch_and_is_saved_as_stopped_early(tm
 
 def test_a_snapshot_survives_its_json_form(tmp_path):
     runner = ScriptedRunner()
-    job = Job([experiment(ModelKind.BASELINE, 2), experiment(ModelKind.MOBILENET_V2, 1)], tmp_path, runner).start()
+    job = Job([experiment(ModelKind.BASELINE, 2), experiment(ModelKind.TRANSFER, 1)], tmp_path, runner).start()
     assert job.join(10)
     snap = job.snapshot()
     assert Snapshot.from_dict(json.loads(json.dumps(snap.to_dict()))) == snap

@@ -16,7 +16,7 @@ from core.training.estimate import Speed
 def test_a_setting_is_timed_in_one_child_and_the_server_never_imports_tensorflow(demo_backbone, demo_folder,
                                                                                     tmp_path):
     before = "tensorflow" in sys.modules
-    speed = timing.measure_setting(ModelKind.MOBILENET_V2, 64, 8, str(demo_backbone), 3,
+    speed = timing.measure_setting(ModelKind.TRANSFER, 64, 8, str(demo_backbone), 3,
                                    source=f"folder:{demo_folder}", lock_folder=tmp_path)
     assert isinstance(speed, Speed)
     assert speed.train > 0 and speed.evaluate > 0 and speed.setup > 0
@@ -29,7 +29,7 @@ def test_a_setting_is_timed_in_one_child_and_the_server_never_imports_tensorflow
 def test_the_labs_own_errors_come_back_as_themselves(demo_backbone, tmp_path):
     # Offline, the article's hub module cannot be fetched: the page must tell "unreachable" from a failure.
     with pytest.raises(OfflineError):
-        timing.measure_setting(ModelKind.MOBILENET_V2, 64, 8, MOBILENET_V2_HANDLE, 2, lock_folder=tmp_path)
+        timing.measure_setting(ModelKind.TRANSFER, 64, 8, MOBILENET_V2_HANDLE, 2, lock_folder=tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         timing.measure_setting(ModelKind.BASELINE, 64, 4, str(demo_backbone), 2, source=f"folder:{tmp_path / 'gone'}",
                                lock_folder=tmp_path)
