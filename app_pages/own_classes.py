@@ -7,6 +7,7 @@ import streamlit as st
 from app_pages.common import LOADED_KEY, chip, current_handle, current_source, session_token, set_source
 from app_pages.training_panel import board, running_now, submit
 from core.data import own_classes as own
+from core.data.images import MAX_BYTES
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal, megabytes, percent
 
@@ -210,13 +211,17 @@ if names:
         st.rerun()
     up_round = st.session_state.setdefault(UPLOAD_KEY, 0)
     uploads = st.file_uploader(f"Or upload images of {markdown_literal(chosen.name)}", type=UPLOAD_TYPES,
-                               accept_multiple_files=True, key=f"own_up_{up_round}")
+                               accept_multiple_files=True, key=f"own_up_{up_round}",
+                               max_upload_size=MAX_BYTES // 2**20)  # the image checks' own limit
     if uploads:
         add_files(store, chosen.name, [(f.file_id, f.name, f.getvalue()) for f in uploads])
         st.session_state[UPLOAD_KEY] = up_round + 1
         st.rerun()
 
     st.markdown(f"**{markdown_literal(chosen.name)}**: {chosen.count} of {own.MAX_IMAGES_PER_CLASS} images")
+    if chosen.count < own.SUGGESTED_IMAGES:
+        st.caption(f"At least {own.SUGGESTED_IMAGES} are needed for a fair check: "
+                   f"{own.validation_images(own.SUGGESTED_IMAGES)} of them are held out (see below).")
     thumbnails(store, chosen)
     with st.expander("Rename or remove this class"):
         st.text_input("New name", value=chosen.name, max_chars=own.MAX_NAME_CHARS, key="own_rename")

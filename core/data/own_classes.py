@@ -5,7 +5,7 @@ One session's classes live in one folder, named after a hash of the session's to
     <uploads folder>/own/<hash>/
         classes/<class name>/<image id>.jpg   the images, re-encoded as JPEG of at most IMAGE_SIDE pixels
         thumbs/<image id>.jpg                 a small copy of each, for the page's grid
-        sets/<digest>/<class name>/...        frozen copies (hard links) that a training reads: adding or
+        sets/<digest>/own-classes/<class>/... frozen copies (hard links) that a training reads: adding or
                                               removing images later never changes a dataset in use
         .touched                              its time says when the folder was last used (prune_idle)
 
@@ -61,6 +61,7 @@ OWN_BATCH_SIZE = 16  # the cloud preset's cap; a class of 30 images is two batch
 BASELINE_EPOCHS = 15  # the article's, for the optional comparison with a CNN trained from scratch
 
 CLASSES_DIR, THUMBS_DIR, SETS_DIR = "classes", "thumbs", "sets"
+SET_NAME = "own-classes"  # a frozen set's folder: the dataset's name wherever the Lab names one
 TOUCHED, LOCK = ".touched", ".lock"
 # Characters no folder name may hold here or on Windows, where a downloaded zip may be unpacked.
 _FORBIDDEN = set('/\\<>:"|?*')
@@ -329,18 +330,20 @@ class ClassStore:
                 partial = sets / f".partial-{digest}-{secrets.token_hex(4)}"
                 try:
                     for class_name, file_name in listing:
-                        (partial / class_name).mkdir(parents=True, exist_ok=True)
-                        source, copy = self.classes_dir / class_name / file_name, partial / class_name / file_name
+                        (partial / SET_NAME / class_name).mkdir(parents=True, exist_ok=True)
+                        source = self.classes_dir / class_name / file_name
+                        copy = partial / SET_NAME / class_name / file_name
                         try:
                             os.link(source, copy)
                         except OSError:
                             shutil.copyfile(source, copy)
+                    partial.mkdir(parents=True, exist_ok=True)
                     os.rename(partial, target)
                 finally:
                     shutil.rmtree(partial, ignore_errors=True)
             os.utime(target)
             self._prune_sets(keep=target)
-        return target
+        return target / SET_NAME
 
     def _prune_sets(self, keep: Path) -> None:
         sets = [p for p in (self.folder / SETS_DIR).iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -364,6 +367,10 @@ def training_configs(source: str, handle: str, train_images: int, with_baseline:
     from core.settings.presets import active_preset, apply_preset, capped_batch_size
 
     preset = active_preset()
+    if not preset.allow_local_paths:
+        from core.models.hub import check_web_handle
+
+        check_web_handle(handle)  # a hosted Lab's hub handle names downloads and its own cache only
     size = min(ARTICLE_IMAGE_SIZE, preset.max_image_size or ARTICLE_IMAGE_SIZE)
     data = DataConfig(source=source, image_size=size, batch_size=max(1, min(train_images, capped_batch_size(OWN_BATCH_SIZE, preset))))
     trains = [TrainConfig(model=ModelKind.TRANSFER, epochs=OWN_EPOCHS, learning_rate=OWN_LEARNING_RATE,

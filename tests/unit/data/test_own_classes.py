@@ -193,6 +193,7 @@ def test_frozen_set_stays_as_it_was_and_is_refused_until_trainable(store):
         store.add_image(name, png(2), "2.png")
     frozen = store.frozen_set()
     assert frozen == store.frozen_set()  # unchanged classes: the same set
+    assert frozen.name == "own-classes"  # the dataset's name on every page, not a digest
     store.remove_image("a", store.classes()[0].images[0].image_id)
     store.add_image("a", png(3), "3.png")
     assert len(list((frozen / "a").iterdir())) == 2 and store.frozen_set() != frozen
@@ -246,12 +247,14 @@ def test_prune_if_due_looks_at_most_once_per_interval(tmp_path, monkeypatch):
 
 
 def test_training_settings_fit_small_classes_and_the_preset(monkeypatch):
-    from core.settings.config import ModelKind
+    from core.settings.config import MOBILENET_V2_HANDLE, ModelKind
 
     monkeypatch.setenv("LAB_PRESET", "cloud")
     source = f"folder:{own_classes.own_root() / 'x' / 'sets' / 'y'}"
-    pairs = own_classes.training_configs(source, "handle", own_classes.training_images([5, 5]), with_baseline=True)
+    pairs = own_classes.training_configs(source, MOBILENET_V2_HANDLE, own_classes.training_images([5, 5]), with_baseline=True)
     assert [t.model for _, t in pairs] == [ModelKind.TRANSFER, ModelKind.BASELINE]
     data, transfer = pairs[0]
     assert data.batch_size == 8 and data.image_size <= 224 and transfer.cache_features
-    assert own_classes.training_configs(source, "h", 100)[0][0].batch_size == 16  # the cloud preset's cap
+    assert own_classes.training_configs(source, MOBILENET_V2_HANDLE, 100)[0][0].batch_size == 16  # the cloud cap
+    with pytest.raises(LabError):  # a hosted Lab's handle never names the server's own folders
+        own_classes.training_configs(source, "/etc", 10)
