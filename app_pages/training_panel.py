@@ -122,7 +122,10 @@ def _job_card(view, mine: bool) -> None:
             st.caption(f":material/check_circle: {done} finished: on the charts below while the rest trains.")
         if mine and not view.queued:
             a, b = st.columns(2)
-            a.caption(f"Epochs done: {snap.epoch} of {snap.epochs}")
+            from core.training.board import TRAIN_TASK
+
+            done = "Epochs" if view.task == TRAIN_TASK else "Trainings"  # a measurement trains two per count
+            a.caption(f"{done} done: {snap.epoch} of {snap.epochs}")
             b.markdown(f"[Link to this training](?job={view.job_id})", help="Anyone with this link sees its "
                        "progress; only you (or anyone on a local Lab) can stop it.")
 

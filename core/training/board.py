@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 JOBS_DIR = ".jobs"
 SPEC, STATUS, LAUNCH, STOP, EXIT, LOG = "spec.json", "status.json", "launch.json", "stop", "exit.json", "worker.log"
+TRAIN_TASK = "train"
 ENDED = "ended"  # written beside a final status, so listing active jobs need not read finished ones
 KEPT_FINISHED = 200  # finished jobs kept on the board for reuse and links; older ones are removed
 # A launch that never recorded its worker's pid this long after it began counts as lost.
@@ -194,6 +195,7 @@ class JobView:
     snapshot: Snapshot
     queue_position: int | None = None  # 1 = next to start; None when running or finished
     wait_seconds: float | None = None  # until a queued job starts, when every job ahead has an estimate
+    task: str = TRAIN_TASK  # what the job does: trains its experiments, or a data efficiency measurement
 
     @property
     def queued(self) -> bool:
@@ -220,9 +222,20 @@ def _experiments_from_spec(spec: dict) -> list[Experiment]:
                        e.get("fine_tune_seconds")) for e in spec["experiments"]]
 
 
+def _task(spec: dict) -> dict:
+    task = spec.get("task")
+    return task if isinstance(task, dict) and isinstance(task.get("kind"), str) else {"kind": TRAIN_TASK}
+
+
 def _title(spec: dict) -> str:
     """The job's models by their honest names, e.g. "Baseline CNN, then MobileNetV2 transfer"."""
     from core.training.experiment import run_model_label
+
+    task = _task(spec)
+    if task["kind"] != TRAIN_TASK:
+        counts = task.get("counts")
+        return "Data efficiency" + (f" ({', '.join(map(str, counts))} images per class)"
+                                    if isinstance(counts, list) and all(_number(c) for c in counts) else "")
 
     names = []
     for e in spec.get("experiments", []):
@@ -319,7 +332,8 @@ class Board:
         return JobView(job_id=path.name, path=path, created=float(spec.get("created", 0)),
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
                        title=_title(spec), source=str(spec["experiments"][0]["data"].get("source", "?")),
-                       fingerprints=tuple(str(f) for f in spec.get("fingerprints", ())), snapshot=snapshot)
+                       fingerprints=tuple(str(f) for f in spec.get("fingerprints", ())), snapshot=snapshot,
+                       task=_task(spec)["kind"])
 
     def views(self, active_only: bool = False) -> list[JobView]:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
@@ -392,8 +406,11 @@ class Board:
             yield
 
     def submit(self, experiments: list[Experiment], fingerprints: list[str], owner: str,
-               origin: str = "dashboard") -> Submission:
+               origin: str = "dashboard", task: dict | None = None) -> Submission:
         """Queue experiments as one job, train nothing twice, and start what the slots allow.
+
+        task, when given, is other work on the experiments' data (its "kind" names it, e.g. a data efficiency
+        measurement, core.training.efficiency), kept in the job's spec for the worker.
 
         Raises LabError when the owner already holds max_per_session jobs, or when the runs folder cannot
         take the job (full, read-only).
@@ -413,7 +430,7 @@ class Board:
                     if v.fingerprints == wanted:
                         return Submission(v.job_id, True, reused)
                 self._check_session_limit(active, owner)
-                job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin)
+                job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin, task=task)
                 self._start_queued()
         except OSError as exc:
             raise LabError(f"The training could not be queued: {disk_problem(exc, self.runs_dir)}.") from None
@@ -429,7 +446,7 @@ class Board:
                        "for one to finish or stop it.")
 
     def _create(self, experiments: list[Experiment], fingerprints: list[str], owner: str, origin: str,
-                pid: int | None = None) -> str:
+                pid: int | None = None, task: dict | None = None) -> str:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         tmp = self.root / f".new-{job_id}"
         spec = {"job_id": job_id, "created": time.time(), "origin": origin, "owner": owner, "pid": pid,
@@ -437,6 +454,8 @@ class Board:
                 "experiments": [{"data": to_dict(e.data), "train": to_dict(e.train),
                                  "estimated_seconds": e.estimated_seconds, "fine_tune_seconds": e.fine_tune_seconds}
                                 for e in experiments]}
+        if task is not None:
+            spec["task"] = task
         try:
             tmp.mkdir(parents=True)
             write_json(tmp / SPEC, spec)

@@ -6,15 +6,17 @@ Dense head on the frozen backbone's features of the same images; both are scored
 split. The backbone runs once: the training images' features are computed a single time and sliced per
 count, and the validation split's come from the feature cache (core.training.features), so the transfer
 side costs seconds even with the real MobileNetV2. Works for any source and any hub handle.
+
+The dashboard measures as a job of the board (core.training.board), in a worker process like a training:
+it has a place in the queue, a Stop button and a link, and its result is kept in the job's folder.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,29 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_COUNTS = (5, 10, 20, 40, 80)
 
-# Measurements running in this process under a preset: unlike trainings, which run in worker processes
-# queued by core.training.board, a measurement trains inside the server, so its preset's
-# max_concurrent_jobs bounds them here (two at once would need twice the memory the caps were measured for).
-_running = 0
-_running_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _measuring(preset: Preset | None):
-    global _running
-    if preset is None:
-        yield
-        return
-    with _running_lock:
-        if _running >= preset.max_concurrent_jobs:
-            raise LabError(f"Another data efficiency measurement is running on this server, and the {preset.name} "
-                           f"preset runs at most {preset.max_concurrent_jobs} at once; try again when it has finished.")
-        _running += 1
-    try:
-        yield
-    finally:
-        with _running_lock:
-            _running -= 1
+RESULT_FILE = "efficiency.json"  # in the job's folder: what the page draws once the job is done
+TASK = "efficiency"  # the kind of a board job that measures (core.training.board keeps it in the job's spec)
 
 
 @dataclass(frozen=True)
@@ -97,7 +78,8 @@ def _pick_per_class(source, data: DataConfig, most: int, classes: int) -> tuple[
 def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAULT_COUNTS,
                     epochs: dict[ModelKind, int] | None = None, learning_rate: float = 1e-3,
                     on_status: Callable[[str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None, preset: Preset | None = None) -> EfficiencyResult:
+                    should_stop: Callable[[], bool] | None = None, preset: Preset | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> EfficiencyResult:
     """Train both models at each count of training images per class; validation accuracy per count.
 
     epochs defaults to the article's (15 for the baseline, 3 for the transfer head); data.batch_size,
@@ -106,16 +88,26 @@ def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAU
     preset, when given (the web page gives the active one), applies its caps before anything is read or
     trained: data source, batch, image size and epochs (core.settings.presets.apply_efficiency_preset), the
     hub handle where it allows no server paths, then the training images held (check_efficiency_images, once
-    the classes are known); and at most its max_concurrent_jobs measurements run at once in this process.
-    None, as on the command line: no caps.
+    the classes are known). None, as on the command line: no caps. on_progress(done, total) follows the
+    trainings (two per count).
     """
     from core.settings.paths import configure_caches
 
+    configure_caches()
+    data, counts, epochs, shown_source = checked_settings(data, handle, counts, epochs, learning_rate, preset)
+    return _measure(data, handle, counts, epochs, learning_rate, on_status, should_stop, preset, shown_source,
+                    on_progress or (lambda done, total: None))
+
+
+def checked_settings(data: DataConfig, handle: str, counts: Sequence[int], epochs: dict[ModelKind, int] | None,
+                     learning_rate: float = 1e-3, preset: Preset | None = None
+                     ) -> tuple[DataConfig, list[int], dict[ModelKind, int], str]:
+    """data_efficiency's settings checked and capped, before anything is read: (data, counts, epochs, the
+    source as a page may show it). LabError says what is wrong; a page checks this before it queues."""
     counts = sorted({int(c) for c in counts})
     if not counts or counts[0] < 1:
         raise LabError("Give at least one count of training images per class, each 1 or more.")
     epochs = {**ARTICLE_EPOCHS, **(epochs or {})}
-    configure_caches()
     data = dataclasses.replace(data, limit=None)
     for kind in ModelKind:
         validate(data, TrainConfig(model=kind, epochs=epochs[kind], learning_rate=learning_rate, handle=handle))
@@ -128,13 +120,12 @@ def data_efficiency(data: DataConfig, handle: str, counts: Sequence[int] = DEFAU
 
             check_web_handle(handle)  # as the Experiments page checks its handle field
             shown_source = dataset_name(data.source)  # the status line is shown on the page
-    with _measuring(preset):
-        return _measure(data, handle, counts, epochs, learning_rate, on_status, should_stop, preset, shown_source)
+    return data, counts, epochs, shown_source
 
 
 def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[ModelKind, int], learning_rate: float,
              on_status: Callable[[str], None] | None, should_stop: Callable[[], bool] | None, preset: Preset | None,
-             shown_source: str) -> EfficiencyResult:
+             shown_source: str, on_progress: Callable[[int, int], None]) -> EfficiencyResult:
     """data_efficiency's work, once its settings are checked."""
     import tf_keras
 
@@ -169,6 +160,7 @@ def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[Mode
         # the arrays, where a boolean selection would copy every chosen image once more.
         n = int((ranks < count).sum())
         for kind in (ModelKind.TRANSFER, ModelKind.BASELINE):
+            on_progress(len(points), 2 * len(counts))
             status(f"{count} images per class: training the {'transfer head' if kind is ModelKind.TRANSFER else 'baseline CNN'} ...")
             tf_keras.utils.set_random_seed(data.seed)
             batch = min(data.batch_size, n)
@@ -190,6 +182,45 @@ def _measure(data: DataConfig, handle: str, counts: list[int], epochs: dict[Mode
     return EfficiencyResult(points, {ModelKind.BASELINE: run_model_label(TrainConfig(model=ModelKind.BASELINE)),
                                      ModelKind.TRANSFER: run_model_label(train)},
                             len(val.labels), {k: epochs[k] for k in ModelKind}, list(source.info.class_names))
+
+
+def result_to_dict(result: EfficiencyResult) -> dict:
+    return {"points": [{"model": p.model.value, "per_class": p.per_class, "train_images": p.train_images,
+                        "val_accuracy": p.val_accuracy} for p in result.points],
+            "labels": {k.value: v for k, v in result.labels.items()}, "val_images": result.val_images,
+            "epochs": {k.value: v for k, v in result.epochs.items()}, "class_names": result.class_names}
+
+
+def result_from_dict(d: dict) -> EfficiencyResult:
+    """The result a job saved; LabError when the file does not hold one."""
+    try:
+        return EfficiencyResult(
+            [EfficiencyPoint(ModelKind(p["model"]), int(p["per_class"]), int(p["train_images"]),
+                             float(p["val_accuracy"])) for p in d["points"]],
+            {ModelKind(k): str(v) for k, v in d["labels"].items()}, int(d["val_images"]),
+            {ModelKind(k): int(v) for k, v in d["epochs"].items()}, [str(n) for n in d["class_names"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LabError(f"The measurement's result could not be read ({exc.__class__.__name__}).") from None
+
+
+def board_runner(task: dict, job_dir: Path):
+    """A board job's runner (core.training.jobs.Runner) that measures instead of training: it saves no run,
+    and leaves the result in the job's folder. The active preset's caps apply, as on the page."""
+    from core.settings.files import write_json
+    from core.settings.presets import active_preset
+    from core.training.experiment import BatchReport
+
+    def run(data: DataConfig, train: TrainConfig, runs_dir, callbacks) -> None:
+        def progress(done: int, total: int) -> None:
+            if callbacks.on_batch:
+                callbacks.on_batch(BatchReport(done + 1, total, 0, 1, 0.0))
+
+        result = data_efficiency(data, train.handle, task["counts"], {ModelKind.BASELINE: int(task["baseline_epochs"])},
+                                 train.learning_rate, on_status=callbacks.on_status, should_stop=callbacks.should_stop,
+                                 preset=active_preset(), on_progress=progress)
+        write_json(job_dir / RESULT_FILE, result_to_dict(result))
+
+    return run
 
 
 def _as_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):

@@ -93,7 +93,8 @@ class _State:
     experiment_started: float = 0.0
 
 
-Runner = Callable[[DataConfig, TrainConfig, Path, Callbacks], Path]
+# Returns the run folder it saved; None for work that saves no run (a data efficiency measurement).
+Runner = Callable[[DataConfig, TrainConfig, Path, Callbacks], Path | None]
 
 def _default_runner(data: DataConfig, train: TrainConfig, runs_dir: Path, callbacks: Callbacks) -> Path:
     from core.training.experiment import run_experiment
@@ -297,6 +298,8 @@ class Job:
                 final_message = (f"Training failed unexpectedly ({exc.__class__.__name__}: {first_line}). "
                                  "The server log has the details.")
                 break
+            if run_dir is None:
+                continue
             with self._lock:
                 self._state.run_dirs.append(Path(run_dir))
                 self.run_seconds.append(time.monotonic() - self._state.experiment_started)
@@ -308,7 +311,8 @@ class Job:
         with self._lock:
             if final_phase == DONE:
                 self._state.index = len(self.experiments)
-                final_message = f"Finished: {len(self._state.run_dirs)} run(s) saved."
+                saved = len(self._state.run_dirs)
+                final_message = f"Finished: {saved} run(s) saved." if saved else "Finished."
             self._state.phase, self._state.message = final_phase, final_message
             self._state.error = final_message if final_phase == FAILED else None
             self._ended = time.monotonic()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.runs.room import record_job
 from core.settings.files import is_disk_full
+from core.training import efficiency
 from core.training.board import (
     EXIT_DISK_FULL,
     LAUNCH,
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> int:
         return 2
     _import_tensorflow()
     record_worker_start(runs_dir, _start_seconds(job_dir))
-    job = Job(experiments, runs_dir)
+    job = Job(experiments, runs_dir, _runner(spec, job_dir))
     try:
         final = follow_training(job, job_dir)
     except Exception as exc:  # publishing itself failed (disk full, folder removed): say so if possible
@@ -83,6 +84,14 @@ def main(argv: list[str]) -> int:
     record_job(runs_dir, spec, final.run_dirs)  # the room's ledger outlives this job's folder
     logger.info("job %s ended: %s", job_dir.name, final.message)
     return 0
+
+
+def _runner(spec: dict, job_dir: Path):
+    """What the job's experiments are for: trained as runs (the default), or a data efficiency measurement."""
+    task = spec.get("task")
+    if isinstance(task, dict) and task.get("kind") == efficiency.TASK:
+        return efficiency.board_runner(task, job_dir)
+    return None
 
 
 def _import_tensorflow() -> None:

@@ -1,5 +1,5 @@
-"""Data efficiency under the cloud preset: it trains inside the server, so the preset's caps apply to it as to
-a training run, with its own lower caps on the image size and the images it holds."""
+"""Data efficiency under the cloud preset: the preset's caps apply to it as to a training run, with its own
+lower caps on the image size and the images it holds (it keeps its training images in memory)."""
 from __future__ import annotations
 
 import shutil
@@ -70,12 +70,35 @@ def test_within_the_caps_it_measures_and_its_status_names_no_server_folder(uploa
     assert not any(str(uploaded) in s for s in statuses)
 
 
-def test_one_measurement_at_a_time_in_the_server_under_the_cloud_preset(uploaded, lab_backbone):
-    from core.training import efficiency
+def test_a_measurement_is_a_job_of_the_board_whose_worker_applies_the_preset(uploaded, lab_backbone, tmp_path,
+                                                                           monkeypatch):
+    """One at a time, in a worker process, its result kept in the job's folder; the worker applies the caps
+    of the preset it runs under, whatever the spec asks."""
+    import time
 
+    from core.settings.config import TrainConfig
+    from core.settings.files import read_json
+    from core.training.board import Board
+    from core.training.efficiency import RESULT_FILE, TASK, result_from_dict
+    from core.training.jobs import DONE, FAILED, Experiment
+
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    board = Board(tmp_path, max_concurrent=1)
     data = DataConfig(source=f"folder:{uploaded}", image_size=48, batch_size=8)
-    # Another visitor's measurement, still running:
-    with efficiency._measuring(CLOUD), pytest.raises(LabError, match="Another data efficiency measurement is running"):
-        data_efficiency(data, str(lab_backbone), (2,), {ModelKind.BASELINE: 1}, preset=CLOUD)
-    with efficiency._measuring(CLOUD):  # its slot was given back
-        pass
+    train = TrainConfig(model=ModelKind.TRANSFER, handle=str(lab_backbone))
+    ok = board.submit([Experiment(data, train)], ["m1"], owner="a", task={"kind": TASK, "counts": [2],
+                                                                           "baseline_epochs": 1})
+    too_big = board.submit([Experiment(replace(data, image_size=224), train)], ["m2"], owner="b",
+                           task={"kind": TASK, "counts": [2], "baseline_epochs": 1})
+    assert board.view(too_big.job_id).queued  # behind the first: one measurement at a time
+    deadline = time.monotonic() + 300
+    while not board.view(too_big.job_id).finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    done = board.view(ok.job_id)
+    assert done.snapshot.phase == DONE, done.snapshot.message
+    result = result_from_dict(read_json(done.path / RESULT_FILE, dict))
+    assert [n for n, _ in result.accuracies(ModelKind.BASELINE)] == [2]
+    refused = board.view(too_big.job_id).snapshot
+    assert refused.phase == FAILED and "at most 128x128" in refused.message
+    assert not (board.view(too_big.job_id).path / RESULT_FILE).exists()
