@@ -67,8 +67,8 @@ def live_room(runs_dir, me: str) -> None:
         st.info("No models in the room yet. Train one on the Experiments page: it appears here the moment it "
                 "is saved.", icon=":material/groups:")
         return
-    people = len({r.owner for r in rows})
-    st.caption(f"{people} participant{'s' if people != 1 else ''}, {sum(len(r.runs) for r in rows)} models. "
+    people, models = len({r.owner for r in rows}), sum(len(r.runs) for r in rows)
+    st.caption(f"{people} participant{'s' if people != 1 else ''}, {models} model{'s' if models != 1 else ''}. "
                "Validation accuracy after the last epoch; the time counts the epochs and, for a transfer "
                "model, computing its backbone's features.")
     table = pd.DataFrame(room_table(rows))

@@ -57,6 +57,10 @@ def images_per_class(counts: tuple[int, int] | None) -> str:
     return f"{low:,}" if low == high else f"{low:,}-{high:,}"
 
 
+def _took(run) -> str:
+    return duration(run.seconds) if run is not None and run.seconds is not None else "-"
+
+
 def room_table(rows) -> list[dict]:
     """The Room page's table: one dict per core.runs.room.RoomRow, every value plain text or a number.
 
@@ -67,19 +71,19 @@ def room_table(rows) -> list[dict]:
         baseline, transfer = row.baseline, row.transfer
         table.append({
             "Participant": row.name,
+            # The two accuracies first: on a phone they are what fits beside the name.
+            "Baseline CNN": percent(baseline.val_accuracy) if baseline else "-",
+            "Transfer": percent(transfer.val_accuracy) if transfer else "-",
             "Dataset": row.dataset,
             "Classes": f"{len(row.classes)}: {class_list(row.classes, shown=3)}",
             "Images per class": images_per_class(row.images_per_class),
-            "Baseline CNN": percent(baseline.val_accuracy) if baseline else "-",
-            "Transfer": percent(transfer.val_accuracy) if transfer else "-",
             "Transfer model": transfer.model if transfer else "-",
-            "Baseline time": duration(baseline.seconds) if baseline and baseline.seconds is not None else "-",
-            "Transfer time": duration(transfer.seconds) if transfer and transfer.seconds is not None else "-",
+            "Time (baseline / transfer)": f"{_took(baseline)} / {_took(transfer)}",
             "Finished": time.strftime("%H:%M", time.localtime(row.at)),
         })
     return table
 
 
 def room_run_option(row, run) -> str:
-    """A run in the room's picker: 'Ana · Transfer (backbone) · shapes · 97.5%'."""
-    return f"{row.name} · {run.model} · {row.dataset} · {percent(run.val_accuracy)}"
+    """A run in the room's picker: 'Ana · 97.5% · Transfer (backbone) · shapes' (a phone cuts the end off)."""
+    return f"{row.name} · {percent(run.val_accuracy)} · {run.model} · {row.dataset}"

@@ -43,7 +43,7 @@ def test_the_room_lists_each_participants_runs_with_names_and_accuracies(open_pa
     rows = {r["Participant"]: r for r in table.to_dict("records")}
     assert set(rows) == {f"{shown} (you)", "Ben"}  # the name is a table cell: text, never markup
     assert rows[f"{shown} (you)"]["Baseline CNN"] == "81.2%" and rows[f"{shown} (you)"]["Transfer"] == "-"
-    assert rows[f"{shown} (you)"]["Baseline time"] == "1 min 35 s"
+    assert rows[f"{shown} (you)"]["Time (baseline / transfer)"] == "1 min 35 s / -"
     ben = rows["Ben"]
     assert (ben["Baseline CNN"], ben["Transfer"], ben["Transfer model"]) == ("75.0%", "97.5%", "Transfer (backbone)")
     assert (ben["Dataset"], ben["Classes"], ben["Images per class"]) == ("shapes", "2: circles, squares", "60")
@@ -54,7 +54,7 @@ def test_the_room_lists_each_participants_runs_with_names_and_accuracies(open_pa
 def test_a_room_model_opens_on_predict(open_page, trained_room):
     at = open_page("room", runs_dir=trained_room)
     picker = at.selectbox(key="room_pick")
-    assert picker.options == ["Ben · Transfer (backbone) · shapes · 97.5%", "Ben · Baseline CNN · shapes · 75.0%"]
+    assert picker.options == ["Ben · 97.5% · Transfer (backbone) · shapes", "Ben · 75.0% · Baseline CNN · shapes"]
     picker.set_value("other-base").run()
     at.button(key="room_try").click().run()
     assert not at.exception
