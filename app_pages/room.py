@@ -69,8 +69,8 @@ def live_room(runs_dir, me: str) -> None:
         return
     people, models = len({r.owner for r in rows}), sum(len(r.runs) for r in rows)
     st.caption(f"{people} participant{'s' if people != 1 else ''}, {models} model{'s' if models != 1 else ''}. "
-               "Validation accuracy after the last epoch; the time counts the epochs and, for a transfer "
-               "model, computing its backbone's features.")
+               "Accuracy on the validation images after the last epoch. Time: baseline / transfer model, "
+               "its epochs and, for the transfer model, computing its backbone's features once.")
     table = pd.DataFrame(room_table(rows))
     table["Participant"] = [f"{r.name} (you)" if r.owner == me else r.name for r in rows]
     st.dataframe(table, hide_index=True)

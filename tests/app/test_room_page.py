@@ -43,7 +43,7 @@ def test_the_room_lists_each_participants_runs_with_names_and_accuracies(open_pa
     rows = {r["Participant"]: r for r in table.to_dict("records")}
     assert set(rows) == {f"{shown} (you)", "Ben"}  # the name is a table cell: text, never markup
     assert rows[f"{shown} (you)"]["Baseline CNN"] == "81.2%" and rows[f"{shown} (you)"]["Transfer"] == "-"
-    assert rows[f"{shown} (you)"]["Time (baseline / transfer)"] == "1 min 35 s / -"
+    assert rows[f"{shown} (you)"]["Time"] == "1 min 35 s / -"
     ben = rows["Ben"]
     assert (ben["Baseline CNN"], ben["Transfer"], ben["Transfer model"]) == ("75.0%", "97.5%", "Transfer (backbone)")
     assert (ben["Dataset"], ben["Classes"], ben["Images per class"]) == ("shapes", "2: circles, squares", "60")
