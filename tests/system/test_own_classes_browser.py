@@ -103,6 +103,9 @@ def test_a_phone_teaches_two_classes_trains_and_tries_the_model(camera_browser, 
         # The camera: one snapshot, then a fresh camera for the next, without leaving the class.
         for taken in (1, 2):
             camera = phone.get_by_test_id("stCameraInput")
+            # A fresh camera takes a moment to stream; a snapshot before that is an empty one, not added.
+            phone.wait_for_function("() => { const v = document.querySelector('[data-testid=stCameraInput] video');"
+                                    " return v && v.readyState >= 2 && v.videoWidth > 0; }")
             camera.get_by_role("button", name=re.compile("Take photo", re.IGNORECASE)).click(timeout=30_000)
             phone.get_by_text(f"{taken} of 30 images").wait_for()
             settle(phone)
