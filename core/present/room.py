@@ -76,7 +76,7 @@ def room_table(rows) -> list[dict]:
             "Transfer": percent(transfer.val_accuracy) if transfer else "-",
             "Dataset": row.dataset,
             "Classes": f"{len(row.classes)}: {class_list(row.classes, shown=3)}",
-            "Images per class": images_per_class(row.images_per_class),
+            "Images/class": images_per_class(row.images_per_class),
             "Transfer model": transfer.model if transfer else "-",
             "Time": f"{_took(baseline)} / {_took(transfer)}",  # baseline / transfer, as the page says
             "Finished": time.strftime("%H:%M", time.localtime(row.at)),

@@ -46,7 +46,7 @@ def test_the_room_lists_each_participants_runs_with_names_and_accuracies(open_pa
     assert rows[f"{shown} (you)"]["Time"] == "1 min 35 s / -"
     ben = rows["Ben"]
     assert (ben["Baseline CNN"], ben["Transfer"], ben["Transfer model"]) == ("75.0%", "97.5%", "Transfer (backbone)")
-    assert (ben["Dataset"], ben["Classes"], ben["Images per class"]) == ("shapes", "2: circles, squares", "60")
+    assert (ben["Dataset"], ben["Classes"], ben["Images/class"]) == ("shapes", "2: circles, squares", "60")
     everything = page_text(at) + table.to_string() + " ".join(at.selectbox(key="room_pick").options)
     assert token not in everything and room.owner_key(token) not in everything
 
