@@ -11,8 +11,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.present.charts import MODEL_COLOURS, model_kind
-from core.settings.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, MODEL_LABELS, ModelKind
+from core.present.charts import model_kind
+from core.settings.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, ModelKind, spec
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal
 
@@ -172,7 +172,7 @@ def chip(kind: ModelKind | str | None) -> str:
     k = kind if isinstance(kind, ModelKind) else model_kind(kind) if kind else None
     if k is None:
         return f"**{markdown_literal(kind) or '?'}**"
-    return f'<span style="color:{MODEL_COLOURS[k]}; font-size:1.1em">●</span> **{MODEL_LABELS[k]}**'
+    return f'<span style="color:{spec(k).colour}; font-size:1.1em">●</span> **{spec(k).label}**'
 
 
 # A character of a path in a message: anything but what ends one (spaces, quotes, brackets, separators).

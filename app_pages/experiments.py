@@ -32,7 +32,7 @@ from app_pages.training_panel import (
 from core.models.hub import check_web_handle
 from core.present.labels import estimate_details, estimate_source, run_time
 from core.runs.folders import open_run
-from core.settings.config import ARTICLE_IMAGE_SIZE, MODEL_LABELS, DataConfig, ModelKind, TrainConfig, validate
+from core.settings.config import ARTICLE_IMAGE_SIZE, DataConfig, ModelKind, TrainConfig, spec, validate
 from core.settings.errors import LabError, OfflineError
 from core.settings.presets import (
     ARTICLE_SETTINGS_NOTE,
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 NOTICE_KEY = "exp_notice"  # (level, text) left by a button's callback for the next run to show
 SIZE_KEY, BUDGET_KEY, SEED_KEY = "exp_image_size", "exp_budget_min", "exp_seed"
-PREFIX = {ModelKind.BASELINE: "exp_b_", ModelKind.TRANSFER: "exp_t_"}
+PREFIX = {kind: f"exp_{spec(kind).key}_" for kind in ModelKind}
 HANDLE_FIELD, CACHE_FIELD = HANDLE_FIELD_KEY, "exp_t_cache"
 FINE_EPOCHS_FIELD, FINE_LR_FIELD = "exp_t_ft_epochs", "exp_t_ft_lr"
 KINDS = (ModelKind.BASELINE, ModelKind.TRANSFER)  # the article's order, left to right
@@ -71,7 +71,7 @@ def init_state() -> None:
 
 def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
     s, p = st.session_state, PREFIX[kind]
-    transfer = kind is ModelKind.TRANSFER
+    transfer = spec(kind).has_backbone
     data = DataConfig(source=current_source(), image_size=int(s[SIZE_KEY]), batch_size=int(s[p + "batch"]),
                       limit=int(s[p + "limit"]) or None, augment=bool(s[p + "augment"]), seed=int(s[SEED_KEY]))
     train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
@@ -121,7 +121,7 @@ def apply_quick_demo() -> None:
     for kind, prefix in PREFIX.items():
         st.session_state[prefix + "limit"] = preset.limit if preset.limit < n_train else 0
         st.session_state[prefix + "epochs"] = preset.epochs[kind]
-    epochs = ", ".join(f"{MODEL_LABELS[k]} {preset.epochs[k]}" for k in KINDS)
+    epochs = ", ".join(f"{spec(k).label} {preset.epochs[k]}" for k in KINDS)
     text = (f"Quick demo: {preset.limit:,} training images, epochs {epochs}; both together about "
             f"{duration(preset.total_seconds)} (budget {duration(budget)}). "
             f"{estimate_source(*preset.estimates.values())}.")
@@ -165,7 +165,7 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     reused = [open_run(path) for path in submission.reused.values()]
     st.session_state[REUSED_KEY] = [r.run_id for r in reused]
     show_runs([r.run_id for r in reused], keep=False)
-    notes = [f"{MODEL_LABELS[kinds[i]]} was trained here already with the same data, settings and seed "
+    notes = [f"{spec(kinds[i]).label} was trained here already with the same data, settings and seed "
              f"({run_time(r)}): its run is on the charts below. Change the seed to train it again."
              for i, r in zip(submission.reused, reused)]
     if submission.job_id:
@@ -200,7 +200,7 @@ def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | No
     st.toggle("Balance the classes", key=p + "balance",
               help="Weights each class's loss by images / (classes x its images), so a small class counts as much "
                    "as a large one; recorded in config.json. Off matches the article.")
-    if kind is ModelKind.TRANSFER:
+    if spec(kind).has_backbone:
         transfer_fields()
     if busy:
         st.caption("Estimates pause while your training runs, so they do not slow it down.")
@@ -316,7 +316,7 @@ capped_length = active_preset().max_job_minutes is not None
 for kind, column in zip(KINDS, st.columns(2, gap="large")):
     with column, st.container(border=True):
         estimates[kind] = settings_column(kind, busy, data_ok)
-        if st.button(f"Run {MODEL_LABELS[kind]}", key=f"run_{kind.value}",
+        if st.button(f"Run {spec(kind).label}", key=f"run_{kind.value}",
                      disabled=busy or not data_ok or kind in unreachable or (capped_length and kind in timing),
                      width="stretch", icon=":material/play_arrow:"):
             start((kind,), estimates)

@@ -3,10 +3,10 @@ import streamlit as st
 
 from app_pages.common import chip, current_source, describe_source, network_online, public_text, runs_folder
 from core.present.room import join_link, only_this_machine, qr_png
-from core.settings.config import ARTICLE_EPOCHS, ModelKind
+from core.settings.config import ModelKind, spec
 from core.settings.paths import cache_dir
 from core.settings.presets import active
-from core.settings.reference import HEADLINE_VAL_ACCURACY, article, article_final_val_accuracy, article_params
+from core.settings.reference import article_final_val_accuracy, article_params, article_trainable_params
 
 
 def millions(n: int) -> str:
@@ -24,7 +24,6 @@ st.markdown(
 
 st.subheader("The article's experiment")
 st.caption("TFDS cats_vs_dogs, split 80/20, images resized to 224x224 and scaled to [0, 1], batches of 32.")
-ref = article()
 left, right = st.columns(2, gap="large")
 with left, st.container(border=True):
     kind = ModelKind.BASELINE
@@ -32,8 +31,8 @@ with left, st.container(border=True):
     st.caption("Four Conv2D/MaxPool stages, Dropout, Dense(512) and a Dense output layer.")
     a, b, c = st.columns(3)
     a.metric("Parameters", millions(article_params(kind)), help=f"{article_params(kind):,}, all of them trained")
-    b.metric("Epochs", ARTICLE_EPOCHS[kind])
-    c.metric("Val accuracy", f"≈{HEADLINE_VAL_ACCURACY[kind]:.0%}",
+    b.metric("Epochs", spec(kind).article_epochs)
+    c.metric("Val accuracy", f"≈{spec(kind).article_val_accuracy:.0%}",
              help=f"The article's text; its notebook printed {article_final_val_accuracy(kind):.1%} "
                   "after the last epoch.")
 with right, st.container(border=True):
@@ -41,11 +40,11 @@ with right, st.container(border=True):
     st.markdown(chip(kind) + ": frozen features + one Dense layer", unsafe_allow_html=True)
     st.caption("A TF Hub MobileNetV2 feature vector (not trained) and a Dense output layer (trained).")
     a, b, c = st.columns(3)
-    trainable = ref["mobilenet_v2_transfer"].get("trainable_params")
+    trainable = article_trainable_params(kind)
     a.metric("Parameters", millions(article_params(kind)),
              help=f"{article_params(kind):,}, of which {trainable:,} are trained" if trainable else None)
-    b.metric("Epochs", ARTICLE_EPOCHS[kind])
-    c.metric("Val accuracy", f"≈{HEADLINE_VAL_ACCURACY[kind]:.0%}",
+    b.metric("Epochs", spec(kind).article_epochs)
+    c.metric("Val accuracy", f"≈{spec(kind).article_val_accuracy:.0%}",
              help=f"The article's text; its notebook printed {article_final_val_accuracy(kind):.1%} "
                   "after the last epoch.")
 

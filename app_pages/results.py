@@ -17,7 +17,7 @@ from core.settings.text import markdown_literal
 SHOWN_KEY = "exp_shown"  # run ids on the charts
 PENDING_KEY = "exp_shown_next"  # run ids to put on the charts at the next full run (show_runs_next)
 IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
-ORDER = {ModelKind.BASELINE.value: 0, ModelKind.TRANSFER.value: 1}  # baseline left, transfer right
+ORDER = {kind.value: i for i, kind in enumerate(ModelKind)}  # baseline left, transfer right
 COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch", "Best val accuracy",
            "Final val accuracy", "Model size (MB)"]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from core.settings.config import ModelKind, is_mobilenet_v2_handle
 from core.settings.errors import LabError, ModelFileError
+from core.settings.specs import spec
 
 
 def tf_keras():
@@ -69,9 +70,9 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
 
 
 def build_model(kind: ModelKind, num_classes: int, image_size: int, handle: str):
-    if kind is ModelKind.BASELINE:
-        return build_baseline(num_classes, image_size)
-    return build_transfer(num_classes, image_size, handle)
+    if spec(kind).has_backbone:
+        return build_transfer(num_classes, image_size, handle)
+    return build_baseline(num_classes, image_size)
 
 
 def compile_model(model, learning_rate: float) -> None:

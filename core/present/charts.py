@@ -1,6 +1,6 @@
 """Plotly figures for the dashboard; pages only hand them to st.plotly_chart.
 
-Every chart draws a model in the same colour (MODEL_COLOURS), so a presenter can point at "the orange
+Every chart draws a model in its spec's colour, so a presenter can point at "the orange
 one" on any page. Training curves follow one convention everywhere: train dashed, validation solid,
 the article's published curves faint and dotted, and a vertical dashed line where fine-tuning starts.
 """
@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from core.settings.config import ModelKind
-from core.settings.reference import HEADLINE_VAL_ACCURACY, article_headline_label, article_history, article_label
+from core.settings.reference import article_headline_label, article_history, article_label
+from core.settings.specs import ModelKind, spec
 from core.settings.text import FINE_TUNE_PHASE
 
-MODEL_COLOURS = {ModelKind.BASELINE: "#E8731A", ModelKind.TRANSFER: "#1F6FB2"}
 NEUTRAL_COLOUR = "#7F7F7F"
 SPLIT_COLOURS = {"train": "#4C5B7A", "validation": "#A7B4CC"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation"}
@@ -54,7 +53,7 @@ def model_kind(value) -> ModelKind | None:
 def model_colour(model: ModelKind | str | None, shade: int = 0) -> str:
     """The model's colour; shade 1, 2, ... give lighter and darker variants for further runs."""
     kind = model if isinstance(model, ModelKind) else model_kind(model) if model else None
-    base = MODEL_COLOURS.get(kind, NEUTRAL_COLOUR) if kind else NEUTRAL_COLOUR
+    base = spec(kind).colour if kind else NEUTRAL_COLOUR
     if not shade:
         return base
     r, g, b = (int(base[i:i + 2], 16) / 255 for i in (1, 3, 5))
@@ -127,7 +126,7 @@ def training_curves(series: list[CurveSeries], metric: str = "accuracy", show_ar
             max_epoch = max(max_epoch, len(ref))
     if show_reference and metric == "accuracy":
         for kind in kinds:
-            value = HEADLINE_VAL_ACCURACY[kind] * 100
+            value = spec(kind).article_val_accuracy * 100
             fig.add_hline(
                 y=value, line={"color": model_colour(kind), "width": 1.5, "dash": "longdashdot"}, opacity=0.8,
                 annotation_text=article_headline_label(kind), annotation_position="bottom right",
@@ -194,7 +193,7 @@ def probability_bar(probabilities: dict[str, float], colour: str | None = None) 
     names = list(probabilities)
     values = [probabilities[n] * 100 for n in names]
     top = max(range(len(values)), key=values.__getitem__) if values else -1
-    highlight = colour or MODEL_COLOURS[ModelKind.TRANSFER]
+    highlight = colour or spec(ModelKind.TRANSFER).colour
     fig = go.Figure(go.Bar(
         x=values, y=names, orientation="h", text=[f"{v:.1f}%" for v in values], textposition="outside",
         cliponaxis=False, marker_color=[highlight if i == top else "#C9CED8" for i in range(len(values))],

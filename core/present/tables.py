@@ -6,7 +6,7 @@ from core.runs.evaluate import Evaluation
 from core.runs.folders import file_size_mb
 from core.runs.reload_check import RELOAD_CHECK_KEY
 from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label
-from core.settings.reference import article, article_history, article_params
+from core.settings.reference import article_history, article_params, article_trainable_params
 from core.settings.text import duration, megabytes, percent
 
 MAX_LAYER_ROWS = 500  # a layers.json longer than this was not written by the Lab; its first rows are shown
@@ -35,13 +35,11 @@ def compare_rows(records) -> tuple[list[str], list[list[str]]]:
 def article_rows() -> list[list[str]]:
     """The article's two models as rows of compare_rows' columns, to sit beside this Lab's runs."""
     rows = []
-    for kind in (ModelKind.BASELINE, ModelKind.TRANSFER):
+    for kind in ModelKind:
         ref = article_history(kind)
         vals = [row["val_accuracy"] for row in ref]
-        trainable = article()["mobilenet_v2_transfer"]["trainable_params"] if kind is ModelKind.TRANSFER \
-            else article_params(kind)
         rows.append(["The article (GPU)", model_label(kind, MOBILENET_V2_HANDLE), str(len(ref)), f"{article_params(kind):,}",
-                     f"{trainable:,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
+                     f"{article_trainable_params(kind):,}", f"{sum(r['seconds'] for r in ref) / len(ref):.1f}",
                      percent(max(vals), 2), percent(vals[-1], 2), "-"])
     return rows
 

@@ -6,11 +6,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-
-class ModelKind(str, enum.Enum):
-    BASELINE = "baseline"
-    TRANSFER = "mobilenet_v2"
-
+from core.settings.specs import MOBILENET_V2_LABEL, SPECS, ModelKind, spec
 
 # The article's feature-vector module: MobileNetV2 trained on ImageNet, 1280 features, 224x224 input.
 MOBILENET_V2_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
@@ -20,8 +16,8 @@ DEFAULT_SOURCE = "tfds:cats_vs_dogs"
 # with more before anything is trained on it (ImageNet's 1,000 still fit).
 MAX_CLASSES = 1000
 
-# The article's settings: how long each model trains and what it reached on cats_vs_dogs.
-ARTICLE_EPOCHS = {ModelKind.BASELINE: 15, ModelKind.TRANSFER: 3}
+# The article's settings (each model's epochs are in its spec; this view serves the data-efficiency pages).
+ARTICLE_EPOCHS = {kind: s.article_epochs for kind, s in SPECS.items()}
 ARTICLE_BATCH_SIZE = 32
 ARTICLE_IMAGE_SIZE = 224
 ARTICLE_LEARNING_RATE = 1e-3  # adam's default, which the article uses
@@ -36,10 +32,6 @@ EXTRACT_BATCH_SIZE = 8
 # How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
 # images weigh total / (classes x images of the class), so a small class counts as much as a large one.
 CLASS_WEIGHT_CHOICES = ("balanced",)
-# What a model is called before its backbone is known (a settings column, a run in progress); a finished
-# run is named by model_label, after the backbone it really used.
-MODEL_LABELS = {ModelKind.BASELINE: "Baseline CNN", ModelKind.TRANSFER: "Transfer model"}
-MOBILENET_V2_LABEL = "MobileNetV2 transfer"
 # Where Google publishes MobileNetV2 feature vectors: TF Hub and its successor, Kaggle Models.
 _MOBILENET_V2_PUBLISHERS = ("https://tfhub.dev/google/", "https://www.kaggle.com/models/google/",
                             "https://kaggle.com/models/google/")
@@ -73,23 +65,20 @@ def plain_label(text) -> str | None:
     return text.strip()
 
 
-def transfer_label(handle: str | None, backbone_name: str | None = None) -> str:
-    """The transfer model named after its actual backbone.
+def model_label(kind: ModelKind, handle: str | None = None, backbone_name: str | None = None) -> str:
+    """A model's name everywhere (charts, tables, Predict, exports, the CLI): a transfer model's after its backbone.
 
     backbone_name is what a local backbone calls itself (core.models.demo_backbone.backbone_name), e.g.
     the offline demo's. "MobileNetV2 transfer" only for Google's MobileNetV2 module; any other handle is
-    "Transfer (<its short name>)".
+    "Transfer (<its short name>)"; without a handle, the spec's label.
     """
+    if not spec(kind).has_backbone:
+        return spec(kind).label
     if backbone_name:
         return f"{backbone_name} transfer"
     if is_mobilenet_v2_handle(handle):
         return MOBILENET_V2_LABEL
-    return f"Transfer ({short_handle(handle)})" if handle else MODEL_LABELS[ModelKind.TRANSFER]
-
-
-def model_label(kind: ModelKind, handle: str | None = None, backbone_name: str | None = None) -> str:
-    """A model's name everywhere: charts, tables, Predict, exports, the CLI."""
-    return MODEL_LABELS[kind] if kind is ModelKind.BASELINE else transfer_label(handle, backbone_name)
+    return f"Transfer ({short_handle(handle)})" if handle else spec(kind).label
 
 
 @dataclass(frozen=True)
@@ -118,7 +107,7 @@ class TrainConfig:
 
     @property
     def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else ARTICLE_EPOCHS[self.model]
+        return self.epochs if self.epochs is not None else spec(self.model).article_epochs
 
 
 def validate(data: DataConfig, train: TrainConfig) -> None:
@@ -135,12 +124,12 @@ def validate(data: DataConfig, train: TrainConfig) -> None:
         raise LabError(f"Image size must be between 16 and 1024 pixels (got {data.image_size}).")
     if not 0 < train.learning_rate < 1:
         raise LabError(f"Learning rate must be between 0 and 1 (got {train.learning_rate}).")
-    if train.model is ModelKind.BASELINE and data.image_size < BASELINE_MIN_IMAGE_SIZE:
+    if not spec(train.model).has_backbone and data.image_size < BASELINE_MIN_IMAGE_SIZE:
         raise LabError(f"The baseline CNN needs images of at least {BASELINE_MIN_IMAGE_SIZE}x{BASELINE_MIN_IMAGE_SIZE} "
                        f"(four 3x3 conv + 2x2 pool stages; got {data.image_size}).")
     if train.fine_tune_epochs < 0:
         raise LabError(f"Fine-tuning epochs must be 0 (off) or more (got {train.fine_tune_epochs}).")
-    if train.fine_tune_epochs and train.model is not ModelKind.TRANSFER:
+    if train.fine_tune_epochs and not spec(train.model).has_backbone:
         raise LabError("Fine-tuning unfreezes a pretrained backbone; the baseline CNN has none (it trains "
                        "every layer already). Set fine-tuning epochs to 0 for it.")
     if train.class_weight is not None and train.class_weight not in CLASS_WEIGHT_CHOICES:
@@ -159,11 +148,11 @@ def balanced_class_weights(counts: dict[str, int], class_names: list[str]) -> di
 def uses_feature_cache(data: DataConfig, train: TrainConfig) -> bool:
     """Backbone features can be computed once only when the backbone is frozen and every epoch sees the
     same pixels: augmentation changes the images, hence the features, every epoch."""
-    return train.model is ModelKind.TRANSFER and train.cache_features and not data.augment
+    return spec(train.model).has_backbone and train.cache_features and not data.augment
 
 
 def total_epochs(train: TrainConfig) -> int:
-    return train.resolved_epochs + (train.fine_tune_epochs if train.model is ModelKind.TRANSFER else 0)
+    return train.resolved_epochs + (train.fine_tune_epochs if spec(train.model).has_backbone else 0)
 
 
 def to_dict(obj) -> dict:

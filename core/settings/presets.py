@@ -31,7 +31,7 @@ after the baseline added 0.19 GB: most of the first run's memory is reused), lea
 sessions and Predict's cached models; batches of 32 reach 2.75 GB and fine-tuning 2.73 GB, over the
 host's 2.7 GB.
 
-Data efficiency (core.training.efficiency) trains in the server process, not in a worker, and holds every
+Data efficiency (core.training.efficiency) trains in a worker process, as a job of the board, and holds every
 training image it uses as a float32 array beside the validation split's cache, so it has caps of its own:
 at most 128x128 and 1,000 training images (its largest count times the classes), with the batch and
 epoch caps above. Measured in a child process the same way (Streamlit, pandas and plotly imported, 0.73 GB),
@@ -51,13 +51,13 @@ from pathlib import Path
 
 from core.settings.config import (
     ARTICLE_BATCH_SIZE,
-    ARTICLE_EPOCHS,
     ARTICLE_LEARNING_RATE,
     DataConfig,
     ModelKind,
     TrainConfig,
 )
 from core.settings.errors import LabError
+from core.settings.specs import spec
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ CLOUD_MAX_EPOCHS = 20
 # By the page's own estimate: a visitor behind one job waits at most this long for it, and the Quick demo
 # (a 3-minute budget by default) and the article's transfer run fit well inside it.
 CLOUD_MAX_JOB_MINUTES = 10
-# Data efficiency trains in the server process itself: 2.18 GB at these caps (the module docstring says how
-# it was measured), where 224x224 within the training caps reached 2.9 GB.
+# Data efficiency holds its training images in memory as float32 arrays (core.training.efficiency), in a worker
+# process like a training: these caps keep that worker within the host's memory beside the server
+# (benchmarks/README.md has the figures).
 CLOUD_EFFICIENCY_IMAGE_SIZE = 128
 CLOUD_EFFICIENCY_IMAGES = 1000
 
@@ -273,9 +274,9 @@ def article_settings(kind: ModelKind, preset: Preset | None = None) -> dict:
     The article neither augments nor fine-tunes; its batch of 32 is lowered to the preset's cap where a
     small shared host needs that for memory. limit 0 means every image.
     """
-    settings = {"epochs": ARTICLE_EPOCHS[kind], "batch": capped_batch_size(ARTICLE_BATCH_SIZE, preset),
+    settings = {"epochs": spec(kind).article_epochs, "batch": capped_batch_size(ARTICLE_BATCH_SIZE, preset),
                 "lr": ARTICLE_LEARNING_RATE, "limit": 0, "augment": False, "balance": False}
-    if kind is ModelKind.TRANSFER:
+    if spec(kind).has_backbone:
         settings |= {"ft_epochs": 0, "ft_lr": TrainConfig.fine_tune_learning_rate}
     return settings
 

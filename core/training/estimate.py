@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.sources import DEFAULT_CACHE_BUDGET_BYTES, validation_limit
-from core.settings.config import ARTICLE_EPOCHS, ModelKind
 from core.settings.files import read_json, update_json
+from core.settings.specs import ModelKind, spec
 
 # Opening the data, writing model.h5 and the run's JSON files: seconds no warm-up batch sees.
 OVERHEAD_SECONDS = 3.0
@@ -143,7 +143,7 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
     epochs = max(1, int(epochs))
     decode_all = (train_images + val_images) * speed.decode
     setup = speed.setup + OVERHEAD_SECONDS
-    if kind is ModelKind.TRANSFER and cache_features:
+    if spec(kind).has_backbone and cache_features:
         features = (train_images + val_images) * (speed.features + speed.decode)
         epoch = train_images * speed.head_train + val_images * speed.head_evaluate
         first = epoch
@@ -157,7 +157,7 @@ def estimate(kind: ModelKind, speed: Speed, train_images: int, val_images: int, 
         setup, features, first, epoch = _from_observed(observed, setup, features, first, epoch,
                                                        train_images, val_images, image_size)
     total = setup + features + first + (epochs - 1) * epoch
-    fine_epochs = max(0, int(fine_tune_epochs)) if kind is ModelKind.TRANSFER else 0
+    fine_epochs = max(0, int(fine_tune_epochs)) if spec(kind).has_backbone else 0
     fine_total = fine_epoch = 0.0
     if fine_epochs:
         if speed.fine_tune <= 0:
@@ -196,7 +196,7 @@ def timing_key(data, train) -> str:
     whether features are cached and whether images are augmented (not the limit, epochs or seed)."""
     from core.settings.config import uses_feature_cache
 
-    handle = (train.handle or "").strip() if train.model is ModelKind.TRANSFER else ""
+    handle = (train.handle or "").strip() if spec(train.model).has_backbone else ""
     return json.dumps([data.source, train.model.value, data.image_size, data.batch_size, handle,
                        uses_feature_cache(data, train), bool(data.augment)])
 
@@ -324,7 +324,7 @@ def quick_demo(budget_seconds: float, speeds: dict[ModelKind, Speed], available_
     last = None
     for pair in EPOCH_FALLBACKS:
         epochs = {ModelKind.BASELINE: pair[0], ModelKind.TRANSFER: pair[1]}
-        epochs = {k: min(v, ARTICLE_EPOCHS[k]) for k, v in epochs.items() if k in speeds}
+        epochs = {k: min(v, spec(k).article_epochs) for k, v in epochs.items() if k in speeds}
         last = epochs
         if total(floor, epochs) > plan_seconds:
             continue
@@ -383,7 +383,7 @@ def measure_speed(kind: ModelKind, image_size: int, batch_size: int, handle: str
     setup = time.perf_counter() - start
     train = _per_image(model.train_on_batch, x, y, 1, batches)
     evaluate = _per_image(model.test_on_batch, x, y, 0, batches)
-    if kind is not ModelKind.TRANSFER:
+    if not spec(kind).has_backbone:
         return Speed(train, evaluate, setup)
     backbone = model.layers[0]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig, total_epochs
 from core.settings.errors import LabError, StopRequested
+from core.settings.specs import spec
 from core.settings.text import FINE_TUNE_PHASE, FROZEN_PHASE, TRAIN_PHASE
 from core.training.experiment import BatchReport, Callbacks, EpochReport
 
@@ -253,7 +254,7 @@ class Job:
 
         def on_epoch(report: EpochReport) -> None:
             # The phase core.training.experiment records in history.json, so live charts mark fine-tuning as saved ones do.
-            phase = TRAIN_PHASE if train.model is not ModelKind.TRANSFER else (
+            phase = TRAIN_PHASE if not spec(train.model).has_backbone else (
                 FROZEN_PHASE if report.epoch <= train.resolved_epochs else FINE_TUNE_PHASE)
             row = dict(report.metrics, seconds=round(report.seconds, 3), phase=phase)
             with self._lock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from core.present.charts import (
-    MODEL_COLOURS,
     CurveSeries,
     class_counts_bar,
     image_size_scatter,
@@ -14,6 +13,7 @@ from core.present.charts import (
 )
 from core.settings.config import ModelKind
 from core.settings.reference import article_history
+from core.settings.specs import SPECS, spec
 
 BASELINE = [{"loss": 0.7, "accuracy": 0.5, "val_loss": 0.68, "val_accuracy": 0.55},
             {"loss": 0.6, "accuracy": 0.65, "val_loss": 0.62, "val_accuracy": 0.66}]
@@ -35,8 +35,8 @@ def test_accuracy_curves_overlay_both_models_in_percent_with_train_dashed_and_va
     assert (train.line.dash, val.line.dash) == ("dash", "solid")
     assert list(train.y) == pytest.approx([50, 65]) and list(val.y) == pytest.approx([55, 66])
     assert list(val.x) == [1, 2]
-    assert {t.line.color for t in traces(fig, "Baseline CNN")} == {MODEL_COLOURS[ModelKind.BASELINE]}
-    assert {t.line.color for t in traces(fig, "MobileNetV2 transfer")} == {MODEL_COLOURS[ModelKind.TRANSFER]}
+    assert {t.line.color for t in traces(fig, "Baseline CNN")} == {spec(ModelKind.BASELINE).colour}
+    assert {t.line.color for t in traces(fig, "MobileNetV2 transfer")} == {spec(ModelKind.TRANSFER).colour}
     # One legend entry per run: the validation curve carries it, the training curve joins its group.
     assert [t.showlegend for t in traces(fig, "Baseline CNN")] == [False, True]
     assert fig.layout.xaxis.title.text == "Epoch"
@@ -49,12 +49,12 @@ def test_the_articles_curves_and_reported_accuracies_are_optional_overlays():
     fig = training_curves(series(), "accuracy", show_article=True, show_reference=True)
     article = traces(fig, "Article: Baseline CNN")[0]
     assert article.line.dash == "dot" and article.opacity < 1
-    assert article.line.color == MODEL_COLOURS[ModelKind.BASELINE]
+    assert article.line.color == spec(ModelKind.BASELINE).colour
     assert list(article.y) == pytest.approx([r["val_accuracy"] * 100 for r in article_history(ModelKind.BASELINE)])
     assert sorted(shape.y0 for shape in fig.layout.shapes) == pytest.approx([88, 98])
     labels = {a.text for a in fig.layout.annotations}
     assert labels == {"Article: Baseline CNN 88%", "Article: MobileNetV2 98%"}  # the article's, never this run's target
-    assert {a.font.color for a in fig.layout.annotations} == set(MODEL_COLOURS.values())
+    assert {a.font.color for a in fig.layout.annotations} == {s.colour for s in SPECS.values()}
     # Only the models on the chart get the article's overlays.
     only_baseline = training_curves(series()[:1], "accuracy")
     assert not traces(only_baseline, "Article: MobileNetV2 transfer")
@@ -75,8 +75,8 @@ def test_loss_curves_have_no_accuracy_lines_and_keep_raw_values():
 def test_further_runs_of_a_model_get_shades_of_its_colour():
     base = model_colour(ModelKind.BASELINE)
     shades = {model_colour(ModelKind.BASELINE, shade) for shade in range(4)}
-    assert base == MODEL_COLOURS[ModelKind.BASELINE] and len(shades) == 4
-    assert model_colour("baseline") == base and model_colour("mobilenet_v2") == MODEL_COLOURS[ModelKind.TRANSFER]
+    assert base == spec(ModelKind.BASELINE).colour and len(shades) == 4
+    assert model_colour("baseline") == base and model_colour("mobilenet_v2") == spec(ModelKind.TRANSFER).colour
     assert model_colour("unknown") == model_colour(None)  # neutral, never an error for odd run folders
 
 

@@ -1,7 +1,7 @@
 """Honest names: the transfer model is named after the backbone it really uses; the article's lines as the article's."""
 import pytest
 
-from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label, plain_label, short_handle, transfer_label
+from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label, plain_label, short_handle
 from core.settings.reference import article_headline_label, article_label
 
 
@@ -12,7 +12,7 @@ from core.settings.reference import article_headline_label, article_label
     "google/mobilenet-v2/tensorFlow2/tf2-preview-feature-vector/4",
 ])
 def test_mobilenet_v2_only_for_googles_mobilenet_v2_module(handle):
-    assert transfer_label(handle) == "MobileNetV2 transfer"
+    assert model_label(ModelKind.TRANSFER, handle) == "MobileNetV2 transfer"
 
 
 @pytest.mark.parametrize(("handle", "label"), [
@@ -23,14 +23,15 @@ def test_mobilenet_v2_only_for_googles_mobilenet_v2_module(handle):
     ("/tmp/<img src=x onerror=alert(1)>", "Transfer (_img_src_x_onerror_alert_1__)"),
 ])
 def test_other_backbones_are_named_by_their_handle(handle, label):
-    assert transfer_label(handle) == label
+    assert model_label(ModelKind.TRANSFER, handle) == label
 
 
 def test_a_named_backbone_names_the_model_and_the_baseline_is_always_the_baseline():
-    assert transfer_label("/x/backbone-v1", "Demo backbone (pretrained on synthetic shapes)") == \
+    assert model_label(ModelKind.TRANSFER, "/x/backbone-v1", "Demo backbone (pretrained on synthetic shapes)") == \
         "Demo backbone (pretrained on synthetic shapes) transfer"
     assert model_label(ModelKind.BASELINE, MOBILENET_V2_HANDLE) == "Baseline CNN"
     assert model_label(ModelKind.TRANSFER, MOBILENET_V2_HANDLE) == "MobileNetV2 transfer"
+    assert model_label(ModelKind.TRANSFER) == "Transfer model"  # before its backbone is known
 
 
 def test_names_read_from_files_must_be_plain_words():

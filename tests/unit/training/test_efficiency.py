@@ -1,9 +1,10 @@
 """Data efficiency: both models at several training-set sizes, for any folder and backbone."""
 import pytest
 
-from core.present.charts import MODEL_COLOURS, data_efficiency_chart
+from core.present.charts import data_efficiency_chart
 from core.settings.config import DataConfig, ModelKind
 from core.settings.errors import LabError
+from core.settings.specs import spec
 from core.training.efficiency import data_efficiency
 
 
@@ -27,7 +28,7 @@ def test_both_models_are_scored_at_each_count_on_the_whole_validation_split(demo
 
     fig = data_efficiency_chart(result)
     assert [t.name for t in fig.data] == ["Baseline CNN", "Transfer (backbone)"]
-    assert [t.line.color for t in fig.data] == [MODEL_COLOURS[ModelKind.BASELINE], MODEL_COLOURS[ModelKind.TRANSFER]]
+    assert [t.line.color for t in fig.data] == [spec(ModelKind.BASELINE).colour, spec(ModelKind.TRANSFER).colour]
     assert list(fig.data[0].x) == [2, 8] and fig.layout.xaxis.type == "log"
 
 
