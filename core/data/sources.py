@@ -396,14 +396,10 @@ def open_source(config: DataConfig, progress: Callable[[str], None] | None = Non
 def without_autotune(ds):
     """ds with tf.data's autotuning off; every dataset made from it inherits the setting.
 
-    An autotuned pipeline keeps a thread that re-tunes it after sleeping 10 ms, then 20, 40, ... (doubling up
-    to a minute), and deleting the pipeline's iterator waits for that thread. In TensorFlow 2.21 the sleep
-    is not always cut short, so a finished pipeline can hold the process idle until the sleep ends, at
-    10 ms x (2^k - 1) after the iterator was made. Measured on 2 cores: deleting the exhausted iterator of
-    1,200 images fed to the backbone took 7.1 and 8.2 s in 2 passes of 5, both ending 20.5 s after it was
-    made; one `core train` spent 20.7 s on its training split's features and 10.3 s on its validation
-    split's (~15 and ~4 s of work). Without autotuning each parallel map runs as many calls at once as there
-    are cores and prefetch sizes its own buffer: 14 passes, no deletion over 0.01 s, passes as fast as before.
+    An autotuned pipeline keeps a thread that re-tunes it after doubling sleeps (up to a minute), and
+    deleting the pipeline's iterator waits for that thread, which TensorFlow does not always wake: a finished
+    pipeline could hold the process idle for seconds (benchmarks/README.md). Without autotuning each parallel
+    map runs as many calls at once as there are cores and prefetch sizes its own buffer, as fast as before.
     """
     import tensorflow as tf
 

@@ -23,11 +23,8 @@ ARTICLE_IMAGE_SIZE = 224
 ARTICLE_LEARNING_RATE = 1e-3  # adam's default, which the article uses
 # Four valid 3x3 convolutions, each followed by a 2x2 pool, leave at least one pixel from 46 up.
 BASELINE_MIN_IMAGE_SIZE = 46
-# Images per backbone call while extracting (and evaluating). Features do not depend on it; speed and
-# memory do. On 2 cores, with the backbone saved as TF Hub publishes one, extracting 1,200 photos at 8 and
-# 16 images a call ran alike (99 and 97 images/s, medians of 4 alternating passes) and 32 a call 102
-# against 93 in 3 passes, within their spread (75-109); MobileNetV2's activations for 32 images at 224x224
-# took the process to 1.33 GB peak against 0.89 GB for 8 (1.04 GB for 16), so 8 it is.
+# Images per backbone call while extracting (and evaluating). Features do not depend on it; memory does,
+# and larger calls were no faster on 2 cores (benchmarks/README.md), so the smallest peak wins.
 EXTRACT_BATCH_SIZE = 8
 # How the loss weighs each class: None, every image counts the same (the article); "balanced", each class's
 # images weigh total / (classes x images of the class), so a small class counts as much as a large one.

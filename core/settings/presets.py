@@ -5,40 +5,12 @@ keeps a training run's memory under that host's 2.7 GB and stops strangers from 
 its own files. All of a Streamlit server's sessions share one process, so the cloud preset also trains one
 run at a time (core.training.jobs enforces max_concurrent_jobs).
 
-Peak memory (ru_maxrss, GB) measured with `python -m benchmarks.preset_memory`: one process per case,
-Streamlit, pandas and plotly imported first as on a dashboard server (0.72 GB with TensorFlow), then
-`core.training.experiment.run_experiment` for one epoch (train, save, evaluate) at 224x224 on generated ~500x375 JPEGs,
-with a MobileNetV2 of random weights; 2 CPU cores, TensorFlow 2.21, Python 3.11:
-
-    training images (+ a quarter for validation)        300     880    2,000
-    baseline CNN, batches of 32                            -    2.54     2.18
-    baseline CNN, batches of 16                            -    2.08     1.65
-    MobileNetV2, cached features, batches of 32            -       -     1.63
-    MobileNetV2, article's way (uncached), batches of 16   -    2.03     1.65
-    "Run both" (baseline, then cached transfer), 16      1.92    2.27     1.87
-    "Run both", batches of 32                              -    2.75        -
-    MobileNetV2 + 1 fine-tuning epoch, batches of 16     2.73       -        -
-
-What grows with the image count: the input pipeline keeps a split's resized images in memory while they
-fit core.data.sources's 512 MB budget (up to ~890 images at 224x224, 0.6 MB each), so a baseline or uncached run
-peaks when its training split is just under that and its validation split is cached too (880 above is
-that worst case); beyond it the training split streams from disk and only the validation images stay, so
-2,000 images peak lower. A cached transfer run adds 5 KB of features per image. What does not grow:
-TensorFlow and the server, the model and its optimizer state (0.12 GB for the baseline) and one batch's
-activations, fixed by batch size and image size: halving the batch saved 0.45 GB at 880 images. Hence
-the cloud preset: batches of at most 16 and 224 pixels keep the worst case at 2.27 GB (the transfer run
-after the baseline added 0.19 GB: most of the first run's memory is reused), leaving room for the
-sessions and Predict's cached models; batches of 32 reach 2.75 GB and fine-tuning 2.73 GB, over the
-host's 2.7 GB.
-
-Data efficiency (core.training.efficiency) trains in a worker process, as a job of the board, and holds every
-training image it uses as a float32 array beside the validation split's cache, so it has caps of its own:
-at most 128x128 and 1,000 training images (its largest count times the classes), with the batch and
-epoch caps above. Measured in a child process the same way (Streamlit, pandas and plotly imported, 0.73 GB),
-at those caps on generated ~500x375 JPEGs: 10 classes of 100 training images, 2,600 validation images (510
-MB resized, just inside the 512 MB cache), counts 10 and 100, batches of 16, a 128x128 MobileNetV2 of random
-weights: peak 2.18 GB (2.41 GB before the baseline trained on a view of the images instead of a copy).
-At 224x224 within the training caps it had reached 2.9 GB.
+The cloud preset's caps come from peak memory measured with `python -m benchmarks.preset_memory`
+(figures in benchmarks/README.md). A run's peak grows with the resized images the input pipeline keeps
+within core.data.sources's 512 MB budget and with one batch's activations, so batches of at most 16 at 224
+pixels keep the worst case ("Run both") under the host's memory with room for the sessions and Predict's
+cached models. Data efficiency holds every training image it uses as a float32 array beside the validation
+split's cache, so it has caps of its own: at most 128x128 and 1,000 training images.
 """
 from __future__ import annotations
 
