@@ -52,9 +52,9 @@ PRUNE_EVERY_SECONDS = 600  # prune_if_due looks at the folders at most this ofte
 KEPT_SETS = 5  # frozen copies kept per session; older ones go once they are an hour old
 SET_GRACE_SECONDS = 3600  # a training queued on a frozen copy has long finished by then
 VAL_FRACTION = 0.2  # FolderSource's split when a folder has no train/ and val/ (DataConfig.val_fraction)
-# Training on own classes: the transfer head on cached features. Measured on 2 x 15 generated images with the
-# test suite's backbone: 5 epochs at the article's 0.001 stayed at chance (50%), 5 or 10 at 0.01 reached 100%
-# (a head on ~24 images takes 2 steps an epoch, so it needs the larger rate); 10 leaves a margin for seconds.
+# Training on own classes: the transfer head on cached features. A head on a few dozen images takes only a
+# couple of steps an epoch, so it needs a larger rate than the article's to leave chance within seconds;
+# 10 epochs leave a margin (benchmarks/README.md has the figures).
 OWN_EPOCHS = 10
 OWN_LEARNING_RATE = 0.01
 OWN_BATCH_SIZE = 16  # the cloud preset's cap; a class of 30 images is two batches
