@@ -40,8 +40,8 @@ CHECKSUM_ENV = "LAB_CATS_VS_DOGS_CHECKSUM"
 SPACE_FACTOR = 2.5
 POLL_SECONDS = 0.5
 # TFDS holds up to 1 GB of prepared examples in memory before it spills them to disk; beside a server on a
-# 2.7 GB host that is too much (measured: a worker peak of 1.70 GB on a 777 MB archive). The order of the
-# examples does not depend on it.
+# 2.7 GB host that is too much (benchmarks/README.md, C1, has the peaks with and without this cap). The order
+# of the examples does not depend on it.
 SHUFFLE_BUFFER_BYTES = 64 * 1024**2
 LOCK_WAIT_SECONDS = 3.0  # a new worker's patience with a lock that a status check holds for a moment
 EXIT_BUSY = 3  # the worker found another one holding the lock
