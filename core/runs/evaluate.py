@@ -352,30 +352,34 @@ def _head_probabilities(model, features: np.ndarray, softmax: bool) -> np.ndarra
     return (out if softmax else tf.nn.softmax(out)).numpy()
 
 
-def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None, progress: Progress | None = None,
-                 max_wrong: int = DEFAULT_MAX_WRONG) -> Evaluation:
-    """Evaluate a finished run on its validation split and store evaluation.json in its folder.
+class _WorstMistakes:
+    """The most confidently wrong predictions so far, most confident first, as (confidence, position in the
+    split, true class, predicted class, true class's probability, the model's input image or None)."""
 
-    Training code that still holds the model and the opened source passes them to skip reloading;
-    otherwise the model is reloaded from model.h5 the article's way and the source reopened from the
-    run's data settings (same seed, so the same split). Training code that extracted the validation
-    split's features with the model's (still frozen) first layer passes them as (features, labels), in
-    split order: predictions then come from the layers after it, and the backbone does not run again;
-    only the few images shown in the gallery are decoded.
-    """
-    import tensorflow as tf
+    def __init__(self, keep: int):
+        self.keep, self.rows = keep, []
 
+    def add(self, probs: np.ndarray, labels: np.ndarray, positions, images=None) -> np.ndarray:
+        """Keep this batch's worst mistakes; returns its predicted classes."""
+        preds = probs.argmax(axis=1)
+        for j in np.flatnonzero(preds != labels):
+            self.rows.append((float(probs[j, preds[j]]), int(positions[j]), int(labels[j]), int(preds[j]),
+                              float(probs[j, labels[j]]), None if images is None else images[j].numpy()))
+        self.rows.sort(key=lambda c: c[0], reverse=True)
+        del self.rows[self.keep:]
+        return preds
+
+
+def _open_for_evaluation(run_dir, model, source):
+    """(run, its data settings, source, model, whether the model outputs probabilities, notes), each checked
+    against the run: the model and source are reopened unless training hands them over."""
     from core.data.sources import VALIDATION, open_source
-    from core.runs.folders import disk_error, open_run, write_json
-    from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
+    from core.runs.folders import open_run
+    from core.settings.config import data_from_dict
     from core.settings.presets import check_source
 
-    start = time.perf_counter()
     run = open_run(run_dir)
-    run_dir = run.path
     data = data_from_dict(run.config.get("data", {}))
-    class_names = run.class_names
-    notes = []
     if source is None:
         # The run may come from another machine: what it names obeys this server's preset, like a visitor's input.
         check_source(data.source)
@@ -387,89 +391,79 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None,
         softmax = info.softmax_output
     else:
         softmax = _outputs_probabilities(model)
-    if source.info.class_names != class_names:
+    if source.info.class_names != run.class_names:
         raise LabError(
             f"The dataset {data.source} now has the classes {source.info.class_names}, but the run was trained "
-            f"on {class_names}; restore the dataset as it was to evaluate this run."
+            f"on {run.class_names}; restore the dataset as it was to evaluate this run."
         )
-    if model.output_shape[-1] != len(class_names):
+    if model.output_shape[-1] != len(run.class_names):
         raise LabError(f"The run's model has {model.output_shape[-1]} outputs but the run lists "
-                       f"{len(class_names)} classes; the run folder is inconsistent.")
+                       f"{len(run.class_names)} classes; the run folder is inconsistent.")
+    notes = []
     trained_counts = run.config.get("dataset", {}).get("counts", {}).get(VALIDATION)
     if trained_counts and trained_counts != source.info.counts[VALIDATION]:
         notes.append("The dataset has changed since training, so the validation split is not exactly the one "
                      "the run was validated on.")
+    return run, data, source, model, softmax, notes
 
-    total = source.info.split_size(VALIDATION)
-    rows = None
-    if features is not None:
-        rows = _feature_rows(source, data.image_size, len(features[1]))
-        if rows is None:
-            logger.info("Cached features of %s do not match its validation images; evaluating them anew.",
-                        run_dir.name)
-    # Candidates for the gallery: (confidence, position, true, predicted, true prob, image or None), best kept.
-    candidates: list[tuple] = []
 
-    def keep_worst(probs: np.ndarray, labels: np.ndarray, positions, images=None) -> np.ndarray:
-        preds = probs.argmax(axis=1)
-        for j in np.flatnonzero(preds != labels):
-            candidates.append((float(probs[j, preds[j]]), int(positions[j]), int(labels[j]), int(preds[j]),
-                               float(probs[j, labels[j]]), None if images is None else images[j].numpy()))
-        candidates.sort(key=lambda c: c[0], reverse=True)
-        del candidates[max_wrong:]
-        return preds
+def _predict_features(model, softmax: bool, source, image_size: int, features, rows, worst: _WorstMistakes):
+    """(true, predicted) classes from the backbone's cached outputs; only the gallery's images are decoded."""
+    labels = np.asarray(features[1])
+    preds = worst.add(_head_probabilities(model, np.asarray(features[0]), softmax), labels, rows)
+    shown = _images_at(source, image_size, {c[1] for c in worst.rows})
+    worst.rows = [(*c[:5], shown[c[1]]) for c in worst.rows]
+    return labels, preds
 
-    if rows is not None:
-        names = _split_names(source)
-        labels = np.asarray(features[1])
-        y_true = [labels]
-        y_pred = [keep_worst(_head_probabilities(model, np.asarray(features[0]), softmax), labels, rows)]
-        done = len(labels)
-        shown = _images_at(source, data.image_size, {c[1] for c in candidates})
-        candidates = [(*c[:5], shown[c[1]]) for c in candidates]
+
+def _predict_images(model, softmax: bool, source, data, worst: _WorstMistakes, progress: Progress | None):
+    """(true, predicted) classes of every readable validation image, run through the whole model."""
+    import tensorflow as tf
+
+    from core.data.sources import VALIDATION
+    from core.settings.config import EXTRACT_BATCH_SIZE
+
+    @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
+    def predict(x):
+        out = model(x, training=False)
+        return out if softmax else tf.nn.softmax(out)
+
+    # Small batches, as for feature extraction: a large batch's activations would set the run's peak memory,
+    # and evaluation speed barely depends on the batch.
+    batches, _ = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
+    y_true, y_pred = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for x, y, positions in batches:
+        labels = y.numpy()
+        y_true.append(labels)
+        y_pred.append(worst.add(predict(x).numpy(), labels, positions.numpy(), x))
         if progress:
-            progress(done, total)
-    else:
-        @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
-        def predict(x):
-            out = model(x, training=False)
-            return out if softmax else tf.nn.softmax(out)
+            progress(sum(map(len, y_true)), source.info.split_size(VALIDATION))
+    return np.concatenate(y_true), np.concatenate(y_pred)
 
-        # Small batches, as for feature extraction: MobileNetV2's activations for a batch of 32 at 224x224
-        # would otherwise set the whole run's peak memory, and evaluation speed barely depends on the batch.
-        batches, names = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
-        y_true, y_pred = [], []
-        done = 0
-        for x, y, positions in batches:
-            labels = y.numpy()
-            y_true.append(labels)
-            y_pred.append(keep_worst(predict(x).numpy(), labels, positions.numpy(), x))
-            done += len(labels)
-            if progress:
-                progress(done, total)
-    if not done:
-        raise LabError(f"None of the validation images of {data.source} could be read, so the run cannot be "
-                       "evaluated.")
-    y_true_all, y_pred_all = np.concatenate(y_true), np.concatenate(y_pred)
-    matrix, per_class, accuracy = summarise(y_true_all, y_pred_all, class_names)
 
-    # Each evaluation gets its own thumbnail folder, so a reader of the previous evaluation.json never
-    # finds its thumbnails replaced by another evaluation's images half-way.
+def _store(evaluation: Evaluation, mistakes: list[tuple], names: list[str] | None, start: float) -> Evaluation:
+    """Write the mistakes' thumbnails, then evaluation.json naming them; returns the evaluation as stored.
+
+    Each evaluation gets its own thumbnail folder, so a reader of the previous evaluation.json never finds
+    its thumbnails replaced by another evaluation's images half-way; the older folders go afterwards.
+    """
+    from core.data.sources import VALIDATION
+    from core.runs.folders import disk_error, write_json
+
+    run_dir, class_names = evaluation.run_dir, evaluation.class_names
     thumbs_root = run_dir / THUMBNAIL_DIR
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     thumbs = thumbs_root / stamp
     wrong = []
     try:
         thumbs.mkdir(parents=True)
-        for rank, (confidence, position, true, pred, true_prob, image) in enumerate(candidates):
+        for rank, (confidence, position, true, pred, true_prob, image) in enumerate(mistakes):
             path = thumbs / f"wrong_{rank:03d}.png"
             _thumbnail(image, path)
             wrong.append(WrongPrediction(path, class_names[true], class_names[pred], confidence, true_prob,
                                          names[position] if names else f"{VALIDATION} image #{position}"))
-        percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row]
-                       for row in row_percentages(matrix)]
-        evaluation = Evaluation(run_dir, class_names, matrix.tolist(), percentages, per_class, accuracy, int(done),
-                                total - int(done), wrong, round(time.perf_counter() - start, 3), time.time(), notes)
+        evaluation = dataclasses.replace(evaluation, wrong=wrong, seconds=round(time.perf_counter() - start, 3),
+                                         evaluated_at=time.time())
         write_json(run_dir / EVALUATION_FILE, evaluation.to_dict())
     except OSError as exc:
         # The previous evaluation (if any) stays whole: its file and thumbnails are only replaced after this.
@@ -478,5 +472,43 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None,
     for old in thumbs_root.iterdir():
         if old.is_dir() and old.name != stamp:
             shutil.rmtree(old, ignore_errors=True)
-    logger.info("Evaluated %s: %d images, accuracy %.4f", run_dir.name, done, accuracy)
+    return evaluation
+
+
+def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None, progress: Progress | None = None,
+                 max_wrong: int = DEFAULT_MAX_WRONG) -> Evaluation:
+    """Evaluate a finished run on its validation split and store evaluation.json in its folder.
+
+    Training code that still holds the model and the opened source passes them to skip reloading;
+    otherwise the model is reloaded from model.h5 the article's way and the source reopened from the
+    run's data settings (same seed, so the same split). Training code that extracted the validation
+    split's features with the model's (still frozen) first layer passes them as (features, labels), in
+    split order: predictions then come from the layers after it, and the backbone does not run again;
+    only the few images shown in the gallery are decoded.
+    """
+    from core.data.sources import VALIDATION
+
+    start = time.perf_counter()
+    run, data, source, model, softmax, notes = _open_for_evaluation(run_dir, model, source)
+    total = source.info.split_size(VALIDATION)
+    rows = None if features is None else _feature_rows(source, data.image_size, len(features[1]))
+    if features is not None and rows is None:
+        logger.info("Cached features of %s do not match its validation images; evaluating them anew.", run.run_id)
+    worst = _WorstMistakes(max_wrong)
+    if rows is not None:
+        y_true, y_pred = _predict_features(model, softmax, source, data.image_size, features, rows, worst)
+        if progress:
+            progress(len(y_true), total)
+    else:
+        y_true, y_pred = _predict_images(model, softmax, source, data, worst, progress)
+    done = len(y_true)
+    if not done:
+        raise LabError(f"None of the validation images of {data.source} could be read, so the run cannot be "
+                       "evaluated.")
+    matrix, per_class, accuracy = summarise(y_true, y_pred, run.class_names)
+    percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in row_percentages(matrix)]
+    evaluation = Evaluation(run.path, run.class_names, matrix.tolist(), percentages, per_class, accuracy, done,
+                            total - done, [], 0.0, 0.0, notes)
+    evaluation = _store(evaluation, worst.rows, _split_names(source), start)
+    logger.info("Evaluated %s: %d images, accuracy %.4f", run.run_id, done, accuracy)
     return evaluation

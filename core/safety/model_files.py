@@ -322,17 +322,11 @@ def _parse_attr(raw, label: str, what: str):
         raise ModelFileError(f"'{label}' has an unreadable {what}.") from None
 
 
-def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None = None) -> ModelFileInfo:
-    """Read an .h5 model's config without deserialising it; refuse anything that could run code.
-
-    allowed_handle, if given, is called with each hub handle and returns False to refuse it (the web
-    upload path only accepts hub URLs and folders the Lab owns). name is what messages call the file
-    (an upload's own name rather than the one it was stored under); by default its file name.
-    """
+def _read_file(path: Path, label: str):
+    """(model config, class names, weight reads) of an .h5 file: its raw attributes, read once the file is
+    known to keep its data inside itself and within bounds."""
     import h5py
 
-    path = Path(path).expanduser()
-    label = name or path.name
     if not path.is_file():
         raise ModelFileError(f"Model file '{path}' does not exist.")
     if path.stat().st_size > MAX_MODEL_BYTES:
@@ -357,21 +351,24 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
             attributes.check(f, "training_config", "training config", MAX_CONFIG_BYTES)
             for attr in ("keras_version", "backend"):
                 attributes.check(f, attr, "Keras version", MAX_CONFIG_STRING)
-            reads = keras_reads(f, attributes, datasets, label)
+            return raw, names_raw, keras_reads(f, attributes, datasets, label)
     except LabError:
         raise
     except Exception as exc:
         raise ModelFileError(f"'{label}' is damaged or truncated ({exc.__class__.__name__}).") from None
+
+
+def _model_config(raw, label: str) -> dict:
     config = _parse_attr(raw, label, "model config")
     if not isinstance(config, dict) or config.get("class_name") not in MODEL_CLASSES:
         kind = config.get("class_name") if isinstance(config, dict) else "null" if config is None else type(config).__name__
         raise ModelFileError(f"'{label}' holds a '{str(kind)[:80]}', not a Keras model the Lab can load.")
     _check_structure(config, label)
-    allowed = _allowed_layer_names()
-    layers = list(_walk_layers(config))
-    # Wrappers (TimeDistributed, Bidirectional, RNN cells) nest layer configs under keys that
-    # _walk_layers does not follow, so the checks guarding against stored code look at every level.
-    nested = [node for node in _nested_dicts(config) if isinstance(node.get("class_name"), str)]
+    return config
+
+
+def _refuse_code(config: dict, layers: list[dict], nested: list[dict], label: str) -> None:
+    """Refuse layers that run stored code, stored functions, and any layer class beyond Keras's own."""
     for node in nested:
         if node["class_name"] in REFUSED_LAYERS:
             raise ModelFileError(
@@ -380,6 +377,7 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
             )
     if any(_holds_bytecode(node) for node in _nested_dicts(config)):
         raise ModelFileError(f"'{label}' stores a Python function that would run when loaded; refusing to load it.")
+    allowed = _allowed_layer_names()
     for layer in layers:
         cls = layer.get("class_name", "?")
         if not isinstance(cls, str):
@@ -389,6 +387,10 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
                 f"'{label}' uses a custom layer '{cls}'; only built-in Keras layers and hub.KerasLayer "
                 "can be loaded."
             )
+
+
+def _hub_handles(nested: list[dict], base: Path, label: str, allowed_handle) -> list[str]:
+    """Every KerasLayer's handle, "./NAME" made absolute against base; refused where allowed_handle says no."""
     handles = []
     for node in nested:
         if node["class_name"] != "KerasLayer":
@@ -396,19 +398,28 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
         handle = node.get("config", {}).get("handle") if isinstance(node.get("config"), dict) else None
         if not isinstance(handle, str):
             raise ModelFileError(f"'{label}' has a KerasLayer without a handle string.")
-        handle = resolve_relative(handle, path.parent)
+        handle = resolve_relative(handle, base)
         if allowed_handle is not None and not allowed_handle(handle):
             raise ModelFileError(
                 f"'{label}' points its KerasLayer at '{handle}', which uploaded models may not use: "
                 "only TF Hub / Kaggle URLs and folders inside the Lab's cache or runs folder."
             )
         handles.append(handle)
+    return handles
+
+
+def _check_size(config: dict, layers: list[dict], reads: list[WeightRead], label: str) -> None:
+    """What building the model and reading its weights would allocate stays within bounds."""
     declared = _declared_params(config)
     if declared > MAX_DECLARED_PARAMS:
         raise ModelFileError(f"'{label}' declares about {declared / 1e6:,.0f} million parameters; the Lab loads models "
                              f"of up to {MAX_DECLARED_PARAMS / 1e6:,.0f} million. Refusing to build it.")
     check_unstored(reads, declared, label)
     _check_weight_shapes(reads, layers, label)
+
+
+def _inputs_and_outputs(layers: list[dict]) -> tuple[int | None, int | None, bool]:
+    """(input side, output units, whether the last layer is a softmax), each None or False where unsaid."""
     input_size = num_outputs = None
     try:
         first = layers[0]["config"]
@@ -419,18 +430,42 @@ def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None =
             input_size = int(shape[0]) if shape[0] else None
         last = layers[-1]
         num_outputs = int(last["config"].get("units")) if last.get("class_name") == "Dense" else None
-        softmax = last["config"].get("activation") == "softmax"
+        return input_size, num_outputs, last["config"].get("activation") == "softmax"
     except (IndexError, KeyError, TypeError, ValueError, AttributeError):
-        softmax = False
-    class_names = []
-    if names_raw is not None:
-        names = _parse_attr(names_raw, label, "list of class names")
-        if (not isinstance(names, list) or len(names) > MAX_CLASSES
-                or not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names)):
-            raise ModelFileError(f"'{label}' stores class names that are not a list of up to {MAX_CLASSES:,} names "
-                                 f"of up to {MAX_CLASS_NAME} characters; refusing to load it.")
-        class_names = names
-    return ModelFileInfo(path, input_size, num_outputs, class_names, handles, softmax,
+        return input_size, num_outputs, False
+
+
+def _class_names(names_raw, label: str) -> list[str]:
+    if names_raw is None:
+        return []
+    names = _parse_attr(names_raw, label, "list of class names")
+    if (not isinstance(names, list) or len(names) > MAX_CLASSES
+            or not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names)):
+        raise ModelFileError(f"'{label}' stores class names that are not a list of up to {MAX_CLASSES:,} names "
+                             f"of up to {MAX_CLASS_NAME} characters; refusing to load it.")
+    return names
+
+
+def inspect_model_file(path: str | Path, allowed_handle=None, name: str | None = None) -> ModelFileInfo:
+    """Read an .h5 model's config without deserialising it; refuse anything that could run code.
+
+    allowed_handle, if given, is called with each hub handle and returns False to refuse it (the web
+    upload path only accepts hub URLs and folders the Lab owns). name is what messages call the file
+    (an upload's own name rather than the one it was stored under); by default its file name.
+    """
+    path = Path(path).expanduser()
+    label = name or path.name
+    raw, names_raw, reads = _read_file(path, label)
+    config = _model_config(raw, label)
+    layers = list(_walk_layers(config))
+    # Wrappers (TimeDistributed, Bidirectional, RNN cells) nest layer configs under keys that
+    # _walk_layers does not follow, so the checks guarding against stored code look at every level.
+    nested = [node for node in _nested_dicts(config) if isinstance(node.get("class_name"), str)]
+    _refuse_code(config, layers, nested, label)
+    handles = _hub_handles(nested, path.parent, label, allowed_handle)
+    _check_size(config, layers, reads, label)
+    input_size, num_outputs, softmax = _inputs_and_outputs(layers)
+    return ModelFileInfo(path, input_size, num_outputs, _class_names(names_raw, label), handles, softmax,
                          sum(r.dataset.declared for r in reads))
 
 

@@ -19,7 +19,6 @@ from core.runs.folders import RunWriter, disk_error, new_run_id
 from core.runs.reload_check import RELOAD_CHECK_KEY
 from core.settings.config import (
     DataConfig,
-    ModelKind,
     TrainConfig,
     balanced_class_weights,
     data_from_dict,
@@ -30,6 +29,7 @@ from core.settings.config import (
     validate,
 )
 from core.settings.errors import LabError, StopRequested
+from core.settings.specs import spec
 from core.settings.text import FINE_TUNE_PHASE, FROZEN_PHASE, TRAIN_PHASE
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
         from core.models.cluster import check_same_data
 
         check_same_data(choice.strategy, repr((source.info.class_names, source.info.counts)))
-    precision = choose_precision(train.mixed_precision, choice, supported=train.model is ModelKind.BASELINE)
+    precision = choose_precision(train.mixed_precision, choice, supported=not spec(train.model).has_backbone)
     global_batch = choice.global_batch_size(data.batch_size)
     if choice.replicas > 1 and global_batch > source.info.split_size(TRAIN):
         raise LabError(
@@ -159,16 +159,20 @@ def fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | Non
     return result
 
 
-def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None, build, earlier: list[dict]
-         ) -> TrainResult:
-    """fit() inside the strategy's scope; data.batch_size is the global batch."""
+@dataclass
+class _Features:
+    """The backbone's outputs computed once per split, for the head to train on."""
+    arrays: dict[str, tuple] = field(default_factory=dict)  # split -> (features, labels)
+    origin: dict[str, str] = field(default_factory=dict)  # split -> "computed", "memory" or "disk"
+    seconds: float = 0.0
+
+
+def _new_or_reloaded_model(source, data: DataConfig, train: TrainConfig, build, status):
+    """The compiled model to train: a new one, or build()'s (a finished run's, to continue), seeded."""
     import tf_keras
 
-    from core.data.sources import steps_per_epoch
-    from core.models.architectures import build_model, compile_model, param_counts
+    from core.models.architectures import build_model, compile_model
 
-    callbacks = callbacks or Callbacks()
-    status = callbacks.on_status or (lambda _msg: None)
     validate(data, train)
     if data.batch_size > source.info.split_size(TRAIN):
         raise LabError(
@@ -176,83 +180,110 @@ def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | No
             "use a smaller batch size or more images."
         )
     tf_keras.utils.set_random_seed(data.seed)
-    epochs = train.resolved_epochs
-    before = len(earlier)
-    all_epochs = before + total_epochs(train)
-    if build is None:
-        status("Building the model ...")
-        model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
-        compile_model(model, train.learning_rate)
-    else:
+    if build is not None:
         status("Reloading the model and its optimizer state ...")
-        model = build()
-    transfer = train.model is ModelKind.TRANSFER
-    # A run resumed after fine-tuning has its backbone unfrozen, so its features change every step.
-    unfrozen = transfer and model.layers[0].trainable
-    history: list[dict] = [dict(row) for row in earlier]
-    steps = steps_per_epoch(source, TRAIN, data.batch_size)
-    reporter = _keras_callback(all_epochs, steps, callbacks, history)
-    weights = None
-    if train.class_weight:
-        by_name = balanced_class_weights(source.info.counts[TRAIN], source.info.class_names)
-        weights = {k: by_name[name] for k, name in enumerate(source.info.class_names)}
-    use_features = uses_feature_cache(data, train) and not unfrozen
-    feature_seconds = 0.0
-    feature_origin: dict[str, str] = {}  # split -> "computed", "memory" or "disk"
-    arrays: dict[str, tuple] = {}  # split -> (features, labels)
-    fine_tuned = stopped = False
-    try:
-        if use_features:
-            from core.training.features import feature_batches, split_features
+        return build()
+    status("Building the model ...")
+    model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
+    compile_model(model, train.learning_rate)
+    return model
 
-            start = time.perf_counter()
-            backbone, head_layer = model.layers[0], model.layers[-1]
-            for split in (TRAIN, VALIDATION):
-                got = split_features(backbone, source, split, data, train.handle,
-                                     on_status=callbacks.on_status, should_stop=callbacks.should_stop)
-                arrays[split] = (got.features, got.labels)
-                feature_origin[split] = got.origin
-            feature_seconds = time.perf_counter() - start
-            head = tf_keras.Sequential([tf_keras.Input(shape=arrays[TRAIN][0].shape[1:]), head_layer])
-            # The head shares the Dense layer and the optimizer with the full model, so training it
-            # trains the full model's only trainable weights and leaves the optimizer state in place.
-            head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
-            status("Training the Dense head on the cached features ...")
-            head.fit(feature_batches(*arrays[TRAIN], data.batch_size, seed=data.seed), epochs=epochs,
-                     validation_data=feature_batches(*arrays[VALIDATION], data.batch_size),
-                     shuffle=False, verbose=0, callbacks=[reporter],  # the batches shuffle themselves
-                     class_weight=weights)
-        else:
-            status("Training ...")
-            model.fit(make_pipeline(source, TRAIN, data, training=True), epochs=epochs,
-                      validation_data=make_pipeline(source, VALIDATION, data, training=False),
-                      verbose=0, callbacks=[reporter], class_weight=weights)
-        if train.fine_tune_epochs and len(history) - before == epochs:
-            status("Fine-tuning: the backbone is unfrozen ...")
-            fine_tuned = True
-            fine_tune(model, train)
-            model.fit(make_pipeline(source, TRAIN, data, training=True), initial_epoch=epochs, epochs=all_epochs,
-                      validation_data=make_pipeline(source, VALIDATION, data, training=False),
-                      verbose=0, callbacks=[reporter], class_weight=weights)
-    except StopRequested:
-        stopped = True
-    if len(history) == before:
-        raise StopRequested()
-    for i, row in enumerate(history[before:]):
+
+def _class_weights(source, train: TrainConfig) -> dict[int, float] | None:
+    if not train.class_weight:
+        return None
+    by_name = balanced_class_weights(source.info.counts[TRAIN], source.info.class_names)
+    return {k: by_name[name] for k, name in enumerate(source.info.class_names)}
+
+
+def _fit_head(model, source, data: DataConfig, train: TrainConfig, callbacks: Callbacks, fit_args: dict,
+              features: _Features) -> None:
+    """Compute the frozen backbone's features of both splits once (into features), then fit the head on them."""
+    import tf_keras
+
+    from core.training.features import feature_batches, split_features
+
+    start = time.perf_counter()
+    backbone, head_layer = model.layers[0], model.layers[-1]
+    for split in (TRAIN, VALIDATION):
+        got = split_features(backbone, source, split, data, train.handle,
+                             on_status=callbacks.on_status, should_stop=callbacks.should_stop)
+        features.arrays[split] = (got.features, got.labels)
+        features.origin[split] = got.origin
+    features.seconds = time.perf_counter() - start
+    head = tf_keras.Sequential([tf_keras.Input(shape=features.arrays[TRAIN][0].shape[1:]), head_layer])
+    # The head shares the Dense layer and the optimizer with the full model, so training it
+    # trains the full model's only trainable weights and leaves the optimizer state in place.
+    head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    if callbacks.on_status:
+        callbacks.on_status("Training the Dense head on the cached features ...")
+    head.fit(feature_batches(*features.arrays[TRAIN], data.batch_size, seed=data.seed),
+             validation_data=feature_batches(*features.arrays[VALIDATION], data.batch_size),
+             shuffle=False, **fit_args)  # the batches shuffle themselves
+
+
+def _fit_images(model, source, data: DataConfig, fit_args: dict, **epochs) -> None:
+    model.fit(make_pipeline(source, TRAIN, data, training=True),
+              validation_data=make_pipeline(source, VALIDATION, data, training=False), **fit_args, **epochs)
+
+
+def _mark_phases(new_rows: list[dict], epochs: int, transfer: bool, unfrozen: bool) -> bool:
+    """Record each new epoch's phase in its row; returns whether the last one was fine-tuned."""
+    fine_tuned = False
+    for i, row in enumerate(new_rows):
         fine_tuned = unfrozen or i >= epochs
         row["phase"] = (FINE_TUNE_PHASE if fine_tuned else FROZEN_PHASE) if transfer else TRAIN_PHASE
-    total, trainable = param_counts(model)
-    extra = {"feature_origin": feature_origin} if feature_origin else {}
+    return fine_tuned
+
+
+def _extra(model, train: TrainConfig, features: _Features, before: int) -> dict:
+    extra = {"feature_origin": features.origin} if features.origin else {}
     if train.fine_tune_epochs:
-        extra["fine_tune_start_epoch"] = before + epochs + 1
+        extra["fine_tune_start_epoch"] = before + train.resolved_epochs + 1
     if before:
         extra["resumed_after_epoch"] = before
     if getattr(model, "optimizer", None) is not None:
         # Adam's step count: a resumed run's continues from its parent's, showing the state was carried over.
         extra["optimizer_steps"] = int(model.optimizer.iterations.numpy())
-    frozen_features = None if fine_tuned else arrays.get(VALIDATION)
-    return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, feature_seconds,
-                       extra, frozen_features)
+    return extra
+
+
+def _fit(source, data: DataConfig, train: TrainConfig, callbacks: Callbacks | None, build, earlier: list[dict]
+         ) -> TrainResult:
+    """fit() inside the strategy's scope; data.batch_size is the global batch."""
+    from core.data.sources import steps_per_epoch
+    from core.models.architectures import param_counts
+
+    callbacks = callbacks or Callbacks()
+    status = callbacks.on_status or (lambda _msg: None)
+    model = _new_or_reloaded_model(source, data, train, build, status)
+    epochs, before = train.resolved_epochs, len(earlier)
+    all_epochs = before + total_epochs(train)
+    transfer = spec(train.model).has_backbone
+    # A run resumed after fine-tuning has its backbone unfrozen, so its features change every step.
+    unfrozen = transfer and model.layers[0].trainable
+    history: list[dict] = [dict(row) for row in earlier]
+    reporter = _keras_callback(all_epochs, steps_per_epoch(source, TRAIN, data.batch_size), callbacks, history)
+    fit_args = {"verbose": 0, "callbacks": [reporter], "class_weight": _class_weights(source, train)}
+    features, stopped = _Features(), False
+    try:
+        if uses_feature_cache(data, train) and not unfrozen:
+            _fit_head(model, source, data, train, callbacks, fit_args | {"epochs": epochs}, features)
+        else:
+            status("Training ...")
+            _fit_images(model, source, data, fit_args, epochs=epochs)
+        if train.fine_tune_epochs and len(history) - before == epochs:
+            status("Fine-tuning: the backbone is unfrozen ...")
+            fine_tune(model, train)
+            _fit_images(model, source, data, fit_args, initial_epoch=epochs, epochs=all_epochs)
+    except StopRequested:
+        stopped = True
+    if len(history) == before:
+        raise StopRequested()
+    fine_tuned = _mark_phases(history[before:], epochs, transfer, unfrozen)
+    total, trainable = param_counts(model)
+    return TrainResult(model, history, total, trainable, stopped or len(history) < all_epochs, features.seconds,
+                       _extra(model, train, features, before), None if fine_tuned else features.arrays.get(VALIDATION))
 
 
 def fine_tune(model, train: TrainConfig) -> None:
@@ -274,7 +305,7 @@ def run_model_label(train: TrainConfig) -> str:
     from core.models.hub import is_local, normalise_handle
     from core.settings.config import model_label
 
-    if train.model is ModelKind.BASELINE:
+    if not spec(train.model).has_backbone:
         return model_label(train.model)
     try:
         handle = normalise_handle(train.handle)
