@@ -99,7 +99,9 @@ def train() -> None:
     try:
         images = own.training_images([c.count for c in store.classes()])
         pairs = own.training_configs(source, current_handle(), images, st.session_state.get(BASELINE_KEY, False))
-        submission = submit([Experiment(data, cfg, estimate(data, cfg)) for data, cfg in pairs], session_token())
+        # A class holds at most MAX_IMAGES_PER_CLASS images: the job is short whatever the host's cap on a
+        # training's length, so no estimate is timed first (that would cost a process and seconds).
+        submission = submit([Experiment(data, cfg) for data, cfg in pairs], session_token(), short=True)
     except LabError as exc:
         flash("error", markdown_literal(str(exc)))
         return
@@ -110,22 +112,6 @@ def train() -> None:
     st.session_state[JOB_KEY] = submission.job_id
     st.session_state[REUSED_KEY] = [path.name for _, path in sorted(submission.reused.items())]
     st.session_state["own_started"] = time.time()
-
-
-def estimate(data, train_config) -> float | None:
-    """Only a host that caps a training's length needs an estimate first (timing one costs a process); the
-    wait for it happens in the button's callback and holds nothing."""
-    from core.settings.presets import active_preset
-
-    if active_preset().max_job_minutes is None:
-        return None
-    from app_pages.estimates import Pending, available, run_estimate, speed
-
-    try:
-        return run_estimate(data, train_config).total_seconds
-    except Pending:
-        speed(train_config.model, data, train_config, available(data.source)[2], wait_seconds=90)
-        return run_estimate(data, train_config).total_seconds
 
 
 def try_it(run_id: str) -> None:

@@ -47,12 +47,14 @@ def follow(job_id: str) -> None:
     st.session_state[FOLLOWING_KEY] = [j for j in following() if j != job_id][-9:] + [job_id]
 
 
-def submit(experiments: list, owner: str):
+def submit(experiments: list, owner: str, short: bool = False):
     """Queue experiments (core.training.jobs.Experiment) as one job, trained in that order, and follow it.
 
     What every page's training goes through: each experiment fingerprinted (one trained here already is
     handed back, an identical job joined), the worker's start counted in the first estimate, and the
-    preset's cap on a training's length checked. Returns the board's Submission; LabError says why not.
+    preset's cap on a training's length checked, unless the caller's limits keep it short whatever the
+    settings (short: Your classes' few images, a head on cached features) and no estimate is needed.
+    Returns the board's Submission; LabError says why not.
     """
     import dataclasses
 
@@ -67,7 +69,7 @@ def submit(experiments: list, owner: str):
     if experiments[0].estimated_seconds is not None:  # the worker's start belongs to the job's first run
         experiments = [dataclasses.replace(experiments[0], estimated_seconds=experiments[0].estimated_seconds
                                            + worker_start_seconds(runs_folder())), *experiments[1:]]
-    if active_preset().max_job_minutes is not None:
+    if active_preset().max_job_minutes is not None and not short:
         known = [e.estimated_seconds for e in experiments]
         check_job_length(sum(known) if None not in known else None)
     submission = board().submit(experiments, fingerprints, owner=owner)

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--room", type=int, nargs="*", metavar="SESSIONS",
                         help="only the workshop-room figures: Chromium sessions on one cloud-preset server "
                              "(default rooms of 12 and 30; written to benchmarks/room-results.json)")
+    parser.add_argument("--own-room", type=int, nargs="?", const=30, metavar="SESSIONS",
+                        help="only T1 and L2: participants teaching their own classes on one cloud-preset server "
+                             "(a room of 30 by default; written to benchmarks/own-room-results.json)")
     parser.add_argument("--demo-only", action="store_true",
                         help="only D1 and D2, the offline demo's lesson and pretraining time (a few minutes)")
     return parser
@@ -255,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results = room.run_rooms(work, args.room or [12, 30], say)
         return _write(args.output or HERE / "room-results.json", results, room.table_rows(results), "room", start)
+    if args.own_room is not None:
+        from benchmarks import own_room
+
+        results = own_room.run(work, args.own_room, say)
+        return _write(args.output or own_room.RESULTS, results, own_room.table_rows(results), "own-room", start)
     if args.cold_start:
         from benchmarks.cold_start import measure as measure_cold_start
 

@@ -465,6 +465,19 @@ class Board:
             raise
         return job_id
 
+    def claim_next(self, pid: int) -> Path | None:
+        """The oldest queued job, now launched as process pid's (a worker that has finished its own job takes
+        it: the slot it held passes on); None when nothing waits or the board cannot be changed."""
+        try:
+            with self._locked():
+                for v in self.views(active_only=True):
+                    if v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP):
+                        write_json(v.path / LAUNCH, {"pid": pid, "at": time.time()})
+                        return v.path
+        except (LabError, OSError) as exc:
+            _warn(("claim", self.root), "a worker could not take the next job: %s", exc)
+        return None
+
     def stop(self, job_id: str) -> None:
         """Ask a running job to stop after its current batch; a queued one leaves the queue at once."""
         view = self.view(job_id)

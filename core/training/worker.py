@@ -24,6 +24,7 @@ from core.training.board import (
     EXIT_DISK_FULL,
     LAUNCH,
     LOG,
+    Board,
     _experiments_from_spec,
     _publish,
     follow_training,
@@ -40,6 +41,10 @@ logger = logging.getLogger("core.training.worker")
 # alone on the machine runs at full speed (niceness only matters when both want the same core).
 WORKER_NICENESS = 10
 STANDBY = "--standby"
+# A worker takes the next queued job itself after its own, up to this many jobs and while it stays under
+# this size (TensorFlow's memory is not all given back between jobs; a fresh process starts from nothing).
+MAX_JOBS_PER_PROCESS = 20
+MAX_REUSED_BYTES = 1_200_000_000
 READY = "warm worker ready: waiting for a job"
 
 
@@ -57,6 +62,20 @@ def main(argv: list[str]) -> int:
             return 0
     else:
         job_dir = Path(argv[0])
+    done = 0
+    while True:
+        code = _train(job_dir)
+        done += 1
+        # The next queued job, in this process: TensorFlow is started already, and a room's small jobs in
+        # line each skip a process's start. Not when the job failed, or this process has grown.
+        job_dir = _next_job(job_dir.parent.parent, done) if code == 0 else None
+        if job_dir is None:
+            return code
+        _log_to(job_dir)
+
+
+def _train(job_dir: Path) -> int:
+    """Train one job of the board to its end; the process's exit code for it."""
     spec = read_spec(job_dir)
     try:
         experiments = _experiments_from_spec(spec)
@@ -86,6 +105,30 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return MAX_REUSED_BYTES  # unknown: do not take another job
+
+
+def _next_job(runs_dir: Path, done: int) -> Path | None:
+    """The next queued job, claimed for this process, while it has trained few jobs and stays small."""
+    import gc
+
+    import tf_keras
+
+    if done >= MAX_JOBS_PER_PROCESS:
+        return None
+    tf_keras.backend.clear_session()  # the finished jobs' models and graphs
+    gc.collect()
+    size = _resident_bytes()
+    if size >= MAX_REUSED_BYTES:
+        logger.info("not taking another job: this process holds %.2f GB", size / 1e9)
+        return None
+    return Board(runs_dir).claim_next(os.getpid())
+
+
 def _runner(spec: dict, job_dir: Path):
     """What the job's experiments are for: trained as runs (the default), or a data efficiency measurement."""
     task = spec.get("task")
@@ -109,12 +152,17 @@ def _wait_for_job() -> Path | None:
     if not line:
         return None
     job_dir = Path(line)
+    _log_to(job_dir)
+    return job_dir
+
+
+def _log_to(job_dir: Path) -> None:
+    """This process's output from now on goes to job_dir's log."""
     with open(job_dir / LOG, "ab") as log:
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
-    return job_dir
 
 
 def _start_seconds(job_dir: Path) -> float:

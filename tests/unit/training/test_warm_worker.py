@@ -91,3 +91,19 @@ def test_a_job_takes_the_waiting_worker_and_a_new_one_waits_only_while_a_slot_is
     assert board.view(job.job_id).snapshot.phase == DONE
 
 
+
+
+def test_a_worker_takes_the_next_queued_job_itself_and_the_slot_stays_one(tmp_path, demo_folder):
+    board = Board(tmp_path, max_concurrent=1)
+    first = board.submit([tiny(demo_folder, seed=3)], ["a"], owner="alice")
+    second = board.submit([tiny(demo_folder, seed=4)], ["b"], owner="bob")
+    assert board.view(second.job_id).queued
+    wait_until(lambda: board.view(second.job_id).finished, seconds=240)
+    worker = json.loads((board.view(first.job_id).path / LAUNCH).read_text())["pid"]
+    taken = json.loads((board.view(second.job_id).path / LAUNCH).read_text())
+    assert taken["pid"] == worker  # the same process trained both, one after the other
+    assert board.view(second.job_id).snapshot.phase == DONE
+    assert json.loads((board.view(second.job_id).path / STATUS).read_text())["pid"] == worker
+    # Its start counted from the claim: TensorFlow was running already.
+    assert worker_start_seconds(tmp_path) < 1.0
+    assert f"job {second.job_id} ended" in (board.view(second.job_id).path / "worker.log").read_text()
