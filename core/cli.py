@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strategy", choices=STRATEGY_NAMES, default="auto",
                        help="tf.distribute strategy: auto (a TPU if one is named, all GPUs if more than one, else "
                        "one device), default, mirrored (all GPUs, or every CPU device), tpu, or multiworker (the "
-                       "machines listed in TF_CONFIG; see README, Several machines); --batch-size is per replica "
+                       "machines listed in TF_CONFIG; see docs/several-machines.md); --batch-size is per replica "
                        "(default %(default)s)")
     train.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT, metavar="SECONDS",
                        help="multiworker: how long to wait for every worker to join, and for any training step "

@@ -1,5 +1,5 @@
 """`python -m core train --strategy multiworker` as real worker processes on loopback ports, each with its own
-TF_CONFIG: what one machine can show of training on several (CPU only; see README, Several machines)."""
+TF_CONFIG: what one machine can show of training on several (CPU only; see docs/several-machines.md)."""
 from __future__ import annotations
 
 import json
