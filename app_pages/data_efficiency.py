@@ -26,6 +26,7 @@ def queue() -> None:
     import hashlib
     import json
 
+    from core.settings.presets import check_efficiency_images
     from core.training.board import experiment_fingerprint
     from core.training.efficiency import TASK, checked_settings
     from core.training.jobs import Experiment
@@ -42,6 +43,8 @@ def queue() -> None:
                           batch_size=capped_batch_size(DataConfig.batch_size, active_preset()))
         data, counts, epochs, _ = checked_settings(data, current_handle(), counts,
                                                    {ModelKind.BASELINE: int(baseline_epochs)}, preset=active_preset())
+        classes = open_source_cached(data.source).info.num_classes
+        check_efficiency_images(counts[-1], classes, active_preset())  # said now, not after a wait in the queue
         train = TrainConfig(model=ModelKind.TRANSFER, epochs=epochs[ModelKind.TRANSFER], handle=current_handle())
         task = {"kind": TASK, "counts": counts, "baseline_epochs": epochs[ModelKind.BASELINE]}
         # The same data, backbone and counts measured again give the same figures: a room joins one job.

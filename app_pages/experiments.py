@@ -1,5 +1,4 @@
 """Experiments: both models configured side by side, estimated, trained in worker processes, compared."""
-import dataclasses
 import logging
 
 import streamlit as st
@@ -13,7 +12,6 @@ from app_pages.common import (
     describe_source,
     handle_field_text,
     handle_from_field,
-    open_source_cached,
     session_token,
     show_error,
 )
@@ -23,23 +21,22 @@ from app_pages.training_panel import (
     FINISH_SEEN_SECONDS,
     REUSED_KEY,
     board,
-    follow,
     live_curves,
     own_active_job,
     running_now,
     show_shared_job,
+    submit,
 )
 from core.models.hub import check_web_handle
 from core.present.labels import estimate_details, estimate_source, run_time
 from core.runs.folders import open_run
-from core.settings.config import ARTICLE_IMAGE_SIZE, DataConfig, ModelKind, TrainConfig, spec, validate
+from core.settings.config import ARTICLE_IMAGE_SIZE, DataConfig, ModelKind, TrainConfig, spec
 from core.settings.errors import LabError, OfflineError
 from core.settings.presets import (
     ARTICLE_SETTINGS_NOTE,
     active_preset,
     apply_preset,
     article_settings,
-    check_job_length,
 )
 from core.settings.text import duration
 from core.training.estimate import Estimate, quick_demo
@@ -132,28 +129,19 @@ def apply_quick_demo() -> None:
 
 def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     """Queue the experiments as one job, unless they were trained here already or are training now."""
-    from core.training.board import experiment_fingerprint
     from core.training.jobs import Experiment
 
-    experiments, fingerprints = [], []
+    experiments = []
     capped = active_preset().max_job_minutes is not None
     try:
         for kind in kinds:
             data, train = configs(kind)
-            validate(data, train)
             est = estimates.get(kind)
             if est is None and capped:  # a host that caps a training's length needs its estimate first
                 est = estimate_waited(kind, data, train)
             experiments.append(Experiment(data, train, est.total_seconds if est else None,
                                           est.fine_tune_seconds if est else None))
-            fingerprints.append(experiment_fingerprint(open_source_cached(data.source), data, train))
-        if experiments[0].estimated_seconds is not None:  # the worker's start belongs to the job's first run
-            experiments[0] = dataclasses.replace(experiments[0],
-                                                 estimated_seconds=experiments[0].estimated_seconds + worker_start())
-        if capped:
-            known = [e.estimated_seconds for e in experiments]
-            check_job_length(sum(known) if None not in known else None)
-        submission = board().submit(experiments, fingerprints, owner=session_token())
+        submission = submit(experiments, session_token())
     except LabError as exc:  # shown by the rerun that follows the click
         st.session_state[NOTICE_KEY] = ("error", str(exc))
         return
@@ -168,11 +156,9 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     notes = [f"{spec(kinds[i]).label} was trained here already with the same data, settings and seed "
              f"({run_time(r)}): its run is on the charts below. Change the seed to train it again."
              for i, r in zip(submission.reused, reused)]
-    if submission.job_id:
-        follow(submission.job_id)
-        if submission.attached:
-            notes.append("The same training was already queued or running for another session: following it, "
-                         "so it trains once.")
+    if submission.job_id and submission.attached:
+        notes.append("The same training was already queued or running for another session: following it, "
+                     "so it trains once.")
     st.session_state[NOTICE_KEY] = ("info", " ".join(notes)) if notes else None
 
 

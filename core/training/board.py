@@ -465,17 +465,22 @@ class Board:
             raise
         return job_id
 
-    def claim_next(self, pid: int) -> Path | None:
-        """The oldest queued job, now launched as process pid's (a worker that has finished its own job takes
-        it: the slot it held passes on); None when nothing waits or the board cannot be changed."""
+    def finish_and_claim(self, job_dir: Path, final: Snapshot, pid: int) -> Path | None:
+        """Publish a worker's final snapshot and, in the same hold of the board's lock, give process pid the
+        oldest queued job if the slot this job leaves is still free: the worker goes on with it, and no page
+        starts a process for it in between. The claimed job's folder, or None."""
         try:
             with self._locked():
-                for v in self.views(active_only=True):
+                _publish(job_dir, final)
+                views = self.views(active_only=True)
+                if sum(1 for v in views if v.active and not v.queued) >= self.max_concurrent:
+                    return None
+                for v in views:
                     if v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP):
                         write_json(v.path / LAUNCH, {"pid": pid, "at": time.time()})
                         return v.path
-        except (LabError, OSError) as exc:
-            _warn(("claim", self.root), "a worker could not take the next job: %s", exc)
+        except LabError:  # the board cannot be locked (a full disk): publish as ever, take nothing
+            _publish(job_dir, final)
         return None
 
     def stop(self, job_id: str) -> None:
@@ -756,13 +761,14 @@ def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:
 
 
 def follow_training(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_seconds: float = 0.25,
-                    started: bool = False) -> Snapshot:
+                    started: bool = False, finish: Callable[[Snapshot], None] | None = None) -> Snapshot:
     """Run job to its end in this process, publishing its progress and honouring the stop file.
 
     Progress is published a few times a second and at once when an epoch ends or a stop is seen, so a
     page polling the status file shows every epoch and "Stopping ..." without asking the trainer anything.
     A full disk skips progress (training goes on, and may still save its run once there is space); the final
-    status must be published, or this raises the OSError.
+    status must be published, or this raises the OSError. finish, when given, publishes the final status
+    instead (a worker that may take the next job does so under the board's lock).
     """
     stop_file = job_dir / STOP
     if not started:
@@ -775,7 +781,7 @@ def follow_training(job: Job, job_dir: Path, poll_seconds: float = 0.1, publish_
         snapshot = job.snapshot()
         if not running:
             _record_timings(job, snapshot, job_dir.parent)  # before the last publish: the next estimate uses them
-            _publish(job_dir, snapshot)
+            (finish or (lambda final: _publish(job_dir, final)))(snapshot)
             return snapshot
         key = (snapshot.phase, snapshot.index, snapshot.epoch, job.stop_requested)
         now = time.monotonic()

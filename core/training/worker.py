@@ -33,7 +33,7 @@ from core.training.board import (
     record_worker_start,
     space_note,
 )
-from core.training.jobs import FAILED, Job
+from core.training.jobs import DONE, FAILED, STOPPED, Job
 
 logger = logging.getLogger("core.training.worker")
 
@@ -64,30 +64,41 @@ def main(argv: list[str]) -> int:
         job_dir = Path(argv[0])
     done = 0
     while True:
-        code = _train(job_dir)
         done += 1
-        # The next queued job, in this process: TensorFlow is started already, and a room's small jobs in
-        # line each skip a process's start. Not when the job failed, or this process has grown.
-        job_dir = _next_job(job_dir.parent.parent, done) if code == 0 else None
+        # After its job, a worker takes the next queued one itself: TensorFlow is started already, and a room's
+        # small jobs in line each skip a process's start. Not after a failure, or once the process has grown.
+        code, job_dir = _train(job_dir, may_continue=done < MAX_JOBS_PER_PROCESS)
         if job_dir is None:
             return code
         _log_to(job_dir)
+        _forget_models()
 
 
-def _train(job_dir: Path) -> int:
-    """Train one job of the board to its end; the process's exit code for it."""
+def _train(job_dir: Path, may_continue: bool) -> tuple[int, Path | None]:
+    """Train one job of the board to its end: the process's exit code for it, and the next job it took."""
     spec = read_spec(job_dir)
     try:
         experiments = _experiments_from_spec(spec)
         runs_dir = job_dir.parent.parent
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         logger.error("unreadable job spec in %s: %s", job_dir, exc)
-        return 2
+        return 2, None
     _import_tensorflow()
     record_worker_start(runs_dir, _start_seconds(job_dir))
     job = Job(experiments, runs_dir, _runner(spec, job_dir))
+    taken: list[Path] = []
+
+    def finish(final) -> None:
+        size = _resident_bytes()
+        if may_continue and final.phase in (DONE, STOPPED) and size < MAX_REUSED_BYTES:
+            taken.extend(filter(None, [Board(runs_dir).finish_and_claim(job_dir, final, os.getpid())]))
+            return
+        if size >= MAX_REUSED_BYTES:
+            logger.info("this process holds %.2f GB: it takes no other job", size / 1e9)
+        _publish(job_dir, final)
+
     try:
-        final = follow_training(job, job_dir)
+        final = follow_training(job, job_dir, finish=finish)
     except Exception as exc:  # publishing itself failed (disk full, folder removed): say so if possible
         logger.exception("the job could not be followed")
         full = is_disk_full(exc)
@@ -98,11 +109,13 @@ def _train(job_dir: Path) -> int:
             _publish(job_dir, replace(job.snapshot(), phase=FAILED, error=reason if full else str(exc), message=reason))
         except OSError as again:
             # Nothing here can be written: the exit code tells the board why, and it records the job's end.
-            return EXIT_DISK_FULL if full or is_disk_full(again) else 1
-        return 1
+            return EXIT_DISK_FULL if full or is_disk_full(again) else 1, None
+        return 1, None
     record_job(runs_dir, spec, final.run_dirs)  # the room's ledger outlives this job's folder
     logger.info("job %s ended: %s", job_dir.name, final.message)
-    return 0
+    if taken:
+        logger.info("taking job %s next", taken[0].name)
+    return 0, (taken[0] if taken else None)
 
 
 def _resident_bytes() -> int:
@@ -112,21 +125,14 @@ def _resident_bytes() -> int:
         return MAX_REUSED_BYTES  # unknown: do not take another job
 
 
-def _next_job(runs_dir: Path, done: int) -> Path | None:
-    """The next queued job, claimed for this process, while it has trained few jobs and stays small."""
+def _forget_models() -> None:
+    """The finished job's models and graphs, before the next job builds its own."""
     import gc
 
     import tf_keras
 
-    if done >= MAX_JOBS_PER_PROCESS:
-        return None
-    tf_keras.backend.clear_session()  # the finished jobs' models and graphs
+    tf_keras.backend.clear_session()
     gc.collect()
-    size = _resident_bytes()
-    if size >= MAX_REUSED_BYTES:
-        logger.info("not taking another job: this process holds %.2f GB", size / 1e9)
-        return None
-    return Board(runs_dir).claim_next(os.getpid())
 
 
 def _runner(spec: dict, job_dir: Path):

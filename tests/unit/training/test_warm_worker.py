@@ -98,7 +98,15 @@ def test_a_worker_takes_the_next_queued_job_itself_and_the_slot_stays_one(tmp_pa
     first = board.submit([tiny(demo_folder, seed=3)], ["a"], owner="alice")
     second = board.submit([tiny(demo_folder, seed=4)], ["b"], owner="bob")
     assert board.view(second.job_id).queued
-    wait_until(lambda: board.view(second.job_id).finished, seconds=240)
+    running = []
+
+    def done() -> bool:
+        board.pump()  # as watching pages do: a free slot would be given to a new process here
+        running.append(sum(1 for v in board.active() if not v.queued))
+        return board.view(second.job_id).finished
+
+    wait_until(done, seconds=240, every=0.05)
+    assert max(running) == 1  # never two at once: the slot passed from one job to the next
     worker = json.loads((board.view(first.job_id).path / LAUNCH).read_text())["pid"]
     taken = json.loads((board.view(second.job_id).path / LAUNCH).read_text())
     assert taken["pid"] == worker  # the same process trained both, one after the other
