@@ -59,12 +59,15 @@ def submit(experiments: list, owner: str, short: bool = False):
     import dataclasses
 
     from app_pages.common import open_source_cached
-    from core.settings.config import validate
+    from core.models.hub import check_web_handle
+    from core.settings.config import spec, validate
     from core.settings.presets import check_job_length
     from core.training.board import experiment_fingerprint, worker_start_seconds
 
     for e in experiments:
         validate(e.data, e.train)
+        if spec(e.train.model).has_backbone and not active_preset().allow_local_paths:
+            check_web_handle(e.train.handle)  # a hosted Lab's hub handle names downloads and its own cache only
     fingerprints = [experiment_fingerprint(open_source_cached(e.data.source), e.data, e.train) for e in experiments]
     if experiments[0].estimated_seconds is not None:  # the worker's start belongs to the job's first run
         experiments = [dataclasses.replace(experiments[0], estimated_seconds=experiments[0].estimated_seconds

@@ -367,10 +367,6 @@ def training_configs(source: str, handle: str, train_images: int, with_baseline:
     from core.settings.presets import active_preset, apply_preset, capped_batch_size
 
     preset = active_preset()
-    if not preset.allow_local_paths:
-        from core.models.hub import check_web_handle
-
-        check_web_handle(handle)  # a hosted Lab's hub handle names downloads and its own cache only
     size = min(ARTICLE_IMAGE_SIZE, preset.max_image_size or ARTICLE_IMAGE_SIZE)
     data = DataConfig(source=source, image_size=size, batch_size=max(1, min(train_images, capped_batch_size(OWN_BATCH_SIZE, preset))))
     trains = [TrainConfig(model=ModelKind.TRANSFER, epochs=OWN_EPOCHS, learning_rate=OWN_LEARNING_RATE,

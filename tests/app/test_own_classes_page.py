@@ -148,3 +148,16 @@ def test_mistakes_of_a_run_on_someone_elses_photos_are_not_shown(trained_runs, t
     else:
         assert not gallery and not at.get("image")
         assert any("another participant's own photos" in c for c in captions)
+
+
+def test_a_hosted_lab_refuses_a_hub_handle_that_names_a_server_folder(open_page, monkeypatch):
+    monkeypatch.setenv("LAB_PRESET", "cloud")
+    at = open_page("own_classes", state={"lab_handle": "/etc"})
+    for name in ("reds", "blues"):
+        add_class(at, name)
+        choose(at, name)
+        upload(at, [(f"{name}{i}.png", png(i + (0 if name == "reds" else 40))) for i in range(5)])
+    next(b for b in at.button if b.label == "Train").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "/etc" not in at.error[0].value
+    assert "exp_own_job" not in at.session_state or at.session_state["exp_own_job"] is None
