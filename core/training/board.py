@@ -222,6 +222,16 @@ def _experiments_from_spec(spec: dict) -> list[Experiment]:
                        e.get("fine_tune_seconds")) for e in spec["experiments"]]
 
 
+def _running(views: list[JobView]) -> int:
+    """Jobs holding a training slot: started (or being started) and not finished."""
+    return sum(1 for v in views if v.active and not v.queued)
+
+
+def _startable(v: JobView) -> bool:
+    """A queued job nobody has launched or cancelled yet."""
+    return v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP)
+
+
 def _task(spec: dict) -> dict:
     task = spec.get("task")
     return task if isinstance(task, dict) and isinstance(task.get("kind"), str) else {"kind": TRAIN_TASK}
@@ -473,10 +483,10 @@ class Board:
             with self._locked():
                 _publish(job_dir, final)
                 views = self.views(active_only=True)
-                if sum(1 for v in views if v.active and not v.queued) >= self.max_concurrent:
+                if _running(views) >= self.max_concurrent:
                     return None
                 for v in views:
-                    if v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP):
+                    if _startable(v):
                         write_json(v.path / LAUNCH, {"pid": pid, "at": time.time()})
                         return v.path
         except LabError:  # the board cannot be locked (a full disk): publish as ever, take nothing
@@ -513,7 +523,7 @@ class Board:
 
     def keep_warm(self, active: list[JobView]) -> None:
         """With a training slot free (by the board's active jobs), have a warm worker wait for the next job."""
-        if self.warm_worker and sum(1 for v in active if not v.queued) < self.max_concurrent:
+        if self.warm_worker and _running(active) < self.max_concurrent:
             keep_standby(self.root)
 
     def pump_if_due(self, every_seconds: float = PUMP_EVERY_SECONDS) -> bool:
@@ -569,11 +579,11 @@ class Board:
 
     def _start_queued(self) -> None:
         views = self.views(active_only=True)
-        running = sum(1 for v in views if v.active and not v.queued)
+        running = _running(views)
         for v in views:
             if running >= self.max_concurrent:
                 break
-            if v.queued and not _exists(v.path / LAUNCH) and not _exists(v.path / STOP):
+            if _startable(v):
                 try:
                     started = self._launch(v)
                 except OSError as exc:  # nothing was started: the job waits in the queue for the next pump

@@ -1,10 +1,11 @@
 """`python -m core.training.worker JOB_DIR`: train one job of the board in a process of its own.
 
-Started by core.training.board for the dashboard. `python -m core.training.worker --standby` is a warm worker:
-it imports TensorFlow first, then waits for one job folder's path on its standard input and trains that job
-like a worker started for it (an empty input ends it), so the job does not wait for TensorFlow to start. It reads the job's spec, trains its experiments with
+Started by core.training.board for the dashboard. It reads the job's spec, trains its experiments with
 the same engine the CLI uses (core.training.jobs.Job) and publishes progress into the job folder until
 the job ends; a stop file there stops it after the current batch, keeping finished epochs as a run.
+
+`python -m core.training.worker --standby` is a warm worker: it imports TensorFlow first, then waits for one
+job folder's path on its standard input (an empty input ends it), so the job does not wait for TensorFlow.
 """
 from __future__ import annotations
 
