@@ -14,8 +14,13 @@ from core.settings.config import ModelKind
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal
 
-SHOWN_KEY = "exp_shown"  # run ids on the charts
+SHOWN_KEY = "exp_shown"  # run ids on the charts (plain state: saved with the session, kept across pages)
 PENDING_KEY = "exp_shown_next"  # run ids to put on the charts at the next full run (show_runs_next)
+# The run picker's widget key is "runs_picker_<generation>"; the generation changes whenever the page, not
+# the user, sets the runs. A message the browser sent before it saw the new runs carries the old widget's
+# value, which would otherwise win over them (a room's pages, polling every 2 s, lost results that way).
+PICKER_KEY = "runs_picker"
+GENERATION_KEY = "runs_picker_generation"
 IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
 ORDER = {kind.value: i for i, kind in enumerate(ModelKind)}  # baseline left, transfer right
 COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch", "Best val accuracy",
@@ -25,7 +30,20 @@ COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch
 def show_runs(run_ids, keep: bool = True) -> None:
     """Put these runs on the charts, beside those already there (keep) or instead of them."""
     shown = list(st.session_state.get(SHOWN_KEY, [])) if keep else []
-    st.session_state[SHOWN_KEY] = shown + [r for r in run_ids if r not in shown]
+    _set_shown(shown + [r for r in run_ids if r not in shown])
+
+
+def _set_shown(run_ids: list) -> None:
+    """The runs on the charts, set by the page: drawn by a new picker widget, so no stale value can win."""
+    old = f"{PICKER_KEY}_{st.session_state.get(GENERATION_KEY, 0)}"
+    st.session_state.pop(old, None)
+    st.session_state[GENERATION_KEY] = st.session_state.get(GENERATION_KEY, 0) + 1
+    st.session_state[SHOWN_KEY] = list(run_ids)
+
+
+def picker_key() -> str:
+    """The run picker's current widget key."""
+    return f"{PICKER_KEY}_{st.session_state.get(GENERATION_KEY, 0)}"
 
 
 def show_runs_next(run_ids) -> None:
@@ -94,20 +112,25 @@ def pick_runs() -> list:
         for record in listing.runs:  # newest first
             if record.run_id not in others:
                 newest.setdefault(record.model_kind, record.run_id)
-        st.session_state[SHOWN_KEY] = list(newest.values())
-    st.session_state[SHOWN_KEY] = list(dict.fromkeys(i for i in st.session_state[SHOWN_KEY] if i in by_id))
+        _set_shown(list(newest.values()))
+    chosen = st.session_state.get(picker_key(), st.session_state[SHOWN_KEY])
+    if any(i not in by_id for i in chosen):  # a run deleted since: the picker must not offer it
+        _set_shown([i for i in chosen if i in by_id])
     labels = {i: run_option(r) for i, r in by_id.items()}
     # The multiselect tells options apart by label: a run imported twice must not share its copy's.
     repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
-    st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
-                   format_func=lambda i: f"{labels[i]} · {i}" if labels[i] in repeated else labels[i], key=SHOWN_KEY,
-                   placeholder="Pick finished runs from the runs folder")
+    shown = st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
+                           default=[i for i in dict.fromkeys(st.session_state[SHOWN_KEY]) if i in by_id],
+                           key=picker_key(),
+                           format_func=lambda i: f"{labels[i]} · {i}" if labels[i] in repeated else labels[i],
+                           placeholder="Pick finished runs from the runs folder")
+    st.session_state[SHOWN_KEY] = list(shown)
     if listing.incomplete:
         with st.expander(f"{len(listing.incomplete)} unfinished or damaged run folder(s), not shown"):
             st.caption("A run is written into a hidden folder and renamed when complete; these never completed "
                        "or are missing files.")
             st.code("\n".join(p.name for p in listing.incomplete), language=None)
-    return sorted((by_id[i] for i in st.session_state[SHOWN_KEY]),
+    return sorted((by_id[i] for i in shown),
                   key=lambda r: (ORDER.get(r.model_kind, len(ORDER)), r.metrics.get("finished_at", 0)))
 
 

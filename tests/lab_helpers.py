@@ -84,3 +84,10 @@ def saved_functions(folder) -> int:
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
     return len(saved.meta_graphs[0].object_graph_def.concrete_functions)
+
+
+def run_picker(at):
+    """The Experiments page's run picker (its widget key changes whenever the page sets the runs)."""
+    state = at.session_state
+    generation = state["runs_picker_generation"] if "runs_picker_generation" in state else 0
+    return at.multiselect(key=f"runs_picker_{generation}")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_helpers import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, followed_job, wait_for_epoch, wait_for_job
+from lab_helpers import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, followed_job, run_picker, wait_for_epoch, wait_for_job
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_an_identical_experiment_trains_once(open_page, tiny_state, tmp_path):
     third.button(key="run_baseline").click().run()
     assert "exp_following" not in third.session_state or not third.session_state["exp_following"]
     assert third.info[0].value.startswith("Baseline CNN was trained here already with the same data")
-    assert third.multiselect(key="exp_shown").value == [snap.run_dirs[0].name]
+    assert run_picker(third).value == [snap.run_dirs[0].name]
     assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 1
 
 
@@ -258,7 +258,7 @@ def test_two_sessions_train_at_once_while_a_third_predicts(open_page, tiny_state
     assert [len(ids) for ids in own_runs] == [1, 1] and own_runs[0] != own_runs[1]
     assert own_runs[0][0].split("-")[2] == "baseline" and own_runs[1][0].split("-")[2] == "mobilenet_v2"
     for at, ids in zip(sessions, own_runs):
-        assert at.multiselect(key="exp_shown").value == ids  # its own result, not the other session's
+        assert run_picker(at).value == ids  # its own result, not the other session's
 
 
 def test_quick_demo_never_picks_more_images_than_the_hosted_preset_allows(open_page, tiny_state, monkeypatch):
@@ -300,12 +300,12 @@ def test_a_run_that_ends_while_no_page_watches_reaches_the_charts_after_a_reload
     run_id = view.snapshot.run_dirs[0].name
     reloaded = open_page("experiments", query={"s": token})
     assert not reloaded.exception
-    assert reloaded.multiselect(key="exp_shown").value == [run_id]
+    assert run_picker(reloaded).value == [run_id]
     assert [s.value for s in reloaded.success] == [view.snapshot.message]
     # Delivered once: choosing other runs afterwards is not undone by the next poll or reload.
-    reloaded.multiselect(key="exp_shown").set_value([]).run()
+    run_picker(reloaded).set_value([]).run()
     again = open_page("experiments", query={"s": token})
-    assert again.multiselect(key="exp_shown").value == []
+    assert run_picker(again).value == []
     assert job.job_id in again.session_state["exp_following"]
 
 
@@ -322,7 +322,7 @@ def test_run_both_trains_the_transfer_model_first_and_charts_it_while_the_baseli
     at.run()
     assert not at.exception
     assert not followed_job(at).finished  # the baseline's 300 epochs are still ahead
-    assert at.multiselect(key="exp_shown").value == [transfer]
+    assert run_picker(at).value == [transfer]
     assert any("Transfer (backbone) finished: on the charts below" in c.value for c in at.caption)
     at.button(key=f"stop_{view.job_id}").click().run()
     snap = wait_for_job(at, rerun_while_waiting=True)

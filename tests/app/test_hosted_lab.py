@@ -7,6 +7,7 @@ import shutil
 import zipfile
 
 import pytest
+from lab_helpers import run_picker
 
 TEXT_ELEMENTS = ("title", "header", "subheader", "markdown", "caption", "text", "code", "error", "warning", "info",
                  "success", "exception", "toast")
@@ -184,13 +185,13 @@ def test_an_imported_run_is_its_importers_default_and_only_a_deliberate_pick_for
     importer.button(key="run_import").click().run()
     assert not importer.exception
     imported = trained_runs["mobilenet_v2"].name
-    assert imported in importer.multiselect(key="exp_shown").value
+    assert imported in run_picker(importer).value
     importer.switch_page("app_pages/predict.py").run()
     assert importer.selectbox(key="pred_run").value == imported  # the importer's own: its default pick
 
     other = open_page("experiments", runs_dir=runs)
-    assert other.multiselect(key="exp_shown").value == [trained_here]
-    assert len(other.multiselect(key="exp_shown").options) == 2  # the imported run is still there to choose
+    assert run_picker(other).value == [trained_here]
+    assert len(run_picker(other).options) == 2  # the imported run is still there to choose
     other.switch_page("app_pages/predict.py").run()
     assert not other.exception
     assert other.selectbox(key="pred_run").value == trained_here

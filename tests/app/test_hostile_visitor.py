@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 from hostile_files import XSS_CLASSES, XSS_KIND, hostile_run
+from lab_helpers import run_picker
 from PIL import Image
 
 from core.settings.text import markdown_literal as plain
@@ -74,8 +75,8 @@ def test_importing_a_run_already_here_keeps_the_page_working(open_page, trained_
     at.button(key="run_import").click().run()
     for _ in range(2):  # the next clicks used to raise StreamlitDuplicateElementKey
         assert not at.exception
-        shown = at.multiselect(key="exp_shown").value
+        shown = run_picker(at).value
         assert len(shown) == len(set(shown)) == 2 and original in shown
         at.toggle(key="exp_show_article").set_value(False).run()
-    options = at.multiselect(key="exp_shown").options
+    options = run_picker(at).options
     assert len(options) == len(set(options)) == 2

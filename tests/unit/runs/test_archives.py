@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lab_helpers import make_zip
+from lab_helpers import make_zip, run_picker
 
 from core.runs.archives import export_run_zip, import_run_file, import_run_zip
 from core.runs.folders import INCOMPLETE_PREFIX, list_runs, open_run
@@ -279,7 +279,7 @@ def test_the_experiments_page_imports_an_uploaded_run_and_shows_it(open_page, tr
     assert not at.exception
     [record] = list_runs(tmp_path / "runs").runs
     assert any(record.run_id in s.value for s in at.success)
-    assert record.run_id in at.multiselect(key="exp_shown").value
+    assert record.run_id in run_picker(at).value
     # Its accuracy and loss curves (training and validation) are drawn beside the article's.
     names = [[trace.get("name") for trace in json.loads(chart.proto.spec)["data"]] for chart in at.get("plotly_chart")]
     assert names[:2] == [["Transfer (backbone)", "Transfer (backbone)", "Article: MobileNetV2 transfer"]] * 2
