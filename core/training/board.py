@@ -742,6 +742,19 @@ def drop_standby() -> None:
         drop(process)
 
 
+def _record_exit(job_dir: Path, returncode: int) -> None:
+    """Write how a job's worker ended, trying again while the disk is full, until it lands or the job is gone."""
+    while True:
+        try:
+            write_json(job_dir / EXIT, {"returncode": returncode, "at": time.time()})
+            return
+        except OSError as exc:
+            if not job_dir.is_dir():
+                return
+            _warn(("exit", job_dir), "how the worker of job %s ended is not recorded yet: %s", job_dir.name, exc)
+            time.sleep(EXIT_RETRY_SECONDS)
+
+
 def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:
     """Wait for a worker on a thread: record how it ended, then let the next queued job start.
 
@@ -752,20 +765,23 @@ def _watch(process: subprocess.Popen, job_dir: Path, board: Board) -> None:
     def wait() -> None:
         returncode = process.wait()
         _ended_here[job_dir] = returncode
-        while True:
-            try:
-                write_json(job_dir / EXIT, {"returncode": returncode, "at": time.time()})
-                break
-            except OSError as exc:
-                if not job_dir.is_dir():
-                    break
-                _warn(("exit", job_dir), "how the worker of job %s ended is not recorded yet: %s", job_dir.name, exc)
-                time.sleep(EXIT_RETRY_SECONDS)
+        held = [job_dir]
+        # A worker goes on with queued jobs (finish_and_claim): it ended holding the unfinished ones whose
+        # launch record names it too. Found under the board's lock, so no pump marks them failed meanwhile
+        # without their exit code.
+        with contextlib.suppress(LabError), board._locked():
+            for v in board.views(active_only=True):
+                if v.path != job_dir and (read_small(v.path / LAUNCH) or {}).get("pid") == process.pid:
+                    _ended_here[v.path] = returncode
+                    held.append(v.path)
+        for path in held:
+            _record_exit(path, returncode)
         try:
             board.pump()
         except Exception:  # the board must outlive any one job; the next page view pumps again
             logger.exception("starting the next queued job failed")
-        _ended_here.pop(job_dir, None)
+        for path in held:
+            _ended_here.pop(path, None)
 
     threading.Thread(target=wait, name=f"lab-worker-{job_dir.name}", daemon=True).start()
 

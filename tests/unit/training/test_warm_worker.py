@@ -115,3 +115,35 @@ def test_a_worker_takes_the_next_queued_job_itself_and_the_slot_stays_one(tmp_pa
     # Its start counted from the claim: TensorFlow was running already.
     assert worker_start_seconds(tmp_path) < 1.0
     assert f"job {second.job_id} ended" in (board.view(second.job_id).path / "worker.log").read_text()
+
+
+def test_a_worker_killed_in_the_job_it_took_next_fails_that_job_with_the_signal(tmp_path, demo_folder):
+    import os
+    import signal
+
+    board = Board(tmp_path, max_concurrent=1)
+    first = board.submit([tiny(demo_folder, seed=5)], ["a"], owner="alice")
+    long = Experiment(DataConfig(source=f"folder:{demo_folder}", image_size=48, batch_size=16, limit=32, seed=6),
+                      TrainConfig(model=ModelKind.BASELINE, epochs=400), 60.0)
+    second = board.submit([long], ["b"], owner="bob")
+    worker = None
+
+    def second_taken() -> bool:
+        nonlocal worker
+        board.pump()
+        launch = board.view(second.job_id).path / LAUNCH
+        worker = json.loads(launch.read_text()).get("pid") if launch.exists() else None
+        return worker is not None
+
+    wait_until(second_taken, seconds=240, every=0.05)
+    assert worker == json.loads((board.view(first.job_id).path / LAUNCH).read_text())["pid"]
+    os.kill(worker, signal.SIGKILL)  # as the system does when memory runs out
+
+    def ended() -> bool:
+        board.pump()
+        return board.view(second.job_id).finished
+
+    wait_until(ended, seconds=60)
+    message = board.view(second.job_id).snapshot.message
+    assert "killed by SIGKILL" in message and "memory runs out" in message, message
+    assert board.view(first.job_id).snapshot.phase == DONE
