@@ -19,12 +19,20 @@ STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "S
 # Run folders of followed jobs already put on this session's charts. Kept on reload, so a result is delivered
 # once: whether or not a page saw its job running, and however many reloads or tabs came in between.
 DELIVERED_KEY = "exp_delivered"
+# Followed jobs this session has seen ended: the first sight of an end reruns the whole page once, so what
+# a page draws from a finished job (Your classes' verdict) appears even when its runs came in earlier.
+ENDED_KEY = "exp_seen_ended"
 LEVEL_KEY = "exp_panel_level"  # the activity level the panel was last set to poll at
 STOP_ERROR_KEY = "panel_stop_error"  # (job id, message) when a Stop could not be written; not kept on reload
 
 WATCHING, OTHERS, IDLE = "watching", "others", "idle"
 POLL_SECONDS = {WATCHING: 2.0, OTHERS: 5.0, IDLE: 30.0}
 CURVES_SECONDS = 5.0
+# The pages of this server share one read of the board for this long (LAB_BOARD_READ_SECONDS, 0 = none):
+# each polls every 2 s or slower.
+BOARD_READ_SECONDS = 1.0
+# Other visitors' waiting trainings shown as cards; the rest of a room's queue is one line.
+OTHERS_WAITING_SHOWN = 2
 # From a job's end to "Finished" on the page of the person who started it: half a poll on average, then the
 # page's redraw with the new runs (about a second here). The Quick demo counts it in the wait it promises.
 FINISH_SEEN_SECONDS = POLL_SECONDS[WATCHING] / 2 + 1.0
@@ -36,7 +44,12 @@ def board():
     from core.training.board import Board
 
     # A warm worker waits for the next training (LAB_WARM_WORKER=0 turns it off, e.g. for in-process tests).
-    return Board(runs_folder(), warm_worker=os.environ.get("LAB_WARM_WORKER", "1") != "0")
+    try:
+        shared = float(os.environ.get("LAB_BOARD_READ_SECONDS", BOARD_READ_SECONDS))
+    except ValueError:
+        shared = BOARD_READ_SECONDS
+    return Board(runs_folder(), warm_worker=os.environ.get("LAB_WARM_WORKER", "1") != "0",
+                 shared_reads_seconds=shared)
 
 
 def following() -> list[str]:
@@ -229,19 +242,27 @@ def _running_now() -> None:
     st.subheader("Running now", anchor=False)
     for view in mine:
         _job_card(view, mine=True)
-    for view in others:
+    waiting = [v for v in others if v.queued]
+    for view in [v for v in others if not v.queued] + waiting[:OTHERS_WAITING_SHOWN]:
         _job_card(view, mine=False)
+    if len(waiting) > OTHERS_WAITING_SHOWN:
+        st.caption(f"and {len(waiting) - OTHERS_WAITING_SHOWN} more of other visitors' trainings waiting in line.")
 
 
 def deliver(followed: list) -> bool:
     """Put every run that a followed job has saved and this session has not yet charted on the charts, the
-    moment it is saved (with "Run both", the first model's while the second trains). True if any was new."""
+    moment it is saved (with "Run both", the first model's while the second trains). True if any was new,
+    or a followed job has ended since this session last looked."""
     from app_pages.results import show_runs_next
 
     delivered = list(st.session_state.get(DELIVERED_KEY, []))
     fresh = [v for v in followed if any(p.name not in delivered for p in v.snapshot.run_dirs)]
+    seen_ended = list(st.session_state.get(ENDED_KEY, []))
+    ended = [v.job_id for v in followed if v.finished and v.job_id not in seen_ended]
+    if ended:
+        st.session_state[ENDED_KEY] = (seen_ended + ended)[-20:]
     if not fresh:
-        return False
+        return bool(ended)
     # The charts show what was just asked for: the job's runs so far and those handed back with it.
     runs = [p.name for p in fresh[-1].snapshot.run_dirs]
     show_runs_next(st.session_state.get(REUSED_KEY, []) + runs)

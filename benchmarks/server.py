@@ -25,8 +25,8 @@ def start_server(runs_dir: Path, env: dict | None = None, name: str = "streamlit
     """`streamlit run streamlit_app.py` on a free loopback port with this runs folder; yields its URL."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    full_env = {**os.environ, "LAB_WARM_WORKER": "1", "LAB_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1",
-                **(env or {})}
+    full_env = {**{k: v for k, v in os.environ.items() if k != "LAB_BOARD_READ_SECONDS"}, "LAB_WARM_WORKER": "1",
+                "LAB_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(ARTIFACTS / f"{name}.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),

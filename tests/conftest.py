@@ -21,6 +21,9 @@ def _isolated_cache(tmp_path_factory):
     # Pages in this process start no warm worker (each would import TensorFlow beside the suite); the
     # servers of the browser tests do, as a user's does, and tests/unit/training/test_warm_worker.py checks it.
     os.environ["LAB_WARM_WORKER"] = "0"
+    # Pages here read the job board's files on every run, as the tests beside them do (a server's pages
+    # share a read for a second: the browser tests' servers, and test_board.py, check that).
+    os.environ["LAB_BOARD_READ_SECONDS"] = "0"
     yield cache
 
 

@@ -88,6 +88,8 @@ def saved_functions(folder) -> int:
 
 def run_picker(at):
     """The Experiments page's run picker (its widget key changes whenever the page sets the runs)."""
-    state = at.session_state
-    generation = state["runs_picker_generation"] if "runs_picker_generation" in state else 0
+    try:
+        generation = at.session_state["runs_picker_generation"]
+    except KeyError:  # the page has not set its runs yet
+        generation = 0
     return at.multiselect(key=f"runs_picker_{generation}")

@@ -286,12 +286,32 @@ def _estimates(job_dir: Path) -> list[float | None] | None:
         return None
 
 
+# What the boards of this process last read, by (jobs folder, active only): pages of one server share it.
+_shared_reads: dict[tuple[Path, bool], tuple[float, list]] = {}
+_changes: dict[Path, int] = {}  # changes this process made to each board: a read begun before one is not kept
+_shared_reads_lock = threading.Lock()
+
+
+def _forget_reads(root: Path) -> None:
+    """After this process changed the board: the next read of it goes to its files."""
+    with _shared_reads_lock:
+        _changes[root] = _changes.get(root, 0) + 1
+        for key in [k for k in _shared_reads if k[0] == root]:
+            del _shared_reads[key]
+
+
 class Board:
-    """The jobs of one runs folder. Cheap to create: pages make one per script run."""
+    """The jobs of one runs folder. Cheap to create: pages make one per script run.
+
+    shared_reads_seconds > 0 lets the boards of one process share what one of them read for that long (a
+    server's pages): every polling page reading every job's files kept a room's server busy with nothing
+    else. Whatever changes the board (submit, stop, pump, a worker's claim) reads the files themselves.
+    """
 
     def __init__(self, runs_dir: str | Path, max_concurrent: int | None = None,
                  launcher: Callable[[Path], subprocess.Popen] | None = None, max_per_session: int | None = None,
-                 warm_worker: bool = False):
+                 warm_worker: bool = False, shared_reads_seconds: float = 0.0):
+        self.shared_reads_seconds = shared_reads_seconds
         self.runs_dir = Path(runs_dir)
         self.root = jobs_root(runs_dir)
         if max_concurrent is None or max_per_session is None:
@@ -347,6 +367,20 @@ class Board:
 
     def views(self, active_only: bool = False) -> list[JobView]:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
+        if self.shared_reads_seconds <= 0:
+            return self._read_views(active_only)
+        key, now = (self.root, active_only), time.monotonic()
+        with _shared_reads_lock:
+            seen, changes = _shared_reads.get(key), _changes.get(self.root, 0)
+        if seen is not None and now - seen[0] < self.shared_reads_seconds:
+            return list(seen[1])
+        views = self._read_views(active_only)
+        with _shared_reads_lock:
+            if _changes.get(self.root, 0) == changes:
+                _shared_reads[key] = (now, views)
+        return list(views)
+
+    def _read_views(self, active_only: bool = False) -> list[JobView]:
         dirs = self._job_dirs()
         if active_only:
             dirs = [d for d in dirs if not _exists(d / ENDED)]
@@ -388,7 +422,7 @@ class Board:
 
     def finished_run(self, fingerprint: str) -> Path | None:
         """The newest complete run (all its epochs) trained here with this fingerprint, if it still exists."""
-        for v in reversed(self.views()):
+        for v in reversed(self._read_views()):
             if not v.finished or fingerprint not in v.fingerprints:
                 continue
             index = v.fingerprints.index(fingerprint)
@@ -413,6 +447,7 @@ class Board:
                 stack.enter_context(locked(self.root / ".lock"))
             except OSError as exc:
                 raise LabError(f"The job board cannot be changed: {disk_problem(exc, self.runs_dir)}.") from None
+            stack.callback(_forget_reads, self.root)  # what it changes is read from the files next
             yield
 
     def submit(self, experiments: list[Experiment], fingerprints: list[str], owner: str,
@@ -435,7 +470,7 @@ class Board:
                 if not todo:
                     return Submission(None, False, reused)
                 wanted = tuple(fingerprints[i] for i in todo)
-                active = [v for v in self.views(active_only=True) if v.active]
+                active = [v for v in self._read_views(active_only=True) if v.active]
                 for v in active:
                     if v.fingerprints == wanted:
                         return Submission(v.job_id, True, reused)
@@ -482,7 +517,7 @@ class Board:
         try:
             with self._locked():
                 _publish(job_dir, final)
-                views = self.views(active_only=True)
+                views = self._read_views(active_only=True)
                 if _running(views) >= self.max_concurrent:
                     return None
                 for v in views:
@@ -500,6 +535,7 @@ class Board:
             return
         try:
             with self._locked():
+                view = self._view(view.path) or view  # as it is now, not as a page last read it
                 (view.path / STOP).touch()
                 if not _exists(view.path / LAUNCH) and view.origin != "cli":
                     _publish(view.path, _with(view.snapshot, phase=STOPPED, eta_seconds=None,
@@ -537,7 +573,7 @@ class Board:
         return True
 
     def _reap(self) -> None:
-        for v in self.views(active_only=True):
+        for v in self._read_views(active_only=True):
             if v.finished:
                 continue
             if v.origin == "cli":
@@ -578,7 +614,7 @@ class Board:
         return f"{reason} (killed, or the machine restarted)."
 
     def _start_queued(self) -> None:
-        views = self.views(active_only=True)
+        views = self._read_views(active_only=True)
         running = _running(views)
         for v in views:
             if running >= self.max_concurrent:

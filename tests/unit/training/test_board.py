@@ -111,6 +111,32 @@ def test_jobs_beyond_the_limit_wait_in_order_with_their_place_and_wait(tmp_path,
     assert board.view(third.job_id).queue_position == 1
 
 
+def test_a_servers_pages_share_one_read_of_the_board_and_see_their_own_changes_at_once(tmp_path, workers,
+                                                                                      monkeypatch):
+    import core.training.board as board_module
+
+    reads = []
+    real = Board._view
+    monkeypatch.setattr(Board, "_view", lambda self, path: reads.append(path) or real(self, path))
+    page = lambda: Board(tmp_path, max_concurrent=1, launcher=workers, shared_reads_seconds=60.0)
+    first = page().submit([experiment()], ["a"], owner="alice")
+    queued = page().submit([experiment()], ["b"], owner="bob")
+    assert page().view(queued.job_id).queue_position == 1  # what a page submits, it sees on its next read
+    reads.clear()
+    for _ in range(30):  # a room of pages polling: the files are read once
+        assert [v.job_id for v in page().active()] == [first.job_id, queued.job_id]
+    assert len([r for r in reads if tmp_path in r.parents]) == 2  # (other tests' watcher threads read too)
+    page().stop(queued.job_id)  # a change made here is seen at once
+    assert page().view(queued.job_id).snapshot.phase == STOPPED
+    # A worker's change (another process) is seen once the shared read is older than its limit.
+    running = page().view(first.job_id)
+    _publish(running.path, replace(running.snapshot, phase="training", epoch=1))
+    assert page().view(first.job_id).snapshot.epoch == 0
+    monkeypatch.setattr(board_module.time, "monotonic", lambda real=time.monotonic: real() + 61.0)
+    assert page().view(first.job_id).snapshot.epoch == 1
+    assert Board(tmp_path, launcher=workers).view(first.job_id).snapshot.epoch == 1  # unshared: always the files
+
+
 def test_a_cancelled_queued_job_leaves_the_queue_and_never_starts(tmp_path, workers):
     board = Board(tmp_path, max_concurrent=1, launcher=workers)
     first = board.submit([experiment()], ["a"], owner="alice")
