@@ -124,8 +124,31 @@ def record_worker_start(runs_dir: str | Path, seconds: float) -> None:
         write_json(jobs_root(runs_dir) / WORKER_START, {"seconds": round(seconds, 3), "at": time.time()})
 
 
+# A job's spec is written once, before its folder appears: read and checked once per process, while its
+# file is the same (pages polling a queue read every job's spec every few seconds). Never mutate one.
+_specs: dict[Path, tuple[tuple[int, int], dict]] = {}
+_specs_lock = threading.Lock()
+MAX_SPECS_KEPT = 512
+
+
 def read_spec(job_dir: Path) -> dict | None:
-    return read_json(job_dir / SPEC, dict, max_bytes=SPEC_MAX_BYTES)
+    path = job_dir / SPEC
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    version = (stat.st_mtime_ns, stat.st_size)
+    with _specs_lock:
+        kept = _specs.get(path)
+    if kept is not None and kept[0] == version:
+        return kept[1]
+    spec = read_json(path, dict, max_bytes=SPEC_MAX_BYTES)
+    if spec is not None:
+        with _specs_lock:
+            if len(_specs) >= MAX_SPECS_KEPT:
+                _specs.clear()
+            _specs[path] = (version, spec)
+    return spec
 
 
 def read_small(path: Path) -> dict | None:
@@ -439,15 +462,17 @@ class Board:
     # -- changing --------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self):
-        """The board's lock, or a LabError of one line when the runs folder cannot hold it."""
+    def _locked(self, forget: bool = True):
+        """The board's lock, or a LabError of one line when the runs folder cannot hold it. forget: what the
+        pages of this process share of the board is read again afterwards (the caller changes it)."""
         with contextlib.ExitStack() as stack:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(locked(self.root / ".lock"))
             except OSError as exc:
                 raise LabError(f"The job board cannot be changed: {disk_problem(exc, self.runs_dir)}.") from None
-            stack.callback(_forget_reads, self.root)  # what it changes is read from the files next
+            if forget:
+                stack.callback(_forget_reads, self.root)
             yield
 
     def submit(self, experiments: list[Experiment], fingerprints: list[str], owner: str,
@@ -551,9 +576,9 @@ class Board:
         in the log now and then: pages pump on every refresh, and must go on showing the board.
         """
         try:
-            with self._locked():
-                self._reap()
-                self._start_queued()
+            with self._locked(forget=False):  # a pump mostly changes nothing: the pages' shared read stands
+                if self._reap() | self._start_queued():
+                    _forget_reads(self.root)
         except (LabError, OSError) as exc:
             _warn(("pump", self.root), "the job board in %s was left as it is: %s", self.root, exc)
 
@@ -572,7 +597,9 @@ class Board:
         self.pump()
         return True
 
-    def _reap(self) -> None:
+    def _reap(self) -> bool:
+        """Mark jobs whose process died as failed, and remove the oldest ended ones; whether any changed."""
+        changed = False
         for v in self._read_views(active_only=True):
             if v.finished:
                 continue
@@ -599,7 +626,8 @@ class Board:
                 _warn(("reap", v.path), "job %s ended, but its end could not be recorded yet: %s", v.job_id, exc)
                 continue
             logger.warning("job %s failed: %s", v.job_id, reason)
-        self._prune()
+            changed = True
+        return self._prune() or changed
 
     def _end_reason(self, job_dir: Path) -> str:
         """Why a job's process ended without reporting a result, as far as this board can tell."""
@@ -613,9 +641,10 @@ class Board:
             return f"{reason}, probably because {space_note(self.runs_dir)}."
         return f"{reason} (killed, or the machine restarted)."
 
-    def _start_queued(self) -> None:
+    def _start_queued(self) -> bool:
+        """Start queued jobs into free slots; whether any started."""
         views = self._read_views(active_only=True)
-        running = _running(views)
+        running, started_any = _running(views), False
         for v in views:
             if running >= self.max_concurrent:
                 break
@@ -627,8 +656,10 @@ class Board:
                     break
                 if started:
                     running += 1
+                    started_any = True
         if self.warm_worker and running < self.max_concurrent:
             keep_standby(self.root)
+        return started_any
 
     def _launch(self, v: JobView) -> bool:
         """Start v's worker; whether it started. OSError when the launch could not be recorded (nothing runs)."""
@@ -651,10 +682,13 @@ class Board:
         _watch(process, v.path, self)
         return True
 
-    def _prune(self) -> None:
+    def _prune(self) -> bool:
+        """Remove the oldest ended jobs beyond KEPT_FINISHED; whether any was."""
         ended = [d for d in self._job_dirs() if _exists(d / ENDED)]  # job ids sort by creation time
-        for path in ended[:-KEPT_FINISHED] if len(ended) > KEPT_FINISHED else []:
+        old = ended[:-KEPT_FINISHED] if len(ended) > KEPT_FINISHED else []
+        for path in old:
             shutil.rmtree(path, ignore_errors=True)
+        return bool(old)
 
     # -- a job trained by the calling process (the CLI) ------------------------------------------------
 
