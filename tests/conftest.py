@@ -27,6 +27,21 @@ def _isolated_cache(tmp_path_factory):
     yield cache
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test marked `alone` has the machine to itself, its fixtures' set-up included: it measures how a
+    server answers a room, and a neighbouring test training on the same two cores would be measured with
+    it. Every other test holds the machine shared, so the suite's processes take turns around it."""
+    import fcntl
+    import tempfile
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())  # the same in every worker of a run
+    alone = item.get_closest_marker("alone") is not None
+    with open(Path(tempfile.gettempdir()) / f"lab-tests-{run}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """The machines have no internet; make the check instant and deterministic everywhere."""

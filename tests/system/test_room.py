@@ -17,7 +17,7 @@ from system_helpers import SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
 from benchmarks.room import Sampler
 from core.settings.choices import new_token, save_choices
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.alone]  # its health check is the server's, not a neighbour's
 
 ROOM = 8
 HEALTH_LIMIT_S = 3.0
