@@ -35,8 +35,7 @@ def show_runs(run_ids, keep: bool = True) -> None:
 
 def _set_shown(run_ids: list) -> None:
     """The runs on the charts, set by the page: drawn by a new picker widget, so no stale value can win."""
-    old = f"{PICKER_KEY}_{st.session_state.get(GENERATION_KEY, 0)}"
-    st.session_state.pop(old, None)
+    st.session_state.pop(picker_key(), None)
     st.session_state[GENERATION_KEY] = st.session_state.get(GENERATION_KEY, 0) + 1
     st.session_state[SHOWN_KEY] = list(run_ids)
 
