@@ -6,7 +6,7 @@ first paint is fast; each page imports what it needs when it runs."""
 import pandas  # noqa: F401
 import streamlit as st
 
-from app_pages.common import save_session, sidebar, skip_keras_clear_session
+from app_pages.parts.common import save_session, sidebar, skip_keras_clear_session
 
 skip_keras_clear_session()
 # An emoji favicon is drawn by the browser; a Material icon one is fetched from a font CDN (fails offline).

@@ -1,7 +1,7 @@
 """Data efficiency: both models trained on a few images per class, to see which one needs less data."""
 import streamlit as st
 
-from app_pages.common import (
+from app_pages.parts.common import (
     current_handle,
     current_source,
     describe_handle,
@@ -10,7 +10,7 @@ from app_pages.common import (
     session_token,
     show_error,
 )
-from app_pages.training_panel import board, follow, running_now
+from app_pages.parts.training_panel import board, follow, running_now
 from core.present.charts import data_efficiency_chart
 from core.settings.config import ARTICLE_EPOCHS, DataConfig, ModelKind, TrainConfig
 from core.settings.errors import LabError

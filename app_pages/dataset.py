@@ -1,7 +1,7 @@
 """Dataset: choose where the images come from and look at them before anything trains."""
 import streamlit as st
 
-from app_pages.common import (
+from app_pages.parts.common import (
     LOADED_KEY,
     current_source,
     describe_source,

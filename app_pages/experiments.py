@@ -3,7 +3,7 @@ import logging
 
 import streamlit as st
 
-from app_pages.common import (
+from app_pages.parts.common import (
     HANDLE_FIELD_KEY,
     LOADED_KEY,
     chip,
@@ -15,9 +15,9 @@ from app_pages.common import (
     session_token,
     show_error,
 )
-from app_pages.estimates import Pending, available, observed, run_estimate, speed, worker_start
-from app_pages.results import results, show_runs
-from app_pages.training_panel import (
+from app_pages.parts.estimates import Pending, available, observed, run_estimate, speed, worker_start
+from app_pages.parts.results import results, show_runs
+from app_pages.parts.training_panel import (
     FINISH_SEEN_SECONDS,
     REUSED_KEY,
     board,

@@ -1,7 +1,7 @@
 """Home: what the Lab reproduces, the article's numbers, where to start, and the current status."""
 import streamlit as st
 
-from app_pages.common import chip, current_source, describe_source, network_online, public_text, runs_folder
+from app_pages.parts.common import chip, current_source, describe_source, network_online, public_text, runs_folder
 from core.present.room import join_link, only_this_machine, qr_png
 from core.settings.config import ModelKind, spec
 from core.settings.paths import cache_dir

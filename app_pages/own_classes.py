@@ -4,8 +4,8 @@ import time
 
 import streamlit as st
 
-from app_pages.common import LOADED_KEY, chip, current_handle, current_source, session_token, set_source
-from app_pages.training_panel import board, running_now, submit
+from app_pages.parts.common import LOADED_KEY, chip, current_handle, current_source, session_token, set_source
+from app_pages.parts.training_panel import board, running_now, submit
 from core.data import own_classes as own
 from core.data.images import MAX_BYTES
 from core.settings.errors import LabError

@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app_pages.common import public_text, runs_folder, session_token, show_error
+from app_pages.parts.common import public_text, runs_folder, session_token, show_error
 from core.present.room import room_run_option, room_table
 from core.runs import room
 from core.settings.presets import active_preset

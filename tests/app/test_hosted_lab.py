@@ -101,7 +101,7 @@ def test_an_unpacked_upload_and_an_offline_download_name_no_server_folder(open_p
 
 def show_disk_full_error() -> None:
     """An AppTest script: a full disk while saving a run, as core reports it."""
-    from app_pages.common import show_error
+    from app_pages.parts.common import show_error
     from core.runs.folders import disk_error
     from core.settings.paths import runs_dir
 
@@ -127,7 +127,7 @@ def test_public_text_replaces_every_server_path_but_leaves_urls_and_relative_nam
     def script():
         import streamlit as st
 
-        from app_pages.common import public_text
+        from app_pages.parts.common import public_text
         from core.settings.paths import cache_dir
 
         for text in (f"Unpacked into {cache_dir() / 'uploads' / 'zip-1' / 'pets'}.",

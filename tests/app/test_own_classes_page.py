@@ -109,7 +109,7 @@ def evaluation_of(run_dir: str, token: str) -> None:
     """A run's evaluation as the run's section shows it to the session holding token."""
     import streamlit as st
 
-    from app_pages.run_details import show_evaluation
+    from app_pages.parts.run_details import show_evaluation
     from core.runs.folders import open_run
 
     st.session_state["lab_token"] = token

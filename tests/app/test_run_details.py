@@ -219,7 +219,7 @@ def test_a_run_folder_zip_from_the_page_imports_into_another_installation(open_p
 
 def run_sections(run_dir: str) -> None:
     """What the run's page shows for one run: the reload check, then its evaluation."""
-    from app_pages.run_details import show_evaluation, show_reload_check
+    from app_pages.parts.run_details import show_evaluation, show_reload_check
     from core.runs.folders import open_run
 
     record = open_run(run_dir)

@@ -23,7 +23,7 @@ def test_the_garbage_collection_after_every_rerun_is_off_and_still_named_so():
 def test_the_keras_clean_up_the_lab_replaces_is_the_one_streamlit_calls():
     from streamlit.runtime.scriptrunner import script_runner
 
-    from app_pages.common import skip_keras_clear_session
+    from app_pages.parts.common import skip_keras_clear_session
 
     assert callable(script_runner._clean_problem_modules)
     assert "_log_if_error(_clean_problem_modules)" in inspect.getsource(script_runner.ScriptRunner)

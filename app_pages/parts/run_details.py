@@ -9,7 +9,7 @@ from functools import partial
 
 import streamlit as st
 
-from app_pages.common import show_error
+from app_pages.parts.common import show_error
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal
 
@@ -67,7 +67,7 @@ def _per_class_table(evaluation) -> None:
 
 
 def _gallery(evaluation, record) -> None:
-    from app_pages.common import session_token
+    from app_pages.parts.common import session_token
     from core.data.own_classes import belongs_to_other_session
 
     wrong = [w for w in evaluation.wrong if w.thumbnail.is_file()]

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
-from app_pages.common import open_source_cached, runs_folder
+from app_pages.parts.common import open_source_cached, runs_folder
 from core.settings.config import DataConfig, ModelKind, TrainConfig, validate
 from core.training.estimate import Estimate, Observed, Speed, estimate_run, observed_timing
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages.common import describe_source, runs_folder, session_token
+from app_pages.parts.common import describe_source, runs_folder, session_token
 from core.present.charts import CurveSeries, training_curves
 from core.present.labels import job_status_line
 from core.settings.presets import active_preset
@@ -71,7 +71,7 @@ def submit(experiments: list, owner: str, short: bool = False):
     """
     import dataclasses
 
-    from app_pages.common import open_source_cached
+    from app_pages.parts.common import open_source_cached
     from core.models.hub import check_web_handle
     from core.settings.config import spec, validate
     from core.settings.presets import check_job_length
@@ -253,7 +253,7 @@ def deliver(followed: list) -> bool:
     """Put every run that a followed job has saved and this session has not yet charted on the charts, the
     moment it is saved (with "Run both", the first model's while the second trains). True if any was new,
     or a followed job has ended since this session last looked."""
-    from app_pages.results import show_runs_next
+    from app_pages.parts.results import show_runs_next
 
     delivered = list(st.session_state.get(DELIVERED_KEY, []))
     fresh = [v for v in followed if any(p.name not in delivered for p in v.snapshot.run_dirs)]

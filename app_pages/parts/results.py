@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_pages.common import chip, note_imported_run, others_imports, public_text, runs_folder, show_error
-from app_pages.run_details import EXPORT_GUIDE, show_evaluation, show_exports, show_reload_check
+from app_pages.parts.common import chip, note_imported_run, others_imports, public_text, runs_folder, show_error
+from app_pages.parts.run_details import EXPORT_GUIDE, show_evaluation, show_exports, show_reload_check
 from core.present.charts import CurveSeries, model_kind, training_curves
 from core.present.labels import compact_shape, run_option, run_time, run_title
 from core.present.tables import article_rows, compare_rows, layer_rows
