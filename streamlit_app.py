@@ -6,7 +6,8 @@ first paint is fast; each page imports what it needs when it runs."""
 import pandas  # noqa: F401
 import streamlit as st
 
-from app_pages.parts.common import save_session, sidebar, skip_keras_clear_session
+from app_pages.parts.common import sidebar, skip_keras_clear_session, tidy_runs_folder
+from app_pages.parts.session import keep_widget_state, restore_session, save_session
 
 skip_keras_clear_session()
 # An emoji favicon is drawn by the browser; a Material icon one is fetched from a font CDN (fails offline).
@@ -25,6 +26,10 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+restore_session()  # this browser session's key and, on a reload, its saved choices
+keep_widget_state()  # settings of pages not drawn in this run stay
+save_session()  # a new session's key is known from its first run on, even if the page stops early
+tidy_runs_folder()  # run folders a killed training left unfinished
 sidebar()
 page.run()
 save_session()  # what this run changed (a loaded dataset, a preset), for the next reload

@@ -1,6 +1,7 @@
 """Data efficiency: both models trained on a few images per class, to see which one needs less data."""
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import (
     current_handle,
     current_source,
@@ -17,9 +18,6 @@ from core.settings.errors import LabError
 from core.settings.presets import active_preset, capped_batch_size
 from core.settings.text import percent
 
-JOB_KEY = "exp_efficiency_job"  # this session's latest measurement on the job board (kept across reloads)
-COUNTS_KEY, SIZE_KEY, EPOCHS_KEY = "exp_eff_counts", "exp_eff_size", "exp_eff_epochs"
-
 
 def queue() -> None:
     """Check the settings and queue the measurement as a job of the board (an identical one is joined)."""
@@ -31,7 +29,7 @@ def queue() -> None:
     from core.training.efficiency import TASK, checked_settings
     from core.training.jobs import Experiment
 
-    counts_text, size, baseline_epochs = (st.session_state[k] for k in (COUNTS_KEY, SIZE_KEY, EPOCHS_KEY))
+    counts_text, size, baseline_epochs = (st.session_state[k] for k in (keys.EXP_EFF_COUNTS, keys.EXP_EFF_SIZE, keys.EXP_EFF_EPOCHS))
     try:
         counts = [int(part) for part in counts_text.replace(" ", "").split(",") if part]
     except ValueError:
@@ -56,7 +54,7 @@ def queue() -> None:
         show_error(exc)
         return
     follow(submission.job_id)
-    st.session_state[JOB_KEY] = submission.job_id
+    st.session_state[keys.EXP_EFFICIENCY_JOB] = submission.job_id
 
 
 def result_of(view):
@@ -82,16 +80,16 @@ st.info(f"Dataset: {describe_source(current_source())} · hub handle: {describe_
 
 # The preset's caps bound what the fields offer; core checks them again before queueing and in the worker.
 preset = active_preset()
-for key, value in ((COUNTS_KEY, "5, 10, 20, 40, 80"), (SIZE_KEY, 64), (EPOCHS_KEY, ARTICLE_EPOCHS[ModelKind.BASELINE])):
+for key, value in ((keys.EXP_EFF_COUNTS, "5, 10, 20, 40, 80"), (keys.EXP_EFF_SIZE, 64), (keys.EXP_EFF_EPOCHS, ARTICLE_EPOCHS[ModelKind.BASELINE])):
     st.session_state.setdefault(key, value)
 # A size kept from a visit under another preset may be over this one's cap.
-st.session_state[SIZE_KEY] = min(int(st.session_state[SIZE_KEY]), preset.max_efficiency_image_size or 512)
+st.session_state[keys.EXP_EFF_SIZE] = min(int(st.session_state[keys.EXP_EFF_SIZE]), preset.max_efficiency_image_size or 512)
 a, b, c = st.columns(3)
-a.text_input("Images per class", key=COUNTS_KEY,
+a.text_input("Images per class", key=keys.EXP_EFF_COUNTS,
              help="Comma-separated counts; each class contributes at most this many training images.")
 b.number_input("Image size (pixels, square)", min_value=48,
-               max_value=min(512, preset.max_efficiency_image_size or 512), step=16, key=SIZE_KEY)
-c.number_input("Baseline epochs", min_value=1, max_value=min(100, preset.max_epochs or 100), key=EPOCHS_KEY)
+               max_value=min(512, preset.max_efficiency_image_size or 512), step=16, key=keys.EXP_EFF_SIZE)
+c.number_input("Baseline epochs", min_value=1, max_value=min(100, preset.max_epochs or 100), key=keys.EXP_EFF_EPOCHS)
 if preset.max_efficiency_images is not None:
     st.caption(f"The {preset.name} preset measures on at most {preset.max_efficiency_images:,} training images "
                "(the largest count times the classes).")
@@ -99,14 +97,14 @@ if preset.max_efficiency_images is not None:
 st.button("Measure", type="primary", icon=":material/play_arrow:", on_click=queue)
 running_now()
 
-job_id = st.session_state.get(JOB_KEY)
+job_id = st.session_state.get(keys.EXP_EFFICIENCY_JOB)
 try:
     result = result_of(board().view(job_id)) if job_id else None
 except LabError as exc:
     show_error(exc)
     result = None
 if result is not None:
-    st.plotly_chart(data_efficiency_chart(result), key="eff_chart")
+    st.plotly_chart(data_efficiency_chart(result), key=keys.EFF_CHART)
     rows = {result.labels[kind]: {f"{n} per class": percent(acc) for n, acc in result.accuracies(kind)}
             for kind in ModelKind}
     st.table(rows)

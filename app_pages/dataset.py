@@ -1,8 +1,8 @@
 """Dataset: choose where the images come from and look at them before anything trains."""
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import (
-    LOADED_KEY,
     current_source,
     describe_source,
     open_source_cached,
@@ -28,11 +28,6 @@ CHOICES = {
     "zip": "Upload a zip",
     "demo": "Generated demo (works offline)",
 }
-SEED_KEY = "ds_sample_seed"
-IMAGE_SIZE_KEY = "exp_image_size"  # the Experiments page's image size: the side every image is resized to
-CHOICE_KEY = "ds_choice"  # where the images come from, kept across reruns and visits to other pages
-ZIP_KEY = "ds_zip"  # (upload id, extraction result) so a rerun never unpacks the same upload again
-CANCEL_KEY = "dl_cancel"  # a button: outside keep_widget_state's prefixes, which buttons refuse
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=3600)
@@ -68,7 +63,7 @@ def demo_source() -> str:
         st.toast(f"Demo backbone pretrained on {demo.pretrain.source_images:,} images of "
                  f"{demo.pretrain.source_classes} other shapes in {demo.pretrain.seconds:.0f} s.")
     set_handle(str(demo.backbone))
-    st.session_state[IMAGE_SIZE_KEY] = TRAINING_SIZE  # the size the demo was made for, not the article's
+    st.session_state[keys.EXP_IMAGE_SIZE] = TRAINING_SIZE  # the size the demo was made for, not the article's
     return demo.source
 
 
@@ -80,7 +75,7 @@ def follow_download(name: str) -> None:
     from core.data.downloads import preparation
 
     bar = st.progress(0.0, text=f"Checking TFDS '{name}' ...")
-    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
+    st.button("Cancel download", key=keys.DL_CANCEL, icon=":material/cancel:")
     for status in preparation(name):
         bar.progress(status.fraction or 0.0, text=public_text(status.line()))
 
@@ -88,13 +83,13 @@ def follow_download(name: str) -> None:
 def unpack_upload(upload) -> str | None:
     from core.safety.zips import extract_zip
 
-    cached = st.session_state.get(ZIP_KEY)
+    cached = st.session_state.get(keys.DS_ZIP)
     if cached and cached[0] == upload.file_id:
         result = cached[1]
     else:
         with st.spinner(f"Unpacking {markdown_literal(upload.name)} ..."):
             result = extract_zip(upload, uploads_dir())
-        st.session_state[ZIP_KEY] = (upload.file_id, result)
+        st.session_state[keys.DS_ZIP] = (upload.file_id, result)
     skipped = sum(result.skipped.values())
     # Where it was unpacked is the server's business on a public host: the folder is only named locally.
     where = f" into `{result.root}`" if active_preset().allow_local_paths else ""
@@ -108,18 +103,18 @@ st.caption("Both models learn from the dataset chosen here. Folders need one sub
            "(or train/ and val/ folders that each hold them); without a validation split, 20% of each class "
            "is held out, as in the article.")
 
-loaded = st.session_state.get(LOADED_KEY)
+loaded = st.session_state.get(keys.DS_LOADED)
 start = current_source()
 # A public host must not let visitors read the server's folders: uploads, TFDS and the demo only.
 choices = [c for c in CHOICES if c != "folder" or active_preset().allow_local_paths]
-if st.session_state.get(CHOICE_KEY) not in choices:
+if st.session_state.get(keys.DS_CHOICE) not in choices:
     # No choice made in this session yet: the one that produced the current dataset.
     default_choice = ("article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:")
                       else "demo" if start.startswith(f"folder:{cache_dir() / 'demo'}")
                       else "zip" if start.startswith(f"folder:{uploads_dir()}") else "folder")
-    st.session_state[CHOICE_KEY] = default_choice if default_choice in choices else "zip"
+    st.session_state[keys.DS_CHOICE] = default_choice if default_choice in choices else "zip"
 choice = st.radio("Where do the images come from?", choices, format_func=CHOICES.get, horizontal=True,
-                  key=CHOICE_KEY)
+                  key=keys.DS_CHOICE)
 
 candidate = None
 try:
@@ -154,7 +149,7 @@ if tfds_name:
     from core.settings.paths import tfds_dir
 
     downloading = is_running(tfds_dir(), tfds_name)
-    if downloading and st.session_state.get(CANCEL_KEY):
+    if downloading and st.session_state.get(keys.DL_CANCEL):
         cancel(tfds_name, tfds_dir())
         downloading = False
         st.warning(f"Cancelled the download of TFDS '{tfds_name}'; its partial files were removed.",
@@ -172,14 +167,14 @@ if load.button("Load dataset", type="primary", disabled=candidate is None, width
             overview(candidate)
             status.update(label=f"Opened {describe_source(candidate)}", state="complete")
         set_source(candidate)
-        st.session_state[LOADED_KEY] = candidate
+        st.session_state[keys.DS_LOADED] = candidate
         st.rerun()  # the sidebar, drawn before this page, names the new dataset
     except Exception as exc:
         show_error(exc)
 elif downloading:
     st.info(f"TFDS '{tfds_name}' is being downloaded (by this or another session, or the command line). Press "
             "**Load dataset** to follow its progress.", icon=":material/download:")
-    st.button("Cancel download", key=CANCEL_KEY, icon=":material/cancel:")
+    st.button("Cancel download", key=keys.DL_CANCEL, icon=":material/cancel:")
 if loaded and reload.button("Reload from disk", width="stretch",
                             help="Read the folder again after adding or removing images."):
     open_source_cached.clear()
@@ -211,11 +206,11 @@ cols[3].metric("Files skipped", f"{skipped_total:,}", help="Unreadable images an
                "are left out and counted, never fatal.")
 
 left, right = st.columns(2, gap="large")
-left.plotly_chart(class_counts_bar(info["counts"]), key="ds_counts")
-right.plotly_chart(image_size_scatter(view["sizes"], sampled=view["sampled"]), key="ds_sizes")
+left.plotly_chart(class_counts_bar(info["counts"]), key=keys.DS_COUNTS_CHART)
+right.plotly_chart(image_size_scatter(view["sizes"], sampled=view["sampled"]), key=keys.DS_SIZES_CHART)
 for note in info["notes"]:
     st.caption(public_text(note))
-model_side = int(st.session_state.get(IMAGE_SIZE_KEY, ARTICLE_IMAGE_SIZE))
+model_side = int(st.session_state.get(keys.EXP_IMAGE_SIZE, ARTICLE_IMAGE_SIZE))
 upscaled = upscaling_note([tuple(s) for s in view["sizes"]], model_side, sampled=view["sampled"])
 if upscaled:
     st.info(upscaled, icon=":material/zoom_in:")
@@ -227,10 +222,10 @@ if skipped_total:
 head, button = st.columns([4, 1], vertical_alignment="bottom")
 head.subheader("Sample images")
 if button.button("Shuffle", icon=":material/shuffle:", width="stretch"):
-    st.session_state[SEED_KEY] = st.session_state.get(SEED_KEY, 0) + 1
+    st.session_state[keys.DS_SAMPLE_SEED] = st.session_state.get(keys.DS_SAMPLE_SEED, 0) + 1
 try:
     with st.spinner("Decoding samples ..."):
-        tiles = samples(loaded, st.session_state.get(SEED_KEY, 0))
+        tiles = samples(loaded, st.session_state.get(keys.DS_SAMPLE_SEED, 0))
 except Exception as exc:
     show_error(exc)
     tiles = []

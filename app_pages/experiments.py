@@ -3,9 +3,8 @@ import logging
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import (
-    HANDLE_FIELD_KEY,
-    LOADED_KEY,
     chip,
     current_handle,
     current_source,
@@ -19,7 +18,6 @@ from app_pages.parts.estimates import Pending, available, observed, run_estimate
 from app_pages.parts.results import results, show_runs
 from app_pages.parts.training_panel import (
     FINISH_SEEN_SECONDS,
-    REUSED_KEY,
     board,
     live_curves,
     own_active_job,
@@ -43,11 +41,6 @@ from core.training.estimate import Estimate, quick_demo
 
 logger = logging.getLogger(__name__)
 
-NOTICE_KEY = "exp_notice"  # (level, text) left by a button's callback for the next run to show
-SIZE_KEY, BUDGET_KEY, SEED_KEY = "exp_image_size", "exp_budget_min", "exp_seed"
-PREFIX = {kind: f"exp_{spec(kind).key}_" for kind in ModelKind}
-HANDLE_FIELD, CACHE_FIELD = HANDLE_FIELD_KEY, "exp_t_cache"
-FINE_EPOCHS_FIELD, FINE_LR_FIELD = "exp_t_ft_epochs", "exp_t_ft_lr"
 KINDS = (ModelKind.BASELINE, ModelKind.TRANSFER)  # the article's order, left to right
 QUICK_DEMO_WAIT_SECONDS = 90.0  # how long the Quick demo button waits for both models' timings
 TIMING_POLL_SECONDS = 2.0  # how often a page whose estimates are being timed looks for them
@@ -56,26 +49,38 @@ TIMING_POLL_SECONDS = 2.0  # how often a page whose estimates are being timed lo
 RUN_BOTH = (ModelKind.TRANSFER, ModelKind.BASELINE)
 
 
+def setting(kind: ModelKind, name: str) -> str:
+    """The session key of one model's training field: setting(ModelKind.BASELINE, "epochs") is exp_b_epochs."""
+    return keys.MODEL_SETTING.key(spec(kind).key, name)
+
+
+FINE_EPOCHS_FIELD, FINE_LR_FIELD = setting(ModelKind.TRANSFER, "ft_epochs"), setting(ModelKind.TRANSFER, "ft_lr")
+
+
 def init_state() -> None:
-    for kind, prefix in PREFIX.items():
+    for kind in ModelKind:
         for name, value in article_settings(kind).items():
-            st.session_state.setdefault(prefix + name, value)
-    for key, value in ((SIZE_KEY, ARTICLE_IMAGE_SIZE), (BUDGET_KEY, 3.0), (SEED_KEY, DataConfig.seed),
-                       (HANDLE_FIELD, handle_field_text(current_handle())), (CACHE_FIELD, True), ("exp_show_article", True),
-                       ("exp_show_reference", True)):
+            st.session_state.setdefault(setting(kind, name), value)
+    for key, value in ((keys.EXP_IMAGE_SIZE, ARTICLE_IMAGE_SIZE), (keys.EXP_BUDGET_MIN, 3.0),
+                       (keys.EXP_SEED, DataConfig.seed), (keys.EXP_T_HANDLE, handle_field_text(current_handle())),
+                       (keys.EXP_T_CACHE, True), (keys.EXP_SHOW_ARTICLE, True), (keys.EXP_SHOW_REFERENCE, True)):
         st.session_state.setdefault(key, value)
 
 
 def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
-    s, p = st.session_state, PREFIX[kind]
+    s = st.session_state
+
+    def field(name: str):
+        return s[setting(kind, name)]
+
     transfer = spec(kind).has_backbone
-    data = DataConfig(source=current_source(), image_size=int(s[SIZE_KEY]), batch_size=int(s[p + "batch"]),
-                      limit=int(s[p + "limit"]) or None, augment=bool(s[p + "augment"]), seed=int(s[SEED_KEY]))
-    train = TrainConfig(model=kind, epochs=int(s[p + "epochs"]), learning_rate=float(s[p + "lr"]),
-                        handle=handle_from_field(s[HANDLE_FIELD]), cache_features=bool(s[CACHE_FIELD]),
+    data = DataConfig(source=current_source(), image_size=int(s[keys.EXP_IMAGE_SIZE]), batch_size=int(field("batch")),
+                      limit=int(field("limit")) or None, augment=bool(field("augment")), seed=int(s[keys.EXP_SEED]))
+    train = TrainConfig(model=kind, epochs=int(field("epochs")), learning_rate=float(field("lr")),
+                        handle=handle_from_field(s[keys.EXP_T_HANDLE]), cache_features=bool(s[keys.EXP_T_CACHE]),
                         fine_tune_epochs=int(s[FINE_EPOCHS_FIELD]) if transfer else 0,
                         fine_tune_learning_rate=float(s[FINE_LR_FIELD]),
-                        class_weight="balanced" if s[p + "balance"] else None)
+                        class_weight="balanced" if field("balance") else None)
     if transfer and not active_preset().allow_local_paths:
         check_web_handle(train.handle)  # the handle field must not name the server's own folders
     # The preset's caps (images, batch, image size, server folders) apply to estimates and runs alike.
@@ -83,48 +88,48 @@ def configs(kind: ModelKind) -> tuple[DataConfig, TrainConfig]:
 
 
 def apply_article_settings() -> None:
-    for kind, prefix in PREFIX.items():
+    for kind in ModelKind:
         for name, value in article_settings(kind).items():
-            st.session_state[prefix + name] = value
-    st.session_state[SIZE_KEY] = ARTICLE_IMAGE_SIZE
-    st.session_state[NOTICE_KEY] = ("info", ARTICLE_SETTINGS_NOTE)
+            st.session_state[setting(kind, name)] = value
+    st.session_state[keys.EXP_IMAGE_SIZE] = ARTICLE_IMAGE_SIZE
+    st.session_state[keys.EXP_NOTICE] = ("info", ARTICLE_SETTINGS_NOTE)
 
 
 def apply_quick_demo() -> None:
     from core.settings.config import uses_feature_cache
 
-    budget = float(st.session_state[BUDGET_KEY]) * 60
+    budget = float(st.session_state[keys.EXP_BUDGET_MIN]) * 60
     try:
         n_train, n_val, classes = available(current_source())
         # A callback may wait: the timing runs in a child process, and waiting on it holds nothing.
         speeds = {kind: speed(kind, *configs(kind), classes, wait_seconds=QUICK_DEMO_WAIT_SECONDS) for kind in KINDS}
         transfer_data, transfer = configs(ModelKind.TRANSFER)
         cap = active_preset().max_train_images  # a hosted preset's image cap bounds the search too
-        preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[SIZE_KEY]),
+        preset = quick_demo(budget, speeds, min(n_train, cap or n_train), n_val, int(st.session_state[keys.EXP_IMAGE_SIZE]),
                             uses_feature_cache(transfer_data, transfer), fine_tune_epochs=transfer.fine_tune_epochs,
                             start_seconds=worker_start() + FINISH_SEEN_SECONDS,
                             observed={kind: observed(*configs(kind)) for kind in KINDS})
     except Pending:
         text = ("Both models are still being timed on this server (others may be ahead in line); press Quick demo "
                 "again in a minute.")
-        st.session_state[NOTICE_KEY] = ("warning", text)
+        st.session_state[keys.EXP_NOTICE] = ("warning", text)
         return
     except Exception as exc:  # a callback's exception would replace the page with a traceback
         if not isinstance(exc, LabError):
             logger.exception("timing for the Quick demo preset failed")
         text = str(exc) if isinstance(exc, LabError) else f"timing failed ({exc.__class__.__name__})"
-        st.session_state[NOTICE_KEY] = ("error", f"The Quick demo preset needs both models timed here: {text}")
+        st.session_state[keys.EXP_NOTICE] = ("error", f"The Quick demo preset needs both models timed here: {text}")
         return
-    for kind, prefix in PREFIX.items():
-        st.session_state[prefix + "limit"] = preset.limit if preset.limit < n_train else 0
-        st.session_state[prefix + "epochs"] = preset.epochs[kind]
+    for kind in ModelKind:
+        st.session_state[setting(kind, "limit")] = preset.limit if preset.limit < n_train else 0
+        st.session_state[setting(kind, "epochs")] = preset.epochs[kind]
     epochs = ", ".join(f"{spec(k).label} {preset.epochs[k]}" for k in KINDS)
     text = (f"Quick demo: {preset.limit:,} training images, epochs {epochs}; both together about "
             f"{duration(preset.total_seconds)} (budget {duration(budget)}). "
             f"{estimate_source(*preset.estimates.values())}.")
     if not preset.fits:
         text += " Even the smallest setting is over budget on this machine: raise the budget or lower the image size."
-    st.session_state[NOTICE_KEY] = ("success" if preset.fits else "warning", text)
+    st.session_state[keys.EXP_NOTICE] = ("success" if preset.fits else "warning", text)
 
 
 def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
@@ -143,15 +148,15 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
                                           est.fine_tune_seconds if est else None))
         submission = submit(experiments, session_token())
     except LabError as exc:  # shown by the rerun that follows the click
-        st.session_state[NOTICE_KEY] = ("error", str(exc))
+        st.session_state[keys.EXP_NOTICE] = ("error", str(exc))
         return
     except Exception as exc:
         logger.exception("queueing a training failed")
         text = f"The training could not be queued ({exc.__class__.__name__}); the server log has the details."
-        st.session_state[NOTICE_KEY] = ("error", text)
+        st.session_state[keys.EXP_NOTICE] = ("error", text)
         return
     reused = [open_run(path) for path in submission.reused.values()]
-    st.session_state[REUSED_KEY] = [r.run_id for r in reused]
+    st.session_state[keys.EXP_REUSED] = [r.run_id for r in reused]
     show_runs([r.run_id for r in reused], keep=False)
     notes = [f"{spec(kinds[i]).label} was trained here already with the same data, settings and seed "
              f"({run_time(r)}): its run is on the charts below. Change the seed to train it again."
@@ -159,7 +164,7 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     if submission.job_id and submission.attached:
         notes.append("The same training was already queued or running for another session: following it, "
                      "so it trains once.")
-    st.session_state[NOTICE_KEY] = ("info", " ".join(notes)) if notes else None
+    st.session_state[keys.EXP_NOTICE] = ("info", " ".join(notes)) if notes else None
 
 
 def estimate_waited(kind: ModelKind, data: DataConfig, train: TrainConfig) -> Estimate | None:
@@ -172,18 +177,17 @@ def estimate_waited(kind: ModelKind, data: DataConfig, train: TrainConfig) -> Es
 
 
 def settings_column(kind: ModelKind, busy: bool, data_ok: bool) -> Estimate | None:
-    p = PREFIX[kind]
     st.markdown(chip(kind), unsafe_allow_html=True)
     a, b = st.columns(2)
-    a.number_input("Epochs", min_value=1, max_value=500, step=1, key=p + "epochs")
-    b.number_input("Batch size", min_value=1, max_value=1024, step=8, key=p + "batch")
-    a.number_input("Learning rate", min_value=0.00001, max_value=0.5, step=0.0005, format="%.5f", key=p + "lr")
-    b.number_input("Training images (0 = all)", min_value=0, step=100, key=p + "limit",
+    a.number_input("Epochs", min_value=1, max_value=500, step=1, key=setting(kind, "epochs"))
+    b.number_input("Batch size", min_value=1, max_value=1024, step=8, key=setting(kind, "batch"))
+    a.number_input("Learning rate", min_value=0.00001, max_value=0.5, step=0.0005, format="%.5f", key=setting(kind, "lr"))
+    b.number_input("Training images (0 = all)", min_value=0, step=100, key=setting(kind, "limit"),
                    help="Taken evenly from every class; validation images are cut in the same 80/20 proportion.")
-    st.toggle("Augment training images (random flip, rotation, zoom)", key=p + "augment",
+    st.toggle("Augment training images (random flip, rotation, zoom)", key=setting(kind, "augment"),
               help="Each epoch sees slightly different versions of the training images, which helps against "
                    "overfitting small datasets. Validation images are never changed. Off matches the article.")
-    st.toggle("Balance the classes", key=p + "balance",
+    st.toggle("Balance the classes", key=setting(kind, "balance"),
               help="Weights each class's loss by images / (classes x its images), so a small class counts as much "
                    "as a large one; recorded in config.json. Off matches the article.")
     if spec(kind).has_backbone:
@@ -233,8 +237,8 @@ def await_estimates(kinds: tuple[str, ...]) -> None:
 def transfer_fields() -> None:
     from core.settings.config import uses_feature_cache
 
-    st.text_input("Hub handle: TF Hub URL, Kaggle handle or SavedModel folder", key=HANDLE_FIELD)
-    st.toggle("Compute the frozen backbone's features once", key=CACHE_FIELD,
+    st.text_input("Hub handle: TF Hub URL, Kaggle handle or SavedModel folder", key=keys.EXP_T_HANDLE)
+    st.toggle("Compute the frozen backbone's features once", key=keys.EXP_T_CACHE,
               help="The backbone never changes, so its output for an image is the same in every epoch. "
                    "Off: every epoch pushes every image through it again, as the article does.")
     try:
@@ -262,18 +266,18 @@ busy = own_active_job(board().active())
 with st.container(border=True):
     st.markdown("##### Presets")
     budget, quick, article, size, seed = st.columns([1.2, 1, 1, 1.1, 0.8], vertical_alignment="bottom")
-    budget.number_input("Time budget for both (minutes)", min_value=0.5, max_value=600.0, step=0.5, key=BUDGET_KEY)
+    budget.number_input("Time budget for both (minutes)", min_value=0.5, max_value=600.0, step=0.5, key=keys.EXP_BUDGET_MIN)
     quick.button("Quick demo", icon=":material/bolt:", on_click=apply_quick_demo, disabled=busy, width="stretch",
                  help="Picks the training-image limit (and fewer epochs only if it must) so that both "
                       "experiments finish within the budget on this machine.")
     article.button("Article settings", icon=":material/menu_book:", on_click=apply_article_settings,
                    disabled=busy, width="stretch", help="15 and 3 epochs on the whole dataset, as published.")
-    size.number_input("Image size (pixels, square)", min_value=16, max_value=1024, step=16, key=SIZE_KEY,
+    size.number_input("Image size (pixels, square)", min_value=16, max_value=1024, step=16, key=keys.EXP_IMAGE_SIZE,
                       help="The article and the TF Hub MobileNetV2 module use 224.")
-    seed.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=SEED_KEY,
+    seed.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=keys.EXP_SEED,
                       help="Fixes the split, the shuffle order and the initial weights. The same data, settings "
                            "and seed give the same run, so it is trained only once.")
-    notice = st.session_state.pop(NOTICE_KEY, None)
+    notice = st.session_state.pop(keys.EXP_NOTICE, None)
     if notice:
         getattr(st, notice[0])(notice[1])
 
@@ -284,7 +288,7 @@ if not busy:
             available(current_source())
     except OfflineError as exc:
         data_ok = False
-        if st.session_state.get(LOADED_KEY) == current_source():
+        if st.session_state.get(keys.DS_LOADED) == current_source():
             show_error(exc)
         else:  # nothing chosen yet in this session: the article's dataset is a default, not a mistake
             st.info(f"{describe_source(current_source())} is not downloaded on this server and the network is "
@@ -302,7 +306,7 @@ capped_length = active_preset().max_job_minutes is not None
 for kind, column in zip(KINDS, st.columns(2, gap="large")):
     with column, st.container(border=True):
         estimates[kind] = settings_column(kind, busy, data_ok)
-        if st.button(f"Run {spec(kind).label}", key=f"run_{kind.value}",
+        if st.button(f"Run {spec(kind).label}", key=keys.RUN_BUTTON.key(kind.value),
                      disabled=busy or not data_ok or kind in unreachable or (capped_length and kind in timing),
                      width="stretch", icon=":material/play_arrow:"):
             start((kind,), estimates)
@@ -312,7 +316,7 @@ both_total = sum(e.total_seconds for e in estimates.values()) + worker_start() i
 label = "Run both" + (f" (about {duration(both_total)})" if both_total else "")
 if st.button(label, type="primary", disabled=busy or not data_ok or bool(unreachable) or (capped_length and bool(timing)),
              icon=":material/play_circle:",
-             key="run_both"):
+             key=keys.RUN_BUTTON.key("both")):
     start(RUN_BOTH, estimates)
     st.rerun()
 if timing:

@@ -4,7 +4,8 @@ import time
 
 import streamlit as st
 
-from app_pages.parts.common import LOADED_KEY, chip, current_handle, current_source, session_token, set_source
+from app_pages.parts import session_keys as keys
+from app_pages.parts.common import chip, current_handle, current_source, session_token, set_source
 from app_pages.parts.training_panel import board, running_now, submit
 from core.data import own_classes as own
 from core.data.images import MAX_BYTES
@@ -14,24 +15,17 @@ from core.settings.text import markdown_literal, megabytes, percent
 logger = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
-CLASS_KEY = "own_class"  # the class being filled
-SEEN_KEY = "own_seen"  # file ids of camera snapshots and uploads already added: a rerun never adds one twice
-CAMERA_KEY, UPLOAD_KEY = "own_camera_round", "own_upload_round"  # a new widget after each add: ready for the next
-FLASH_KEY = "own_flash"  # (level, text) lines left for the next run to show
-BASELINE_KEY = "own_with_baseline"
-JOB_KEY = "exp_own_job"  # the training this page queued (kept on reload, like the Experiments page's)
-REUSED_KEY = "exp_own_reused"  # runs handed back instead, when these classes were trained already
 SHOWN_ERRORS = 3
 THUMB_WIDTH = 72
 
 
 def flash(level: str, text: str) -> None:
-    st.session_state.setdefault(FLASH_KEY, []).append((level, text))
+    st.session_state.setdefault(keys.OWN_FLASH, []).append((level, text))
 
 
 def add_files(store, class_name: str, files: list[tuple[str, str, bytes]]) -> None:
     """Add (file id, name, bytes) once each; one line for what was added, one per refusal (a few at most)."""
-    seen = st.session_state.setdefault(SEEN_KEY, set())
+    seen = st.session_state.setdefault(keys.OWN_SEEN, set())
     added, errors = 0, []
     for file_id, name, data in files:
         if file_id in seen:
@@ -62,17 +56,17 @@ def act(action, *args) -> None:
 
 
 def add_class() -> None:
-    name = st.session_state.get("own_new_name", "")
+    name = st.session_state.get(keys.OWN_NEW_NAME, "")
     try:
-        st.session_state[CLASS_KEY] = store.add_class(name)
-        st.session_state["own_new_name"] = ""
+        st.session_state[keys.OWN_CLASS] = store.add_class(name)
+        st.session_state[keys.OWN_NEW_NAME] = ""
     except LabError as exc:
         flash("error", markdown_literal(str(exc)))
 
 
 def rename_class(old: str) -> None:
     try:
-        st.session_state[CLASS_KEY] = store.rename_class(old, st.session_state.get("own_rename", ""))
+        st.session_state[keys.OWN_CLASS] = store.rename_class(old, st.session_state.get(keys.OWN_RENAME, ""))
     except LabError as exc:
         flash("error", markdown_literal(str(exc)))
 
@@ -85,7 +79,7 @@ def use_classes() -> str | None:
         flash("error", markdown_literal(str(exc)))
         return None
     set_source(source)
-    st.session_state[LOADED_KEY] = source
+    st.session_state[keys.DS_LOADED] = source
     return source
 
 
@@ -98,7 +92,7 @@ def train() -> None:
         return
     try:
         images = own.training_images([c.count for c in store.classes()])
-        pairs = own.training_configs(source, current_handle(), images, st.session_state.get(BASELINE_KEY, False))
+        pairs = own.training_configs(source, current_handle(), images, st.session_state.get(keys.OWN_WITH_BASELINE, False))
         # A class holds at most MAX_IMAGES_PER_CLASS images: the job is short whatever the host's cap on a
         # training's length, so no estimate is timed first (that would cost a process and seconds).
         submission = submit([Experiment(data, cfg) for data, cfg in pairs], session_token(), short=True)
@@ -109,15 +103,15 @@ def train() -> None:
         logger.exception("queueing a training of own classes failed")
         flash("error", f"The training could not be queued ({exc.__class__.__name__}); the server log has the details.")
         return
-    st.session_state[JOB_KEY] = submission.job_id
-    st.session_state[REUSED_KEY] = [path.name for _, path in sorted(submission.reused.items())]
-    st.session_state["own_started"] = time.time()
+    st.session_state[keys.EXP_OWN_JOB] = submission.job_id
+    st.session_state[keys.EXP_OWN_REUSED] = [path.name for _, path in sorted(submission.reused.items())]
+    st.session_state[keys.OWN_STARTED] = time.time()
 
 
 def try_it(run_id: str) -> None:
-    st.session_state["pred_model_source"] = "run"
-    st.session_state["pred_run"] = run_id
-    st.session_state["pred_camera"] = True  # the camera first, as on this page
+    st.session_state[keys.PRED_MODEL_SOURCE] = "run"
+    st.session_state[keys.PRED_RUN] = run_id
+    st.session_state[keys.PRED_CAMERA] = True  # the camera first, as on this page
 
 
 def verdict() -> None:
@@ -125,8 +119,8 @@ def verdict() -> None:
     from core.runs.folders import open_run
     from core.settings.paths import runs_dir
 
-    job_id = st.session_state.get(JOB_KEY)
-    names = list(st.session_state.get(REUSED_KEY, []))
+    job_id = st.session_state.get(keys.EXP_OWN_JOB)
+    names = list(st.session_state.get(keys.EXP_OWN_REUSED, []))
     view = board().view(job_id) if job_id else None
     if view is not None and view.finished:
         names += [p.name for p in view.snapshot.run_dirs]
@@ -152,11 +146,11 @@ def verdict() -> None:
             on = f" on {n_val} held-out images" if n_val else " on the held-out images"
             st.markdown(f"{chip(record.model_kind)}: validation accuracy **{percent(acc)}**{on}",
                         unsafe_allow_html=True)
-        started = st.session_state.get("own_started")
+        started = st.session_state.get(keys.OWN_STARTED)
         if started and view is not None:
             st.caption(f"Trained in {view.snapshot.elapsed_seconds:.0f} s.")
         if st.button("Try it", type="primary", icon=":material/photo_camera:", on_click=try_it,
-                     args=(records[0].run_id,), key="own_try"):
+                     args=(records[0].run_id,), key=keys.OWN_TRY):
             st.switch_page("app_pages/predict.py")
 
 
@@ -166,7 +160,7 @@ def thumbnails(store, chosen) -> None:
         with grid.container(width=THUMB_WIDTH, gap=None):
             if image.thumbnail.is_file():
                 st.image(str(image.thumbnail), width=THUMB_WIDTH)
-            st.button("Remove", key=f"own_rm_{image.image_id}", icon=":material/delete:", type="tertiary",
+            st.button("Remove", key=keys.OWN_REMOVE.key(image.image_id), icon=":material/delete:", type="tertiary",
                       on_click=act, args=(store.remove_image, chosen.name, image.image_id),
                       help="Remove this image")
 
@@ -178,30 +172,30 @@ st.caption("Teach the Lab your own classes: name two to six, show each one to th
 own.prune_if_due()
 store = own.store_for(session_token())
 store.touch()
-for level, text in st.session_state.pop(FLASH_KEY, []):
+for level, text in st.session_state.pop(keys.OWN_FLASH, []):
     getattr(st, level)(text)
 
 classes = store.classes()
 names = [c.name for c in classes]
 if names:
-    if st.session_state.get(CLASS_KEY) not in names:
-        st.session_state[CLASS_KEY] = names[0]
-    chosen_name = st.segmented_control("Class", names, key=CLASS_KEY, required=True, format_func=markdown_literal)
+    if st.session_state.get(keys.OWN_CLASS) not in names:
+        st.session_state[keys.OWN_CLASS] = names[0]
+    chosen_name = st.segmented_control("Class", names, key=keys.OWN_CLASS, required=True, format_func=markdown_literal)
     chosen = next(c for c in classes if c.name == chosen_name)
 
-    round_ = st.session_state.setdefault(CAMERA_KEY, 0)
-    photo = st.camera_input(f"Show **{markdown_literal(chosen.name)}** to the camera", key=f"own_cam_{round_}")
+    round_ = st.session_state.setdefault(keys.OWN_CAMERA_ROUND, 0)
+    photo = st.camera_input(f"Show **{markdown_literal(chosen.name)}** to the camera", key=keys.OWN_CAMERA.key(round_))
     if photo is not None:
         add_files(store, chosen.name, [(photo.file_id, f"photo {chosen.count + 1}", photo.getvalue())])
-        st.session_state[CAMERA_KEY] = round_ + 1  # a fresh camera, ready for the next snapshot
+        st.session_state[keys.OWN_CAMERA_ROUND] = round_ + 1  # a fresh camera, ready for the next snapshot
         st.rerun()
-    up_round = st.session_state.setdefault(UPLOAD_KEY, 0)
+    up_round = st.session_state.setdefault(keys.OWN_UPLOAD_ROUND, 0)
     uploads = st.file_uploader(f"Or upload images of {markdown_literal(chosen.name)}", type=UPLOAD_TYPES,
-                               accept_multiple_files=True, key=f"own_up_{up_round}",
+                               accept_multiple_files=True, key=keys.OWN_UPLOAD.key(up_round),
                                max_upload_size=MAX_BYTES // 2**20)  # the image checks' own limit
     if uploads:
         add_files(store, chosen.name, [(f.file_id, f.name, f.getvalue()) for f in uploads])
-        st.session_state[UPLOAD_KEY] = up_round + 1
+        st.session_state[keys.OWN_UPLOAD_ROUND] = up_round + 1
         st.rerun()
 
     st.markdown(f"**{markdown_literal(chosen.name)}**: {chosen.count} of {own.MAX_IMAGES_PER_CLASS} images")
@@ -210,7 +204,7 @@ if names:
                    f"{own.validation_images(own.SUGGESTED_IMAGES)} of them are held out (see below).")
     thumbnails(store, chosen)
     with st.expander("Rename or remove this class"):
-        st.text_input("New name", value=chosen.name, max_chars=own.MAX_NAME_CHARS, key="own_rename")
+        st.text_input("New name", value=chosen.name, max_chars=own.MAX_NAME_CHARS, key=keys.OWN_RENAME)
         a, b = st.columns(2)
         a.button("Rename", on_click=rename_class, args=(chosen.name,), width="stretch", icon=":material/edit:")
         b.button(f"Remove {chosen.count} image{'' if chosen.count == 1 else 's'} and the class", width="stretch",
@@ -220,9 +214,9 @@ else:
             icon=":material/label:")
 
 if len(names) < own.MAX_CLASSES:
-    with st.form("own_add_class", clear_on_submit=False, border=False):
+    with st.form(keys.OWN_ADD_CLASS_FORM, clear_on_submit=False, border=False):
         field, add = st.columns([3, 1], vertical_alignment="bottom")
-        field.text_input("New class", key="own_new_name", max_chars=own.MAX_NAME_CHARS,
+        field.text_input("New class", key=keys.OWN_NEW_NAME, max_chars=own.MAX_NAME_CHARS,
                          placeholder="e.g. mug, pen, keys")
         add.form_submit_button("Add class", icon=":material/add:", on_click=add_class, width="stretch")
 
@@ -239,8 +233,8 @@ if len(names) >= own.MIN_CLASSES:
     problems = store.problems()
     for problem in problems:
         st.caption(f":material/info: {markdown_literal(problem)}")
-    busy = any(v.active and v.job_id == st.session_state.get(JOB_KEY) for v in board().active())
-    st.checkbox("Also train the CNN from scratch, for comparison", key=BASELINE_KEY,
+    busy = any(v.active and v.job_id == st.session_state.get(keys.EXP_OWN_JOB) for v in board().active())
+    st.checkbox("Also train the CNN from scratch, for comparison", key=keys.OWN_WITH_BASELINE,
                 help="Trained after the transfer model, on the same images: slower, and usually far less accurate "
                      "with this few images.")
     train_col, use_col = st.columns(2)

@@ -5,6 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import public_text, runs_folder, session_token, show_error
 from core.present.room import room_run_option, room_table
 from core.runs import room
@@ -12,11 +13,8 @@ from core.settings.presets import active_preset
 from core.training.board import Board
 
 REFRESH_SECONDS = 3  # a new result reaches every open Room page this soon; a poll reads a few small files
-NAME_KEY = "room_name"  # the name field; not a persisted prefix: the room's ledger keeps the name
 PASSWORD_ENV = "LAB_ROOM_PASSWORD"
 WRONG_PASSWORD_PAUSE_S = 1.0  # guessing the host's password costs a second a try
-PASSWORD_KEY = "room_clear_password"
-CLEARED_KEY = "room_cleared"  # what the last click on Clear did, shown once
 
 
 def room_password() -> str | None:
@@ -30,29 +28,29 @@ def room_password() -> str | None:
 
 def save_name() -> None:
     try:
-        st.session_state[NAME_KEY] = room.set_name(runs_folder(), session_token(), st.session_state[NAME_KEY])
+        st.session_state[keys.ROOM_NAME] = room.set_name(runs_folder(), session_token(), st.session_state[keys.ROOM_NAME])
     except OSError as exc:
-        st.session_state["room_name_error"] = public_text(str(exc))
+        st.session_state[keys.ROOM_NAME_ERROR] = public_text(str(exc))
 
 
 def try_on_predict(run_id: str) -> None:
-    st.session_state["pred_model_source"] = "run"
-    st.session_state["pred_run"] = run_id
+    st.session_state[keys.PRED_MODEL_SOURCE] = "run"
+    st.session_state[keys.PRED_RUN] = run_id
     st.switch_page("app_pages/predict.py")
 
 
 def clear_room(rule: str, password: str | None) -> None:
     """Before the page draws, so that the table below is drawn already cleared."""
-    if rule == room.OPEN or room.password_matches(password, st.session_state.get(PASSWORD_KEY)):
+    if rule == room.OPEN or room.password_matches(password, st.session_state.get(keys.ROOM_CLEAR_PASSWORD)):
         try:
             room.clear(runs_folder())
-            st.session_state[CLEARED_KEY] = "cleared"
+            st.session_state[keys.ROOM_CLEARED] = "cleared"
         except OSError as exc:
-            st.session_state[CLEARED_KEY] = public_text(str(exc))
+            st.session_state[keys.ROOM_CLEARED] = public_text(str(exc))
     else:
         time.sleep(WRONG_PASSWORD_PAUSE_S)
-        st.session_state[CLEARED_KEY] = "refused"
-    st.session_state.pop(PASSWORD_KEY, None)
+        st.session_state[keys.ROOM_CLEARED] = "refused"
+    st.session_state.pop(keys.ROOM_CLEAR_PASSWORD, None)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -75,8 +73,8 @@ def live_room(runs_dir, me: str) -> None:
     table["Participant"] = [f"{r.name} (you)" if r.owner == me else r.name for r in rows]
     st.dataframe(table, hide_index=True)
     runs = {run.run_id: room_run_option(row, run) for row in rows for run in row.runs}
-    picked = st.selectbox("Try a model on your own images", list(runs), format_func=runs.get, key="room_pick")
-    if st.button("Open it on Predict", icon=":material/image_search:", key="room_try", disabled=picked is None):
+    picked = st.selectbox("Try a model on your own images", list(runs), format_func=runs.get, key=keys.ROOM_PICK)
+    if st.button("Open it on Predict", icon=":material/image_search:", key=keys.ROOM_TRY, disabled=picked is None):
         try_on_predict(picked)
 
 
@@ -86,12 +84,12 @@ st.caption("Everyone using this Lab's server is in this room. Each model trained
            "transfer model where one participant trained both on the same data.")
 
 runs_dir, token = runs_folder(), session_token()
-if NAME_KEY not in st.session_state:
-    st.session_state[NAME_KEY] = room.name_of(runs_dir, token)
-st.text_input("Your name in the room", key=NAME_KEY, max_chars=room.MAX_NAME_CHARS, on_change=save_name,
+if keys.ROOM_NAME not in st.session_state:
+    st.session_state[keys.ROOM_NAME] = room.name_of(runs_dir, token)
+st.text_input("Your name in the room", key=keys.ROOM_NAME, max_chars=room.MAX_NAME_CHARS, on_change=save_name,
               placeholder="e.g. Ana, or a team name",
               help="Shown beside the models you train. Only this browser session can change it.")
-if error := st.session_state.pop("room_name_error", None):
+if error := st.session_state.pop(keys.ROOM_NAME_ERROR, None):
     st.error(f"The name could not be saved: {error}", icon=":material/error:")
 
 live_room(runs_dir, room.owner_key(token))
@@ -107,10 +105,10 @@ with st.expander("Clear the room", icon=":material/delete_sweep:"):
                 icon=":material/lock:")
     else:
         if rule == room.PASSWORD:
-            st.text_input("Host password", type="password", key=PASSWORD_KEY)
-        st.button("Clear the room", icon=":material/delete_sweep:", key="room_clear", on_click=clear_room,
+            st.text_input("Host password", type="password", key=keys.ROOM_CLEAR_PASSWORD)
+        st.button("Clear the room", icon=":material/delete_sweep:", key=keys.ROOM_CLEAR, on_click=clear_room,
                   args=(rule, password))
-        outcome = st.session_state.pop(CLEARED_KEY, None)
+        outcome = st.session_state.pop(keys.ROOM_CLEARED, None)
         if outcome == "cleared":
             st.success("The room is cleared.", icon=":material/check:")
         elif outcome == "refused":

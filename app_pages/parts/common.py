@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from core.present.charts import model_kind
 from core.settings.config import DEFAULT_SOURCE, MOBILENET_V2_HANDLE, ModelKind, spec
 from core.settings.errors import LabError
@@ -18,22 +18,7 @@ from core.settings.text import markdown_literal
 
 logger = logging.getLogger(__name__)
 
-# st.session_state keys that more than one page reads.
-SOURCE_KEY = "lab_source"  # the dataset the Experiments page trains on ("tfds:NAME" / "folder:PATH")
-HANDLE_KEY = "lab_handle"  # the hub handle the transfer model starts from
-HANDLE_FIELD_KEY = "exp_t_handle"  # the Experiments page's hub handle field, filled from HANDLE_KEY
-DEMO_NOTE_KEY = "lab_demo_note"
-TOKEN_KEY = "lab_token"  # this browser session's key: owns its trainings and names its saved choices
-# When this server issued the session's key, saved with its choices: a key is only taken from an address when
-# the server holds choices for it, and this makes sure every issued key has some from its first page on.
-ISSUED_KEY = "lab_issued_at"
-IMPORTED_KEY = "exp_imported"  # ids of the runs this session imported: its own default picks, nobody else's
-SAVED_KEY = "lab_saved_choices"  # the choices as last saved, to write only when they change
-# What a reload must find again: the dataset, the hub handle and every page's settings. Widget keys with
-# these prefixes hold plain values only (buttons and uploaders have other keys, see keep_widget_state).
-PERSISTED_PREFIXES = ("exp_", "ds_", "pred_")
-PERSISTED_KEYS = (SOURCE_KEY, HANDLE_KEY, ISSUED_KEY)
-LOADED_KEY = "ds_loaded"  # the source this session has opened on the Dataset page
+SOURCE_KEY = keys.LAB_SOURCE  # the name Predict imports it by; every key is declared in session_keys
 
 
 def skip_keras_clear_session() -> None:
@@ -53,15 +38,20 @@ def skip_keras_clear_session() -> None:
     script_runner._clean_problem_modules = keep_state
 
 
+def session_token() -> str:
+    """This browser session's key (restore_session gives it one before any page runs)."""
+    return st.session_state[keys.LAB_TOKEN]
+
+
 def current_source() -> str:
-    return st.session_state.get(SOURCE_KEY, DEFAULT_SOURCE)
+    return st.session_state.get(keys.LAB_SOURCE, DEFAULT_SOURCE)
 
 
 def current_classes() -> list[str] | None:
     """The current dataset's class names when this session has opened it on the Dataset page, else None
     (opening one here could mean minutes of TFDS retries offline)."""
     source = current_source()
-    if st.session_state.get(LOADED_KEY) != source:
+    if st.session_state.get(keys.DS_LOADED) != source:
         return None
     try:
         return list(open_source_cached(source).info.class_names)
@@ -71,17 +61,17 @@ def current_classes() -> list[str] | None:
 
 
 def set_source(source: str) -> None:
-    st.session_state[SOURCE_KEY] = source
+    st.session_state[keys.LAB_SOURCE] = source
 
 
 def current_handle() -> str:
-    return st.session_state.get(HANDLE_KEY, MOBILENET_V2_HANDLE)
+    return st.session_state.get(keys.LAB_HANDLE, MOBILENET_V2_HANDLE)
 
 
 def set_handle(handle: str) -> None:
     """Make handle the transfer model's hub handle, also where the Experiments page already has a field."""
-    st.session_state[HANDLE_KEY] = handle
-    st.session_state[HANDLE_FIELD_KEY] = handle_field_text(handle)
+    st.session_state[keys.LAB_HANDLE] = handle
+    st.session_state[keys.EXP_T_HANDLE] = handle_field_text(handle)
 
 
 CACHE_HANDLE_PREFIX = "cache:"  # a hosted page's way of writing a hub folder inside the cache folder
@@ -237,73 +227,6 @@ def show_error(exc: BaseException, prefix: str = "") -> None:
                  icon=":material/error:")
 
 
-def keep_widget_state(prefixes: tuple[str, ...] = ("exp_", "pred_", "ds_")) -> None:
-    """Keep settings when the user visits another page and comes back.
-
-    Streamlit forgets a widget's value once a run does not draw it; writing the value back as plain
-    session state before any page draws its widgets keeps it. Buttons and file uploaders refuse values
-    set this way, so their keys must not start with these prefixes.
-    """
-    for key in list(st.session_state.keys()):
-        if isinstance(key, str) and key.startswith(prefixes):
-            st.session_state[key] = st.session_state[key]
-
-
-def session_token() -> str:
-    return st.session_state[TOKEN_KEY]
-
-
-def _choices() -> dict:
-    from core.settings.choices import plain_choices
-
-    return plain_choices({k: v for k, v in st.session_state.items() if isinstance(k, str) and (
-        k in PERSISTED_KEYS or k.startswith(PERSISTED_PREFIXES))})
-
-
-def restore_session() -> None:
-    """Give this browser session its key (from the address, or a new one) and bring back its choices.
-
-    The key sits in the page's address as ?s=..., so a reload, or the same address in a new tab, finds
-    the same dataset, settings and trainings. Sharing a training uses a link without it.
-
-    Keys are issued by this server: one from an address is taken only when the server holds choices saved
-    under it. Any other (made up, or planted through a link so that its sender could later open the same
-    session and its trainings) is replaced by a new key, and the address shows the new one.
-    """
-    from core.settings.choices import is_token, load_choices, new_token
-
-    if TOKEN_KEY not in st.session_state:
-        from_url = st.query_params.get("s")
-        saved = load_choices(from_url) if is_token(from_url) else {}
-        if saved:
-            token = from_url
-        else:
-            token = new_token()
-            # Saved with the choices from this run on (save_session), so the key is known from its first page.
-            st.session_state[ISSUED_KEY] = int(time.time())
-        st.session_state[TOKEN_KEY] = token
-        for key, value in saved.items():
-            if key in PERSISTED_KEYS or key.startswith(PERSISTED_PREFIXES):
-                st.session_state.setdefault(key, value)
-        st.session_state[SAVED_KEY] = saved
-    if st.query_params.get("s") != session_token():
-        st.query_params["s"] = session_token()
-
-
-def save_session() -> None:
-    """Write this session's choices where a reload finds them, when they changed since the last write."""
-    from core.settings.choices import save_choices
-
-    choices = _choices()
-    if choices == st.session_state.get(SAVED_KEY):
-        return
-    try:
-        save_choices(session_token(), choices)
-        st.session_state[SAVED_KEY] = choices
-    except OSError as exc:  # a full or read-only disk costs the reload memory, never the page
-        logger.warning("could not save the session's choices: %s", exc)
-
-
 # Runs imported through the pages, by id: empty files in a hidden folder of the runs folder (listings skip
 # hidden folders), so that every session of this runs folder, after a restart too, knows them.
 IMPORTS_DIR = ".web-imports"
@@ -317,8 +240,8 @@ def note_imported_run(run_id: str) -> None:
     best one on Predict), one visitor's upload would be what every later visitor sees first.
     """
     run_id = Path(run_id).name
-    own = [i for i in st.session_state.get(IMPORTED_KEY, []) if i != run_id]
-    st.session_state[IMPORTED_KEY] = (own + [run_id])[-MAX_OWN_IMPORTS:]
+    own = [i for i in st.session_state.get(keys.EXP_IMPORTED, []) if i != run_id]
+    st.session_state[keys.EXP_IMPORTED] = (own + [run_id])[-MAX_OWN_IMPORTS:]
     try:
         folder = runs_folder() / IMPORTS_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -333,13 +256,14 @@ def others_imports() -> set[str]:
         imported = {path.name for path in (runs_folder() / IMPORTS_DIR).iterdir()}
     except OSError:  # none imported yet, or an unreadable folder
         return set()
-    return imported - set(st.session_state.get(IMPORTED_KEY, []))
+    return imported - set(st.session_state.get(keys.EXP_IMPORTED, []))
 
 
 def tidy_runs_folder() -> None:
     """Remove run folders that killed training processes left unfinished (a live writer's stay).
 
-    Runs before every page, so the run history never offers what a crashed or killed server left behind.
+    streamlit_app.py calls it before every page, so the run history never offers what a crashed or killed
+    server left behind.
     """
     from core.runs.folders import clean_incomplete
 
@@ -351,14 +275,12 @@ def tidy_runs_folder() -> None:
 
 
 def sidebar() -> None:
+    """The Lab's status in the sidebar: the dataset, the runs, the network and the models' colours. It only
+    draws: the session is restored and the runs folder tidied before it (streamlit_app.py)."""
     from core.runs.folders import list_runs
     from core.settings.paths import cache_dir
     from core.settings.presets import active_preset
 
-    restore_session()
-    keep_widget_state()
-    save_session()
-    tidy_runs_folder()
     with st.sidebar:
         st.markdown("#### Lab status")
         st.caption(f"Dataset: {describe_source(current_source())}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import chip, note_imported_run, others_imports, public_text, runs_folder, show_error
 from app_pages.parts.run_details import EXPORT_GUIDE, show_evaluation, show_exports, show_reload_check
 from core.present.charts import CurveSeries, model_kind, training_curves
@@ -14,14 +15,6 @@ from core.settings.config import ModelKind
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal
 
-SHOWN_KEY = "exp_shown"  # run ids on the charts (plain state: saved with the session, kept across pages)
-PENDING_KEY = "exp_shown_next"  # run ids to put on the charts at the next full run (show_runs_next)
-# The run picker's widget key is "runs_picker_<generation>"; the generation changes whenever the page, not
-# the user, sets the runs. A message the browser sent before it saw the new runs carries the old widget's
-# value, which would otherwise win over them (a room's pages, polling every 2 s, lost results that way).
-PICKER_KEY = "runs_picker"
-GENERATION_KEY = "runs_picker_generation"
-IMPORT_NOTICE_KEY = "run_import_notice"  # (level, text, warnings) left by the import button's callback
 ORDER = {kind.value: i for i, kind in enumerate(ModelKind)}  # baseline left, transfer right
 COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch", "Best val accuracy",
            "Final val accuracy", "Model size (MB)"]
@@ -29,20 +22,22 @@ COLUMNS = ["Run", "Model", "Epochs", "Parameters", "Trainable", "Seconds / epoch
 
 def show_runs(run_ids, keep: bool = True) -> None:
     """Put these runs on the charts, beside those already there (keep) or instead of them."""
-    shown = list(st.session_state.get(SHOWN_KEY, [])) if keep else []
+    shown = list(st.session_state.get(keys.EXP_SHOWN, [])) if keep else []
     _set_shown(shown + [r for r in run_ids if r not in shown])
 
 
 def _set_shown(run_ids: list) -> None:
     """The runs on the charts, set by the page: drawn by a new picker widget, so no stale value can win."""
     st.session_state.pop(picker_key(), None)
-    st.session_state[GENERATION_KEY] = st.session_state.get(GENERATION_KEY, 0) + 1
-    st.session_state[SHOWN_KEY] = list(run_ids)
+    st.session_state[keys.RUNS_PICKER_GENERATION] = st.session_state.get(keys.RUNS_PICKER_GENERATION, 0) + 1
+    st.session_state[keys.EXP_SHOWN] = list(run_ids)
 
 
 def picker_key() -> str:
-    """The run picker's current widget key."""
-    return f"{PICKER_KEY}_{st.session_state.get(GENERATION_KEY, 0)}"
+    """The run picker's current widget key: a new one whenever the page, not the user, sets the runs. A message
+    the browser sent before it saw the new runs carries the old widget's value, which would otherwise win over
+    them (a room's pages, polling every 2 s, lost results that way)."""
+    return keys.RUNS_PICKER.key(st.session_state.get(keys.RUNS_PICKER_GENERATION, 0))
 
 
 def show_runs_next(run_ids) -> None:
@@ -50,7 +45,7 @@ def show_runs_next(run_ids) -> None:
 
     For a fragment's run: the run picker is a widget outside it, whose value written there can lose to the
     value the browser sends back; the next full run writes it before the picker is drawn."""
-    st.session_state[PENDING_KEY] = list(run_ids)
+    st.session_state[keys.EXP_SHOWN_NEXT] = list(run_ids)
 
 
 def curve_series(items) -> list[CurveSeries]:
@@ -68,19 +63,19 @@ def _import_uploaded_run() -> None:
     from core.models.hub import web_upload_handle_allowed
     from core.runs.archives import import_run_zip
 
-    upload = st.session_state.get("run_import_zip")
+    upload = st.session_state.get(keys.RUN_IMPORT_ZIP)
     if upload is None:
-        st.session_state[IMPORT_NOTICE_KEY] = ("warning", "Choose a zipped run folder first.", [])
+        st.session_state[keys.RUN_IMPORT_NOTICE] = ("warning", "Choose a zipped run folder first.", [])
         return
     try:
         # Uploaded by a stranger: its model may only use hub modules the web page may (no server folders).
         imported = import_run_zip(upload.getvalue(), runs_folder(), allowed_handle=web_upload_handle_allowed)
     except LabError as exc:
-        st.session_state[IMPORT_NOTICE_KEY] = ("error", public_text(exc), [])
+        st.session_state[keys.RUN_IMPORT_NOTICE] = ("error", public_text(exc), [])
         return
     note_imported_run(imported.path.name)
     show_runs([imported.path.name])
-    st.session_state[IMPORT_NOTICE_KEY] = ("success", f"Imported {imported.path.name}; it is on the charts below.",
+    st.session_state[keys.RUN_IMPORT_NOTICE] = ("success", f"Imported {imported.path.name}; it is on the charts below.",
                                            [public_text(warning) for warning in imported.warnings])
 
 
@@ -89,9 +84,9 @@ def import_section() -> None:
         st.caption("A zipped run folder (`runs/<run-id>/`, e.g. from `python -m core train` on a GPU machine). "
                    "Copying the folder into this runs folder works too; `python -m core import-run ZIP` does the "
                    "same from a shell.")
-        st.file_uploader("Zipped run folder", type=["zip"], key="run_import_zip")
-        st.button("Import", key="run_import", icon=":material/upload:", on_click=_import_uploaded_run)
-        notice = st.session_state.pop(IMPORT_NOTICE_KEY, None)
+        st.file_uploader("Zipped run folder", type=["zip"], key=keys.RUN_IMPORT_ZIP)
+        st.button("Import", key=keys.RUN_IMPORT, icon=":material/upload:", on_click=_import_uploaded_run)
+        notice = st.session_state.pop(keys.RUN_IMPORT_NOTICE, None)
         if notice:
             getattr(st, notice[0])(notice[1])
             for warning in notice[2]:
@@ -102,28 +97,28 @@ def pick_runs() -> list:
     """The run picker; returns the chosen runs, baseline first and older first."""
     listing = list_runs(runs_folder())
     by_id = {r.run_id: r for r in listing.runs}
-    pending = st.session_state.pop(PENDING_KEY, None)
+    pending = st.session_state.pop(keys.EXP_SHOWN_NEXT, None)
     if pending is not None:
         show_runs(pending, keep=False)
-    if SHOWN_KEY not in st.session_state:
+    if keys.EXP_SHOWN not in st.session_state:
         newest = {}
         others = others_imports()  # another visitor's import is shown only to whoever picks it
         for record in listing.runs:  # newest first
             if record.run_id not in others:
                 newest.setdefault(record.model_kind, record.run_id)
         _set_shown(list(newest.values()))
-    chosen = st.session_state.get(picker_key(), st.session_state[SHOWN_KEY])
+    chosen = st.session_state.get(picker_key(), st.session_state[keys.EXP_SHOWN])
     if any(i not in by_id for i in chosen):  # a run deleted since: the picker must not offer it
         _set_shown([i for i in chosen if i in by_id])
     labels = {i: run_option(r) for i, r in by_id.items()}
     # The multiselect tells options apart by label: a run imported twice must not share its copy's.
     repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
     shown = st.multiselect("Runs to show (your runs and earlier ones, including command-line runs)", list(by_id),
-                           default=[i for i in dict.fromkeys(st.session_state[SHOWN_KEY]) if i in by_id],
+                           default=[i for i in dict.fromkeys(st.session_state[keys.EXP_SHOWN]) if i in by_id],
                            key=picker_key(),
                            format_func=lambda i: f"{labels[i]} · {i}" if labels[i] in repeated else labels[i],
                            placeholder="Pick finished runs from the runs folder")
-    st.session_state[SHOWN_KEY] = list(shown)
+    st.session_state[keys.EXP_SHOWN] = list(shown)
     if listing.incomplete:
         with st.expander(f"{len(listing.incomplete)} unfinished or damaged run folder(s), not shown"):
             st.caption("A run is written into a hidden folder and renamed when complete; these never completed "
@@ -137,11 +132,11 @@ def show_curves(records) -> None:
     multiple = {k: sum(1 for r in records if r.model_kind == k) > 1 for k in {r.model_kind for r in records}}
     items = [(run_title(r) if multiple[r.model_kind] else r.model_name, model_kind(r.model_kind), r.history)
              for r in records]
-    show_article = st.session_state.get("exp_show_article", True)
-    show_reference = st.session_state.get("exp_show_reference", True)
+    show_article = st.session_state.get(keys.EXP_SHOW_ARTICLE, True)
+    show_reference = st.session_state.get(keys.EXP_SHOW_REFERENCE, True)
     left, right = st.columns(2, gap="medium")
-    left.plotly_chart(training_curves(curve_series(items), "accuracy", show_article, show_reference), key="results_acc")
-    right.plotly_chart(training_curves(curve_series(items), "loss", show_article, show_reference), key="results_loss")
+    left.plotly_chart(training_curves(curve_series(items), "accuracy", show_article, show_reference), key=keys.RESULTS_ACC_CHART)
+    right.plotly_chart(training_curves(curve_series(items), "loss", show_article, show_reference), key=keys.RESULTS_LOSS_CHART)
 
 
 def show_comparison(records, include_article: bool) -> None:
@@ -194,8 +189,8 @@ def results() -> None:
     records = pick_runs()
     import_section()
     toggles = st.columns([1, 1, 2])
-    toggles[0].toggle("Article's curves", key="exp_show_article", help="Its per-epoch validation curves, faint.")
-    toggles[1].toggle("Article's reported accuracy", key="exp_show_reference",
+    toggles[0].toggle("Article's curves", key=keys.EXP_SHOW_ARTICLE, help="Its per-epoch validation curves, faint.")
+    toggles[1].toggle("Article's reported accuracy", key=keys.EXP_SHOW_REFERENCE,
                       help="About 88% for the baseline and 98% for the transfer model, as lines.")
     if not records:
         st.info("No runs selected. Run an experiment above, or pick earlier runs from the runs folder.",
@@ -204,7 +199,7 @@ def results() -> None:
     try:
         show_curves(records)
         st.subheader("Comparison")
-        show_comparison(records, st.session_state.get("exp_show_article", True))
+        show_comparison(records, st.session_state.get(keys.EXP_SHOW_ARTICLE, True))
         st.subheader("Model summaries")
         _in_pairs(records, show_summary)
     except (LabError, TypeError, ValueError) as exc:  # a damaged run must not take the page down

@@ -9,6 +9,7 @@ from functools import partial
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import show_error
 from core.settings.errors import LabError
 from core.settings.text import markdown_literal
@@ -102,7 +103,7 @@ def show_evaluation(record) -> None:
     if evaluation is None:
         st.caption("This run has no evaluation: it was trained before evaluations were stored, or on the "
                    "command line with evaluation turned off.")
-        if not st.button("Evaluate", key=f"evaluate_{record.run_id}", icon=":material/fact_check:",
+        if not st.button("Evaluate", key=keys.EVALUATE_BUTTON.key(record.run_id), icon=":material/fact_check:",
                          help="Reloads the model and classifies every validation image once."):
             return
         evaluation = _run_evaluation(record)
@@ -113,7 +114,7 @@ def show_evaluation(record) -> None:
                                                    if evaluation.skipped else "") + ".")
     for note in evaluation.notes:
         st.caption(f":material/info: {note}")
-    st.plotly_chart(confusion_matrix_figure(evaluation), key=f"confusion_{record.run_id}")
+    st.plotly_chart(confusion_matrix_figure(evaluation), key=keys.CONFUSION_CHART.key(record.run_id))
     _per_class_table(evaluation)
     _gallery(evaluation, record)
 
@@ -152,7 +153,7 @@ def _prepare(record, fmt, label: str, refusals: dict) -> bool:
 
 def _wanted_key(fmt, record) -> str:
     """Session key set by an "instead" offer: prepare this format on the next run of the page."""
-    return f"wanted_{fmt.value}_{record.run_id}"
+    return keys.EXPORT_WANTED.key(fmt.value, record.run_id)
 
 
 def _want(key: str) -> None:
@@ -173,7 +174,7 @@ def _show_refusals(record, refusals: dict) -> None:
         if info.ready:
             st.caption(f"{label} is ready above.")
         elif info.refused is None:
-            st.button(f"Prepare {label} instead", key=f"instead_{alternative.value}_{record.run_id}",
+            st.button(f"Prepare {label} instead", key=keys.EXPORT_INSTEAD.key(alternative.value, record.run_id),
                       icon=":material/build:", on_click=_want, args=(_wanted_key(alternative, record),))
 
 
@@ -218,7 +219,7 @@ def show_exports(record) -> None:
         slot = cell.empty()  # the Prepare button, replaced by the download once the export is written
         if info.refused is not None:
             refusals[fmt] = info.refused
-            slot.button(f"{label} · refused", key=f"refused_{fmt.value}_{record.run_id}", icon=":material/block:",
+            slot.button(f"{label} · refused", key=keys.EXPORT_REFUSED.key(fmt.value, record.run_id), icon=":material/block:",
                         width="stretch", disabled=True, help="Not written for this run: the reason is below.")
             continue
         if not info.ready:
@@ -226,7 +227,7 @@ def show_exports(record) -> None:
             cost = "" if estimate is None else f" · {_short(estimate.seconds)}"
             takes = "" if estimate is None else f" Converting takes {estimate.describe()}."
             # "Prepare" is left to the icon and the caption: with a time in minutes it cut the label off.
-            clicked = slot.button(f"{label}{cost}", key=f"prepare_{fmt.value}_{record.run_id}",
+            clicked = slot.button(f"{label}{cost}", key=keys.EXPORT_PREPARE.key(fmt.value, record.run_id),
                                   icon=":material/build:", width="stretch",
                                   help=f"Prepare {fmt_info.label}: {fmt_info.use}.{takes}")
             if not (clicked or wanted):
@@ -234,7 +235,7 @@ def show_exports(record) -> None:
             with cell:
                 if not _prepare(record, fmt, fmt_info.label, refusals):
                     if fmt in refusals:
-                        slot.button(f"{label} · refused", key=f"refused_{fmt.value}_{record.run_id}",
+                        slot.button(f"{label} · refused", key=keys.EXPORT_REFUSED.key(fmt.value, record.run_id),
                                     icon=":material/block:", width="stretch", disabled=True,
                                     help="Not written for this run: the reason is below.")
                     continue
@@ -242,11 +243,11 @@ def show_exports(record) -> None:
         # A callable: the file is read when the button is clicked, not on every rerun of the page.
         slot.download_button(f"{label}{_what(info.filename, info.size_bytes)}",
                              data=partial(_download_bytes, record.path, fmt), file_name=info.filename,
-                             mime=info.mime, key=f"download_{fmt.value}_{record.run_id}", icon=":material/download:",
+                             mime=info.mime, key=keys.DOWNLOAD.key(fmt.value, record.run_id), icon=":material/download:",
                              width="stretch", on_click="ignore", help=f"{fmt_info.label}: {fmt_info.use}")
     cells[len(FORMATS)].download_button(
         "Whole run folder (.zip)", data=partial(_run_zip, record.path), file_name=f"{record.run_id}.zip",
-        mime="application/zip", key=f"download_run_{record.run_id}", icon=":material/folder_zip:",
+        mime="application/zip", key=keys.DOWNLOAD.key("run", record.run_id), icon=":material/folder_zip:",
         on_click="ignore", width="stretch",
         help="Charts, summaries, evaluation and model: import it into another installation's run history "
              "(Import a run trained elsewhere) or with `python -m core import-run`.")

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import describe_source, runs_folder, session_token
 from core.present.charts import CurveSeries, training_curves
 from core.present.labels import job_status_line
 from core.settings.presets import active_preset
-
-FOLLOWING_KEY = "exp_following"  # job ids this session follows (its own and the ones it joined); kept on reload
-REUSED_KEY = "exp_reused"  # runs handed back for the latest submission, charted with its new runs
-STOPPING_KEY = "exp_stopping"  # job ids this session asked to stop, shown as "Stopping ..." at once
-# Run folders of followed jobs already put on this session's charts. Kept on reload, so a result is delivered
-# once: whether or not a page saw its job running, and however many reloads or tabs came in between.
-DELIVERED_KEY = "exp_delivered"
-# Followed jobs this session has seen ended: the first sight of an end reruns the whole page once, so what
-# a page draws from a finished job (Your classes' verdict) appears even when its runs came in earlier.
-ENDED_KEY = "exp_seen_ended"
-LEVEL_KEY = "exp_panel_level"  # the activity level the panel was last set to poll at
-STOP_ERROR_KEY = "panel_stop_error"  # (job id, message) when a Stop could not be written; not kept on reload
 
 WATCHING, OTHERS, IDLE = "watching", "others", "idle"
 POLL_SECONDS = {WATCHING: 2.0, OTHERS: 5.0, IDLE: 30.0}
@@ -53,11 +42,11 @@ def board():
 
 
 def following() -> list[str]:
-    return list(st.session_state.get(FOLLOWING_KEY, []))
+    return list(st.session_state.get(keys.EXP_FOLLOWING, []))
 
 
 def follow(job_id: str) -> None:
-    st.session_state[FOLLOWING_KEY] = [j for j in following() if j != job_id][-9:] + [job_id]
+    st.session_state[keys.EXP_FOLLOWING] = [j for j in following() if j != job_id][-9:] + [job_id]
 
 
 def submit(experiments: list, owner: str, short: bool = False):
@@ -109,14 +98,14 @@ def _stop(job_id: str) -> None:
     try:
         board().stop(job_id)
     except LabError as exc:  # a full or read-only runs folder: one line on the card, never a traceback
-        st.session_state[STOP_ERROR_KEY] = (job_id, str(exc))
+        st.session_state[keys.PANEL_STOP_ERROR] = (job_id, str(exc))
         return
-    st.session_state[STOPPING_KEY] = [*st.session_state.get(STOPPING_KEY, []), job_id]
+    st.session_state[keys.EXP_STOPPING] = [*st.session_state.get(keys.EXP_STOPPING, []), job_id]
 
 
 def _job_card(view, mine: bool) -> None:
     snap = view.snapshot
-    stopping = view.job_id in st.session_state.get(STOPPING_KEY, []) and not snap.finished
+    stopping = view.job_id in st.session_state.get(keys.EXP_STOPPING, []) and not snap.finished
     with st.container(border=True):
         head, stop = st.columns([5, 1], vertical_alignment="center")
         who = "yours" if view.owner == session_token() else ("from the command line" if view.origin == "cli"
@@ -127,12 +116,12 @@ def _job_card(view, mine: bool) -> None:
                                         else "") + f" · {who}")
         head.caption(f"{view.title} on {describe_source(view.source)}")
         if may_stop(view) and not snap.finished:
-            stop.button("Cancel" if view.queued else "Stop", key=f"stop_{view.job_id}", icon=":material/stop_circle:",
+            stop.button("Cancel" if view.queued else "Stop", key=keys.STOP_BUTTON.key(view.job_id), icon=":material/stop_circle:",
                         on_click=_stop, args=(view.job_id,), disabled=stopping, width="stretch",
                         help="Stops after the current batch; finished epochs are saved as a run.")
         line = "Stopping after the current batch ..." if stopping and not view.queued else job_status_line(view)
         st.progress(min(1.0, max(0.0, snap.fraction)), text=line)
-        failed = st.session_state.get(STOP_ERROR_KEY)
+        failed = st.session_state.get(keys.PANEL_STOP_ERROR)
         if failed and failed[0] == view.job_id:
             st.error(failed[1], icon=":material/error:")
         if mine and snap.run_dirs and not snap.finished:
@@ -160,7 +149,7 @@ def _curves(histories: tuple):
 def live_curves() -> None:
     """The followed trainings' curves, every 5 s while one of them trains (an epoch rarely takes less, and
     drawing costs), and never polled otherwise. Called after running_now, which has just set the level."""
-    watching = st.session_state.get(LEVEL_KEY) == WATCHING
+    watching = st.session_state.get(keys.EXP_PANEL_LEVEL) == WATCHING
     st.fragment(run_every=CURVES_SECONDS if watching else None)(_live_curves)()
 
 
@@ -175,8 +164,8 @@ def _live_curves() -> None:
         return
     accuracy, loss = _curves(histories)
     left, right = st.columns(2, gap="medium")
-    left.plotly_chart(accuracy, key="live_acc")
-    right.plotly_chart(loss, key="live_loss")
+    left.plotly_chart(accuracy, key=keys.LIVE_ACC_CHART)
+    right.plotly_chart(loss, key=keys.LIVE_LOSS_CHART)
 
 
 def _outcome(view) -> None:
@@ -218,7 +207,7 @@ def running_now() -> None:
     active = b.active()
     b.keep_warm(active)  # whoever presses Run next finds TensorFlow started
     level = _level(_followed(b), active)
-    st.session_state[LEVEL_KEY] = level
+    st.session_state[keys.EXP_PANEL_LEVEL] = level
     st.fragment(run_every=POLL_SECONDS[level])(_running_now)()
 
 
@@ -230,7 +219,7 @@ def _running_now() -> None:
     followed = _followed(b)
     if deliver(followed):
         st.rerun()  # the whole page: its results now include the new runs
-    if _level(followed, active) != st.session_state.get(LEVEL_KEY):
+    if _level(followed, active) != st.session_state.get(keys.EXP_PANEL_LEVEL):
         st.rerun()  # the whole page, to poll at the rate the new level needs
     if followed and followed[-1].finished:
         _outcome(followed[-1])
@@ -255,18 +244,18 @@ def deliver(followed: list) -> bool:
     or a followed job has ended since this session last looked."""
     from app_pages.parts.results import show_runs_next
 
-    delivered = list(st.session_state.get(DELIVERED_KEY, []))
+    delivered = list(st.session_state.get(keys.EXP_DELIVERED, []))
     fresh = [v for v in followed if any(p.name not in delivered for p in v.snapshot.run_dirs)]
-    seen_ended = list(st.session_state.get(ENDED_KEY, []))
+    seen_ended = list(st.session_state.get(keys.EXP_SEEN_ENDED, []))
     ended = [v.job_id for v in followed if v.finished and v.job_id not in seen_ended]
     if ended:
-        st.session_state[ENDED_KEY] = (seen_ended + ended)[-20:]
+        st.session_state[keys.EXP_SEEN_ENDED] = (seen_ended + ended)[-20:]
     if not fresh:
         return bool(ended)
     # The charts show what was just asked for: the job's runs so far and those handed back with it.
     runs = [p.name for p in fresh[-1].snapshot.run_dirs]
-    show_runs_next(st.session_state.get(REUSED_KEY, []) + runs)
-    st.session_state[DELIVERED_KEY] = (delivered + [p.name for v in fresh for p in v.snapshot.run_dirs
+    show_runs_next(st.session_state.get(keys.EXP_REUSED, []) + runs)
+    st.session_state[keys.EXP_DELIVERED] = (delivered + [p.name for v in fresh for p in v.snapshot.run_dirs
                                                     if p.name not in delivered])[-40:]
     return True
 
