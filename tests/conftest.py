@@ -138,4 +138,33 @@ def open_page(monkeypatch, tmp_path):
             wait_for_estimates(at)  # timed in a child process while the page is already drawn
         return at
 
-    return open_
+    yield open_
+    _drop_timings_nobody_waits_for()
+
+
+def _drop_timings_nobody_waits_for() -> None:
+    """The pages' estimates are timed one at a time per server, and this process is the server of every
+    page a test opens. A test that changed a setting last (an image size, Article settings) leaves its
+    timing queued or running when it ends: the next test's own timings would wait behind it, on a child
+    process importing TensorFlow at low priority. Nobody waits for it any more, so it is dropped; finished
+    timings stay shared, as a server shares them between its visitors."""
+    import sys
+
+    if "app_pages.parts.estimates" not in sys.modules:
+        return
+    import psutil
+
+    from app_pages.parts.estimates import _timings
+
+    timings = _timings()
+    with timings._lock:
+        for key, (future, _) in list(timings._futures.items()):
+            if not future.done():
+                future.cancel()
+                del timings._futures[key]
+    for child in psutil.Process().children():
+        try:
+            if "core.training.timing" in child.cmdline():
+                child.kill()
+        except psutil.NoSuchProcess:
+            pass
