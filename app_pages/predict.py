@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages.common import (
+from app_pages.parts.common import (
     SOURCE_KEY,
     chip,
     current_classes,
@@ -40,6 +40,17 @@ def load_cached(path: str, mtime: float, trusted: bool, name: str | None = None)
 
     policy = None if trusted else web_upload_handle_allowed
     return load_for_prediction(path, allowed_handle=policy, name=name), time.time()
+
+
+# A frozen transfer model (every own-classes model of a workshop room) is its Dense layer on the process's
+# one copy of its hub module: small, so a whole room's models stay cached. None for any other model.
+@st.cache_resource(show_spinner=False, max_entries=64)
+def load_head_cached(path: str, mtime: float, trusted: bool, name: str | None = None):
+    from core.models.hub import web_upload_handle_allowed
+    from core.runs.predict import load_with_shared_backbone
+
+    policy = None if trusted else web_upload_handle_allowed
+    return load_with_shared_backbone(path, allowed_handle=policy, name=name), time.time()
 
 
 def stored_upload(upload) -> Path:
@@ -232,7 +243,9 @@ try:
     mtime = model_path.stat().st_mtime
     started = time.time()
     with st.spinner(f"Reloading {markdown_literal(shown_name or model_path.name)} ..."):
-        loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
+        loaded, loaded_at = load_head_cached(str(model_path), mtime, trusted, shown_name)
+        if loaded is None:
+            loaded, loaded_at = load_cached(str(model_path), mtime, trusted, shown_name)
 except FileNotFoundError:
     st.error(public_text(f"'{model_path}' does not exist."), icon=":material/error:")
     st.stop()
@@ -257,6 +270,9 @@ with st.container(border=True):
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache
         else f":material/hard_drive: Loaded from disk in {loaded.load_seconds:.2f} s")
+    if loaded.backbone is not None:
+        timing.caption("Its frozen backbone is the hub module's own, so it runs on the server's one copy of "
+                       "that module; its Dense layer is read from the file. Same outputs as the whole model.")
 
 mismatch = dataset_mismatch(loaded.class_names, record, dataset_classes)
 if mismatch:

@@ -111,11 +111,6 @@ def _model_input(loaded, image: np.ndarray) -> np.ndarray:
     return np.asarray(preprocess(image, loaded.image_size), dtype=np.float32)
 
 
-def _outputs(loaded, batch: np.ndarray) -> np.ndarray:
-    """The model's raw outputs (logits, or probabilities for a softmax model) for a preprocessed batch."""
-    return np.asarray(loaded.model(batch, training=False), dtype=np.float64)
-
-
 def _probabilities(loaded, outputs: np.ndarray) -> np.ndarray:
     if loaded.softmax_output:
         return outputs
@@ -181,7 +176,7 @@ def occlusion_sensitivity(loaded, image: np.ndarray, class_index: int | None = N
     side = loaded.image_size
     patch = max(1, round(side * patch_fraction))
     stride = max(1, round(patch * stride_fraction))
-    base_out = _outputs(loaded, x[None])
+    base_out = loaded.outputs(x[None])
     base_probs = _probabilities(loaded, base_out)[0]
     k = _target(loaded, base_probs, class_index)
     base = log_odds(loaded, base_out, k)[0]
@@ -194,7 +189,7 @@ def occlusion_sensitivity(loaded, image: np.ndarray, class_index: int | None = N
         batch = np.repeat(x[None], len(chunk), axis=0)
         for i, (top, left) in enumerate(chunk):
             batch[i, top:top + patch, left:left + patch, :] = OCCLUSION_GREY
-        scores = log_odds(loaded, _outputs(loaded, batch), k)
+        scores = log_odds(loaded, loaded.outputs(batch), k)
         for (top, left), score in zip(chunk, scores):
             drops[top:top + patch, left:left + patch] += base - score
             covered[top:top + patch, left:left + patch] += 1
@@ -215,7 +210,8 @@ def last_conv_layer(model):
 
 def available_methods(loaded) -> list[str]:
     """Methods that can explain this model; occlusion always, Grad-CAM with a reachable Conv2D."""
-    return [OCCLUSION] + ([GRAD_CAM] if last_conv_layer(loaded.model) is not None else [])
+    reachable = loaded.model is not None and last_conv_layer(loaded.model) is not None  # a shared hub backbone's are not
+    return [OCCLUSION] + ([GRAD_CAM] if reachable else [])
 
 
 def grad_cam(loaded, image: np.ndarray, class_index: int | None = None) -> Explanation:
@@ -225,7 +221,7 @@ def grad_cam(loaded, image: np.ndarray, class_index: int | None = None) -> Expla
 
     _check_image(image)
     model = loaded.model
-    conv = last_conv_layer(model)
+    conv = last_conv_layer(model) if model is not None else None
     if conv is None:
         raise LabError("Grad-CAM needs a Conv2D layer the Lab can reach, and this model has none (a hub layer "
                        "hides its insides); use occlusion sensitivity instead.")

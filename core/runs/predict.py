@@ -1,13 +1,15 @@
 """Bytes in, class probabilities out: checked decoding, the training preprocessing, one batched call."""
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.settings.errors import ImageError, LabError
+from core.settings.errors import ImageError, LabError, ModelFileError
 
 MAX_INPUT_SIDE = 1024  # the largest image size training accepts (core.settings.config.validate)
 
@@ -28,19 +30,27 @@ class PredictionError:
 
 @dataclass
 class LoadedModel:
-    """A reloaded model with what prediction needs; read-only after construction, safe to share."""
+    """A reloaded model with what prediction needs; read-only after construction, safe to share.
+
+    model is the whole reloaded Keras model, or None where a SharedBackbone computes the features and head
+    (the Dense layer's kernel and bias, as numpy arrays) turns them into outputs.
+    """
     model: object
     class_names: list[str]
     image_size: int
     softmax_output: bool
     path: Path
     load_seconds: float
+    backbone: SharedBackbone | None = None
+    head: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
         import tensorflow as tf
 
         from core.data.sources import preprocess
 
+        if self.backbone is not None:
+            return
         size, model, already_probs = self.image_size, self.model, self.softmax_output
 
         # A compiled function skips model.predict's per-call set-up (it builds a tf.data pipeline each
@@ -51,7 +61,7 @@ class LoadedModel:
             return out if already_probs else tf.nn.softmax(out)
 
         # One upload (the usual case) is resized inside the graph too: done eagerly, the resize, scale and
-        # stack cost about 1 ms more, 5-10% of MobileNetV2's time for one image on 2 cores (measured).
+        # stack cost a noticeable share of MobileNetV2's time for one image.
         @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
         def one_image(image):
             return probabilities(preprocess(image, size)[tf.newaxis])[0]
@@ -59,22 +69,147 @@ class LoadedModel:
         self._call = probabilities
         self._one = one_image
 
+    def _from_features(self, features) -> np.ndarray:
+        kernel, bias = self.head
+        logits = np.asarray(features, dtype=np.float32) @ kernel + bias
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)  # a softmax Dense and logits end the same way
+
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities for decoded uint8 RGB images, in one batched call."""
         import tensorflow as tf
 
         from core.data.sources import preprocess
 
+        if self.backbone is not None:
+            if len(images) == 1:
+                return self._from_features(self.backbone.one(images[0]).numpy())
+            batch = tf.stack([preprocess(img, self.image_size) for img in images])
+            return self._from_features(self.backbone.features(batch).numpy())
         if len(images) == 1:
             return self._one(images[0]).numpy()[np.newaxis]
         batch = tf.stack([preprocess(img, self.image_size) for img in images])
         return self._call(batch).numpy()
 
+    def outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw outputs (logits, or probabilities for a softmax model) for a preprocessed batch."""
+        if self.backbone is None:
+            return np.asarray(self.model(batch, training=False), dtype=np.float64)
+        features = self.backbone.features(batch).numpy()
+        kernel, bias = self.head
+        raw = self._from_features(features) if self.softmax_output else features @ kernel + bias
+        return raw.astype(np.float64)
 
-def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None = None) -> LoadedModel:
+
+class SharedBackbone:
+    """One loaded hub module and its compiled feature functions, for every reloaded model that keeps it frozen
+    under a Dense layer of its own: a room's participants' models differ only in that Dense, so each costs
+    its kernel rather than another copy of the backbone's variables and graphs."""
+
+    def __init__(self, handle: str, size: int):
+        import tensorflow as tf
+        import tensorflow_hub as hub
+
+        from core.data.sources import preprocess
+        from core.safety.model_files import backbone_digest
+
+        self.handle, self.size = handle, size
+        self.layer = hub.KerasLayer(handle, trainable=False)
+        self.digest = backbone_digest(w.numpy() for w in self.layer.weights)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def features(x):
+            return self.layer(x, training=False)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+        def one(image):
+            return features(preprocess(image, size)[tf.newaxis])
+
+        self.features, self.one = features, one
+        self.width = int(features(tf.zeros([1, size, size, 3])).shape[-1])
+
+
+MAX_SHARED_BACKBONES = 2  # hub modules kept for Predict at once; a room shares one
+_backbones: OrderedDict[tuple[str, int], SharedBackbone] = OrderedDict()
+_backbones_lock = threading.Lock()
+
+
+def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
+    """The process's copy of this hub module at this input size, loaded (after load_model's checks) if new."""
+    from core.models.hub import check_available, is_local
+    from core.safety.savedmodel_ops import check_savedmodel
+    from core.settings.paths import configure_caches
+
+    key = (handle, size)
+    with _backbones_lock:  # one load per module however many sessions ask at once
+        if key in _backbones:
+            _backbones.move_to_end(key)
+            return _backbones[key]
+        configure_caches()
+        try:
+            check_available(handle)
+        except LabError as exc:
+            raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
+        if is_local(handle):
+            check_savedmodel(handle)
+        try:
+            backbone = SharedBackbone(handle, size)
+        except Exception as exc:
+            raise ModelFileError(f"'{label}' could not be loaded ({exc.__class__.__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
+        _backbones[key] = backbone
+        while len(_backbones) > MAX_SHARED_BACKBONES:
+            _backbones.popitem(last=False)
+        return backbone
+
+
+def _check_shape(label: str, shape, out) -> None:
+    if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
+        raise LabError(f"'{label}' expects input of shape {shape}; the Lab needs square RGB images.")
+    if shape[1] > MAX_INPUT_SIDE:
+        # Every upload would be resized to this many float32 pixels: a 30000x30000 input is 10 GB an image.
+        raise LabError(f"'{label}' expects {shape[1]}x{shape[2]} images; the Lab classifies at most "
+                       f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}.")
+    if not isinstance(out, tuple) or len(out) != 2 or not out[1]:
+        raise LabError(f"'{label}' outputs shape {out}; the Lab needs one score per class, shape (batch, classes).")
+
+
+def _class_names(info, classes: int) -> list[str]:
+    return info.class_names if len(info.class_names) == classes else [f"class {i}" for i in range(classes)]
+
+
+def load_with_shared_backbone(path: str | Path, allowed_handle=None, name: str | None = None) -> LoadedModel | None:
+    """The model as the process's shared backbone plus its own Dense layer, when it is the Lab's frozen
+    transfer model whose backbone weights are the hub module's own; None for any other model (a fine-tuned
+    one included). Arguments as for load_for_prediction."""
+    from core.safety.model_files import inspect_model_file, read_hub_head
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "model.h5"
+    label = name or path.name
+    start = time.perf_counter()
+    info = inspect_model_file(path, allowed_handle=allowed_handle, name=label)
+    head = read_hub_head(path, info)
+    if head is None or not info.input_size:
+        return None
+    size = info.input_size
+    _check_shape(label, (None, size, size, 3), (None, head.kernel.shape[1]))
+    backbone = shared_backbone(head.handle, size, label)
+    if backbone.digest != head.backbone_digest or backbone.width != head.kernel.shape[0]:
+        return None
+    return LoadedModel(None, _class_names(info, head.kernel.shape[1]), size, info.softmax_output, path,
+                       time.perf_counter() - start, backbone, (head.kernel, head.bias))
+
+
+def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None = None,
+                        share_backbone: bool = False) -> LoadedModel:
     """Reload an .h5 (or a run folder's model.h5) the article's way, after the safety inspection.
 
     allowed_handle and name are passed to core.safety.model_files.load_model (an upload's policy and own name).
+    share_backbone: a frozen transfer model runs on the process's shared copy of its hub module, with only
+    its Dense layer read from the file (same outputs; a server classifying with many such models holds one
+    backbone). Any other model, and every model without it, is reloaded whole.
     """
     from core.safety.model_files import load_model
 
@@ -82,21 +217,15 @@ def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None 
     if path.is_dir():
         path = path / "model.h5"
     label = name or path.name
+    if share_backbone:
+        shared = load_with_shared_backbone(path, allowed_handle, label)
+        if shared is not None:
+            return shared
     start = time.perf_counter()
     model, info = load_model(path, allowed_handle=allowed_handle, name=label)
-    shape = model.input_shape
-    if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-        raise LabError(f"'{label}' expects input of shape {shape}; the Lab needs square RGB images.")
-    if shape[1] > MAX_INPUT_SIDE:
-        # Every upload would be resized to this many float32 pixels: a 30000x30000 input is 10 GB an image.
-        raise LabError(f"'{label}' expects {shape[1]}x{shape[2]} images; the Lab classifies at most "
-                       f"{MAX_INPUT_SIDE}x{MAX_INPUT_SIDE}.")
-    out = model.output_shape
-    if not isinstance(out, tuple) or len(out) != 2 or not out[1]:
-        raise LabError(f"'{label}' outputs shape {out}; the Lab needs one score per class, shape (batch, classes).")
-    classes = out[1]
-    names = info.class_names if len(info.class_names) == classes else [f"class {i}" for i in range(classes)]
-    return LoadedModel(model, names, int(shape[1]), info.softmax_output, path, time.perf_counter() - start)
+    _check_shape(label, model.input_shape, model.output_shape)
+    return LoadedModel(model, _class_names(info, model.output_shape[1]), int(model.input_shape[1]),
+                       info.softmax_output, path, time.perf_counter() - start)
 
 
 def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> list[Prediction | PredictionError]:

@@ -519,6 +519,76 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     return model, info
 
 
+@dataclass(frozen=True)
+class HubHead:
+    """The Lab's transfer model as it saves one, read without building it: a frozen hub backbone and one Dense."""
+    handle: str  # the backbone's, resolved against the file's folder
+    backbone_digest: str  # of the backbone's stored weights (backbone_digest), to tell a fine-tuned copy apart
+    kernel: object  # numpy float32 (features, classes)
+    bias: object  # numpy float32 (classes,)
+
+
+# What the Lab's KerasLayer config holds; any other option (a signature, an output key, arguments) changes
+# what the layer computes, so such a model is built whole.
+PLAIN_HUB_KEYS = {"name", "trainable", "dtype", "batch_input_shape", "handle"}
+
+
+def backbone_digest(arrays) -> str:
+    """One value for a backbone's weights in order (shape and float32 bytes of each)."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def read_hub_head(path: str | Path, info: ModelFileInfo) -> HubHead | None:
+    """The file's frozen backbone and Dense head when it is exactly an input, a plain frozen KerasLayer and a
+    float32 Dense with a bias and a linear or softmax activation; None for any other model.
+
+    Only for a file inspect_model_file has passed (info): its layout and sizes are checked already.
+    """
+    import h5py
+
+    try:
+        return _read_hub_head(h5py.File(Path(path).expanduser(), "r"), info)
+    except (KeyError, TypeError, ValueError, AttributeError, OSError):
+        return None  # not the Lab's layout after all: built whole, whose loading says what is wrong
+
+
+def _read_hub_head(file, info: ModelFileInfo) -> HubHead | None:
+    import numpy as np
+
+    with file as f:
+        config = json.loads(f.attrs["model_config"])
+        if config.get("class_name") != "Sequential":
+            return None
+        layers = [layer for layer in _layers(config) if layer.get("class_name") != "InputLayer"]
+        if [layer.get("class_name") for layer in layers] != ["KerasLayer", "Dense"]:
+            return None
+        hub_cfg, dense_cfg = (layer.get("config") or {} for layer in layers)
+        if (set(hub_cfg) - PLAIN_HUB_KEYS or hub_cfg.get("trainable") or hub_cfg.get("dtype", "float32") != "float32"
+                or dense_cfg.get("activation") not in ("linear", "softmax") or not dense_cfg.get("use_bias")
+                or dense_cfg.get("dtype", "float32") != "float32"):
+            return None
+        weights = f["model_weights"]
+
+        def arrays(layer_name: str) -> list:
+            group = weights[layer_name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+            return [group[n][()] for n in names]
+
+        backbone = arrays(hub_cfg["name"])
+        dense = arrays(dense_cfg["name"])
+    if len(dense) != 2 or dense[0].ndim != 2 or dense[1].shape != (dense[0].shape[1],):
+        return None
+    return HubHead(info.hub_handles[0], backbone_digest(backbone), dense[0].astype(np.float32),
+                   dense[1].astype(np.float32))
+
+
 def rewrite_hub_handles(src: str | Path, dst: str | Path, mapping: dict[str, str]) -> None:
     """Copy an .h5 model to dst with each KerasLayer handle that (resolved against src's folder) is a key of
     mapping replaced by its value; nothing is deserialised."""

@@ -99,3 +99,68 @@ def test_non_square_model_input_is_refused(tmp_path):
 def test_missing_run_folder_is_a_clear_error(tmp_path):
     with pytest.raises(LabError, match="does not exist"):
         load_for_prediction(tmp_path / "no-run")
+
+
+def _whole_and_shared(path):
+    return load_for_prediction(path), load_for_prediction(path, share_backbone=True)
+
+
+def test_a_frozen_transfer_model_runs_on_the_shared_backbone_with_the_whole_models_outputs(
+        trained_runs, fresh_images, tmp_path):
+    import shutil
+
+    from core.data.images import decode_image
+    from core.data.sources import preprocess
+
+    whole, shared = _whole_and_shared(trained_runs["mobilenet_v2"])
+    assert whole.backbone is None and shared.model is None and shared.backbone is not None
+    assert (shared.class_names, shared.image_size) == (whole.class_names, whole.image_size)
+    images = [decode_image(data, name) for name, _, data in fresh_images]
+    np.testing.assert_allclose(shared.probabilities(images), whole.probabilities(images), atol=1e-5)
+    np.testing.assert_allclose(shared.probabilities(images[:1]), whole.probabilities(images[:1]), atol=1e-5)
+    batch = np.stack([np.asarray(preprocess(img, whole.image_size)) for img in images[:4]])
+    np.testing.assert_allclose(shared.outputs(batch), whole.outputs(batch), atol=1e-4)
+    # Another participant's model on the same module: its own head, the same backbone object.
+    other = tmp_path / "other.h5"
+    shutil.copyfile(trained_runs["mobilenet_v2"] / "model.h5", other)
+    assert load_for_prediction(other, share_backbone=True).backbone is shared.backbone
+
+
+def test_a_baseline_or_fine_tuned_backbone_is_reloaded_whole(trained_runs, fresh_images, tmp_path):
+    import shutil
+
+    import h5py
+
+    from core.data.images import decode_image
+
+    assert load_for_prediction(trained_runs["baseline"], share_backbone=True).model is not None
+    tuned = tmp_path / "tuned.h5"
+    shutil.copyfile(trained_runs["mobilenet_v2"] / "model.h5", tuned)
+    with h5py.File(tuned, "a") as f:  # one backbone weight moved, as fine-tuning leaves it
+        group = f["model_weights/feature_extractor"]
+        name = group.attrs["weight_names"][0]
+        name = name.decode() if isinstance(name, bytes) else name
+        group[name][...] = group[name][()] + 0.5
+    whole, shared = _whole_and_shared(tuned)
+    assert shared.model is not None and shared.backbone is None
+    images = [decode_image(data, name) for name, _, data in fresh_images[:4]]
+    np.testing.assert_allclose(shared.probabilities(images), whole.probabilities(images), atol=1e-6)
+    original = load_for_prediction(trained_runs["mobilenet_v2"], share_backbone=True).probabilities(images)
+    assert not np.allclose(whole.probabilities(images), original, atol=1e-4)  # the change reached the outputs
+
+
+def test_a_softmax_head_on_the_shared_backbone_is_not_softmaxed_twice(demo_backbone, fresh_images, tmp_path):
+    import tensorflow_hub as hub
+    import tf_keras
+
+    from core.data.images import decode_image
+    from core.safety.model_files import save_model
+
+    model = tf_keras.Sequential([tf_keras.Input(shape=(TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3)),
+                                 hub.KerasLayer(str(demo_backbone), trainable=False, name="feature_extractor"),
+                                 tf_keras.layers.Dense(2, activation="softmax")])
+    save_model(model, tmp_path / "soft.h5", ["circles", "squares"])
+    whole, shared = _whole_and_shared(tmp_path / "soft.h5")
+    assert shared.backbone is not None and shared.softmax_output
+    images = [decode_image(data, name) for name, _, data in fresh_images[:4]]
+    np.testing.assert_allclose(shared.probabilities(images), whole.probabilities(images), atol=1e-5)
