@@ -6,6 +6,7 @@ too, is built with tf_keras, and every .h5 is saved and loaded by the same Keras
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from core.settings.config import ModelKind, is_mobilenet_v2_handle
@@ -43,16 +44,42 @@ def build_baseline(num_classes: int, image_size: int):
     ], name="baseline_cnn")
 
 
-def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bool = False):
-    """A frozen hub feature extractor plus one Dense layer producing logits, as in the article."""
+# A warm worker trains one job after another, in a workshop room mostly on the same hub module: a frozen
+# module is loaded once per process and each job's model puts its own Dense on it. Only frozen and outside
+# a distribution strategy: fine-tuning changes the module's weights, and a strategy needs copies of its own.
+MAX_SHARED_BACKBONES = 2
+_shared_backbones: OrderedDict = OrderedDict()
+
+
+def _backbone(handle: str, image_size: int, trainable: bool, shared: bool):
+    import tensorflow as tf
     import tensorflow_hub as hub
 
+    def new():
+        return hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
+                              name="feature_extractor")
+
+    if not shared or trainable or tf.distribute.has_strategy():
+        return new()
+    key = (handle, image_size)
+    if key not in _shared_backbones:
+        _shared_backbones[key] = new()
+        while len(_shared_backbones) > MAX_SHARED_BACKBONES:
+            _shared_backbones.popitem(last=False)
+    _shared_backbones.move_to_end(key)
+    return _shared_backbones[key]
+
+
+def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bool = False, shared: bool = False):
+    """A frozen hub feature extractor plus one Dense layer producing logits, as in the article.
+
+    shared: the frozen feature extractor is this process's one copy of the module (never fine-tune such a
+    model: unfreezing it would change every other model's backbone)."""
     from core.models.hub import fetch
 
     handle = fetch(handle)
     try:
-        backbone = hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
-                                  name="feature_extractor")
+        backbone = _backbone(handle, image_size, trainable, shared)
         model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes, dtype="float32")],
                                      name="mobilenet_v2_transfer" if is_mobilenet_v2_handle(handle) else "transfer")
     except LabError:
@@ -69,9 +96,10 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
     return model
 
 
-def build_model(kind: ModelKind, num_classes: int, image_size: int, handle: str):
+def build_model(kind: ModelKind, num_classes: int, image_size: int, handle: str, shared: bool = False):
+    """The model of this kind; shared as for build_transfer."""
     if spec(kind).has_backbone:
-        return build_transfer(num_classes, image_size, handle)
+        return build_transfer(num_classes, image_size, handle, shared=shared)
     return build_baseline(num_classes, image_size)
 
 

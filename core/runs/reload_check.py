@@ -32,17 +32,22 @@ def check_reload(model, model_path: str | Path, images) -> dict:
 
     Returns {"max_abs_diff", "images", "reload_seconds", "file"}: the largest absolute difference
     between any two corresponding outputs (0.0 when the saved file reproduces the model exactly).
-    model.predict is used on both sides because a model built under a distribution strategy only
-    runs through it.
+    A model built under a distribution strategy only runs through model.predict, so both sides use it
+    there; elsewhere both are called directly, which skips predict's per-model tracing of a whole new
+    function (the longer part of the check for a hub model, whose module is already compiled).
     """
     import numpy as np
+    import tensorflow as tf
 
     from core.safety.model_files import load_model
 
     start = time.perf_counter()
     reloaded, _info = load_model(model_path)
     seconds = time.perf_counter() - start
-    before = np.asarray(model.predict(images, verbose=0), dtype=np.float64)
-    after = np.asarray(reloaded.predict(images, verbose=0), dtype=np.float64)
+    if model.distribute_strategy is tf.distribute.get_strategy():
+        before, after = model(images, training=False), reloaded(images, training=False)
+    else:
+        before, after = model.predict(images, verbose=0), reloaded.predict(images, verbose=0)
+    before, after = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     return {"max_abs_diff": float(np.max(np.abs(before - after))), "images": int(before.shape[0]),
             "reload_seconds": round(seconds, 3), "file": Path(model_path).name}

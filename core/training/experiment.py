@@ -184,7 +184,9 @@ def _new_or_reloaded_model(source, data: DataConfig, train: TrainConfig, build, 
         status("Reloading the model and its optimizer state ...")
         return build()
     status("Building the model ...")
-    model = build_model(train.model, source.info.num_classes, data.image_size, train.handle)
+    # Fine-tuning unfreezes the backbone, so only a model that stays frozen may share this process's copy.
+    model = build_model(train.model, source.info.num_classes, data.image_size, train.handle,
+                        shared=not train.fine_tune_epochs)
     compile_model(model, train.learning_rate)
     return model
 

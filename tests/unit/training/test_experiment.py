@@ -126,3 +126,34 @@ def test_balanced_class_weights_change_what_the_loss_counts(demo_folder, demo_ba
     assert losses[0] != pytest.approx(losses[1], rel=1e-3)
     with pytest.raises(LabError, match="Class weight must be one of balanced or none"):
         fit(source, data, replace(plain, class_weight="inverse"))
+
+
+def test_frozen_transfer_models_of_one_process_share_its_backbone_and_train_as_with_their_own(
+        demo_folder, demo_backbone, tmp_path):
+    """A warm worker's successive jobs put their Dense on one loaded module; what they learn and save is
+    what a model with its own copy learns and saves, and a fine-tuned model never gets the shared copy."""
+    import tf_keras
+
+    from core.models.architectures import build_transfer
+    from core.runs.reload_check import RELOAD_CHECK_KEY
+
+    from core.models import architectures
+
+    architectures._shared_backbones.clear()  # the first run loads the module as a model of its own would
+    data = demo_data(demo_folder, limit=48)
+    train = TrainConfig(model=ModelKind.TRANSFER, epochs=2, learning_rate=1e-2, handle=str(demo_backbone))
+    first = run_experiment(data, train, tmp_path / "first")
+    (loaded,) = architectures._shared_backbones.values()
+    second = run_experiment(data, train, tmp_path / "second")
+    assert list(architectures._shared_backbones.values()) == [loaded]
+    assert build_transfer(2, TEST_IMAGE_SIZE, str(demo_backbone), shared=True).layers[0] is \
+        build_transfer(2, TEST_IMAGE_SIZE, str(demo_backbone), shared=True).layers[0]
+    tf_keras.backend.clear_session()  # as the worker does between jobs
+    third = run_experiment(data, train, tmp_path / "third")
+    own = build_transfer(2, TEST_IMAGE_SIZE, str(demo_backbone))
+    assert own.layers[0] is not build_transfer(2, TEST_IMAGE_SIZE, str(demo_backbone), shared=True).layers[0]
+    tuned = build_transfer(2, TEST_IMAGE_SIZE, str(demo_backbone), trainable=True, shared=True)
+    assert tuned.layers[0] is not own.layers[0] and tuned.layers[0].trainable
+    assert history_without_time(first) == history_without_time(second) == history_without_time(third)
+    for run in (first, second, third):
+        assert open_run(run).metrics[RELOAD_CHECK_KEY]["max_abs_diff"] == 0.0
