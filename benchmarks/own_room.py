@@ -185,6 +185,8 @@ def summary(records: list[dict], sampler: Sampler) -> dict:
         "health_worst_s": worst,
         "health_over_1s": sum(1 for _, took in sampler.health if took > HEALTH_GOAL_S),
         "memory_peak_gb": round(sampler.memory_peak, 2),
+        "memory_peak_pss_gb": round(sampler.shared_memory_peak, 2),
+        "process_peaks_pss_gb": sampler.process_peaks,
         "errors": errors,
     }
 

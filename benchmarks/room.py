@@ -58,7 +58,9 @@ class Sampler:
     def __init__(self, url: str, server_pid: int | None):
         self.url, self.server_pid = url, server_pid
         self.health: list[tuple[float, float]] = []  # (time since start, seconds to answer)
-        self.memory_peak = 0.0
+        self.memory_peak = 0.0  # GB, server plus workers, resident (RSS)
+        self.shared_memory_peak = 0.0  # GB, the same counted proportionally (PSS)
+        self.process_peaks: dict[str, float] = {}  # "server" / "worker PID" -> its own peak PSS, GB
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._health, daemon=True),
                          threading.Thread(target=self._memory, daemon=True)]
@@ -95,18 +97,25 @@ class Sampler:
 
 
     def _memory(self) -> None:
+        """Peak of the sum over the server and its workers, as resident pages (RSS: a page two processes map is
+        counted twice, as TensorFlow's library is) and as proportional pages (PSS: a shared page split among
+        its users, the way a container's memory limit counts it once); and each process's own peak."""
         import psutil
 
         if self.server_pid is None:
             return
         server = psutil.Process(self.server_pid)
         while not self._stop.is_set():
-            total = 0
+            rss = pss = 0
             with contextlib.suppress(psutil.Error):
                 for proc in [server, *server.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
-            self.memory_peak = max(self.memory_peak, total / 1e9)
+                        info = proc.memory_full_info()
+                        rss, pss = rss + info.rss, pss + info.pss
+                        role = "server" if proc.pid == self.server_pid else f"worker {proc.pid}"
+                        self.process_peaks[role] = max(self.process_peaks.get(role, 0.0), round(info.pss / 1e9, 2))
+            self.memory_peak = max(self.memory_peak, rss / 1e9)
+            self.shared_memory_peak = max(self.shared_memory_peak, pss / 1e9)
             self._stop.wait(0.25)
 
 
@@ -240,6 +249,8 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
         "clicked_at_s": round(first_click - sampler.start, 1) if first_click else None,
         "home_s": outcome["home_s"],
         "memory_peak_gb": sampler.memory_peak,
+        "memory_peak_pss_gb": round(sampler.shared_memory_peak, 2),
+        "process_peaks_pss_gb": sampler.process_peaks,
         "errors": errors,
         "met": bool(results) and len(results) == sessions and not errors and worst is not None
         and worst <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.memory_peak < HOST_MEMORY_GB,

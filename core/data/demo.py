@@ -157,11 +157,24 @@ def save_feature_extractor(model, path: str | Path, input_shape: tuple) -> None:
 
 
 def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
-    """A MobileNetV2 feature extractor with random weights: the real module's shape and speed, offline."""
+    """A MobileNetV2 feature extractor with random weights: the real module's shape and speed, offline.
+
+    Its batch normalisation statistics are those of one batch of noise: with Keras's initial ones (mean 0,
+    variance 1) the random layers shrink every feature to about 1e-12 and a head on them learns nothing,
+    so a benchmark's accuracy would be chance whatever it trained on.
+    """
+    import numpy as np
     import tf_keras
 
     net = tf_keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
                                             input_shape=(image_size, image_size, 3))
+    norms = [layer for layer in net.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0  # the moving statistics become this batch's
+    net(np.random.default_rng(0).uniform(0, 1, (16, image_size, image_size, 3)).astype(np.float32), training=True)
+    for layer, momentum in zip(norms, momenta):
+        layer.momentum = momentum
     save_feature_extractor(net, path, (image_size, image_size, 3))
     return Path(path)
 
