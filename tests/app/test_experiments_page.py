@@ -19,9 +19,11 @@ def tiny_state(demo_folder, demo_backbone) -> dict:
     }
 
 
-def inside_the_cache(state: dict, name: str) -> dict:
+def inside_the_cache(state: dict, name: str = "hosted") -> dict:
     """The state with its data and hub folders copied inside the Lab's cache: the only server folders a
-    hosted preset reads (uploads, the generated demo)."""
+    hosted preset reads (uploads, the generated demo). The hosted tests share one name: the same folders
+    are the same setting, whose estimates a server times once for all its visitors (this process is the
+    server of every page a test opens), where each name would time both models again."""
     import os
 
     cache = Path(os.environ["LAB_CACHE_DIR"])
@@ -269,7 +271,7 @@ def test_quick_demo_never_picks_more_images_than_the_hosted_preset_allows(open_p
     small = dataclasses.replace(core.settings.presets.PRESETS["cloud"], max_train_images=12)
     monkeypatch.setitem(core.settings.presets.PRESETS, "cloud", small)
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    at = open_page("experiments", state=inside_the_cache(tiny_state, "quick-demo"))
+    at = open_page("experiments", state=inside_the_cache(tiny_state))
     next(b for b in at.button if b.label == "Quick demo").click().run()
     assert not at.exception
     s = at.session_state
@@ -338,7 +340,7 @@ def test_a_hosted_lab_refuses_a_training_longer_than_its_cap_by_the_estimate(ope
     short = dataclasses.replace(core.settings.presets.PRESETS["cloud"], max_job_minutes=0.01)
     monkeypatch.setitem(core.settings.presets.PRESETS, "cloud", short)
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    at = open_page("experiments", state=dict(inside_the_cache(tiny_state, "job-cap"), exp_seed=21))
+    at = open_page("experiments", state=dict(inside_the_cache(tiny_state), exp_seed=21))
     at.button(key="run_both").click().run()
     assert not at.exception
     assert any("the hosted Lab runs trainings of at most 0.01 min" in e.value for e in at.error), \
@@ -352,11 +354,11 @@ def test_a_hosted_page_writes_the_cache_backbone_without_the_servers_path(open_p
     import os
 
     monkeypatch.setenv("LAB_PRESET", "cloud")
-    state = inside_the_cache(tiny_state, "alias")
+    state = inside_the_cache(tiny_state)
     del state["exp_t_handle"]  # filled from the session's handle, as after the Generated demo's Load
     at = open_page("experiments", state=state)
     field = at.text_input(key="exp_t_handle").value
-    assert field == "cache:alias-backbone"
+    assert field == "cache:hosted-backbone"
     assert os.environ["LAB_CACHE_DIR"] not in " ".join(m.value for m in [*at.markdown, *at.caption, *at.error])
     assert not at.error and len([m for m in at.markdown if m.value.startswith("**Estimated duration")]) == 2
     # The alias names only folders inside the cache: climbing out of it is refused like any server folder.
