@@ -17,6 +17,7 @@ from core.present.charts import class_counts_bar, image_size_scatter
 from core.settings.config import ARTICLE_IMAGE_SIZE, DEFAULT_SOURCE
 from core.settings.paths import cache_dir, uploads_dir
 from core.settings.presets import active_preset
+from core.settings.source import Source
 from core.settings.text import markdown_literal
 
 SAMPLES = 16
@@ -105,13 +106,14 @@ st.caption("Both models learn from the dataset chosen here. Folders need one sub
 
 loaded = st.session_state.get(keys.DS_LOADED)
 start = current_source()
+start_source = Source.parse(start)
 # A public host must not let visitors read the server's folders: uploads, TFDS and the demo only.
 choices = [c for c in CHOICES if c != "folder" or active_preset().allow_local_paths]
 if st.session_state.get(keys.DS_CHOICE) not in choices:
     # No choice made in this session yet: the one that produced the current dataset.
-    default_choice = ("article" if start == DEFAULT_SOURCE else "tfds" if start.startswith("tfds:")
-                      else "demo" if start.startswith(f"folder:{cache_dir() / 'demo'}")
-                      else "zip" if start.startswith(f"folder:{uploads_dir()}") else "folder")
+    default_choice = ("article" if start == DEFAULT_SOURCE else "tfds" if start_source.is_tfds
+                      else "demo" if start.startswith(str(Source.folder(cache_dir() / "demo")))
+                      else "zip" if start.startswith(str(Source.folder(uploads_dir()))) else "folder")
     st.session_state[keys.DS_CHOICE] = default_choice if default_choice in choices else "zip"
 choice = st.radio("Where do the images come from?", choices, format_func=CHOICES.get, horizontal=True,
                   key=keys.DS_CHOICE)
@@ -122,14 +124,14 @@ try:
         candidate = DEFAULT_SOURCE
         st.caption("23,262 photos of cats and dogs; downloaded once (about 800 MB) into the cache folder.")
     elif choice == "tfds":
-        name = st.text_input("TFDS dataset name", value=start[5:] if start.startswith("tfds:") and
+        name = st.text_input("TFDS dataset name", value=start_source.value if start_source.is_tfds and
                              start != DEFAULT_SOURCE else "tf_flowers",
                              help="Any TFDS image-classification dataset, e.g. tf_flowers, beans, rock_paper_scissors.")
-        candidate = f"tfds:{name.strip()}" if name.strip() else None
+        candidate = str(Source.tfds(name.strip())) if name.strip() else None
     elif choice == "folder":
-        path = st.text_input("Folder path", value=start[7:] if start.startswith("folder:") else "",
+        path = st.text_input("Folder path", value=start_source.value if start_source.is_folder else "",
                              placeholder="/data/pets  (holding cats/ and dogs/)")
-        candidate = f"folder:{path.strip()}" if path.strip() else None
+        candidate = str(Source.folder(path.strip())) if path.strip() else None
     elif choice == "zip":
         upload = st.file_uploader("A zip of class folders (up to 200 MB)", type=["zip"])
         candidate = unpack_upload(upload) if upload else None
@@ -142,7 +144,8 @@ except Exception as exc:
     show_error(exc)
     candidate = None
 
-tfds_name = candidate[5:] if candidate and candidate.startswith("tfds:") else None
+chosen = Source.parse(candidate) if candidate else None
+tfds_name = chosen.value if chosen and chosen.is_tfds else None
 downloading = False
 if tfds_name:
     from core.data.downloads import cancel, is_running

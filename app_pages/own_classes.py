@@ -10,6 +10,7 @@ from app_pages.parts.training_panel import board, running_now, submit
 from core.data import own_classes as own
 from core.data.images import MAX_BYTES
 from core.settings.errors import LabError
+from core.settings.source import Source
 from core.settings.text import markdown_literal, megabytes, percent
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def rename_class(old: str) -> None:
 def use_classes() -> str | None:
     """Make a frozen copy of the classes the current dataset; its source, or None (the refusal flashed)."""
     try:
-        source = "folder:" + str(store.frozen_set())
+        source = str(Source.folder(store.frozen_set()))
     except LabError as exc:
         flash("error", markdown_literal(str(exc)))
         return None
@@ -246,7 +247,8 @@ if len(names) >= own.MIN_CLASSES:
                          help="Makes them the current dataset of Experiments, Data efficiency and Predict.")
     if use and use_classes():
         st.rerun()  # the sidebar names the new dataset
-    in_use = current_source().startswith(f"folder:{store.folder}")
+    shown = Source.parse(current_source())
+    in_use = shown.is_folder and shown.value.startswith(str(store.folder))
     if in_use:
         st.caption(":material/check: The current dataset is a copy of your classes; after changing them, press "
                    "**Use these classes** (or Train) again.")

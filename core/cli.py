@@ -21,6 +21,7 @@ from core.settings.config import (
     TrainConfig,
 )
 from core.settings.errors import LabError, StopRequested
+from core.settings.source import Source
 
 
 def _positive_int(text: str) -> int:
@@ -273,8 +274,9 @@ def cmd_download(args) -> int:
     if data is None and handle is None:
         data, handle = DEFAULT_SOURCE, MOBILENET_V2_HANDLE
     if data is not None:
-        kind, _, name = data.partition(":")
-        if kind != "tfds" or not name.strip():
+        source = Source.parse(data)
+        name = source.value
+        if not source.is_tfds or not name.strip():
             raise LabError(f"--data must be tfds:NAME (got '{data}'); folders need no download.")
         lines = DownloadLines()
         try:

@@ -108,16 +108,16 @@ def handle_from_field(text: str) -> str:
 
 def describe_source(source: str) -> str:
     from core.settings.presets import active_preset
-    from core.settings.text import dataset_name
+    from core.settings.source import Source
 
     # Shown in code spans, where only a backtick could end the span and let the rest become markup.
-    kind, _, value = source.replace("`", "'").partition(":")
-    if kind == "folder":
+    parsed = Source.parse(source.replace("`", "'"))
+    if parsed.is_folder:
         # On a public host the folder is one of the server's (an unpacked upload, the demo): its name only.
-        return f"folder `{value if active_preset().allow_local_paths else dataset_name('folder:' + value)}`"
-    if kind == "tfds":
-        return f"TFDS `{value}`"
-    return f"`{kind}{':' if value else ''}{value}`"
+        return f"folder `{parsed.value if active_preset().allow_local_paths else parsed.name}`"
+    if parsed.is_tfds:
+        return f"TFDS `{parsed.value}`"
+    return f"`{str(parsed).removesuffix(':')}`"
 
 
 def describe_handle(handle: str) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from core.data.images import decode_image
 from core.settings.errors import DataError
 from core.settings.files import locked, write_atomically
+from core.settings.source import Source
 from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,12 @@ def store_for(token: str, root: Path | None = None) -> ClassStore:
 
 def owner_folder(source: str, root: Path | None = None) -> str | None:
     """The session folder name a "folder:" source of own classes belongs to, or None for any other source."""
-    kind, _, value = str(source).partition(":")
-    if kind != "folder" or not value:
+    parsed = Source.parse(source)
+    if not parsed.is_folder or not parsed.value:
         return None
     base = Path(os.path.abspath(root or own_root()))
     try:
-        inside = Path(os.path.abspath(value)).relative_to(base)
+        inside = Path(os.path.abspath(parsed.value)).relative_to(base)
     except ValueError:
         return None
     return inside.parts[0] if inside.parts else None

@@ -24,6 +24,7 @@ import numpy as np
 from core.data.images import decode_image, file_image_size, is_image_name
 from core.settings.config import MAX_CLASSES, DataConfig
 from core.settings.errors import DataError, ImageError
+from core.settings.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class FolderSource:
         for split in SPLITS:
             for _, label in self.files[split]:
                 counts[split][names[label]] += 1
-        self.info = DatasetInfo(f"folder:{self.root}", names, counts, dict(skipped), skipped_files[:20], notes)
+        self.info = DatasetInfo(str(Source.folder(self.root)), names, counts, dict(skipped), skipped_files[:20], notes)
 
     def _split_dirs(self) -> dict[str, Path] | None:
         train = self.root / "train"
@@ -296,7 +297,7 @@ class TfdsSource:
         notes = []
         if config.limit:
             notes.append("With a limit, TFDS images are taken class by class in equal numbers (balanced).")
-        self.info = DatasetInfo(f"tfds:{name}", self.class_names, counts, dropped_while_preparing(name), [], notes)
+        self.info = DatasetInfo(str(Source.tfds(name)), self.class_names, counts, dropped_while_preparing(name), [], notes)
 
     runtime_skipped = 0  # TFDS drops corrupt images itself while preparing a dataset
 
@@ -383,14 +384,14 @@ class TfdsSource:
 
 def open_source(config: DataConfig, progress: Callable[[str], None] | None = None):
     """Open `config.source` ("tfds:NAME" or "folder:PATH"), or raise a DataError saying what is wrong."""
-    kind, _, value = config.source.partition(":")
-    if not value:
+    source = Source.parse(config.source)
+    if not source.kind or not source.value:
         raise DataError(f"Data source '{config.source}' should look like 'tfds:NAME' or 'folder:PATH'.")
-    if kind == "folder":
-        return FolderSource(value, config)
-    if kind == "tfds":
-        return TfdsSource(value.strip(), config, progress=progress)
-    raise DataError(f"Unknown data source type '{kind}'; use 'tfds:NAME' or 'folder:PATH'.")
+    if source.is_folder:
+        return FolderSource(source.value, config)
+    if source.is_tfds:
+        return TfdsSource(source.value.strip(), config, progress=progress)
+    raise DataError(f"Unknown data source type '{source.kind}'; use 'tfds:NAME' or 'folder:PATH'.")
 
 
 def without_autotune(ds):

@@ -29,6 +29,7 @@ from core.settings.config import (
     TrainConfig,
 )
 from core.settings.errors import LabError
+from core.settings.source import Source
 from core.settings.specs import spec
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,8 @@ def check_source(source: str, preset: Preset | None = None) -> None:
     """Raise LabError if the preset may not open this data source: a visitor's own choice, or one that a
     run imported from elsewhere names (evaluating it reopens its source)."""
     preset = preset or active_preset()
-    kind, _, value = source.partition(":")
-    if not preset.allow_local_paths and kind == "folder" and not _inside_lab_folders(value):
+    parsed = Source.parse(source)
+    if not preset.allow_local_paths and parsed.is_folder and not _inside_lab_folders(parsed.value):
         raise LabError(f"The {preset.name} preset does not read folders on the server; upload a zip of class "
                        "folders on the Dataset page, or use the generated demo or a TFDS dataset.")
 

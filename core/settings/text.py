@@ -3,7 +3,8 @@
 Sizes are decimal megabytes (1 MB = 1,000,000 bytes) everywhere the Lab shows one.
 """
 import math
-from pathlib import PurePath
+
+from core.settings.source import Source
 
 # The "phase" of a history row: a baseline epoch, a frozen-backbone epoch, or a fine-tuning epoch.
 TRAIN_PHASE = "train"
@@ -72,10 +73,7 @@ def markdown_literal(text) -> str:
 
 def dataset_name(source: str) -> str:
     """A dataset's short name: the TFDS name or the folder's own name ('tfds:cats_vs_dogs' -> 'cats_vs_dogs')."""
-    kind, _, value = str(source).partition(":")
-    if kind == "folder" and value:
-        return PurePath(value.rstrip("/\\")).name or value
-    return value or str(source)
+    return Source.parse(source).name
 
 
 def class_list(names, shown: int = 4) -> str:

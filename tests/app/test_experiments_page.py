@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from lab_helpers import JOB_WAIT_SECONDS, TEST_IMAGE_SIZE, followed_job, run_picker, wait_for_epoch, wait_for_job
 
+from core.settings.source import Source
+
 
 @pytest.fixture
 def tiny_state(demo_folder, demo_backbone) -> dict:
@@ -31,8 +33,8 @@ def inside_the_cache(state: dict, name: str = "hosted") -> dict:
     if not handle.exists():
         shutil.copytree(state["lab_handle"], handle)
     if not data.exists():
-        shutil.copytree(state["lab_source"].removeprefix("folder:"), data)
-    return dict(state, lab_handle=str(handle), exp_t_handle=str(handle), lab_source=f"folder:{data}")
+        shutil.copytree(Source.parse(state["lab_source"]).value, data)
+    return dict(state, lab_handle=str(handle), exp_t_handle=str(handle), lab_source=str(Source.folder(data)))
 
 
 def chart_specs(at) -> list[dict]:

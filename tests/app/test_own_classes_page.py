@@ -6,6 +6,7 @@ from lab_helpers import wait_for_job
 from sample_images import encode, solid
 
 from core.data.own_classes import store_for
+from core.settings.source import Source
 
 
 def png(seed: int, colour=None) -> bytes:
@@ -92,7 +93,7 @@ def test_train_shows_validation_accuracy_and_try_it_opens_predict(open_page, dem
     assert not [e for e in at.error]
     next(b for b in at.button if b.label == "Train").click().run()
     assert not at.exception and not at.error
-    assert at.session_state["lab_source"].startswith("folder:")
+    assert Source.parse(at.session_state["lab_source"]).is_folder
     assert at.session_state["ds_loaded"] == at.session_state["lab_source"]
     snapshot = wait_for_job(at)
     assert snapshot.phase == "done", snapshot.message

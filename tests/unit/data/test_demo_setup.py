@@ -15,6 +15,7 @@ from pathlib import Path
 import core.data.demo
 from core.models import demo_backbone
 from core.models.demo_backbone import BACKBONE_VERSION, INFO_FILE, PretrainReport, prepare_demo
+from core.settings.source import Source
 
 PER_CLASS = 2
 HALFWAY = "Stand-in pretraining: halfway"
@@ -59,7 +60,7 @@ def leftovers(cache: Path) -> list[str]:
 
 
 def images_in(source: str) -> int:
-    return sum(1 for p in Path(source.removeprefix("folder:")).rglob("*.jpg"))
+    return sum(1 for p in Path(Source.parse(source).value).rglob("*.jpg"))
 
 
 def test_sessions_loading_the_demo_at_once_prepare_it_once_and_follow_its_progress(tmp_path, monkeypatch):

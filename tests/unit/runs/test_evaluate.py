@@ -23,6 +23,7 @@ from core.runs.evaluate import (
     row_percentages,
 )
 from core.settings.errors import LabError
+from core.settings.source import Source
 from tests.conftest import TEST_IMAGE_SIZE
 
 # A three-class labelling worked out by hand.
@@ -273,7 +274,7 @@ def test_evaluation_json_names_images_relative_to_the_dataset(mislabelled_run):
     run, _ = mislabelled_run
     evaluate_run(run)
     stored = (run / EVALUATION_FILE).read_text()
-    root = json.loads((run / "config.json").read_text())["data"]["source"].removeprefix("folder:")
+    root = Source.parse(json.loads((run / "config.json").read_text())["data"]["source"]).value
     assert root not in stored
     assert all(not Path(w["source"]).is_absolute() for w in json.loads(stored)["wrong"])
 
@@ -285,7 +286,8 @@ def test_a_run_naming_a_server_folder_is_not_evaluated_on_a_hosted_lab(run_copie
     run = Path(shutil.copytree(run_copies["baseline"], tmp_path / "imported"))
     (run / EVALUATION_FILE).unlink(missing_ok=True)
     config = json.loads((run / "config.json").read_text())
-    assert config["data"]["source"].startswith("folder:/")  # the demo folder: a server path, outside the cache
+    source = Source.parse(config["data"]["source"])
+    assert source.is_folder and source.value.startswith("/")  # the demo folder: a server path, outside the cache
     opened = []
     monkeypatch.setattr(sources, "open_source", lambda *a, **k: opened.append(a))
     monkeypatch.setenv("LAB_PRESET", "cloud")
@@ -454,7 +456,7 @@ def test_cached_features_are_matched_to_their_files_past_an_unreadable_image(mis
 
     run, mislabelled = mislabelled_run
     data = data_from_dict(open_run(run).config["data"])
-    root = Path(shutil.copytree(data.source.removeprefix("folder:"), tmp_path / "data"))
+    root = Path(shutil.copytree(Source.parse(data.source).value, tmp_path / "data"))
     truncated = noisy_jpeg()
     # Its header reads, its pixels do not: extraction drops it, so later feature rows and files part ways.
     (root / "val" / "circles" / "0_truncated.jpg").write_bytes(truncated[:len(truncated) // 2])
