@@ -34,3 +34,22 @@ def test_the_keras_clean_up_the_lab_replaces_is_the_one_streamlit_calls():
         assert script_runner._clean_problem_modules() is None
     finally:
         script_runner._clean_problem_modules = original
+
+
+def test_after_the_patch_a_script_run_no_longer_calls_streamlits_keras_clean_up(monkeypatch):
+    """The patch takes effect where it matters: Streamlit looks the hook up by its module name after every
+    script run, so a run calls whatever that name holds; once the Lab patched it, the original never runs."""
+    from streamlit.runtime.scriptrunner import script_runner
+    from streamlit.testing.v1 import AppTest
+
+    from app_pages.parts.common import skip_keras_clear_session
+
+    assert hasattr(script_runner, "_clean_problem_modules"), "Streamlit renamed its per-run clean-up hook"
+    calls = []
+    monkeypatch.setattr(script_runner, "_clean_problem_modules", lambda: calls.append("clean-up"))
+    AppTest.from_string("import streamlit as st\nst.write('one run')").run()
+    assert calls == ["clean-up"]  # the name the Lab patches is the one a run calls
+
+    skip_keras_clear_session()
+    AppTest.from_string("import streamlit as st\nst.write('another run')").run()
+    assert calls == ["clean-up"]  # patched: the clean-up did not run again
