@@ -155,9 +155,8 @@ def test_buttons_uploaders_and_cameras_never_persist():
     assert wrong == []
 
 
-def test_each_key_is_declared_once_and_names_itself():
-    """Every declaration has a doc, and each registry constant's name spells its key (LAB_SOURCE is lab_source)
-    or says what it holds; no key falls under two declarations."""
+def test_each_key_is_declared_once_with_a_doc_and_a_family_keeps_to_its_rule():
+    """No key falls under two declarations; a family's key() refuses what its rule does not allow."""
     for key in KEYS.values():
         assert key.doc and key.name == key.name.strip()
         assert [f.prefix for f in FAMILIES if f.owns(key.name)] == []
@@ -167,4 +166,5 @@ def test_each_key_is_declared_once_and_names_itself():
         session_keys._key("lab_source", True, "again")
     with pytest.raises(ValueError):
         session_keys.RUNS_PICKER.key("generation")
-
+    assert session_keys.MODEL_SETTING.key("t", "ft_lr") == "exp_t_ft_lr" and persists("exp_t_ft_lr")
+    assert declared("exp_x_epochs") is None  # no model has the letter x
