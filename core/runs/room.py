@@ -12,8 +12,9 @@ its own name (it needs its token to name the key), and nobody can remove another
 room writes a moment before which entries are hidden, and leaves every run folder as it is.
 
 Only trainings started from the dashboard are entries (core.training.worker records a job's runs when it
-ends, and the Room page records those of running jobs as they are saved); runs from the command line or
-imported from a zip are not. Files are written with core.settings.files (atomic, under a lock) and bounded:
+ends, and the Room page records those of running jobs as they are saved), for the session that asked and
+for every session that asked for the same training and joined it or was handed its finished run (one
+training, several entries naming the same run); runs from the command line or imported from a zip are not. Files are written with core.settings.files (atomic, under a lock) and bounded:
 at most MAX_ENTRIES entries and MAX_NAMES names, the oldest dropped first. This module does not import
 TensorFlow or Streamlit.
 """
@@ -145,26 +146,29 @@ def record_runs(runs_dir: str | Path, token: str, run_dirs: Iterable, at: float 
     return added
 
 
-def record_job(runs_dir: str | Path, spec: dict | None, run_dirs: Iterable) -> None:
-    """Record a finished job's runs in the room if the dashboard started it; never raises (a job's result
-    matters more than its place in the room)."""
+def record_job(runs_dir: str | Path, spec: dict | None, run_dirs: Iterable, joiners: Iterable[str] = ()) -> None:
+    """Record a finished job's runs in the room, for its owner and for every session that joined it (asked
+    for the same training), if the dashboard started it; never raises (a job's result matters more than its
+    place in the room)."""
     try:
         if isinstance(spec, dict) and spec.get("origin", DASHBOARD) == DASHBOARD:
-            owner = spec.get("owner")
-            if isinstance(owner, str) and owner:
-                record_runs(runs_dir, owner, run_dirs)
+            run_dirs = list(run_dirs)
+            for owner in (spec.get("owner"), *joiners):
+                if isinstance(owner, str) and owner:
+                    record_runs(runs_dir, owner, run_dirs)
     except Exception:
         logger.exception("the room could not record the runs of a job in %s", runs_dir)
 
 
 def record_running(runs_dir: str | Path, views: Iterable) -> None:
-    """Record the runs jobs have saved so far (a board's JobViews: origin, owner, snapshot.run_dirs), so
-    that "Run both"'s transfer result is in the room while its baseline still trains."""
+    """Record the runs jobs have saved so far (a board's JobViews: origin, owner, joiners, snapshot.run_dirs),
+    so that "Run both"'s transfer result is in the room while its baseline still trains."""
     for view in views:
         run_dirs = getattr(getattr(view, "snapshot", None), "run_dirs", None)
         if run_dirs and getattr(view, "origin", None) == DASHBOARD:
             try:
-                record_runs(runs_dir, view.owner, run_dirs)
+                for owner in (view.owner, *getattr(view, "joiners", ())):
+                    record_runs(runs_dir, owner, run_dirs)
             except OSError as exc:  # a full disk: recorded when the job ends, or on a later look
                 logger.warning("the room could not record job %s yet: %s", getattr(view, "job_id", "?"), exc)
 

@@ -7,6 +7,7 @@ A job is a folder under `<runs folder>/.jobs/<job-id>/`:
     launch.json  the pid of the worker process training it, once one was started
     status.json  the latest Snapshot, published by the process that trains (atomic rename, a few a second)
     stop         present once someone asked the job to stop
+    joiners.json the owners of identical submissions that joined this job, for the room's ledger
     exit.json    how the worker ended, written by the process that started it
 
 Jobs from the dashboard train in a worker process (`python -m core.training.worker JOB_DIR`), never in the
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.runs.folders import open_run
+from core.runs.room import record_job
 from core.settings.config import data_from_dict, to_dict, train_from_dict
 from core.settings.errors import LabError
 from core.settings.files import free_space, is_disk_full, is_read_only, locked, read_json, write_json
@@ -151,6 +153,23 @@ def read_spec(job_dir: Path) -> dict | None:
     return spec
 
 
+JOINERS = "joiners.json"
+MAX_JOINERS = 100  # a workshop room pressing the same Quick demo, and room to spare
+
+
+def read_joiners(job_dir: Path) -> tuple[str, ...]:
+    """The owners who joined this job (Board.submit), oldest first."""
+    owners = (read_json(job_dir / JOINERS, dict, max_bytes=SMALL_FILE_MAX_BYTES * MAX_JOINERS) or {}).get("owners")
+    return tuple(o for o in owners if isinstance(o, str) and o)[:MAX_JOINERS] if isinstance(owners, list) else ()
+
+
+def _add_joiner(job_dir: Path, owner: str) -> None:
+    """Under the board's lock (the only writer)."""
+    owners = read_joiners(job_dir)
+    if owner not in owners and len(owners) < MAX_JOINERS:
+        write_json(job_dir / JOINERS, {"owners": [*owners, owner]})
+
+
 def read_small(path: Path) -> dict | None:
     """A launch, exit or worker-start record: one JSON object of a line."""
     return read_json(path, dict, max_bytes=SMALL_FILE_MAX_BYTES)
@@ -219,6 +238,7 @@ class JobView:
     queue_position: int | None = None  # 1 = next to start; None when running or finished
     wait_seconds: float | None = None  # until a queued job starts, when every job ahead has an estimate
     task: str = TRAIN_TASK  # what the job does: trains its experiments, or a data efficiency measurement
+    joiners: tuple[str, ...] = ()  # owners who joined it (read once it has saved a run: only the room needs them)
 
     @property
     def queued(self) -> bool:
@@ -386,7 +406,7 @@ class Board:
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
                        title=_title(spec), source=str(spec["experiments"][0]["data"].get("source", "?")),
                        fingerprints=tuple(str(f) for f in spec.get("fingerprints", ())), snapshot=snapshot,
-                       task=_task(spec)["kind"])
+                       task=_task(spec)["kind"], joiners=read_joiners(path) if snapshot.run_dirs else ())
 
     def views(self, active_only: bool = False) -> list[JobView]:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
@@ -487,6 +507,13 @@ class Board:
         """
         if not experiments or len(experiments) != len(fingerprints):
             raise ValueError("one fingerprint per experiment, and at least one experiment")
+        submission = self._submit(experiments, fingerprints, owner, origin, task)
+        if submission.reused:  # handed a finished run: in the room under this session's name too
+            record_job(self.runs_dir, {"origin": origin, "owner": owner}, submission.reused.values())
+        return submission
+
+    def _submit(self, experiments: list[Experiment], fingerprints: list[str], owner: str, origin: str,
+                task: dict | None) -> Submission:
         try:
             with self._locked():
                 self._reap()
@@ -498,6 +525,8 @@ class Board:
                 active = [v for v in self._read_views(active_only=True) if v.active]
                 for v in active:
                     if v.fingerprints == wanted:
+                        if v.owner != owner:
+                            _add_joiner(v.path, owner)
                         return Submission(v.job_id, True, reused)
                 self._check_session_limit(active, owner)
                 job_id = self._create([experiments[i] for i in todo], list(wanted), owner, origin, task=task)

@@ -29,6 +29,7 @@ from core.training.board import (
     _experiments_from_spec,
     _publish,
     follow_training,
+    read_joiners,
     read_small,
     read_spec,
     record_worker_start,
@@ -112,7 +113,7 @@ def _train(job_dir: Path, may_continue: bool) -> tuple[int, Path | None]:
             # Nothing here can be written: the exit code tells the board why, and it records the job's end.
             return EXIT_DISK_FULL if full or is_disk_full(again) else 1, None
         return 1, None
-    record_job(runs_dir, spec, final.run_dirs)  # the room's ledger outlives this job's folder
+    record_job(runs_dir, spec, final.run_dirs, read_joiners(job_dir))  # the room's ledger outlives this job's folder
     logger.info("job %s ended: %s", job_dir.name, final.message)
     if taken:
         logger.info("taking job %s next", taken[0].name)

@@ -601,3 +601,30 @@ def test_the_share_of_a_session_comes_from_the_preset(tmp_path, monkeypatch, wor
     with pytest.raises(LabError, match="^You already have 4 trainings queued or running, the most one session may "
                                        "have; wait for one to finish or stop it.$"):
         board.submit([experiment()], ["f5"], owner="alice")
+
+
+def test_the_room_names_everyone_who_asked_for_a_training_that_ran_once(tmp_path, workers, trained_runs):
+    """Joining an identical job, or being handed its finished run, puts the run in the room under the
+    joiner's name as well; the owner and a repeated join count once."""
+    from core.runs import room
+    from core.training.board import read_joiners
+
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    first = board.submit([experiment()], ["base"], owner="alice")
+    for owner in ("bob", "bob", "alice"):
+        assert board.submit([experiment()], ["base"], owner=owner).attached
+    job = board.view(first.job_id)
+    assert read_joiners(job.path) == ("bob",) and job.joiners == ()  # read only once it has a run to record
+    run = tmp_path / trained_runs["baseline"].name
+    shutil.copytree(trained_runs["baseline"], run)
+    workers.finish(board, job.path, run_dirs=(run,))
+    view = board.view(first.job_id)
+    assert view.joiners == ("bob",)
+    room.record_running(tmp_path, [view])  # as the Room page does; the worker records the same at the end
+    assert {(e.owner, e.run_id) for e in room.entries(tmp_path)} == {
+        (room.owner_key("alice"), run.name), (room.owner_key("bob"), run.name)}
+    later = board.submit([experiment()], ["base"], owner="carol")
+    assert later.job_id is None and later.reused == {0: run}
+    assert sorted(e.owner for e in room.entries(tmp_path)) == sorted(
+        room.owner_key(o) for o in ("alice", "bob", "carol"))
+    assert [r.name for r in room.rows(tmp_path)].count(room.default_name(room.owner_key("carol"))) == 1
