@@ -136,8 +136,7 @@ _backbones_lock = threading.Lock()
 
 def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
     """The process's copy of this hub module at this input size, loaded (after load_model's checks) if new."""
-    from core.models.hub import check_available, is_local
-    from core.safety.savedmodel_ops import check_savedmodel
+    from core.safety.model_files import check_hub_module
     from core.settings.paths import configure_caches
 
     key = (handle, size)
@@ -146,12 +145,7 @@ def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
             _backbones.move_to_end(key)
             return _backbones[key]
         configure_caches()
-        try:
-            check_available(handle)
-        except LabError as exc:
-            raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
-        if is_local(handle):
-            check_savedmodel(handle)
+        check_hub_module(handle, label)
         try:
             backbone = SharedBackbone(handle, size)
         except Exception as exc:

@@ -481,6 +481,19 @@ def _keras_layer_class(base: Path):
     return KerasLayer
 
 
+def check_hub_module(handle: str, label: str) -> None:
+    """Before the model file `label` loads the module at handle: it is reachable, and a folder is a SavedModel
+    whose graph runs nothing but TensorFlow's own operations (check_savedmodel)."""
+    from core.models.hub import check_available, is_local
+
+    try:
+        check_available(handle)
+    except LabError as exc:
+        raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
+    if is_local(handle):
+        check_savedmodel(handle)
+
+
 def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     """Inspect, then load the .h5 with custom_objects={"KerasLayer": hub.KerasLayer} (the article's way).
 
@@ -490,19 +503,13 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     """
     import tf_keras
 
-    from core.models.hub import check_available, is_local
     from core.settings.paths import configure_caches
 
     configure_caches()
     label = name or Path(path).name
     info = inspect_model_file(path, allowed_handle=allowed_handle, name=label)
     for handle in info.hub_handles:
-        try:
-            check_available(handle)
-        except LabError as exc:
-            raise ModelFileError(f"'{label}' needs its hub module to load. {exc}") from None
-        if is_local(handle):
-            check_savedmodel(handle)
+        check_hub_module(handle, label)
     try:
         model = tf_keras.models.load_model(
             str(path), custom_objects={"KerasLayer": _keras_layer_class(Path(path).expanduser().parent)})
