@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT_MS = 900_000
 HEALTH_GOAL_S = 1.0
 HOME_GOAL_S = 3.0
+# Community Cloud's limit, on the container's memory: a page two processes map counts once there, so the goal
+# is judged on the proportional sum (PSS); the resident sum (RSS) is reported beside it.
 HOST_MEMORY_GB = 2.7
 # The Quick demo's time budget the room is asked to set: a workshop wants every result within minutes, and
 # jobs train one after another on the hosted preset.
@@ -117,6 +119,13 @@ class Sampler:
             self.memory_peak = max(self.memory_peak, rss / 1e9)
             self.shared_memory_peak = max(self.shared_memory_peak, pss / 1e9)
             self._stop.wait(0.25)
+
+
+def memory_cell(result: dict) -> str:
+    """The peak as the host counts it (PSS), and the resident sum beside it; older results have only RSS."""
+    pss = result.get("memory_peak_pss_gb")
+    rss = f"{result['memory_peak_gb']:.2f} GB"
+    return f"{pss:.2f} GB (RSS {rss})" if pss is not None else f"RSS {rss}"
 
 
 async def _participant(browser, url: str, index: int, record: dict, clicked: asyncio.Event, go: asyncio.Event,
@@ -253,7 +262,7 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
         "process_peaks_pss_gb": sampler.process_peaks,
         "errors": errors,
         "met": bool(results) and len(results) == sessions and not errors and worst is not None
-        and worst <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.memory_peak < HOST_MEMORY_GB,
+        and worst <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.shared_memory_peak < HOST_MEMORY_GB,
     }
 
 
@@ -295,7 +304,7 @@ def table_rows(results: dict) -> list[list[str]]:
             continue
         rows.append([name, f"{r['results_seen']} / {r['sessions']} ({r['charted']})", str(r.get("jobs", "")),
                      _seconds(r["last_result_s"]), _seconds(r["median_wait_s"]), _seconds(r["health_worst_s"]),
-                     _seconds(r["home_s"]), f"{r['memory_peak_gb']:.2f} GB", str(len(r["errors"]))])
+                     _seconds(r["home_s"]), memory_cell(r), str(len(r["errors"]))])
     return rows
 
 
