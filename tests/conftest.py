@@ -156,12 +156,7 @@ def _drop_timings_nobody_waits_for() -> None:
 
     from app_pages.parts.estimates import _timings
 
-    timings = _timings()
-    with timings._lock:
-        for key, (future, _) in list(timings._futures.items()):
-            if not future.done():
-                future.cancel()
-                del timings._futures[key]
+    _timings().cancel_pending()
     for child in psutil.Process().children():
         try:
             if "core.training.timing" in child.cmdline():

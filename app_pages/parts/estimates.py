@@ -33,7 +33,7 @@ class _Timings:
     def __init__(self):
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-timing")
-        self._futures: dict[tuple, tuple[Future, float]] = {}
+        self._futures: dict[tuple, tuple[Future, list[float]]] = {}  # key -> (timing, [when it ended])
 
     def future(self, key: tuple) -> Future:
         from core.training import timing
@@ -42,18 +42,31 @@ class _Timings:
         with self._lock:
             found = self._futures.get(key)
             if found is not None:
-                future, asked = found
-                stale = future.done() and future.exception() is not None and \
-                    time.monotonic() - asked > RETRY_FAILED_SECONDS
-                if not stale:
+                future, ended = found
+                # Counted from the failure, not the request: a timing that waited in line and failed is
+                # shown for a while before it is tried again, however long it waited.
+                failed_long_ago = future.done() and (future.cancelled() or future.exception() is not None) \
+                    and time.monotonic() - ended[0] > RETRY_FAILED_SECONDS
+                if not failed_long_ago:
                     return future
             kind, image_size, batch_size, handle, classes, source, fine_tune = key
             future = self._pool.submit(timing.measure_setting, ModelKind(kind), image_size, batch_size, handle,
                                        classes, source, fine_tune, jobs_root(runs_folder()))
-            self._futures[key] = (future, time.monotonic())
+            ended = [float("inf")]
+            future.add_done_callback(lambda _f, ended=ended: ended.__setitem__(0, time.monotonic()))
+            self._futures[key] = (future, ended)
             while len(self._futures) > KEPT_TIMINGS:
                 self._futures.pop(next(iter(self._futures)))
             return future
+
+
+    def cancel_pending(self) -> None:
+        """Forget the timings not finished yet (nobody waits for them any more); finished ones stay shared."""
+        with self._lock:
+            for key, (future, _) in list(self._futures.items()):
+                if not future.done():
+                    future.cancel()
+                    del self._futures[key]
 
 
 @st.cache_resource(show_spinner=False)
