@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.room import ERROR_TEXT, HEALTH_GOAL_S, HOST_MEMORY_GB, Sampler, memory_cell
+from benchmarks.room import ERROR_TEXT, HEALTH_GOAL_S, HOST_MEMORY_GB, ROOM_BROWSER_NICENESS, Sampler, memory_cell
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_MS = 900_000
@@ -129,7 +129,8 @@ async def _room(url: str, tokens: list[str], say, together: bool) -> list[dict]:
     ARTIFACTS.mkdir(exist_ok=True)
     records = [{} for _ in tokens]
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(_niced_chromium(ARTIFACTS)),
+        # As in benchmarks.room: the participants' browsers at the lowest priority.
+        browser = await p.chromium.launch(executable_path=str(_niced_chromium(ARTIFACTS, ROOM_BROWSER_NICENESS)),
                                           args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         if together:
             ready = [asyncio.Event() for _ in tokens]
@@ -194,7 +195,7 @@ def summary(records: list[dict], sampler: Sampler) -> dict:
 def run(work: Path, sessions: int, say) -> dict:
     import os
 
-    from benchmarks.live import _server_pid
+    from benchmarks.live import _server_pid, browsers_kept_niced
     from benchmarks.server import start_server
     from benchmarks.workload import make_backbone
 
@@ -210,7 +211,7 @@ def run(work: Path, sessions: int, say) -> dict:
         shutil.rmtree(cache / "uploads" / "own", ignore_errors=True)
         with start_server(runs, {"LAB_PRESET": "cloud"}, f"benchmark-own-room-{name}") as url:
             say(f"own room: {name}, {count} participant(s) {'together' if together else 'one after another'} ...")
-            with Sampler(url, _server_pid(url)) as sampler:
+            with Sampler(url, _server_pid(url)) as sampler, browsers_kept_niced(ROOM_BROWSER_NICENESS):
                 records = asyncio.run(_room(url, _tokens(count, str(handle)), say, together))
             result = summary(records, sampler)
         result["jobs"] = sum(1 for p in (runs / ".jobs").iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -32,6 +32,7 @@ HOME_GOAL_S = 3.0
 # Community Cloud's limit, on the container's memory: a page two processes map counts once there, so the goal
 # is judged on the proportional sum (PSS); the resident sum (RSS) is reported beside it.
 HOST_MEMORY_GB = 2.7
+ROOM_BROWSER_NICENESS = 19  # the participants' browsers, kept there (benchmarks.live.browsers_kept_niced)
 # The Quick demo's time budget the room is asked to set: a workshop wants every result within minutes, and
 # jobs train one after another on the hosted preset.
 ROOM_BUDGET_MIN = 1.0
@@ -212,9 +213,9 @@ async def _room(url: str, sessions: int, say, width: int = 1280, budget_min: flo
 
     records = [{} for _ in range(sessions)]
     async with async_playwright() as p:
-        # Participants' browsers run on their own machines: here they run at the workers' niceness, as in the
-        # live benchmark, so that twelve pages redrawing on the server's two cores do not take its place.
-        browser = await p.chromium.launch(executable_path=str(_niced_chromium(ARTIFACTS)),
+        # Participants' browsers run on their own devices: here they share the server's two cores, at the
+        # lowest priority, so that a room's pages redrawing take only what the server and its worker leave.
+        browser = await p.chromium.launch(executable_path=str(_niced_chromium(ARTIFACTS, ROOM_BROWSER_NICENESS)),
                                           args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         ready = [asyncio.Event() for _ in range(sessions)]
         go = asyncio.Event()
@@ -235,7 +236,9 @@ async def _room(url: str, sessions: int, say, width: int = 1280, budget_min: flo
 
 def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: float = ROOM_BUDGET_MIN,
             width: int = 1280) -> dict:
-    with Sampler(url, server_pid) as sampler:
+    from benchmarks.live import browsers_kept_niced
+
+    with Sampler(url, server_pid) as sampler, browsers_kept_niced(ROOM_BROWSER_NICENESS):
         outcome = asyncio.run(_room(url, sessions, say, width, budget_min))
     records = outcome["records"]
     clicks = [r["click"] for r in records if "click" in r]
