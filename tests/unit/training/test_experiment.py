@@ -134,10 +134,9 @@ def test_frozen_transfer_models_of_one_process_share_its_backbone_and_train_as_w
     what a model with its own copy learns and saves, and a fine-tuned model never gets the shared copy."""
     import tf_keras
 
+    from core.models import architectures
     from core.models.architectures import build_transfer
     from core.runs.reload_check import RELOAD_CHECK_KEY
-
-    from core.models import architectures
 
     architectures._shared_backbones.clear()  # the first run loads the module as a model of its own would
     data = demo_data(demo_folder, limit=48)
