@@ -612,8 +612,19 @@ class Board:
             _warn(("pump", self.root), "the job board in %s was left as it is: %s", self.root, exc)
 
     def keep_warm(self, active: list[JobView]) -> None:
-        """With a training slot free (by the board's active jobs), have a warm worker wait for the next job."""
-        if self.warm_worker and _running(active) < self.max_concurrent:
+        """With a training slot free (by the board's active jobs), have a warm worker wait for the next job.
+
+        A page's read of the board may be a second old, or may have caught a worker between the job it ended
+        and the next it took (the files are read one by one): before a new process imports TensorFlow beside
+        a training, the slots are counted again under the board's lock, which that hand-over holds."""
+        if not self.warm_worker or _running(active) >= self.max_concurrent or standby_waiting():
+            return
+        try:
+            with self._locked(forget=False):
+                free = _running(self._read_views(active_only=True)) < self.max_concurrent
+        except LabError:
+            return
+        if free:
             keep_standby(self.root)
 
     def pump_if_due(self, every_seconds: float = PUMP_EVERY_SECONDS) -> bool:
@@ -804,6 +815,12 @@ def _take_standby() -> subprocess.Popen | None:
         drop(process)
         return None
     return process
+
+
+def standby_waiting() -> bool:
+    """Whether this process's warm worker, made for the current settings, still waits."""
+    with _standby_lock:
+        return _standby is not None and _standby.poll() is None and _standby_env == _lab_environment()
 
 
 def keep_standby(root: Path) -> None:

@@ -65,6 +65,9 @@ def test_a_job_takes_the_waiting_worker_and_a_new_one_waits_only_while_a_slot_is
     assert standby() is None
     board.keep_warm(board.active())
     assert standby() is None
+    # Not even for a page whose read of the board is stale, or caught the worker between two jobs.
+    board.keep_warm([])
+    assert standby() is None
 
     wait_until(lambda: board.view(job.job_id).finished, seconds=120)
     view = board.view(job.job_id)
