@@ -183,7 +183,9 @@ def explain_controls(index: int, loaded, name: str, data: bytes, model_key: tupl
 
 st.title("Predict")
 st.caption("The model is reloaded from its .h5 file with `load_model(path, custom_objects={'KerasLayer': "
-           "hub.KerasLayer})`, exactly as the article does, then classifies the images you give it.")
+           "hub.KerasLayer})`, as the article does, then classifies the images you give it. A frozen transfer "
+           "model whose backbone is its hub module's own runs on the server's one copy of that module instead; "
+           "its card says so.")
 
 # A public host must not let visitors name files on the server: uploads only there.
 sources = [s for s in MODEL_SOURCES if s != "path" or active_preset().allow_local_paths]
