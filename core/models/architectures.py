@@ -6,6 +6,7 @@ too, is built with tf_keras, and every .h5 is saved and loaded by the same Keras
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -44,30 +45,33 @@ def build_baseline(num_classes: int, image_size: int):
     ], name="baseline_cnn")
 
 
-# A warm worker trains one job after another, in a workshop room mostly on the same hub module: a frozen
-# module is loaded once per process and each job's model puts its own Dense on it. Only frozen and outside
-# a distribution strategy: fine-tuning changes the module's weights, and a strategy needs copies of its own.
+# A warm worker trains one job after another, in a workshop room mostly on the same hub module, and Predict
+# classifies with many participants' models on it: a frozen module is loaded once per process and each model
+# puts its own Dense on it. Only frozen and outside a distribution strategy: fine-tuning changes the module's
+# weights, and a strategy needs copies of its own.
 MAX_SHARED_BACKBONES = 2
 _shared_backbones: OrderedDict = OrderedDict()
+_shared_lock = threading.Lock()
 
 
-def _backbone(handle: str, image_size: int, trainable: bool, shared: bool):
-    import tensorflow as tf
+def _new_backbone(handle: str, image_size: int, trainable: bool):
     import tensorflow_hub as hub
 
-    def new():
-        return hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
-                              name="feature_extractor")
+    return hub.KerasLayer(handle, input_shape=(image_size, image_size, 3), trainable=trainable,
+                          name="feature_extractor")
 
-    if not shared or trainable or tf.distribute.has_strategy():
-        return new()
+
+def shared_backbone_layer(handle: str, image_size: int):
+    """This process's one frozen copy of the module at handle for this input size (the last
+    MAX_SHARED_BACKBONES kept); load it first if new."""
     key = (handle, image_size)
-    if key not in _shared_backbones:
-        _shared_backbones[key] = new()
-        while len(_shared_backbones) > MAX_SHARED_BACKBONES:
-            _shared_backbones.popitem(last=False)
-    _shared_backbones.move_to_end(key)
-    return _shared_backbones[key]
+    with _shared_lock:  # one load however many threads ask at once
+        if key not in _shared_backbones:
+            _shared_backbones[key] = _new_backbone(handle, image_size, trainable=False)
+            while len(_shared_backbones) > MAX_SHARED_BACKBONES:
+                _shared_backbones.popitem(last=False)
+        _shared_backbones.move_to_end(key)
+        return _shared_backbones[key]
 
 
 def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bool = False, shared: bool = False):
@@ -75,11 +79,14 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
 
     shared: the frozen feature extractor is this process's one copy of the module (never fine-tune such a
     model: unfreezing it would change every other model's backbone)."""
+    import tensorflow as tf
+
     from core.models.hub import fetch
 
     handle = fetch(handle)
     try:
-        backbone = _backbone(handle, image_size, trainable, shared)
+        backbone = (shared_backbone_layer(handle, image_size) if shared and not trainable
+                    and not tf.distribute.has_strategy() else _new_backbone(handle, image_size, trainable))
         model = tf_keras().Sequential([backbone, tf_keras().layers.Dense(num_classes, dtype="float32")],
                                      name="mobilenet_v2_transfer" if is_mobilenet_v2_handle(handle) else "transfer")
     except LabError:

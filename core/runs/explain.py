@@ -112,10 +112,9 @@ def _model_input(loaded, image: np.ndarray) -> np.ndarray:
 
 
 def _probabilities(loaded, outputs: np.ndarray) -> np.ndarray:
-    if loaded.softmax_output:
-        return outputs
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    from core.runs.predict import softmax
+
+    return outputs if loaded.softmax_output else softmax(outputs)
 
 
 def log_odds(loaded, outputs: np.ndarray, k: int) -> np.ndarray:

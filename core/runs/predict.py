@@ -69,11 +69,9 @@ class LoadedModel:
         self._call = probabilities
         self._one = one_image
 
-    def _from_features(self, features) -> np.ndarray:
+    def _logits(self, features) -> np.ndarray:
         kernel, bias = self.head
-        logits = np.asarray(features, dtype=np.float32) @ kernel + bias
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted / shifted.sum(axis=1, keepdims=True)  # a softmax Dense and logits end the same way
+        return np.asarray(features, dtype=np.float32) @ kernel + bias
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """Class probabilities for decoded uint8 RGB images, in one batched call."""
@@ -81,24 +79,25 @@ class LoadedModel:
 
         from core.data.sources import preprocess
 
-        if self.backbone is not None:
-            if len(images) == 1:
-                return self._from_features(self.backbone.one(images[0]).numpy())
-            batch = tf.stack([preprocess(img, self.image_size) for img in images])
-            return self._from_features(self.backbone.features(batch).numpy())
-        if len(images) == 1:
-            return self._one(images[0]).numpy()[np.newaxis]
+        shared = self.backbone is not None
+        if len(images) == 1:  # a softmax Dense's probabilities and softmax(logits) are the same
+            return softmax(self._logits(self.backbone.one(images[0]))) if shared \
+                else self._one(images[0]).numpy()[np.newaxis]
         batch = tf.stack([preprocess(img, self.image_size) for img in images])
-        return self._call(batch).numpy()
+        return softmax(self._logits(self.backbone.features(batch))) if shared else self._call(batch).numpy()
 
     def outputs(self, batch: np.ndarray) -> np.ndarray:
         """The model's raw outputs (logits, or probabilities for a softmax model) for a preprocessed batch."""
         if self.backbone is None:
             return np.asarray(self.model(batch, training=False), dtype=np.float64)
-        features = self.backbone.features(batch).numpy()
-        kernel, bias = self.head
-        raw = self._from_features(features) if self.softmax_output else features @ kernel + bias
-        return raw.astype(np.float64)
+        logits = self._logits(self.backbone.features(batch))
+        return (softmax(logits) if self.softmax_output else logits).astype(np.float64)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's largest logit so that none overflows."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 class SharedBackbone:
@@ -108,13 +107,13 @@ class SharedBackbone:
 
     def __init__(self, handle: str, size: int):
         import tensorflow as tf
-        import tensorflow_hub as hub
 
         from core.data.sources import preprocess
+        from core.models.architectures import shared_backbone_layer
         from core.safety.model_files import backbone_digest
 
         self.handle, self.size = handle, size
-        self.layer = hub.KerasLayer(handle, trainable=False)
+        self.layer = shared_backbone_layer(handle, size)  # the one a training in this process would use too
         self.digest = backbone_digest(w.numpy() for w in self.layer.weights)
 
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
@@ -129,13 +128,13 @@ class SharedBackbone:
         self.width = int(features(tf.zeros([1, size, size, 3])).shape[-1])
 
 
-MAX_SHARED_BACKBONES = 2  # hub modules kept for Predict at once; a room shares one
 _backbones: OrderedDict[tuple[str, int], SharedBackbone] = OrderedDict()
 _backbones_lock = threading.Lock()
 
 
 def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
     """The process's copy of this hub module at this input size, loaded (after load_model's checks) if new."""
+    from core.models.architectures import MAX_SHARED_BACKBONES
     from core.safety.model_files import check_hub_module
     from core.settings.paths import configure_caches
 
@@ -152,7 +151,7 @@ def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
             raise ModelFileError(f"'{label}' could not be loaded ({exc.__class__.__name__}: "
                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
         _backbones[key] = backbone
-        while len(_backbones) > MAX_SHARED_BACKBONES:
+        while len(_backbones) > MAX_SHARED_BACKBONES:  # as many as the layers' own cache keeps
             _backbones.popitem(last=False)
         return backbone
 
