@@ -333,6 +333,22 @@ def _estimates(job_dir: Path) -> list[float | None] | None:
 _shared_reads: dict[tuple[Path, bool], tuple[float, list]] = {}
 _changes: dict[Path, int] = {}  # changes this process made to each board: a read begun before one is not kept
 _shared_reads_lock = threading.Lock()
+# One page reads the board while the others due at the same moment wait for its read: each reading it too
+# multiplied the work by the room (30 pages each reading every job's files, holding the interpreter lock).
+_reading: dict[tuple[Path, bool], threading.Lock] = {}
+# An ended job's view is final but for sessions joining it later (its joiners file): kept by folder, so that
+# a read of the board opens the files of the jobs still running only.
+_final_views: dict[Path, tuple[tuple | None, JobView]] = {}
+_final_views_lock = threading.Lock()
+MAX_FINAL_VIEWS = 2 * KEPT_FINISHED
+
+
+def _version(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _forget_reads(root: Path) -> None:
@@ -376,8 +392,27 @@ class Board:
         except OSError:
             return []
 
-    def _view(self, path: Path) -> JobView | None:
-        """The job in path as pages show it; None for a folder whose files do not make a job."""
+    def _view(self, path: Path, ended: bool | None = None) -> JobView | None:
+        """The job in path as pages show it; None for a folder whose files do not make a job. ended: whether
+        the job's end is marked, when the caller has just looked."""
+        if ended is None:
+            ended = _exists(path / ENDED)
+        if not ended:
+            return self._read_view(path)
+        joiners = _version(path / JOINERS)
+        with _final_views_lock:
+            kept = _final_views.get(path)
+        if kept is not None and kept[0] == joiners:
+            return kept[1]
+        view = self._read_view(path)
+        if view is not None and view.finished:
+            with _final_views_lock:
+                if len(_final_views) >= MAX_FINAL_VIEWS:
+                    _final_views.clear()
+                _final_views[path] = (joiners, view)
+        return view
+
+    def _read_view(self, path: Path) -> JobView | None:
         spec = read_spec(path)
         if spec is None or not isinstance(spec.get("experiments"), list) or not spec["experiments"]:
             return None
@@ -412,22 +447,26 @@ class Board:
         """Every job (or every unfinished one), oldest first, queued ones with their place and wait."""
         if self.shared_reads_seconds <= 0:
             return self._read_views(active_only)
-        key, now = (self.root, active_only), time.monotonic()
+        key = (self.root, active_only)
         with _shared_reads_lock:
-            seen, changes = _shared_reads.get(key), _changes.get(self.root, 0)
-        if seen is not None and now - seen[0] < self.shared_reads_seconds:
-            return list(seen[1])
-        views = self._read_views(active_only)
-        with _shared_reads_lock:
-            if _changes.get(self.root, 0) == changes:
-                _shared_reads[key] = (now, views)
+            reading = _reading.setdefault(key, threading.Lock())
+        with reading:
+            now = time.monotonic()
+            with _shared_reads_lock:
+                seen, changes = _shared_reads.get(key), _changes.get(self.root, 0)
+            if seen is not None and now - seen[0] < self.shared_reads_seconds:
+                return list(seen[1])
+            views = self._read_views(active_only)
+            with _shared_reads_lock:
+                if _changes.get(self.root, 0) == changes:
+                    _shared_reads[key] = (now, views)
         return list(views)
 
     def _read_views(self, active_only: bool = False) -> list[JobView]:
-        dirs = self._job_dirs()
+        dirs = [(d, _exists(d / ENDED)) for d in self._job_dirs()]
         if active_only:
-            dirs = [d for d in dirs if not _exists(d / ENDED)]
-        views = [v for v in map(self._view, dirs) if v is not None]
+            dirs = [(d, ended) for d, ended in dirs if not ended]
+        views = [v for v in (self._view(d, ended) for d, ended in dirs) if v is not None]
         views.sort(key=lambda v: (v.created, v.job_id))
         return self._with_queue(views)
 
@@ -435,9 +474,17 @@ class Board:
         return [v for v in self.views(active_only=True) if v.active]
 
     def view(self, job_id: str) -> JobView | None:
+        """One job: an ended one from its own files (or as kept), any other as the board's read of the jobs
+        still running places it in the queue."""
         if not isinstance(job_id, str) or not job_id.replace("-", "").isalnum():
             return None
-        return next((v for v in self.views() if v.job_id == job_id), None)
+        path = self.root / job_id
+        if _exists(path / ENDED):
+            return self._view(path, ended=True)
+        found = next((v for v in self.views(active_only=True) if v.job_id == job_id), None)
+        if found is None and _exists(path):  # newer than the shared read, or it ended since
+            found = self._view(path)
+        return found
 
     def _with_queue(self, views: list[JobView]) -> list[JobView]:
         """Place and expected wait of each queued job: running jobs' time left, then the estimates of

@@ -117,12 +117,12 @@ def test_a_servers_pages_share_one_read_of_the_board_and_see_their_own_changes_a
 
     reads = []
     real = Board._view
-    monkeypatch.setattr(Board, "_view", lambda self, path: reads.append(path) or real(self, path))
+    monkeypatch.setattr(Board, "_view", lambda self, path, *a, **k: reads.append(path) or real(self, path, *a, **k))
     page = lambda: Board(tmp_path, max_concurrent=1, launcher=workers, shared_reads_seconds=60.0)
     first = page().submit([experiment()], ["a"], owner="alice")
     queued = page().submit([experiment()], ["b"], owner="bob")
-    assert page().view(queued.job_id).queue_position == 1  # what a page submits, it sees on its next read
     reads.clear()
+    assert page().view(queued.job_id).queue_position == 1  # what a page submits, it sees on its next read
     for _ in range(30):  # a room of pages polling: the files are read once
         assert [v.job_id for v in page().active()] == [first.job_id, queued.job_id]
     assert len([r for r in reads if tmp_path in r.parents]) == 2  # (other tests' watcher threads read too)
@@ -135,6 +135,58 @@ def test_a_servers_pages_share_one_read_of_the_board_and_see_their_own_changes_a
     monkeypatch.setattr(board_module.time, "monotonic", lambda real=time.monotonic: real() + 61.0)
     assert page().view(first.job_id).snapshot.epoch == 1
     assert Board(tmp_path, launcher=workers).view(first.job_id).snapshot.epoch == 1  # unshared: always the files
+
+
+def test_pages_due_together_wait_for_one_read_of_the_board(tmp_path, workers, monkeypatch):
+    import threading
+
+    reads, entered, release = [], threading.Event(), threading.Event()
+    real = Board._read_views
+
+    def slow_read(self, active_only=False):  # the first read holds until every page has asked
+        reads.append(active_only)
+        entered.set()
+        release.wait(5)
+        return real(self, active_only)
+
+    Board(tmp_path, max_concurrent=1, launcher=workers).submit([experiment()], ["a"], owner="alice")
+    monkeypatch.setattr(Board, "_read_views", slow_read)
+    seen = []
+    pages = [threading.Thread(target=lambda: seen.append(len(Board(tmp_path, max_concurrent=1, launcher=workers,
+                                                                     shared_reads_seconds=60.0).active())))
+             for _ in range(8)]
+    pages[0].start()
+    assert entered.wait(5)
+    for page in pages[1:]:
+        page.start()
+    time.sleep(0.2)
+    release.set()
+    for page in pages:
+        page.join(5)
+    assert seen == [1] * 8 and reads == [True]
+
+
+def test_an_ended_job_is_read_from_its_files_once_and_its_late_joiners_are_seen(tmp_path, workers, monkeypatch):
+    import core.training.board as board_module
+
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    done = board.submit([experiment()], ["a"], owner="alice")
+    running = board.submit([experiment()], ["b"], owner="bob")
+    workers.finish(board, board.view(done.job_id).path, run_dirs=[tmp_path / "run-a"])
+    board.pump()
+    assert board.view(done.job_id).finished and board.view(running.job_id).snapshot.phase != "queued"
+    opened = []
+    real = board_module.read_json
+    monkeypatch.setattr(board_module, "read_json",
+                        lambda path, *a, **k: opened.append(Path(path).parent.name) or real(path, *a, **k))
+    for _ in range(5):  # pages polling: the ended job's files are not opened again, the running one's are
+        assert [v.job_id for v in board.views()] == [done.job_id, running.job_id]
+        assert board.view(done.job_id).joiners == ()
+    assert done.job_id not in opened and running.job_id in opened
+    # A session handed the ended job's run later joins it: the kept view gives way to the files.
+    board_module._add_joiner(board.view(done.job_id).path, "carol")
+    assert board.view(done.job_id).joiners == ("carol",)
+    assert done.job_id in opened
 
 
 def test_a_cancelled_queued_job_leaves_the_queue_and_never_starts(tmp_path, workers):
