@@ -5,7 +5,7 @@ import time
 import streamlit as st
 
 from app_pages.parts import session_keys as keys
-from app_pages.parts.common import chip, current_handle, current_source, session_token, set_source
+from app_pages.parts.common import chip, current_handle, current_source, session_token, set_source, warm_predict
 from app_pages.parts.training_panel import board, running_now, submit
 from core.data import own_classes as own
 from core.data.images import MAX_BYTES
@@ -104,6 +104,7 @@ def train() -> None:
         logger.exception("queueing a training of own classes failed")
         flash("error", f"The training could not be queued ({exc.__class__.__name__}); the server log has the details.")
         return
+    warm_predict(pairs[0][1].handle, pairs[0][0].image_size)  # Try it follows the transfer model's result
     st.session_state[keys.EXP_OWN_JOB] = submission.job_id
     st.session_state[keys.EXP_OWN_REUSED] = [path.name for _, path in sorted(submission.reused.items())]
     st.session_state[keys.OWN_STARTED] = time.time()

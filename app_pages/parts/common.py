@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -299,3 +300,33 @@ def sidebar() -> None:
         st.caption("Network: " + ("online: TFDS and TF Hub downloads work" if online
                                   else "offline: use folders and local SavedModels"))
         st.markdown("  \n".join(chip(k) for k in ModelKind), unsafe_allow_html=True)
+
+
+_warmed: set[tuple[str, int]] = set()
+_warmed_lock = threading.Lock()
+
+
+def warm_predict(handle: str, image_size: int) -> None:
+    """Load, in the background, the hub module that Predict will classify a training's frozen transfer model
+    with, while the job trains: Try it then answers at once, instead of the server importing TensorFlow and
+    loading the module at the moment a whole room presses it. Once per module and size; a module not yet in
+    the hub cache, or one that fails, is left to Predict, which says what is wrong."""
+    key = (handle, image_size)
+    with _warmed_lock:
+        if key in _warmed:
+            return
+        _warmed.add(key)
+
+    def load() -> None:
+        from core.models.hub import check_available, is_cached, is_local, normalise_handle
+        from core.runs.predict import shared_backbone
+
+        try:
+            normal = normalise_handle(handle)
+            if is_local(normal) or is_cached(normal):
+                stored = check_available(normal)  # the handle a trained model's file names
+                shared_backbone(stored, image_size, stored)
+        except Exception:
+            logger.info("the hub module %s was not loaded ahead of Predict", handle, exc_info=True)
+
+    threading.Thread(target=load, name="lab-warm-predict", daemon=True).start()

@@ -84,7 +84,15 @@ def test_classes_come_back_after_a_reload(open_page):
     assert any("1 of 30 images" in m for m in texts(again.markdown))
 
 
-def test_train_shows_validation_accuracy_and_try_it_opens_predict(open_page, demo_backbone):
+def test_train_shows_validation_accuracy_and_try_it_opens_predict(open_page, demo_backbone, monkeypatch):
+    import threading
+    from collections import OrderedDict
+
+    from app_pages.parts import common
+    from core.runs import predict
+
+    monkeypatch.setattr(predict, "_backbones", OrderedDict())  # what this server process has loaded for Predict
+    monkeypatch.setattr(common, "_warmed", set())
     at = open_page("own_classes", state={"lab_handle": str(demo_backbone)})
     for name, colour in (("reds", (220, 30, 30)), ("blues", (30, 30, 220))):
         add_class(at, name)
@@ -99,8 +107,15 @@ def test_train_shows_validation_accuracy_and_try_it_opens_predict(open_page, dem
     assert snapshot.phase == "done", snapshot.message
     result = " ".join(texts(at.markdown))
     assert "validation accuracy" in result and "on 2 held-out images" in result
+    # While it trained, the server loaded the module Predict classifies with, once, under the handle the
+    # model's file names: Try it finds it loaded.
+    for thread in [t for t in threading.enumerate() if t.name == "lab-warm-predict"]:
+        thread.join(120)
+    assert len(predict._backbones) == 1
+    warmed = next(iter(predict._backbones.values()))
     next(b for b in at.button if b.label == "Try it").click().run()
     assert not at.exception
+    assert list(predict._backbones.values()) == [warmed]
     assert at.session_state["pred_run"] == snapshot.run_dirs[0].name
     assert at.session_state["pred_camera"] is True
     assert at.title[0].value == "Predict"
