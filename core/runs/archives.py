@@ -1,12 +1,8 @@
 """Run folders as zips: trained headless on one machine, looked at in another installation's dashboard.
 
-`export_run_zip` packs a finished run; `import_run_zip` unpacks one into a runs folder without trusting
-it. A zip from a browser can name `../x` or `/x`, hold symlinks, understate its sizes, carry a model file
-whose stored code runs when loaded, or JSON that would crash the charts. Every member is checked before
-a byte is written, sizes are counted while inflating, the run is assembled in a hidden
-`.incomplete-...` folder (which the run list never opens) and renamed into place only once its JSON
-has the shapes the pages read and its model.h5 passed core.safety.model_files.inspect_model_file.
-This module does not import TensorFlow until the model file is inspected.
+`import_run_zip` trusts nothing in the zip (checked as docs/runs.md says): it is vetted by core.safety.zips,
+assembled in a hidden `.incomplete-...` folder the run list never opens, and renamed into place only once its
+JSON matches core.runs.schema and its model.h5 passed inspect_model_file. No TensorFlow until that inspection.
 """
 from __future__ import annotations
 
@@ -17,14 +13,19 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from core.runs.folders import INCOMPLETE_PREFIX, REQUIRED_FILES, new_run_id
-from core.runs.schema import RunSchemaError, load_json, load_layers, load_run_json
-from core.safety.zips import ZipRules, extract_members, open_zip, vetted_files
+from core.models.hub import RELATIVE_PREFIX, is_cached, is_local
+from core.runs.evaluate import EVALUATION_FILE, load_evaluation
+from core.runs.folders import REQUIRED_FILES, RunWriter, new_run_id, open_run
+from core.runs.schema import RunSchemaError, load_layers, load_run_json
+from core.safety.model_files import inspect_model_file, rewrite_hub_handles
+from core.safety.savedmodel_ops import check_savedmodel
+from core.safety.zips import ZipRules, archiver_metadata, extract_members, open_zip, vetted_files
 from core.settings.errors import LabError
 from core.settings.text import megabytes
 
@@ -39,8 +40,7 @@ EXPORTS_DIR = "exports"  # exports are rebuilt from model.h5 on demand and can b
 # A run zip carries the SavedModel its KerasLayer loads here, inside the run folder, named "./backbone" in
 # the zipped model.h5: a run trained on a local SavedModel then works on any Lab, a hosted one included.
 BACKBONE_DIR = "backbone"
-IGNORED_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db"}
-# How a run zip is vetted (core.safety.zips, shared with dataset zips) and how its refusals read.
+# How a run zip is vetted (by core.safety.zips, as dataset zips are) and how its refusals read.
 RUN_ZIP = ZipRules(
     MAX_RUN_FILES, MAX_RUN_BYTES, LabError, action="import", outcome="nothing was imported",
     not_a_zip="The file is not a zip. Zip a run folder (runs/<run-id>/) and import that.",
@@ -73,46 +73,23 @@ def _run_root(paths: list[PurePosixPath]) -> PurePosixPath:
 
 def _wanted(relative: PurePosixPath) -> bool:
     """Whether a file at this path inside the run folder belongs to a run."""
-    if any(part in IGNORED_NAMES or part.startswith(".") for part in relative.parts):
-        return False
-    if relative.parts[0] == EXPORTS_DIR:
+    if archiver_metadata(relative) or relative.parts[0] == EXPORTS_DIR:
         return False
     if relative.parts[0].partition("-")[0] == BACKBONE_DIR and len(relative.parts) > 1:
         return True  # a SavedModel's files: saved_model.pb, variables/variables.data-00000-of-00001, ...
     return relative.suffix.lower() in RUN_SUFFIXES
 
 
-def _check_run_json(folder: Path) -> dict:
-    """Check the three JSON files against core.runs.schema; returns config."""
-    try:
-        config, _, _ = load_run_json(folder)
-    except RunSchemaError as exc:
-        raise LabError(f"The run's {exc} Refusing to import it.") from None
-    return config
-
-
 def _check_evaluation(folder: Path) -> str | None:
-    """Drop an evaluation.json whose thumbnails point outside the run folder; returns a warning if dropped.
-
-    The pages open every thumbnail it names, so a crafted one could show any image file on the server.
-    """
-    from core.runs.evaluate import Evaluation
-
-    path = folder / "evaluation.json"
-    if not path.is_file():
-        return None
+    """Drop an evaluation.json that is damaged or names a thumbnail it does not hold inside the run folder
+    (the pages open every one it names); returns a warning if dropped."""
     try:
-        evaluation = load_json(path)
-        Evaluation.from_dict(folder, evaluation)  # the shapes the pages read
-        thumbnails = [w["thumbnail"] for w in evaluation.get("wrong", [])]
-        root = folder.resolve()
-        ok = all(isinstance(t, str) and (folder / t).resolve().is_relative_to(root) and (folder / t).is_file()
-                 for t in thumbnails)
-    except (LabError, OSError, ValueError, TypeError, KeyError, AttributeError):
-        ok = False
-    if ok:
-        return None
-    path.unlink()
+        evaluation = load_evaluation(folder)  # refuses thumbnails outside the folder
+        if evaluation is None or all(w.thumbnail.is_file() for w in evaluation.wrong):
+            return None
+    except (LabError, OSError):
+        pass
+    (folder / EVALUATION_FILE).unlink()
     shutil.rmtree(folder / "evaluation", ignore_errors=True)
     return ("The run's evaluation (confusion matrix and wrong predictions) was damaged or pointed outside the "
             "run folder and was left out.")
@@ -120,9 +97,6 @@ def _check_evaluation(folder: Path) -> str | None:
 
 def _handle_warnings(handles: list[str], folder: Path) -> list[str]:
     """What may not work here, for each hub handle; a backbone carried inside the run is checked instead."""
-    from core.models.hub import is_cached, is_local
-    from core.safety.model_files import check_savedmodel
-
     out = []
     for handle in handles:
         if is_local(handle) and Path(handle).is_relative_to(folder.resolve()):
@@ -173,36 +147,27 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
     folders, the command line (the machine's own user) does not. Raises LabError for anything unsafe or
     incomplete; nothing is left behind then.
     """
-    from core.safety.model_files import inspect_model_file
-
     runs_dir = Path(runs_dir)
     rules = dataclasses.replace(RUN_ZIP, max_files=max_files, max_bytes=max_bytes)
     with open_zip(data, rules) as archive:
         files = vetted_files(archive, rules)
         root = _run_root([path for _, path in files])
-        members, skipped = [], 0
-        for member, path in files:
-            if root.parts and path.parts[:len(root.parts)] != root.parts:
-                skipped += 1
-                continue
-            relative = PurePosixPath(*path.parts[len(root.parts):])
-            if _wanted(relative):
-                members.append((member, relative))
-            else:
-                skipped += 1
-        present = {str(rel) for _, rel in members}
-        missing = [f for f in REQUIRED_FILES if f not in present]
+        inside = [(member, PurePosixPath(*path.parts[len(root.parts):])) for member, path in files
+                  if path.parts[:len(root.parts)] == root.parts]
+        members = [(member, relative) for member, relative in inside if _wanted(relative)]
+        skipped = len(files) - len(members)
+        missing = [f for f in REQUIRED_FILES if f not in {str(rel) for _, rel in members}]
         if missing:
             raise LabError(f"The zipped run is incomplete (missing {', '.join(missing)}); only finished runs "
                            "can be imported.")
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = runs_dir / f"{INCOMPLETE_PREFIX}import-{secrets.token_hex(4)}"
-        tmp.mkdir()
+        writer = RunWriter(runs_dir, f"import-{secrets.token_hex(4)}")  # hidden, and kept from clean-ups
+        tmp = writer.tmp
         try:
-            # Like core.runs.folders.RunWriter: the owner's pid keeps a concurrent clean-up away from it.
-            (tmp / "owner.pid").write_text(str(os.getpid()))
             extract_members(archive, members, tmp, rules)
-            config = _check_run_json(tmp)
+            try:
+                config, _, _ = load_run_json(tmp)
+            except RunSchemaError as exc:
+                raise LabError(f"The run's {exc} Refusing to import it.") from None
             info = inspect_model_file(tmp / "model.h5", allowed_handle=allowed_handle)
             names = config["class_names"]
             if info.num_outputs is not None and info.num_outputs != len(names):
@@ -219,7 +184,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
             (tmp / "owner.pid").unlink()
             final = _publish(tmp, runs_dir, _final_name(root, config))
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            writer.abandon()
             raise
     if skipped:
         warnings.append(f"{skipped} file(s) that are not part of a run folder (exports, other files) were left out.")
@@ -245,9 +210,6 @@ def import_run_file(path: str | Path, runs_dir: str | Path, allowed_handle=None)
 
 def _outside_backbones(model_path: Path, root: Path) -> dict[str, str]:
     """SavedModel folders outside the run folder that its model loads: folder -> the "./" handle it gets."""
-    from core.models.hub import RELATIVE_PREFIX, is_local
-    from core.safety.model_files import inspect_model_file
-
     local = [h for h in inspect_model_file(model_path).hub_handles
              if is_local(h) and not Path(h).resolve().is_relative_to(root.resolve())]
     missing = [h for h in local if not (Path(h) / "saved_model.pb").is_file()]
@@ -264,11 +226,6 @@ def export_run_zip(run_dir: str | Path) -> bytes:
     A backbone SavedModel loaded from a local folder outside the run goes into the zip under backbone/,
     and the zipped model.h5 names it "./backbone", so the run imports, predicts and evaluates on any Lab.
     """
-    import tempfile
-
-    from core.runs.folders import open_run
-    from core.safety.model_files import rewrite_hub_handles
-
     record = open_run(run_dir)
     root = record.path
     backbones = _outside_backbones(record.model_path, root)

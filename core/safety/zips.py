@@ -1,14 +1,8 @@
 """Unpacking a zip from a browser without trusting anything inside it: dataset zips and run folders alike.
 
-A zip can name files `../../etc/x`, `/home/x` or `C:/x` (zip-slip), hold symlinks, declare tiny sizes for
-members that inflate to gigabytes, be encrypted, or not be a zip at all. `vetted_files` refuses all of that
-before a byte is written and `extract_members` counts the sizes while inflating rather than taking them
-from the headers; both take a ZipRules that says what one kind of zip may hold and how its refusals read.
-core.runs.archives imports run folders through them.
-
-`extract_zip` unpacks a dataset: everything is written into a hidden folder that is renamed into place
-only when complete. Non-image files are skipped and counted, as dataset folders do, and a zip with more
-classes than the Lab trains on is refused before anything is unpacked.
+`vetted_files` refuses zip-slip paths (`../x`, `/x`, `C:x`), symlinks, encryption and too many files or
+declared bytes before a byte is written; `extract_members` counts the bytes again while inflating, since
+headers can lie. A ZipRules says what one kind of zip may hold and how its refusals read.
 """
 from __future__ import annotations
 
@@ -35,8 +29,8 @@ logger = logging.getLogger(__name__)
 MAX_FILES = 60_000  # cats_vs_dogs has 23,262 images; leave room without allowing millions of entries
 MAX_TOTAL_BYTES = 1024**3  # uncompressed; uploads are capped at 200 MB and images hardly compress
 CHUNK = 1024 * 1024
-# Folders that archivers add and that are never classes.
-IGNORED_DIRS = {"__MACOSX", ".DS_Store", "__pycache__"}
+# What archivers and desktops add beside the zipped files (besides hidden names): never data.
+ARCHIVER_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "__pycache__"})
 
 
 @dataclass(frozen=True)
@@ -85,8 +79,7 @@ def open_zip(data: bytes | bytearray | BinaryIO, rules: ZipRules) -> zipfile.Zip
 def member_path(info: zipfile.ZipInfo, rules: ZipRules) -> PurePosixPath:
     """The member's path inside the archive, refused when it would land outside the target folder."""
     name = info.filename.replace("\\", "/")
-    # Windows puts "C:x" on drive C. Any "X:" start is refused, not only a letter's (the stricter of the two
-    # tests the Lab had): no zip the Lab writes has one, and a person's zip hardly ever.
+    # Windows puts "C:x" on drive C; any "X:" start is refused, a drive letter or not.
     if name.startswith("/") or name[1:2] == ":":
         raise rules.error(f"The zip contains an absolute path ('{info.filename}'); refusing to {rules.action} it.")
     path = PurePosixPath(name)
@@ -98,6 +91,10 @@ def member_path(info: zipfile.ZipInfo, rules: ZipRules) -> PurePosixPath:
 
 def is_symlink(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)
+
+
+def archiver_metadata(path: PurePosixPath) -> bool:
+    return any(part in ARCHIVER_NAMES or part.startswith(".") for part in path.parts)
 
 
 def vetted_files(archive: zipfile.ZipFile, rules: ZipRules) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
@@ -161,10 +158,8 @@ def _class_count(paths: list[PurePosixPath]) -> int:
 
 def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = MAX_FILES,
                 max_total_bytes: int = MAX_TOTAL_BYTES) -> ExtractResult:
-    """Unpack the images of a zip into dest_dir/zip-<content hash>/ and return where the classes are.
-
-    The same zip uploaded twice is unpacked once. Raises DataError for anything unsafe or unusable.
-    """
+    """Unpack the images of a zip into dest_dir/zip-<content hash>/ (once per content, renamed into place
+    when complete) and return where the classes are. Raises DataError for anything unsafe or unusable."""
     rules = dataclasses.replace(DATASET_ZIP, max_files=max_files, max_bytes=max_total_bytes)
     dest_dir = Path(dest_dir)
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -173,7 +168,7 @@ def extract_zip(data: bytes | BinaryIO, dest_dir: str | Path, max_files: int = M
         skipped: dict[str, int] = {}
         wanted: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         for member, path in vetted_files(archive, rules):
-            if any(part in IGNORED_DIRS or part.startswith(".") for part in path.parts):
+            if archiver_metadata(path):
                 skipped["archiver metadata"] = skipped.get("archiver metadata", 0) + 1
                 continue
             if not is_image_name(path.name):
