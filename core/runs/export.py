@@ -1,27 +1,7 @@
-"""Exports of a run's model for use outside the Lab.
-
-- h5: the article's file, copied as saved (architecture, weights, optimizer state, class names). For Keras
-  with `custom_objects={"KerasLayer": hub.KerasLayer}`; a hub model still needs its hub module to load.
-- savedmodel: a self-contained TF SavedModel for TF Serving or `tf.saved_model.load`. Its
-  `serving_default` signature takes `images`, float32 (batch, size, size, 3) RGB scaled to [0, 1], and
-  returns `probabilities`, float32 (batch, classes) summing to 1, classes in the order of
-  `assets/labels.txt`. The hub module is baked in, so no handle is resolved when it is loaded.
-- tflite / tflite-fp16 / tflite-int8: TFLite flatbuffers converted from that SavedModel, with the same
-  input and output; the class names go to NAME.labels.txt beside NAME.tflite (labels.txt in a download's
-  zip). float16 stores the weights as float16 (about half the size) and computes in float32 on a CPU.
-  int8 is dynamic-range quantisation: weights stored as int8 (about 4x smaller), and the input of every
-  convolution and dense layer rounded to 256 levels as it runs. It needs no representative images: each
-  input's range is taken as it comes, so nothing is calibrated. Full-integer int8, calibrated on
-  representative images, is not offered: the calibration pass costs more time, and activations rounded to
-  ranges fixed in advance agree less with the float model.
-
-Expected agreement with the Keras model on the same input (checked by the tests): h5 identical,
-SavedModel within 1e-5, TFLite float32 within 1e-4, TFLite float16 the same top class and within 0.01,
-TFLite int8 the same top class and within 0.05. Every TFLite file is also checked when written: run with
-LiteRT (ai-edge-litert) where it is installed, else tf.lite.Interpreter, against the SavedModel it was
-converted from, within the same tolerance. A file refused that way is remembered in
-RUN_DIR/exports/NAME.refused.json while the tolerance, TensorFlow and LiteRT stay the same, so a page says so
-at once and offers the next format up in precision instead of converting again.
+"""Exports of a run's model for use outside the Lab: the .h5 itself, a SavedModel, and TFLite in float32,
+float16 and int8 (dynamic range). The formats, their shared signature and how closely each agrees with the
+Keras model: docs/runs.md#exports. Every TFLite file is run against its SavedModel when written; a file
+refused that way is remembered in RUN_DIR/exports/NAME.refused.json while the converter stays the same.
 """
 from __future__ import annotations
 
@@ -41,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.runs.folders import RunRecord, open_run
+from core.safety.model_files import load_model
 from core.settings.errors import LabError
+from core.settings.files import read_json, write_json
+from core.settings.text import duration
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +95,9 @@ class DownloadInfo:
     refused: ExportRefused | None = None  # an earlier export of this format was refused and would be again
 
 
-# What converting a run's model costs, in seconds of one CPU core: loading the model, writing the SavedModel
-# and reading it back, the converter and the check run on about one thread, so an idle machine takes about
-# this long. A fixed part plus a part per million parameters: a model on a hub backbone has a far larger
-# graph per parameter than the baseline CNN, whose parameters sit mostly in one dense layer. Every format
-# that converts costs about the same; int8 calibrates nothing (see the module's docstring), so no
-# representative images add to it. A process that has not imported TensorFlow yet pays for that first.
+# Seconds of one core a conversion takes (it runs on about one thread): a fixed part plus a part per million
+# parameters, far larger for a hub backbone's graph than for the baseline's one big dense layer. Every
+# converting format costs about the same; a process without TensorFlow imported pays for that first.
 EXPORT_SECONDS = {"hub": (2.0, 5.3), "keras": (2.0, 0.3)}
 TENSORFLOW_IMPORT_SECONDS = 5.0
 # Above this many runnable threads per core the estimate says the machine is busy and scales with the load.
@@ -136,8 +117,6 @@ class ExportEstimate:
         return self.load_per_core > BUSY_LOAD_PER_CORE
 
     def describe(self) -> str:
-        from core.settings.text import duration
-
         if not self.busy:
             return f"about {duration(self.seconds)}"
         return (f"about {duration(self.seconds)} now, about {duration(self.idle_seconds)} when this machine is idle "
@@ -155,10 +134,7 @@ def _load_per_core() -> tuple[float, int]:
 def export_estimate(run_dir: str | Path, fmt: str | ExportFormat) -> ExportEstimate | None:
     """How long export_run of this format will take here, from the model's parameter count (in the run's
     metrics) and the machine's present load; None for the .h5, which is copied, or a run that does not say."""
-    from core.runs.folders import open_run
-
-    fmt = parse_format(fmt)
-    run = open_run(run_dir)
+    run, fmt = _open(run_dir, fmt)
     params = run.metrics.get("total_params")
     if fmt is ExportFormat.H5 or not isinstance(params, int) or params <= 0:
         return None
@@ -175,6 +151,11 @@ def parse_format(value: str | ExportFormat) -> ExportFormat:
     except ValueError:
         raise LabError(f"Unknown export format '{value}'; choose one of "
                        f"{', '.join(f.value for f in ExportFormat)}.") from None
+
+
+def _open(run_dir: str | Path, fmt: str | ExportFormat) -> tuple[RunRecord, ExportFormat]:
+    fmt = parse_format(fmt)
+    return open_run(run_dir), fmt
 
 
 def _size(path: Path) -> int:
@@ -211,9 +192,6 @@ def _serving_module(model, image_size: int, softmax_output: bool, labels_file: P
 def write_savedmodel(run_dir: Path, folder: Path) -> None:
     """Save the run's model as a SavedModel with a probabilities signature into `folder` (new)."""
     import tensorflow as tf
-
-    from core.runs.folders import open_run
-    from core.safety.model_files import load_model
 
     run = open_run(run_dir)
     model, info = load_model(run.model_path)
@@ -256,11 +234,8 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
     renamed, so a killed export leaves no half file. An existing file at `out` is replaced; an existing
     folder is refused rather than mixed with, or swapped for, a folder the Lab did not write.
     """
-    from core.runs.folders import open_run
-
     start = time.perf_counter()
-    fmt = parse_format(fmt)
-    run = open_run(run_dir)
+    run, fmt = _open(run_dir, fmt)
     run_dir = run.path
     default = _default_out(run_dir, fmt)
     out = Path(out).expanduser() if out is not None else default
@@ -281,7 +256,8 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
             write_savedmodel(run_dir, savedmodel)
             if fmt is ExportFormat.SAVEDMODEL:
                 if out.suffix == ".zip":
-                    _zip_folder(savedmodel, staged)
+                    _zip(staged, [(p, Path(savedmodel.name) / p.relative_to(savedmodel))
+                                  for p in sorted(savedmodel.rglob("*")) if p.is_file()])
                 else:
                     savedmodel.rename(staged)
             else:
@@ -303,13 +279,6 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
     return ExportResult(fmt, out, _size(out), round(time.perf_counter() - start, 3), check)
 
 
-def _zip_folder(folder: Path, target: Path) -> None:
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, Path(folder.name) / path.relative_to(folder))
-
-
 def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
     """(download name, the file on disk the download hands over, mime type) of one format.
 
@@ -325,13 +294,13 @@ def _download_file(run, fmt: ExportFormat) -> tuple[str, Path, str]:
     return f"{path.name}.zip", path.with_name(f"{path.name}.zip"), "application/zip"
 
 
-def _zip_tflite(tflite: Path, target: Path) -> None:
-    """The .tflite file and its labels as labels.txt, written under a temporary name and renamed."""
+def _zip(target: Path, files: list[tuple[Path, Path | str]]) -> None:
+    """(file, name in the zip) pairs, written under a temporary name and renamed: never half a zip."""
     staged = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
     try:
         with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.write(tflite, tflite.name)
-            zf.write(labels_path(tflite), LABELS_FILE)
+            for path, name in files:
+                zf.write(path, name)
         os.replace(staged, target)
     finally:
         staged.unlink(missing_ok=True)
@@ -339,10 +308,7 @@ def _zip_tflite(tflite: Path, target: Path) -> None:
 
 def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
     """What export_download would return, without converting anything."""
-    from core.runs.folders import open_run
-
-    fmt = parse_format(fmt)
-    run = open_run(run_dir)
+    run, fmt = _open(run_dir, fmt)
     name, path, mime = _download_file(run, fmt)
     ready = path.is_file()
     refused = None if ready or fmt not in TFLITE_FORMATS else stored_refusal(run.path, fmt)
@@ -351,10 +317,7 @@ def download_info(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
 
 def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadInfo:
     """Write the export a download is made from into RUN_DIR/exports/ unless it is there already."""
-    from core.runs.folders import open_run
-
-    fmt = parse_format(fmt)
-    run = open_run(run_dir)
+    run, fmt = _open(run_dir, fmt)
     _, path, _ = _download_file(run, fmt)
     if path.is_file():
         return download_info(run.path, fmt)
@@ -365,7 +328,7 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
             if refused is not None:  # converting the same model with the same converter refuses it again
                 raise refused
             export_run(run.path, fmt, tflite)
-        _zip_tflite(tflite, path)
+        _zip(path, [(tflite, tflite.name), (labels_path(tflite), LABELS_FILE)])
     else:
         export_run(run.path, fmt, path)
     return download_info(run.path, fmt)
@@ -374,11 +337,8 @@ def prepare_download(run_dir: str | Path, fmt: str | ExportFormat) -> DownloadIn
 def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
     """An export as bytes for a download button: the .h5 itself, the SavedModel as a zip, or a zip of the
     .tflite file with its labels.txt. Exports are kept in RUN_DIR/exports/ and reused on later calls."""
-    from core.runs.folders import open_run
-
-    fmt = parse_format(fmt)
     info = prepare_download(run_dir, fmt)
-    _, path, _ = _download_file(open_run(run_dir), fmt)
+    _, path, _ = _download_file(*_open(run_dir, fmt))
     return Download(info.filename, path.read_bytes(), info.mime)
 
 
@@ -393,14 +353,10 @@ def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.n
 def predict_with_export(path: str | Path, fmt: str | ExportFormat, images: np.ndarray) -> np.ndarray:
     """Probabilities from an export (a SavedModel folder or its zip, or a file) for preprocessed images:
     float32 (n, size, size, 3) in [0, 1]."""
-    import tensorflow as tf
-
     fmt = parse_format(fmt)
     path = Path(path)
     images = np.asarray(images, dtype=np.float32)
     if fmt is ExportFormat.H5:
-        from core.safety.model_files import load_model
-
         model, info = load_model(path)
         return keras_probabilities(model, info.softmax_output, images)
     if fmt is ExportFormat.SAVEDMODEL:
@@ -410,20 +366,24 @@ def predict_with_export(path: str | Path, fmt: str | ExportFormat, images: np.nd
                     zf.extractall(tmp)
                 folder = next(p.parent for p in Path(tmp).rglob("saved_model.pb"))
                 return predict_with_export(folder, fmt, images)
-        serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-        return serve(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
-    interpreter, _runtime = tflite_interpreter(path)
-    # The signature runner resizes the input, allocated for a batch of 1, to the batch given.
-    return interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME]
+        return _savedmodel_probabilities(path, images)
+    return _tflite_probabilities(path, images)[0]
+
+
+def _savedmodel_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(folder)).signatures[SIGNATURE]
+    return serve(**{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
 
 
 LITERT = "ai-edge-litert"
 TF_LITE = "tf.lite"
 
 
-def tflite_interpreter(path: str | Path):
-    """(interpreter, runtime name) for a .tflite file: LiteRT (ai-edge-litert, the maintained runtime that
-    phones and edge devices use) where it is installed, else TensorFlow's deprecated tf.lite.Interpreter."""
+def _tflite_probabilities(path: Path, images: np.ndarray) -> tuple[np.ndarray, str]:
+    """(probabilities, runtime): LiteRT (ai-edge-litert, the maintained runtime phones and edge devices use)
+    where it is installed, else TensorFlow's deprecated tf.lite.Interpreter."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -432,8 +392,11 @@ def tflite_interpreter(path: str | Path):
         with warnings.catch_warnings():
             # Its deprecation notice points to ai-edge-litert, which is what is missing here.
             warnings.simplefilter("ignore", UserWarning)
-            return tf.lite.Interpreter(model_path=str(path)), TF_LITE
-    return Interpreter(model_path=str(path)), LITERT
+            interpreter, runtime = tf.lite.Interpreter(model_path=str(path)), TF_LITE
+    else:
+        interpreter, runtime = Interpreter(model_path=str(path)), LITERT
+    # The signature runner resizes the input, allocated for a batch of 1, to the batch given.
+    return interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME], runtime
 
 
 CHECK_IMAGES = 4
@@ -467,14 +430,9 @@ class ExportRefused(LabError):
 def _check_tflite(tflite: Path, fmt: ExportFormat, savedmodel: Path, image_size: int) -> str:
     """Run the new .tflite file and the SavedModel it came from on the same seeded images; refuse a file
     that disagrees by more than the format's tolerance. Returns what was checked, in words."""
-    import tensorflow as tf
-
     images = np.random.default_rng(0).random((CHECK_IMAGES, image_size, image_size, 3), dtype=np.float32)
-    reference = tf.saved_model.load(str(savedmodel)).signatures[SIGNATURE](
-        **{INPUT_NAME: tf.constant(images)})[OUTPUT_NAME].numpy()
-    interpreter, runtime = tflite_interpreter(tflite)
-    probs = interpreter.get_signature_runner(SIGNATURE)(**{INPUT_NAME: images})[OUTPUT_NAME]
-    diff = float(np.abs(probs - reference).max())
+    probs, runtime = _tflite_probabilities(tflite, images)
+    diff = float(np.abs(probs - _savedmodel_probabilities(savedmodel, images)).max())
     tolerance = FORMATS[fmt].tolerance
     if not diff <= tolerance:
         raise ExportRefused(fmt, diff, tolerance, runtime)
@@ -502,8 +460,6 @@ def _converter_versions() -> str:
 
 def _remember_refusal(run_dir: Path, refused: ExportRefused) -> None:
     """Keep a refusal beside the run's exports: converting the same model again gives the same file."""
-    from core.settings.files import write_json
-
     path = _refusal_path(run_dir, refused.fmt)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -517,8 +473,6 @@ def _remember_refusal(run_dir: Path, refused: ExportRefused) -> None:
 def stored_refusal(run_dir: str | Path, fmt: str | ExportFormat) -> ExportRefused | None:
     """The refusal an earlier export of this format left for this run, if the same tolerance, converter and
     runtime would refuse it again; None otherwise."""
-    from core.settings.files import read_json
-
     fmt = parse_format(fmt)
     stored = read_json(_refusal_path(Path(run_dir), fmt))
     if stored is None:  # none left, or damaged or far too large
