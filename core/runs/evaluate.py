@@ -1,10 +1,7 @@
 """Evaluation of a finished run on its validation split: confusion matrix, per-class metrics, worst mistakes.
 
-The metric functions are plain numpy so they can be checked on a known labelling. `evaluate_run` reopens
-a run, predicts every validation image once (from the frozen backbone's cached features when training
-hands them over), and stores the result in the run folder: evaluation.json
-plus thumbnails of the most confidently wrong images under evaluation/. Reading a stored evaluation
-(`load_evaluation`) needs neither TensorFlow nor the dataset.
+The metrics are plain numpy, checked on known labellings. `evaluate_run` stores evaluation.json and the
+mistakes' thumbnails in the run folder; `load_evaluation` reads them back without TensorFlow or the dataset.
 """
 from __future__ import annotations
 
@@ -21,7 +18,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core.settings.errors import LabError
+from core.data.images import decode_image
+from core.data.sources import VALIDATION, FolderSource, preprocess, without_autotune
+from core.runs.folders import open_run
+from core.runs.schema import RunSchemaError, load_json
+from core.safety.model_files import load_model
+from core.settings.config import EXTRACT_BATCH_SIZE, data_from_dict
+from core.settings.errors import ImageError, LabError
+from core.settings.presets import check_source
 
 logger = logging.getLogger(__name__)
 
@@ -164,22 +168,11 @@ class Evaluation:
         return self.images - sum(self.matrix[k][k] for k in range(self.num_classes))
 
     def to_dict(self) -> dict:
-        return {
-            "version": FORMAT_VERSION,
-            "class_names": self.class_names,
-            "matrix": self.matrix,
-            "row_percentages": self.row_percentages,
-            "per_class": [vars(m) for m in self.per_class],
-            "accuracy": self.accuracy,
-            "images": self.images,
-            "skipped": self.skipped,
-            "wrong": [
-                {**vars(w), "thumbnail": w.thumbnail.relative_to(self.run_dir).as_posix()} for w in self.wrong
-            ],
-            "seconds": self.seconds,
-            "evaluated_at": self.evaluated_at,
-            "notes": self.notes,
-        }
+        """Every field but run_dir, in order; thumbnails relative to the run folder, which travels in zips."""
+        out = {"version": FORMAT_VERSION, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)[1:]}}
+        out["per_class"] = [vars(m) for m in self.per_class]
+        out["wrong"] = [{**vars(w), "thumbnail": w.thumbnail.relative_to(self.run_dir).as_posix()} for w in self.wrong]
+        return out
 
     @classmethod
     def from_dict(cls, run_dir: Path, d: dict) -> Evaluation:
@@ -211,8 +204,6 @@ def _class_metrics(stored: dict) -> ClassMetrics:
 
 def load_evaluation(run_dir: str | Path) -> Evaluation | None:
     """The stored evaluation of a run, or None if it has not been evaluated yet."""
-    from core.runs.schema import RunSchemaError, load_json
-
     run_dir = Path(run_dir)
     path = run_dir / EVALUATION_FILE
     if not path.is_file():
@@ -232,12 +223,6 @@ def load_evaluation(run_dir: str | Path) -> Evaluation | None:
         ) from None
 
 
-def summarise(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> tuple[np.ndarray, list, float]:
-    """(confusion matrix, per-class metrics, overall accuracy) of one labelling."""
-    matrix = confusion_matrix(y_true, y_pred, len(class_names))
-    return matrix, per_class_metrics(matrix, class_names), overall_accuracy(matrix)
-
-
 def _outputs_probabilities(model) -> bool:
     try:
         return model.layers[-1].get_config().get("activation") == "softmax"
@@ -245,32 +230,19 @@ def _outputs_probabilities(model) -> bool:
         return False
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return Path(path).name
-
-
 def _split_names(source) -> list[str] | None:
     """What the gallery calls each validation image, by position: its file, relative to the dataset folder
     (evaluation.json travels in run zips; server paths must not), for folder datasets."""
-    from core.data.sources import VALIDATION, FolderSource
-
     if not isinstance(source, FolderSource):
         return None
-    return [_relative(p, source.root) for p, _ in source.files[VALIDATION]]
+    return [Path(p).relative_to(source.root).as_posix() if Path(p).is_relative_to(source.root) else Path(p).name
+            for p, _ in source.files[VALIDATION]]
 
 
 def _validation_batches(source, image_size: int, batch_size: int):
-    """(dataset of (images, labels, positions), names by position): in split order, unreadable files dropped."""
+    """Batches of (images, labels, positions in the split), in split order, unreadable files dropped."""
     import tensorflow as tf
 
-    from core.data.images import decode_image
-    from core.data.sources import VALIDATION, FolderSource, preprocess, without_autotune
-    from core.settings.errors import ImageError
-
-    names = _split_names(source)
     if isinstance(source, FolderSource):
         files = source.files[VALIDATION]
         paths = [str(p) for p, _ in files]
@@ -294,7 +266,7 @@ def _validation_batches(source, image_size: int, batch_size: int):
     else:
         ds = source.examples(VALIDATION).enumerate().map(lambda i, ex: (ex[0], ex[1], i))
     ds = ds.map(lambda x, y, i: (preprocess(x, image_size), y, i), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), names
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _thumbnail(image: np.ndarray, path: Path) -> None:
@@ -309,9 +281,6 @@ def _images_at(source, image_size: int, positions: set[int]) -> dict[int, np.nda
     """The model's inputs (resized, [0, 1]) of a few validation images, by position in the split: what the
     gallery shows when predictions came from cached features and no image went through the model."""
     import tensorflow as tf
-
-    from core.data.images import decode_image
-    from core.data.sources import VALIDATION, FolderSource, preprocess
 
     if not positions:
         return {}
@@ -331,13 +300,11 @@ def _feature_rows(source, image_size: int, rows: int) -> np.ndarray | None:
     Extraction drops images that fail to decode, so rows and positions part ways after the first one;
     only then are the images decoded once more (no model) to learn which ones those were.
     """
-    from core.data.sources import VALIDATION, FolderSource
-
     if rows == source.info.split_size(VALIDATION):
         return np.arange(rows)
     if not isinstance(source, FolderSource):
         return None
-    batches, _ = _validation_batches(source, image_size, 256)
+    batches = _validation_batches(source, image_size, 256)
     positions = np.concatenate([p.numpy() for _x, _y, p in batches])
     return positions if len(positions) == rows else None
 
@@ -373,10 +340,7 @@ class _WorstMistakes:
 def _open_for_evaluation(run_dir, model, source):
     """(run, its data settings, source, model, whether the model outputs probabilities, notes), each checked
     against the run: the model and source are reopened unless training hands them over."""
-    from core.data.sources import VALIDATION, open_source
-    from core.runs.folders import open_run
-    from core.settings.config import data_from_dict
-    from core.settings.presets import check_source
+    from core.data.sources import open_source
 
     run = open_run(run_dir)
     data = data_from_dict(run.config.get("data", {}))
@@ -385,8 +349,6 @@ def _open_for_evaluation(run_dir, model, source):
         check_source(data.source)
         source = open_source(data)
     if model is None:
-        from core.safety.model_files import load_model
-
         model, info = load_model(run.model_path)
         softmax = info.softmax_output
     else:
@@ -420,9 +382,6 @@ def _predict_images(model, softmax: bool, source, data, worst: _WorstMistakes, p
     """(true, predicted) classes of every readable validation image, run through the whole model."""
     import tensorflow as tf
 
-    from core.data.sources import VALIDATION
-    from core.settings.config import EXTRACT_BATCH_SIZE
-
     @tf.function(input_signature=[tf.TensorSpec([None, data.image_size, data.image_size, 3], tf.float32)])
     def predict(x):
         out = model(x, training=False)
@@ -430,7 +389,7 @@ def _predict_images(model, softmax: bool, source, data, worst: _WorstMistakes, p
 
     # Small batches, as for feature extraction: a large batch's activations would set the run's peak memory,
     # and evaluation speed barely depends on the batch.
-    batches, _ = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
+    batches = _validation_batches(source, data.image_size, min(data.batch_size, EXTRACT_BATCH_SIZE))
     y_true, y_pred = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for x, y, positions in batches:
         labels = y.numpy()
@@ -447,7 +406,6 @@ def _store(evaluation: Evaluation, mistakes: list[tuple], names: list[str] | Non
     Each evaluation gets its own thumbnail folder, so a reader of the previous evaluation.json never finds
     its thumbnails replaced by another evaluation's images half-way; the older folders go afterwards.
     """
-    from core.data.sources import VALIDATION
     from core.runs.folders import disk_error, write_json
 
     run_dir, class_names = evaluation.run_dir, evaluation.class_names
@@ -479,15 +437,10 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None,
                  max_wrong: int = DEFAULT_MAX_WRONG) -> Evaluation:
     """Evaluate a finished run on its validation split and store evaluation.json in its folder.
 
-    Training code that still holds the model and the opened source passes them to skip reloading;
-    otherwise the model is reloaded from model.h5 the article's way and the source reopened from the
-    run's data settings (same seed, so the same split). Training code that extracted the validation
-    split's features with the model's (still frozen) first layer passes them as (features, labels), in
-    split order: predictions then come from the layers after it, and the backbone does not run again;
-    only the few images shown in the gallery are decoded.
+    Training hands over the model and source it holds (else they are reopened from the run, same seed, same
+    split) and, for a frozen first layer, the validation split's (features, labels) in split order: then only
+    the layers after it run, and only the gallery's images are decoded again.
     """
-    from core.data.sources import VALIDATION
-
     start = time.perf_counter()
     run, data, source, model, softmax, notes = _open_for_evaluation(run_dir, model, source)
     total = source.info.split_size(VALIDATION)
@@ -505,7 +458,8 @@ def evaluate_run(run_dir: str | Path, *, model=None, source=None, features=None,
     if not done:
         raise LabError(f"None of the validation images of {data.source} could be read, so the run cannot be "
                        "evaluated.")
-    matrix, per_class, accuracy = summarise(y_true, y_pred, run.class_names)
+    matrix = confusion_matrix(y_true, y_pred, len(run.class_names))
+    per_class, accuracy = per_class_metrics(matrix, run.class_names), overall_accuracy(matrix)
     percentages = [[None if math.isnan(v) else round(float(v), 4) for v in row] for row in row_percentages(matrix)]
     evaluation = Evaluation(run.path, run.class_names, matrix.tolist(), percentages, per_class, accuracy, done,
                             total - done, [], 0.0, 0.0, notes)

@@ -91,7 +91,7 @@ def test_every_pipeline_runs_without_tf_data_autotuning(mock_tfds, tmp_path):
     for config in (DataConfig(source="tfds:cats_vs_dogs", image_size=SIZE, batch_size=8), folder_config(tmp_path)):
         source = open_source(config)
         pipelines = [make_pipeline(source, split, config, training=split == TRAIN) for split in (TRAIN, VALIDATION)]
-        pipelines += [source.examples(VALIDATION, min_side=SIZE), _validation_batches(source, SIZE, 4)[0]]
+        pipelines += [source.examples(VALIDATION, min_side=SIZE), _validation_batches(source, SIZE, 4)]
         for pipeline in pipelines:
             assert pipeline.options().autotune.enabled is False
         assert sum(len(y) for _, y in pipelines[0]) == source.info.split_size(TRAIN)  # and it still runs
