@@ -1,18 +1,10 @@
 """Explanation heatmaps: which parts of an image a model's prediction depends on.
 
-Two methods:
-- occlusion sensitivity works for every model, including the hub-layer model whose inner layers cannot
-  be reached: a grey patch slides over the image and the map records how much the predicted class's
-  probability drops (on the log-odds scale) while each pixel is covered. It needs one forward pass per
-  patch position, batched.
-- Grad-CAM needs a reachable last Conv2D layer (the baseline CNN): the class score's gradients, averaged
-  over that layer's feature maps, weight those maps. One forward and one backward pass, but the map is as
-  coarse as the last conv layer's output.
-
-Both return an `Explanation`: a float map in [0, 1] with the image's height and width (1 = the region the
-prediction depends on most, relative to the rest of this image), and the map drawn over the image with
-the colour scale `HEATMAP_COLORSCALE` (dark blue 0 -> cyan -> yellow -> red -> dark red 1), which a legend
-can show. TensorFlow is imported inside the functions so that reading this module costs nothing.
+Occlusion sensitivity works for every model, a hub layer's included: a grey patch slides over the image and
+the map records how far the explained class's log-odds drop while each pixel is covered (one batched forward
+pass per patch position). Grad-CAM needs a reachable last Conv2D layer (the baseline CNN); one forward and
+one backward pass, but only as fine as that layer's output. Both give a map in [0, 1] at the image's size
+(1 = what the prediction depends on most) and that map drawn over the image in HEATMAP_COLORSCALE.
 """
 from __future__ import annotations
 
@@ -22,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.runs.predict import softmax
 from core.settings.errors import LabError
 
 OCCLUSION = "occlusion"
@@ -111,12 +104,6 @@ def _model_input(loaded, image: np.ndarray) -> np.ndarray:
     return np.asarray(preprocess(image, loaded.image_size), dtype=np.float32)
 
 
-def _probabilities(loaded, outputs: np.ndarray) -> np.ndarray:
-    from core.runs.predict import softmax
-
-    return outputs if loaded.softmax_output else softmax(outputs)
-
-
 def log_odds(loaded, outputs: np.ndarray, k: int) -> np.ndarray:
     """log(p / (1 - p)) of class k per row, computed from logits so that it stays finite where a
     confident model's probability rounds to exactly 1 in float32."""
@@ -158,14 +145,10 @@ def patch_positions(side: int, patch: int, stride: int) -> list[int]:
 def occlusion_sensitivity(loaded, image: np.ndarray, class_index: int | None = None,
                           patch_fraction: float = DEFAULT_PATCH_FRACTION, stride_fraction: float = 0.5,
                           batch_size: int = 32, progress: Progress | None = None) -> Explanation:
-    """Slide a grey patch over the model's input; a pixel's value is the mean drop of the explained
-    class's probability (the predicted class unless class_index is given) over the patches covering it.
-
-    The drop is measured on the log-odds scale, log(p / (1 - p)): it orders patches exactly as the
-    probability drop does, but a confident model (p = 0.99999) still shows which patches lower its
-    confidence, where the probability itself barely moves. The patch side is patch_fraction of the
-    model's input side, moved by stride_fraction of a patch: at 224x224, 28-pixel patches every 14
-    pixels, 225 forward passes.
+    """Slide a grey patch over the model's input; a pixel's value is the mean drop of the explained class's
+    log-odds (the predicted class unless class_index is given) over the patches covering it. Log-odds order
+    patches as the probability does, but still move where a confident model's probability (0.99999) barely
+    does. Patches of patch_fraction of the side, every stride_fraction of a patch: 225 passes at 224x224.
     """
     _check_image(image)
     if not 0 < patch_fraction <= 1 or not 0 < stride_fraction <= 1:
@@ -176,7 +159,7 @@ def occlusion_sensitivity(loaded, image: np.ndarray, class_index: int | None = N
     patch = max(1, round(side * patch_fraction))
     stride = max(1, round(patch * stride_fraction))
     base_out = loaded.outputs(x[None])
-    base_probs = _probabilities(loaded, base_out)[0]
+    base_probs = (base_out if loaded.softmax_output else softmax(base_out))[0]
     k = _target(loaded, base_probs, class_index)
     base = log_odds(loaded, base_out, k)[0]
     offsets = patch_positions(side, patch, stride)

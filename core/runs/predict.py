@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.images import decode_image
+from core.data.sources import preprocess
+from core.models.architectures import MAX_SHARED_BACKBONES, shared_backbone_layer
+from core.safety.model_files import backbone_digest, check_hub_module, inspect_model_file, load_model, read_hub_head
 from core.settings.errors import ImageError, LabError, ModelFileError
+from core.settings.paths import configure_caches
 
 MAX_INPUT_SIDE = 1024  # the largest image size training accepts (core.settings.config.validate)
 
@@ -45,29 +50,17 @@ class LoadedModel:
     head: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self):
-        import tensorflow as tf
-
-        from core.data.sources import preprocess
-
         if self.backbone is not None:
             return
-        size, model, already_probs = self.image_size, self.model, self.softmax_output
+        import tensorflow as tf
 
-        # A compiled function skips model.predict's per-call set-up (it builds a tf.data pipeline each
-        # call); a fixed signature means one trace for any batch size.
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        model, already_probs = self.model, self.softmax_output
+
         def probabilities(x):
             out = model(x, training=False)
             return out if already_probs else tf.nn.softmax(out)
 
-        # One upload (the usual case) is resized inside the graph too: done eagerly, the resize, scale and
-        # stack cost a noticeable share of MobileNetV2's time for one image.
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-        def one_image(image):
-            return probabilities(preprocess(image, size)[tf.newaxis])[0]
-
-        self._call = probabilities
-        self._one = one_image
+        self._call, self._one = _compiled(probabilities, self.image_size)
 
     def _logits(self, features) -> np.ndarray:
         kernel, bias = self.head
@@ -77,12 +70,9 @@ class LoadedModel:
         """Class probabilities for decoded uint8 RGB images, in one batched call."""
         import tensorflow as tf
 
-        from core.data.sources import preprocess
-
         shared = self.backbone is not None
         if len(images) == 1:  # a softmax Dense's probabilities and softmax(logits) are the same
-            return softmax(self._logits(self.backbone.one(images[0]))) if shared \
-                else self._one(images[0]).numpy()[np.newaxis]
+            return softmax(self._logits(self.backbone.one(images[0]))) if shared else self._one(images[0]).numpy()
         batch = tf.stack([preprocess(img, self.image_size) for img in images])
         return softmax(self._logits(self.backbone.features(batch))) if shared else self._call(batch).numpy()
 
@@ -92,6 +82,21 @@ class LoadedModel:
             return np.asarray(self.model(batch, training=False), dtype=np.float64)
         logits = self._logits(self.backbone.features(batch))
         return (softmax(logits) if self.softmax_output else logits).astype(np.float64)
+
+
+def _compiled(call, size: int):
+    """call compiled for a preprocessed float32 batch, and for one decoded image (a batch of one). Compiled, it
+    skips model.predict's per-call set-up, and one upload's resize runs inside the graph too: done eagerly it
+    costs a noticeable share of MobileNetV2's time for one image. A fixed signature traces once."""
+    import tensorflow as tf
+
+    batch = tf.function(call, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    def one(image):
+        return batch(preprocess(image, size)[tf.newaxis])
+
+    return batch, one
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,24 +113,11 @@ class SharedBackbone:
     def __init__(self, handle: str, size: int):
         import tensorflow as tf
 
-        from core.data.sources import preprocess
-        from core.models.architectures import shared_backbone_layer
-        from core.safety.model_files import backbone_digest
-
         self.handle, self.size = handle, size
         self.layer = shared_backbone_layer(handle, size)  # the one a training in this process would use too
         self.digest = backbone_digest(w.numpy() for w in self.layer.weights)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-        def features(x):
-            return self.layer(x, training=False)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-        def one(image):
-            return features(preprocess(image, size)[tf.newaxis])
-
-        self.features, self.one = features, one
-        self.width = int(features(tf.zeros([1, size, size, 3])).shape[-1])
+        self.features, self.one = _compiled(lambda x: self.layer(x, training=False), size)
+        self.width = int(self.features(tf.zeros([1, size, size, 3])).shape[-1])
 
 
 _backbones: OrderedDict[tuple[str, int], SharedBackbone] = OrderedDict()
@@ -134,10 +126,6 @@ _backbones_lock = threading.Lock()
 
 def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
     """The process's copy of this hub module at this input size, loaded (after load_model's checks) if new."""
-    from core.models.architectures import MAX_SHARED_BACKBONES
-    from core.safety.model_files import check_hub_module
-    from core.settings.paths import configure_caches
-
     key = (handle, size)
     with _backbones_lock:  # one load per module however many sessions ask at once
         if key in _backbones:
@@ -175,8 +163,6 @@ def load_with_shared_backbone(path: str | Path, allowed_handle=None, name: str |
     """The model as the process's shared backbone plus its own Dense layer, when it is the Lab's frozen
     transfer model whose backbone weights are the hub module's own; None for any other model (a fine-tuned
     one included). Arguments as for load_for_prediction."""
-    from core.safety.model_files import inspect_model_file, read_hub_head
-
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "model.h5"
@@ -204,8 +190,6 @@ def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None 
     its Dense layer read from the file (same outputs; a server classifying with many such models holds one
     backbone). Any other model, and every model without it, is reloaded whole.
     """
-    from core.safety.model_files import load_model
-
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "model.h5"
@@ -223,8 +207,6 @@ def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None 
 
 def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> list[Prediction | PredictionError]:
     """Classify named image files; a bad file becomes a PredictionError and the others still run."""
-    from core.data.images import decode_image
-
     decoded: list[tuple[int, np.ndarray]] = []
     results: list[Prediction | PredictionError | None] = [None] * len(files)
     for i, (name, data) in enumerate(files):
