@@ -1,9 +1,7 @@
-"""Run directories: one folder per experiment, written atomically, listed and reopened later.
+"""Run directories (their layout: docs/runs.md): one folder per experiment, listed and reopened later.
 
-Layout of runs/<id>/: config.json (everything needed to repeat the run, with library versions),
-history.json (per epoch: loss, accuracy, val_loss, val_accuracy, seconds), metrics.json, summary.txt and
-model.h5. A run is written into runs/.incomplete-<id>/ and renamed when every file is in place, so a
-killed process never leaves a folder that looks complete. This module does not import TensorFlow.
+A run is written into runs/.incomplete-<id>/ and renamed once every file is in place, so a killed process
+never leaves a folder that looks complete.
 """
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.runs.schema import RunSchemaError, load_layers, load_run_json
+from core.settings.config import ModelKind, model_label, plain_label
 from core.settings.errors import LabError
 from core.settings.files import write_json  # run files are written whole: readers never see half of one
 from core.settings.processes import pid_alive
@@ -94,8 +93,6 @@ class RunRecord:
     def model_name(self) -> str:
         """What the run calls its model (recorded when it was trained, after its backbone); runs saved
         before names were recorded are named from their settings."""
-        from core.settings.config import ModelKind, model_label, plain_label
-
         label = plain_label(self.config.get("model_label"))
         if label:
             return label
@@ -141,6 +138,18 @@ class RunRecord:
             return ""
 
     @property
+    def finished_at(self) -> float:
+        value = self.metrics.get("finished_at")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """The last epoch's validation accuracy (the saved weights'), None where the run has no finite one."""
+        acc = self.metrics.get("final_val_accuracy")
+        usable = isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
+        return float(acc) if usable else None
+
+    @property
     def label(self) -> str:
         acc = self.metrics.get("final_val_accuracy")
         acc_text = f", val acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
@@ -156,10 +165,8 @@ def preferred_run_index(runs: list[RunRecord], source: str, class_names: list[st
     """The run to offer first for predicting on a dataset: one trained on it, then a transfer run, then the
     best final validation accuracy (the saved weights are the last epoch's)."""
     def score(record: RunRecord):
-        acc = record.metrics.get("final_val_accuracy")
-        usable = isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)
-        return (matches_dataset(record, source, class_names), record.model_kind == "mobilenet_v2",
-                acc if usable else -1)
+        acc = record.val_accuracy
+        return matches_dataset(record, source, class_names), record.model_kind == "mobilenet_v2", -1 if acc is None else acc
 
     return max(range(len(runs)), key=lambda i: score(runs[i])) if runs else 0
 
@@ -176,11 +183,8 @@ def _model_file_whole(path: Path) -> bool:
 
 
 def open_run(path: str | Path) -> RunRecord:
-    """Reopen a finished run directory, or raise LabError saying what is missing or malformed.
-
-    Its JSON is checked against core.runs.schema (a hand-edited or foreign file of the wrong shape
-    would break every page that lists runs) and its model.h5 must open.
-    """
+    """Reopen a finished run directory, or raise LabError saying what is missing or malformed: its JSON must
+    match core.runs.schema and its model.h5 must open."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise LabError(f"Run folder '{path}' does not exist.")
@@ -194,11 +198,6 @@ def open_run(path: str | Path) -> RunRecord:
     if not _model_file_whole(path / "model.h5"):
         raise LabError(f"'{path}' is damaged: its model.h5 is empty, truncated or not an HDF5 file.")
     return RunRecord(path, config, history, metrics)
-
-
-def _finished_at(record: RunRecord) -> float:
-    value = record.metrics.get("finished_at")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 @dataclass
@@ -225,7 +224,7 @@ def list_runs(runs_dir: str | Path) -> RunListing:
             runs.append(open_run(child))
         except LabError:
             incomplete.append(child)
-    runs.sort(key=_finished_at, reverse=True)
+    runs.sort(key=lambda record: record.finished_at, reverse=True)
     return RunListing(runs, incomplete)
 
 

@@ -1,22 +1,13 @@
-"""The workshop room: who trained what on this server, for everyone in it to compare.
+"""The workshop room: who trained what on this server, for everyone in it to compare (docs/pages.md).
 
-A room is every session of one runs folder. Its ledger lives in `<runs folder>/.room/` (listings skip
-hidden folders) and outlives the job board, whose finished jobs are pruned:
+Its ledger lives in `<runs folder>/.room/` (listings skip hidden folders) and outlives the job board:
 
     entries.json  {"entries": [{"owner": KEY, "run": RUN_ID, "at": SECONDS}, ...], "cleared_at": SECONDS}
     names.json    {KEY: {"name": TEXT, "at": SECONDS}, ...}
 
-KEY is owner_key(token): a short hash of the session's token. The token itself restores a session's
-choices and stops its trainings, so it is never stored here, shown or put in a link. A session sets only
-its own name (it needs its token to name the key), and nobody can remove another's entry: clearing the
-room writes a moment before which entries are hidden, and leaves every run folder as it is.
-
-Only trainings started from the dashboard are entries (core.training.worker records a job's runs when it
-ends, and the Room page records those of running jobs as they are saved), for the session that asked and
-for every session that asked for the same training and joined it or was handed its finished run (one
-training, several entries naming the same run); runs from the command line or imported from a zip are not. Files are written with core.settings.files (atomic, under a lock) and bounded:
-at most MAX_ENTRIES entries and MAX_NAMES names, the oldest dropped first. This module does not import
-TensorFlow or Streamlit.
+KEY is owner_key(token): the token restores a session and stops its trainings, so it is never stored or
+shown. Clearing writes a moment before which entries are hidden; no run folder is touched. Only the
+dashboard's trainings are entries, one for each session that asked for the same training.
 """
 from __future__ import annotations
 
@@ -73,6 +64,12 @@ def default_name(key: str) -> str:
 
 def room_dir(runs_dir: str | Path) -> Path:
     return Path(runs_dir) / ROOM_DIR
+
+
+def _update(runs_dir: str | Path, file: str, change) -> None:
+    path = room_dir(runs_dir) / file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    update_json(path, change, indent=None)
 
 
 def _valid_run_id(run_id) -> bool:
@@ -141,8 +138,7 @@ def record_runs(runs_dir: str | Path, token: str, run_dirs: Iterable, at: float 
                 added += 1
         return {"entries": _bounded(entries), "cleared_at": _cleared_at(ledger)}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    update_json(path, change, indent=None)
+    _update(runs_dir, ENTRIES, change)
     return added
 
 
@@ -176,7 +172,6 @@ def record_running(runs_dir: str | Path, views: Iterable) -> None:
 def set_name(runs_dir: str | Path, token: str, name) -> str:
     """Set this session's display name (cleaned, see clean_name); the name as stored. "" removes it."""
     key, shown = owner_key(token), clean_name(name)
-    path = room_dir(runs_dir) / NAMES
 
     def change(names: dict) -> dict:
         names = {k: v for k, v in names.items() if isinstance(v, dict) and _number(v.get("at"))}
@@ -186,20 +181,15 @@ def set_name(runs_dir: str | Path, token: str, name) -> str:
         newest = sorted(names.items(), key=lambda item: item[1]["at"])[-MAX_NAMES:]
         return dict(newest)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    update_json(path, change, indent=None)
+    _update(runs_dir, NAMES, change)
     return shown
 
 
 def names(runs_dir: str | Path) -> dict[str, str]:
     """Every display name in the room, by owner key, cleaned again (the file may have been edited)."""
     stored = read_json(room_dir(runs_dir) / NAMES) or {}
-    out = {}
-    for key, value in stored.items():
-        name = clean_name(value.get("name")) if isinstance(value, dict) else ""
-        if name:
-            out[key] = name
-    return out
+    cleaned = {key: clean_name(value.get("name")) if isinstance(value, dict) else "" for key, value in stored.items()}
+    return {key: name for key, name in cleaned.items() if name}
 
 
 def name_of(runs_dir: str | Path, token: str) -> str:
@@ -210,10 +200,8 @@ def name_of(runs_dir: str | Path, token: str) -> str:
 def clear(runs_dir: str | Path, at: float | None = None) -> None:
     """Hide every entry recorded until now (or until at). Run folders and names stay as they are."""
     moment = time.time() if at is None else float(at)
-    path = room_dir(runs_dir) / ENTRIES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    update_json(path, lambda ledger: {"entries": _entries_of(ledger),
-                                      "cleared_at": max(moment, _cleared_at(ledger))}, indent=None)
+    _update(runs_dir, ENTRIES, lambda ledger: {"entries": _entries_of(ledger),
+                                               "cleared_at": max(moment, _cleared_at(ledger))})
 
 
 # Who may clear the room: anyone at a local Lab (a workshop machine the instructor runs); on any other
@@ -326,17 +314,12 @@ def _images_per_class(config: dict) -> tuple[int, int] | None:
     return (min(per_class.values()), max(per_class.values())) if per_class else None
 
 
-def _room_run(run_id: str, config: dict, metrics: dict) -> RoomRun:
-    record = RunRecord(Path(run_id), config, [], metrics)
-    accuracy = metrics.get("final_val_accuracy")
+def _room_run(record: RunRecord) -> RoomRun:
     # Its epochs and, for a transfer run on cached features, computing those features once.
-    parts = [metrics.get(k) for k in ("train_seconds", "feature_seconds")]
+    parts = [record.metrics.get(k) for k in ("train_seconds", "feature_seconds")]
     seconds = sum(p for p in parts if _number(p) and p >= 0) if _number(parts[0]) else None
-    finished = metrics.get("finished_at")
-    return RoomRun(run_id=run_id, kind=str(record.model_kind), model=record.model_name,
-                   val_accuracy=float(accuracy) if _number(accuracy) else None,
-                   seconds=seconds,
-                   finished_at=float(finished) if _number(finished) else 0.0)
+    return RoomRun(run_id=record.run_id, kind=str(record.model_kind), model=record.model_name,
+                   val_accuracy=record.val_accuracy, seconds=seconds, finished_at=record.finished_at)
 
 
 def rows(runs_dir: str | Path) -> list[RoomRow]:
@@ -352,18 +335,16 @@ def rows(runs_dir: str | Path) -> list[RoomRow]:
         facts = _run_facts(runs_dir / entry.run_id)
         if facts is None:
             continue
-        config, metrics = facts
-        data = config.get("data") or {}
-        source = data.get("source") if isinstance(data.get("source"), str) else ""
-        classes = tuple(config.get("class_names", ()))
+        record = RunRecord(Path(entry.run_id), facts[0], [], facts[1])
+        source, classes = record.source, tuple(record.class_names)
         group = groups.setdefault((entry.owner, source, classes), {
             "owner": entry.owner, "dataset": dataset_name(source) if source else "?", "classes": classes,
-            "images": _images_per_class(config), "baseline": None, "transfer": None, "at": entry.at})
-        run = _room_run(entry.run_id, config, metrics)
+            "images": _images_per_class(record.config), "baseline": None, "transfer": None, "at": entry.at})
+        run = _room_run(record)
         slot = "baseline" if run.kind == ModelKind.BASELINE.value else "transfer"
         if group[slot] is None or run.finished_at >= group[slot].finished_at:  # the newest of its kind
             group[slot] = run
-            group["images"] = _images_per_class(config) or group["images"]
+            group["images"] = _images_per_class(record.config) or group["images"]
         group["at"] = max(group["at"], entry.at)
     out = [RoomRow(owner=g["owner"], name=shown_names.get(g["owner"]) or default_name(g["owner"]),
                    dataset=g["dataset"], classes=g["classes"], images_per_class=g["images"],
