@@ -1,6 +1,3 @@
-"""Runs: the folder each experiment leaves behind, and what is done with it afterwards.
-
-Run folders written atomically and listed, the schema their JSON must match before a run is listed or
-imported, zips of run folders, evaluation on the validation split, exports, prediction with a reloaded
-model, and explanation heatmaps.
+"""Runs: the folder each experiment leaves behind (written atomically, checked against its schema), and what
+is done with it afterwards: zips, evaluation, exports, prediction, explanation heatmaps and the room's ledger.
 """

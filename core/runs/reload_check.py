@@ -1,10 +1,5 @@
-"""The article's last step, recorded for every run: reload model.h5 and compare its predictions.
-
-The article saves the trained model as .h5, reloads it with
-`tf_keras.models.load_model(path, custom_objects={"KerasLayer": hub.KerasLayer})` and shows that the
-reloaded model's predictions on a batch of images differ from the trained model's by 0.0. `check_reload`
-does the same on a batch of validation images and returns what a run keeps in metrics.json under
-RELOAD_CHECK_KEY.
+"""The article's last step, recorded for every run under RELOAD_CHECK_KEY in metrics.json: reload model.h5
+the article's way and compare its predictions on one batch with the trained model's (0.0 in the article).
 """
 from __future__ import annotations
 
@@ -30,11 +25,9 @@ def validation_batch(source, image_size: int, images: int = RELOAD_CHECK_IMAGES)
 def check_reload(model, model_path: str | Path, images) -> dict:
     """Reload model_path the article's way and compare its predictions with `model`'s on `images`.
 
-    Returns {"max_abs_diff", "images", "reload_seconds", "file"}: the largest absolute difference
-    between any two corresponding outputs (0.0 when the saved file reproduces the model exactly).
-    A model built under a distribution strategy only runs through model.predict, so both sides use it
-    there; elsewhere both are called directly, which skips predict's per-model tracing of a whole new
-    function (the longer part of the check for a hub model, whose module is already compiled).
+    Returns {"max_abs_diff", "images", "reload_seconds", "file"}, max_abs_diff over all outputs. Models are
+    called directly, skipping predict's tracing of a new function per model, except under a distribution
+    strategy, where only model.predict runs them.
     """
     import numpy as np
     import tensorflow as tf

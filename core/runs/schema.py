@@ -1,11 +1,8 @@
 """What a run folder's JSON may hold: checked before a run is listed, imported or drawn.
 
-A run folder can come from anywhere (a zip from a stranger, a hand-edited copy), and every page that
-lists runs reads its JSON, so one file with a string where a number belongs, a 1e300 timestamp, ten
-million epochs or a config nested thousands deep would take those pages down for every visitor. Each
-file is bounded in bytes before it is parsed, then in depth, string length and numbers (no infinities;
-NaN only where the Lab itself writes it, for a metric it could not compute), then checked field by
-field against the shapes the pages read. Unknown extra fields are allowed, within the same bounds.
+A run folder can come from a stranger's zip, and one bad file would take down every page that lists runs.
+Each file is bounded in bytes before it is parsed, then in depth, string length and numbers (no infinities;
+NaN only where the Lab writes it), then checked field by field; unknown extra fields are allowed.
 """
 from __future__ import annotations
 

@@ -1,14 +1,9 @@
 """How many bytes reading a variable-length string attribute will allocate, told from the file's bytes.
 
-HDF5 keeps each element of a variable-length attribute as (length, reference to a global heap object), and
-reading the attribute allocates every element's length. Nothing stops several elements, or several
-attributes, from referring to the same heap object: 50 elements of 16 bytes each in the object header then
-read as 50 copies of one 100 KB string (measured), and a list of layer names can be made to read gigabytes
-out of a small file. HDF5 offers no call that tells the total before reading, so the attribute message is
-found in the object header and its elements' lengths and references are read from it directly.
-
-Only what h5py writes for a Keras model is understood (object headers of version 1 or 2, attribute messages
-of versions 1 to 3 kept in the header); anything else is refused by the caller, never guessed at.
+Each element is (length, reference to a global heap object), and many elements may refer to one object, so a
+small file's name list can read as gigabytes; HDF5 has no call that tells the total before reading, so the
+attribute message is read from the object header directly. Only what h5py writes for Keras is understood
+(object headers v1-2, attribute messages v1-3 in the header); the caller refuses anything else.
 """
 from __future__ import annotations
 

@@ -1,13 +1,10 @@
 """What opening an .h5 model will read and allocate, known from the file's layout before any of it is read.
 
-HDF5 lets a file hide data elsewhere and declare more than it holds, all legal and none of it ever written by
-Keras: a dataset's bytes kept in another file of the server (external storage), a virtual dataset assembled
-from other HDF5 files, a link into another file, a chunked dataset declaring gigabytes and storing nothing
-(reading it allocates every declared byte before Keras compares shapes), and attribute text several elements
-of which point at one stored string. tf_keras follows all of these. So the file is walked first, through
-links and headers only: every object must be a group or a dataset of numbers kept in this file, the weights
-tf_keras will read are found the way it finds them (the layer_names and weight_names attributes), and the
-bytes they declare beyond what the file stores must fit what the model's config needs.
+HDF5 lets a file keep data in other files (external storage, virtual datasets, external links), declare
+gigabytes it does not store, or point many attribute elements at one string; tf_keras follows all of it and
+Keras never writes any of it. So the file is walked through links and headers only: every object a group or a
+dataset of numbers kept in this file, and the weights tf_keras will read (found as it finds them) declaring
+no more beyond what is stored than the model's config needs.
 """
 from __future__ import annotations
 
@@ -149,7 +146,7 @@ class AttributeReader:
         self.heap_objects: set[bytes] = set()
         self.text_bytes = 0
 
-    def _measure(self, obj, name: str, what: str, limit: int) -> bool:
+    def check(self, obj, name: str, what: str, limit: int) -> bool:
         """Whether obj has the attribute name, refusing it unless reading it takes at most limit bytes."""
         import h5py
 
@@ -187,7 +184,7 @@ class AttributeReader:
 
     def read(self, obj, name: str, what: str, limit: int):
         """The attribute's value, or None when obj has none."""
-        return obj.attrs[name] if self._measure(obj, name, what, limit) else None
+        return obj.attrs[name] if self.check(obj, name, what, limit) else None
 
     def names(self, obj, name: str, what: str) -> list[str]:
         """A list of names the way tf_keras reads it: from the attribute name, or name0, name1, ... in turn."""
@@ -211,10 +208,6 @@ class AttributeReader:
                     raise _refuse(self.label, f"has a {what} that is not a list of names; {NOT_OPENED}")
                 out.append(item)
         return out
-
-    def check(self, obj, name: str, what: str, limit: int) -> None:
-        """Measure an attribute tf_keras will read, without reading it here."""
-        self._measure(obj, name, what, limit)
 
 
 def keras_reads(f, attributes: AttributeReader, datasets: dict[int, StoredDataset], label: str) -> list[WeightRead]:
@@ -264,11 +257,8 @@ def keras_reads(f, attributes: AttributeReader, datasets: dict[int, StoredDatase
 
 
 def check_unstored(reads: list[WeightRead], declared_params: int, label: str) -> None:
-    """Refuse weights that declare more bytes than the file stores, beyond what the config's parameters need.
-
-    A dataset never written, or chunked with nothing stored, reads as its fill value: a 6 MB file declaring a
-    3 GiB bias had tf_keras allocate 10 GB before it compared shapes.
-    """
+    """Refuse weights that declare more bytes than the file stores, beyond what the config's parameters need:
+    tf_keras allocates every declared byte of a never-written dataset before it compares shapes."""
     unstored = [(r.dataset.declared - r.dataset.stored, r) for r in reads if r.dataset.declared > r.dataset.stored]
     total = sum(n for n, _ in unstored)
     allowance = BYTES_PER_PARAM * declared_params + UNSTORED_SLACK

@@ -1,14 +1,12 @@
 """Saving and loading .h5 models the article's way, after checking the file is safe to deserialise.
 
-tf_keras.models.load_model runs a Lambda layer's stored Python bytecode while loading (measured: a file
-was written on load), so the model config is read with h5py and checked first: only tf_keras's own layers
-and hub.KerasLayer are allowed, and a KerasLayer's handle must be resolvable without hanging. The file's
-layout is checked too (core.safety.hdf5_layout): tf_keras would read weights kept in other files of the
-server and allocate whatever a weight declares, so every weight it will read must be stored in the file
-itself, and what it declares beyond what is stored must fit the model's config.
+tf_keras.models.load_model runs a Lambda layer's stored bytecode while loading, so the config is read with
+h5py first: only tf_keras's own layers and hub.KerasLayer, hub handles that resolve without hanging, a size
+the config bounds, and (core.safety.hdf5_layout) every weight stored inside the file itself.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -20,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from core.models.hub import resolve_relative
+from core.models.hub import check_available, is_local, resolve_relative, web_upload_handle_allowed
 from core.safety.hdf5_layout import AttributeReader, WeightRead, check_unstored, keras_reads, walk
 from core.safety.savedmodel_ops import check_savedmodel
+from core.settings.config import MAX_CLASSES  # what a dataset may have, so what a model may name
 from core.settings.errors import LabError, ModelFileError
+from core.settings.files import free_space
+from core.settings.paths import configure_caches, uploads_dir
 from core.settings.text import megabytes
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,12 @@ KEPT_UPLOADS = 20
 UPLOAD_PREFIX = "model-"
 
 
-# A model's config is read, walked and finally built before its weights load, so it is bounded first:
-# a 6.5 KB file can declare a 12288x40000 Dense (2 GB once built), and a 100 MB layer name is copied into
-# every message, log line and Keras structure that names the layer.
+# The config is bounded before it is walked or built: a 6.5 KB file can declare a 2 GB Dense, and a long
+# layer name is copied into every message and Keras structure that names the layer.
 MAX_CONFIG_BYTES = 4 * 10**6  # the whole config; MobileNetV2 spelled out layer by layer is about 0.2 MB
 MAX_CONFIG_DEPTH = 64  # nested models and initialiser configs reach about 12
 MAX_CONFIG_STRING = 4096  # a layer name or a hub handle (a URL or a folder path)
 MAX_DECLARED_PARAMS = 60_000_000  # the baseline CNN has 9.7 M, MobileNetV2 with its head 2.3 M; VGG16 138 M
-MAX_CLASSES = 1000
 MAX_CLASS_NAME = 200
 UNKNOWN_FEATURES = 2048  # the width assumed where a config does not say (a hub module's output): a large backbone's
 
@@ -62,15 +61,15 @@ class ModelFileInfo:
     weight_bytes: int = 0  # what tf_keras allocates reading the model's and optimizer's weights
 
 
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
 def _walk_layers(config: dict):
     """Every layer config in a (possibly nested) model config."""
     for layer in _layers(config):
         yield layer
         if layer.get("class_name") in MODEL_CLASSES:
             yield from _walk_layers(layer)
-
-
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
 
 def _layers(config: dict) -> list[dict]:
@@ -104,6 +103,11 @@ def _check_structure(node, label: str) -> None:
             stack.extend((v, depth + 1) for v in value)
 
 
+def _config_int(cfg: dict, key: str) -> int | None:
+    value = cfg.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _ints(value, n: int) -> list[int]:
     """A kernel size, stride or pool size as n positive ints (Keras accepts one int for all)."""
     values = [value] * n if isinstance(value, int) else list(value) if isinstance(value, list) else []
@@ -130,8 +134,7 @@ def _layer_cost(cls: str, cfg: dict, shape: list) -> tuple[int, list]:
     """
     last = shape[-1] if shape and isinstance(shape[-1], int) else UNKNOWN_FEATURES
     def number(key, default=1):
-        v = cfg.get(key, default)
-        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+        return _config_int(cfg, key) or default
     if cls == "Dense":
         units = number("units")
         return last * units + units, [*shape[:-1], units] if shape else [units]
@@ -230,11 +233,6 @@ def _nested_dicts(node):
             yield from _nested_dicts(value)
 
 
-def _config_int(cfg: dict, key: str) -> int | None:
-    value = cfg.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
 def _expected_shape(cls: str, cfg: dict, role: str) -> list | None:
     """The shape a layer's own config gives one of its weights, None for an axis it leaves to the layer's
     input (or None for the whole weight when the config does not say). Only what the config alone fixes."""
@@ -300,7 +298,7 @@ def _allowed_layer_names() -> set[str]:
     import tf_keras
 
     names = {n for n in dir(tf_keras.layers) if not n.startswith("_")}
-    return (names - REFUSED_LAYERS) | {"KerasLayer", "Sequential", "Functional", "Model"}
+    return (names - REFUSED_LAYERS) | {"KerasLayer", *MODEL_CLASSES}
 
 
 def _parse_attr(raw, label: str, what: str):
@@ -484,8 +482,6 @@ def _keras_layer_class(base: Path):
 def check_hub_module(handle: str, label: str) -> None:
     """Before the model file `label` loads the module at handle: it is reachable, and a folder is a SavedModel
     whose graph runs nothing but TensorFlow's own operations (check_savedmodel)."""
-    from core.models.hub import check_available, is_local
-
     try:
         check_available(handle)
     except LabError as exc:
@@ -503,8 +499,6 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
     """
     import tf_keras
 
-    from core.settings.paths import configure_caches
-
     configure_caches()
     label = name or Path(path).name
     info = inspect_model_file(path, allowed_handle=allowed_handle, name=label)
@@ -520,9 +514,7 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
             f"'{label}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})."
         ) from None
     if not info.class_names and info.num_outputs:
-        info = ModelFileInfo(info.path, info.input_size, info.num_outputs,
-                             [f"class {i}" for i in range(info.num_outputs)], info.hub_handles, info.softmax_output,
-                             info.weight_bytes)
+        info = dataclasses.replace(info, class_names=[f"class {i}" for i in range(info.num_outputs)])
     return model, info
 
 
@@ -559,41 +551,36 @@ def read_hub_head(path: str | Path, info: ModelFileInfo) -> HubHead | None:
     Only for a file inspect_model_file has passed (info): its layout and sizes are checked already.
     """
     import h5py
-
-    try:
-        return _read_hub_head(h5py.File(Path(path).expanduser(), "r"), info)
-    except (KeyError, TypeError, ValueError, AttributeError, OSError):
-        return None  # not the Lab's layout after all: built whole, whose loading says what is wrong
-
-
-def _read_hub_head(file, info: ModelFileInfo) -> HubHead | None:
     import numpy as np
 
-    with file as f:
-        config = json.loads(f.attrs["model_config"])
-        if config.get("class_name") != "Sequential":
-            return None
-        layers = [layer for layer in _layers(config) if layer.get("class_name") != "InputLayer"]
-        if [layer.get("class_name") for layer in layers] != ["KerasLayer", "Dense"]:
-            return None
-        hub_cfg, dense_cfg = (layer.get("config") or {} for layer in layers)
-        if (set(hub_cfg) - PLAIN_HUB_KEYS or hub_cfg.get("trainable") or hub_cfg.get("dtype", "float32") != "float32"
-                or dense_cfg.get("activation") not in ("linear", "softmax") or not dense_cfg.get("use_bias")
-                or dense_cfg.get("dtype", "float32") != "float32"):
-            return None
-        weights = f["model_weights"]
+    try:
+        with h5py.File(Path(path).expanduser(), "r") as f:
+            config = json.loads(f.attrs["model_config"])
+            if config.get("class_name") != "Sequential":
+                return None
+            layers = [layer for layer in _layers(config) if layer.get("class_name") != "InputLayer"]
+            if [layer.get("class_name") for layer in layers] != ["KerasLayer", "Dense"]:
+                return None
+            hub_cfg, dense_cfg = (layer.get("config") or {} for layer in layers)
+            if (set(hub_cfg) - PLAIN_HUB_KEYS or hub_cfg.get("trainable")
+                    or hub_cfg.get("dtype", "float32") != "float32"
+                    or dense_cfg.get("activation") not in ("linear", "softmax") or not dense_cfg.get("use_bias")
+                    or dense_cfg.get("dtype", "float32") != "float32"):
+                return None
+            weights = f["model_weights"]
 
-        def arrays(layer_name: str) -> list:
-            group = weights[layer_name]
-            names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
-            return [group[n][()] for n in names]
+            def arrays(layer_name: str) -> list:
+                group = weights[layer_name]
+                names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+                return [group[n][()] for n in names]
 
-        backbone = arrays(hub_cfg["name"])
-        dense = arrays(dense_cfg["name"])
-    if len(dense) != 2 or dense[0].ndim != 2 or dense[1].shape != (dense[0].shape[1],):
-        return None
-    return HubHead(info.hub_handles[0], backbone_digest(backbone), dense[0].astype(np.float32),
-                   dense[1].astype(np.float32))
+            backbone, dense = arrays(hub_cfg["name"]), arrays(dense_cfg["name"])
+        if len(dense) != 2 or dense[0].ndim != 2 or dense[1].shape != (dense[0].shape[1],):
+            return None
+        return HubHead(info.hub_handles[0], backbone_digest(backbone), dense[0].astype(np.float32),
+                       dense[1].astype(np.float32))
+    except (KeyError, TypeError, ValueError, AttributeError, OSError):
+        return None  # not the Lab's layout after all: built whole, whose loading says what is wrong
 
 
 def rewrite_hub_handles(src: str | Path, dst: str | Path, mapping: dict[str, str]) -> None:
@@ -639,15 +626,11 @@ def _save_failure(exc: OSError, path: Path) -> OSError:
     """The same failure with one line a person can act on: the disk is full (and how much is free), or the
     system's words for its errno."""
     import errno
-    import shutil
 
-    code = exc.errno
+    code, free = exc.errno, free_space(path.parent)
     if code in (errno.ENOSPC, errno.EDQUOT):
         reason = "the disk is full" if code == errno.ENOSPC else "the disk quota is used up"
-        try:
-            reason += f": {megabytes(shutil.disk_usage(path.parent).free)} free"
-        except OSError:
-            pass
+        reason += f": {megabytes(free)} free" if free is not None else ""
     elif code:
         reason = os.strerror(code)
     else:
@@ -659,14 +642,9 @@ def store_uploaded_model(data: bytes | BinaryIO, name: str, dest_dir: str | Path
                          max_bytes: int | None = None) -> Path:
     """Keep a model file uploaded through the web page in the uploads folder; return where it is.
 
-    The file is checked as an untrusted upload (size limit, then inspect_model_file with
-    core.models.hub.web_upload_handle_allowed) before it is kept, so a refused file never stays on disk. Its
-    name comes from a hash of its content, never from the uploader: the same file uploaded again, or by
-    another session, is stored once. Nothing is deserialised here; load_model does that later.
+    Checked as an untrusted upload (size, then inspect_model_file with web_upload_handle_allowed) before it
+    is kept, and named by a hash of its content, never by the uploader. Nothing is deserialised here.
     """
-    from core.models.hub import web_upload_handle_allowed
-    from core.settings.paths import uploads_dir
-
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     stream.seek(0, os.SEEK_END)

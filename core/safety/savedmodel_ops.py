@@ -1,15 +1,12 @@
 """Which operations a SavedModel backbone may contain: an allow-list of what an image feature extractor needs.
 
-A SavedModel is a program. TensorFlow has hundreds of operations that read or list files
-(MatchingFilesDataset walks directories), reach the network (DataServiceDatasetV4 speaks gRPC to any host)
-or run Python; new ones arrive with every release, so a list of the forbidden ones is always one short.
-Instead every operation in the graph and in every function of its library must be one that a convolutional
-feature extractor saved by tf.saved_model uses. The list was taken from the Lab's own backbones (the
-MobileNetV2 stand-in, the pretrained demo backbone, the tests' small extractor) and the layers of the TF Hub
-image feature vectors (convolutions, depthwise convolutions, fused batch norm, Relu6, pooling, means).
+A SavedModel is a program, and TensorFlow gains operations that read files, reach the network or run Python
+with every release, so a deny-list is always one short. Every operation in the graph and its functions must
+be one the Lab's own backbones and TF Hub's image feature vectors use.
 """
 from __future__ import annotations
 
+import graphlib
 from pathlib import Path
 
 from core.settings.errors import LabError, ModelFileError
@@ -133,23 +130,10 @@ def _check_graph(graph, name: str, refused: dict[str, None]) -> None:
 
 def _check_acyclic(calls: dict[str, set[str]], name: str) -> None:
     """A function that calls itself, directly or round a circle, never finishes being inlined."""
-    state: dict[str, int] = {}  # 1 on the current path, 2 done
-    for start, callees in calls.items():
-        if state.get(start):
-            continue
-        stack = [(start, iter(sorted(callees)))]
-        state[start] = 1
-        while stack:
-            function, pending = stack[-1]
-            callee = next(pending, None)
-            if callee is None:
-                state[function] = 2
-                stack.pop()
-            elif state.get(callee) == 1:
-                raise _refuse(name, f"has a function that calls itself ('{callee[:MAX_NAME]}')")
-            elif not state.get(callee):
-                state[callee] = 1
-                stack.append((callee, iter(sorted(calls.get(callee, ())))))
+    try:
+        graphlib.TopologicalSorter(calls).prepare()
+    except graphlib.CycleError as exc:
+        raise _refuse(name, f"has a function that calls itself ('{exc.args[1][0][:MAX_NAME]}')") from None
 
 
 def check_savedmodel(folder: str | Path) -> None:
