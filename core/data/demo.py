@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import json
 import os
 import shutil
 import stat
@@ -26,6 +25,8 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from core.settings.files import TEMP_MARK, read_json, remove_path, try_lock, write_json
 
 # Each class: a shape of a characteristic colour on a noisy background, at a random place and size.
 DEMO_CLASSES = {
@@ -138,9 +139,7 @@ def save_feature_extractor(model, path: str | Path, input_shape: tuple) -> None:
     (inputs of input_shape, batched) and its variable lists, nothing else.
 
     The Keras model is reached through `forward`, not held as an attribute: saved along with it, every one of
-    its layers' call functions would come too (67 for the demo backbone), and loading it would take several
-    times as long (MobileNetV2: 4 s here instead of 0.45; the demo backbone: 0.6 s instead of 0.08), a
-    cost the published modules do not have.
+    its layers' call functions would come too, and loading it would take several times as long.
     """
     import tensorflow as tf
 
@@ -205,13 +204,14 @@ def prepare_once(final: Path, ready: Callable[[Path], bool], build: Callable[[Pa
         try:
             if ready(final):  # built by the caller that held the lock before
                 return None
-            # Only the lock's holder makes these: any left are a killed builder's.
-            for left in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
-                _remove(left)
+            # Only the lock's holder makes these: any left are a killed builder's (its folder, its status).
+            for prefix in (f".{final.name}.tmp-", f".{status.name}{TEMP_MARK}"):
+                for left in final.parent.glob(glob.escape(prefix) + "*"):
+                    remove_path(left)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
             try:
                 same_permissions(tmp, final.parent)
-                result = build(tmp, _reporting(status, f".{final.name}.tmp-", progress))
+                result = build(tmp, _reporting(status, progress))
                 _publish(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -228,16 +228,11 @@ def _wait_for(lock, status: Path, progress: Progress | None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return
     shown = None
-    while True:
+    while not try_lock(lock):
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        try:
-            fraction, message = json.loads(status.read_text())
+            fraction, message = read_json(status, list, max_bytes=64 * 1024)
             news = (float(fraction), str(message))
-        except (OSError, ValueError, TypeError):  # not written yet
+        except (ValueError, TypeError):  # not written yet
             news = None
         if news is not None and news != shown:
             shown = news
@@ -245,21 +240,12 @@ def _wait_for(lock, status: Path, progress: Progress | None) -> None:
         time.sleep(WAIT_POLL_SECONDS)
 
 
-def _reporting(status: Path, prefix: str, progress: Progress | None) -> Progress:
-    """progress, also written to the status file for the callers waiting for the lock (through a file
-    named prefix..., which a later builder removes if this one is killed before renaming it)."""
+def _reporting(status: Path, progress: Progress | None) -> Progress:
+    """progress, also written to the status file (atomically) for the callers waiting for the lock."""
     def report(fraction: float, message: str) -> None:
-        written = None
         # Best effort: a status that cannot be written only leaves the waiting callers without news.
-        try:
-            with tempfile.NamedTemporaryFile("w", dir=status.parent, prefix=f"{prefix}status-", delete=False) as fh:
-                written = Path(fh.name)
-                json.dump([float(fraction), str(message)], fh)
-            os.replace(written, status)  # waiting callers never read half a status
-        except (OSError, TypeError, ValueError):
-            if written:
-                with contextlib.suppress(OSError):
-                    written.unlink()
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            write_json(status, [float(fraction), str(message)], indent=None)
         if progress:
             progress(fraction, message)
 
@@ -271,14 +257,6 @@ def same_permissions(folder: Path, like: Path) -> None:
     published in), as a folder made with mkdir would have; bits such as an inherited set-group-id stay."""
     own = stat.S_IMODE(folder.stat().st_mode)
     os.chmod(folder, (own & ~0o777) | (stat.S_IMODE(like.stat().st_mode) & 0o777))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _publish(tmp: Path, final: Path) -> None:

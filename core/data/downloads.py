@@ -14,7 +14,6 @@ folder (DATA_DIR/downloads/manual/kagglecatsanddogs_5340.zip), which TFDS checks
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -27,12 +26,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from core.settings.errors import DataError, OfflineError
-from core.settings.files import is_disk_full, read_json, write_json
+from core.settings.config import ARTICLE_DATASET
+from core.settings.errors import DataError, OfflineError, error_line
+from core.settings.files import is_disk_full, read_json, remove_path, try_lock, write_json
 from core.settings.processes import launch_module
 from core.settings.text import duration, megabytes, percent
 
-ARTICLE_DATASET = "cats_vs_dogs"
 ARTICLE_ARCHIVE = "kagglecatsanddogs_5340.zip"
 MIRROR_ENV = "LAB_CATS_VS_DOGS_URL"
 CHECKSUM_ENV = "LAB_CATS_VS_DOGS_CHECKSUM"
@@ -106,25 +105,9 @@ class DownloadStatus:
         return f"Starting the download of TFDS '{self.dataset}' ..."
 
 
-def _text(value) -> bool:
-    return isinstance(value, str)
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
-    return lambda value: value is None or check(value)
-
-
-# What each field of a status file must be, so that a damaged file reads as no status, not a broken line.
-_STATUS_TYPES = {"dataset": _text, "phase": _text, "done": _count, "total": _optional(_count),
-                 "rate": _optional(_number), "url": _text, "pid": _count, "error": _text, "updated": _number}
+# What each field of a status file must be (never a bool), so that a damaged file reads as no status.
+_STATUS_TYPES = {"dataset": str, "phase": str, "done": int, "total": (int, type(None)),
+                 "rate": (int, float, type(None)), "url": str, "pid": int, "error": str, "updated": (int, float)}
 
 
 def _lock_path(data_dir: Path, name: str) -> Path:
@@ -150,7 +133,8 @@ def read_status(data_dir: Path, name: str) -> DownloadStatus | None:
     if raw is None:
         return None
     values = {k: raw[k] for k in DownloadStatus.__dataclass_fields__ if k in raw}
-    if "dataset" not in values or not all(_STATUS_TYPES[k](v) for k, v in values.items()):
+    if "dataset" not in values or any(isinstance(v, bool) or not isinstance(v, _STATUS_TYPES[k])
+                                      for k, v in values.items()):
         return None
     return DownloadStatus(**values)
 
@@ -165,12 +149,7 @@ def is_running(data_dir: Path, name: str) -> bool:
     if not path.is_file():
         return False
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+        return not try_lock(handle)  # closing the file drops a lock taken here
 
 
 # --- what a builder will download ---------------------------------------------------------------------------
@@ -200,17 +179,23 @@ def planned_archives(builder) -> list[Archive]:
     return archives
 
 
+def _article_module():
+    """TFDS's cats_vs_dogs module, imported after TFDS itself so that its imports leave other threads alone."""
+    from core.data.tfds_import import tfds
+
+    tfds()
+    import tensorflow_datasets.image_classification.cats_vs_dogs as module
+
+    return module
+
+
 def _use_archives(builder, archives: list[Archive]) -> None:
     """Point the builder at a mirror (in this worker process only) and register what the file must be."""
     from tensorflow_datasets.core.download.checksums import UrlInfo
     from tensorflow_datasets.core.utils import Size
 
     if builder.name == ARTICLE_DATASET and archives:
-        from core.data.tfds_import import tfds
-        tfds()  # first, so that TFDS's own imports leave other threads alone
-        import tensorflow_datasets.image_classification.cats_vs_dogs as module
-
-        module._URL = archives[0].url
+        _article_module()._URL = archives[0].url
     infos = type(builder).url_infos
     if infos is None:
         return
@@ -223,11 +208,7 @@ def dropped_while_preparing(name: str) -> dict[str, int]:
     """Files TFDS leaves out of `name` while preparing it, by reason, where the builder says how many."""
     if name != ARTICLE_DATASET:
         return {}
-    from core.data.tfds_import import tfds
-    tfds()  # first, so that TFDS's own imports leave other threads alone
-    import tensorflow_datasets.image_classification.cats_vs_dogs as module
-
-    return {"without a JFIF header (dropped by TFDS)": module._NUM_CORRUPT_IMAGES}
+    return {"without a JFIF header (dropped by TFDS)": _article_module()._NUM_CORRUPT_IMAGES}
 
 
 def configured_hosts() -> tuple:
@@ -244,19 +225,12 @@ def manual_copies(data_dir: Path, archives: list[Archive]) -> list[Path]:
 
 # --- the worker -----------------------------------------------------------------------------------------------
 
-def _leftovers(data_dir: Path, name: str) -> list[Path]:
-    """Half-written downloads and preparations of earlier workers that were cancelled or killed."""
+def _remove_leftovers(data_dir: Path, name: str) -> None:
+    """Remove the half-written downloads and preparations of earlier workers that were cancelled or killed."""
     found = list((Path(data_dir) / "downloads").glob("**/*.tmp.*"))
     found += [p for p in (Path(data_dir) / name).glob("**/*") if p.is_dir() and "incomplete" in p.name]
-    return found
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    for path in found:
+        remove_path(path)
 
 
 def _downloaded_bytes(data_dir: Path) -> int:
@@ -276,11 +250,7 @@ def _expected_examples(data_dir: Path, name: str, archives: list[Archive]) -> in
         return None
     import zipfile
 
-    from core.data.tfds_import import tfds
-
-    tfds()  # first, so that TFDS's own imports leave other threads alone
-
-    import tensorflow_datasets.image_classification.cats_vs_dogs as module
+    module = _article_module()
     from tensorflow_datasets.core.download.resource import get_dl_fname
 
     archive = archives[0]
@@ -350,8 +320,7 @@ def _failure_message(exc: BaseException, name: str, url: str, data_dir: Path, do
                 f"(the partial file is removed), or {fallback}.")
     if any(word in text for word in ("ConnectionError", "ConnectTimeout", "NewConnectionError", "URLError")):
         return f"Could not connect to {url}. Next: check the network and load again, or {fallback}."
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"Preparing TFDS '{name}' from {url} failed ({type(exc).__name__}: {first[:200]}). Next: {fallback}."
+    return f"Preparing TFDS '{name}' from {url} failed ({error_line(exc)}). Next: {fallback}."
 
 
 def _work(name: str, data_dir: Path) -> int:
@@ -359,14 +328,10 @@ def _work(name: str, data_dir: Path) -> int:
     # Open for the worker's whole life: closing it would drop the lock.
     lock = open(_lock_path(data_dir, name), "a+")  # noqa: SIM115
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                return EXIT_BUSY
-            time.sleep(0.1)
+    while not try_lock(lock):
+        if time.monotonic() > deadline:
+            return EXIT_BUSY
+        time.sleep(0.1)
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -377,11 +342,11 @@ def _work(name: str, data_dir: Path) -> int:
     def cancelled(signum, frame) -> None:
         # The download runs in TFDS's threads, which an exception here would not stop: tidy up and leave now.
         reporter.update(phase=CANCELLED, error=f"The download of TFDS '{name}' was cancelled; load again to restart.")
-        _remove(_leftovers(data_dir, name))
+        _remove_leftovers(data_dir, name)
         os._exit(1)
 
     signal.signal(signal.SIGTERM, cancelled)
-    _remove(_leftovers(data_dir, name))  # safe: holding the lock, nobody else writes here
+    _remove_leftovers(data_dir, name)  # safe: holding the lock, nobody else writes here
 
     from core.data.tfds_import import tfds as _tfds
 
@@ -394,8 +359,7 @@ def _work(name: str, data_dir: Path) -> int:
     archives = planned_archives(builder)
     _use_archives(builder, archives)
     url = archives[0].url if archives else f"TFDS '{name}'"
-    total = archives[0].size if len(archives) == 1 else (
-        sum(a.size for a in archives) if archives and all(a.size for a in archives) else None)
+    total = sum(a.size for a in archives) if archives and all(a.size for a in archives) else None
     reporter.update(phase=DOWNLOADING, url=url, total=total)
     stop = threading.Event()
     counted = {"examples": 0, "preparing": False}
@@ -436,7 +400,7 @@ def _work(name: str, data_dir: Path) -> int:
         watcher.join()
         done = max(reporter.status.done if reporter.status.phase == DOWNLOADING else 0, _downloaded_bytes(data_dir))
         message = _failure_message(exc, name, url, data_dir, done, total, reporter.status.phase)
-        _remove(_leftovers(data_dir, name))
+        _remove_leftovers(data_dir, name)
         reporter.update(phase=FAILED, error=message)
         print(message, file=sys.stderr)
         return 1
@@ -450,13 +414,6 @@ def _work(name: str, data_dir: Path) -> int:
 
 _workers: dict[tuple[str, str], subprocess.Popen] = {}  # this process's workers, shared by its sessions
 _workers_lock = threading.Lock()
-
-
-def _start_worker(name: str, data_dir: Path) -> subprocess.Popen:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # A session of its own: a page's rerun or a closed tab does not stop the download; `cancel` does.
-    return launch_module("core.data.downloads", [name, data_dir], _log_path(data_dir, name), append_log=False,
-                         env_defaults={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 def open_builder(name: str, data_dir: Path):
@@ -542,7 +499,10 @@ def follow_download(name: str, data_dir: Path, is_prepared: Callable[[], bool], 
             finished.wait()  # the last worker has written its end and is only exiting
         with _workers_lock:
             if key not in _workers:  # another session of this process may have started one meanwhile
-                _workers[key] = _start_worker(name, data_dir)
+                data_dir.mkdir(parents=True, exist_ok=True)
+                # A session of its own: a page's rerun or a closed tab does not stop the download; `cancel` does.
+                _workers[key] = launch_module("core.data.downloads", [name, data_dir], _log_path(data_dir, name),
+                                              append_log=False, env_defaults={"TF_CPP_MIN_LOG_LEVEL": "2"})
         followed = True
 
 

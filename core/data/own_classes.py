@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data.images import decode_image
+from core.data.sources import validation_images
 from core.settings.errors import DataError
 from core.settings.files import locked, write_atomically
 from core.settings.source import Source
@@ -52,7 +53,6 @@ IDLE_SECONDS = 24 * 3600  # a session folder unused this long is removed (prune_
 PRUNE_EVERY_SECONDS = 600  # prune_if_due looks at the folders at most this often per process
 KEPT_SETS = 5  # frozen copies kept per session; older ones go once they are an hour old
 SET_GRACE_SECONDS = 3600  # a training queued on a frozen copy has long finished by then
-VAL_FRACTION = 0.2  # FolderSource's split when a folder has no train/ and val/ (DataConfig.val_fraction)
 # Training on own classes: the transfer head on cached features. A head on a few dozen images takes only a
 # couple of steps an epoch, so it needs a larger rate than the article's to leave chance within seconds;
 # 10 epochs leave a margin (benchmarks/README.md has the figures).
@@ -102,11 +102,6 @@ def belongs_to_other_session(source: str, token: str, root: Path | None = None) 
     """Whether source is another session's own classes: their pictures are theirs to see, not this one's."""
     owner = owner_folder(source, root)
     return owner is not None and owner != session_folder_name(token)
-
-
-def validation_images(count: int, val_fraction: float = VAL_FRACTION) -> int:
-    """Images of a class of `count` that FolderSource holds out for validation (20% rounded, at least 1)."""
-    return max(1, round(count * val_fraction)) if count > 1 else 0
 
 
 def clean_class_name(name: str, existing: list[str] = (), replacing: str | None = None) -> str:

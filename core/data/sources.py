@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ import numpy as np
 from core.data.images import decode_image, file_image_size, is_image_name
 from core.settings.config import MAX_CLASSES, DataConfig
 from core.settings.errors import DataError, ImageError
+from core.settings.files import read_json, write_json
 from core.settings.source import Source
 
 logger = logging.getLogger(__name__)
@@ -51,10 +50,7 @@ class DatasetInfo:
         return sum(self.counts[split].values())
 
     def to_dict(self) -> dict:
-        return {
-            "source": self.source, "class_names": self.class_names, "counts": self.counts,
-            "skipped": self.skipped, "skipped_files": self.skipped_files, "notes": self.notes,
-        }
+        return asdict(self)
 
 
 def _quotas(available: dict[int, int], total: int) -> dict[int, int]:
@@ -80,6 +76,11 @@ def check_class_count(count: int) -> None:
 def validation_limit(limit: int, val_fraction: float) -> int:
     """Validation images to keep with `limit` training images, in the same 80/20 proportion."""
     return max(1, round(limit * val_fraction / (1 - val_fraction)))
+
+
+def validation_images(count: int, val_fraction: float = DataConfig.val_fraction) -> int:
+    """Images of a class of `count` that a folder without train/ and val/ holds out (20% rounded, at least 1)."""
+    return max(1, round(count * val_fraction)) if count > 1 else 0
 
 
 class FolderSource:
@@ -128,7 +129,7 @@ class FolderSource:
             for name in names:
                 entries = sorted(scanned[name])
                 rng.shuffle(entries)
-                n_val = max(1, round(len(entries) * config.val_fraction)) if len(entries) > 1 else 0
+                n_val = validation_images(len(entries), config.val_fraction)
                 self.files[VALIDATION] += [(p, index[name]) for p, _ in entries[:n_val]]
                 self.files[TRAIN] += [(p, index[name]) for p, _ in entries[n_val:]]
                 self.sizes += [s for _, s in entries]
@@ -136,14 +137,13 @@ class FolderSource:
             self.files[TRAIN] = self._limited(self.files[TRAIN], config.limit, rng)
             self.files[VALIDATION] = self._limited(
                 self.files[VALIDATION], validation_limit(config.limit, config.val_fraction), rng)
+        counts = {}
         for split in SPLITS:
             rng.shuffle(self.files[split])
             if not self.files[split]:
                 raise DataError(f"'{self.root}' has no readable images for the {split} split.")
-        counts = {s: {n: 0 for n in names} for s in SPLITS}
-        for split in SPLITS:
-            for _, label in self.files[split]:
-                counts[split][names[label]] += 1
+            tally = Counter(label for _, label in self.files[split])
+            counts[split] = {n: tally[i] for i, n in enumerate(names)}
         self.info = DatasetInfo(str(Source.folder(self.root)), names, counts, dict(skipped), skipped_files[:20], notes)
 
     def _split_dirs(self) -> dict[str, Path] | None:
@@ -284,20 +284,17 @@ class TfdsSource:
             self.builder = open_builder(name, self.data_dir)
             features = self.builder.info.features
         self.class_names = list(features["label"].names)
-        available = set(self.builder.info.splits.keys()) if self.builder.info.splits else set()
-        if "validation" in available:
+        if "validation" in (self.builder.info.splits or {}):
             self.split_specs = {TRAIN: "train", VALIDATION: "validation"}
         else:
             pct = round(100 * (1 - config.val_fraction))
             self.split_specs = {TRAIN: f"train[:{pct}%]", VALIDATION: f"train[{pct}%:]"}
-        self.limits = {TRAIN: None, VALIDATION: None}
-        if config.limit:
-            self.limits = {TRAIN: config.limit, VALIDATION: validation_limit(config.limit, config.val_fraction)}
-        counts = self._counts()
-        notes = []
-        if config.limit:
-            notes.append("With a limit, TFDS images are taken class by class in equal numbers (balanced).")
-        self.info = DatasetInfo(str(Source.tfds(name)), self.class_names, counts, dropped_while_preparing(name), [], notes)
+        limit = config.limit
+        self.limits = ({TRAIN: limit, VALIDATION: validation_limit(limit, config.val_fraction)} if limit
+                       else {TRAIN: None, VALIDATION: None})
+        notes = ["With a limit, TFDS images are taken class by class in equal numbers (balanced)."] if limit else []
+        self.info = DatasetInfo(str(Source.tfds(name)), self.class_names, self._counts(),
+                                dropped_while_preparing(name), [], notes)
 
     runtime_skipped = 0  # TFDS drops corrupt images itself while preparing a dataset
 
@@ -327,12 +324,9 @@ class TfdsSource:
     def _counts(self) -> dict[str, dict[str, int]]:
         cache = self.data_dir / f"{self.name}.lab-counts.json"
         key = json.dumps([str(self.builder.info.version), self.split_specs, self.limits])
-        try:
-            stored = json.loads(cache.read_text())
-            if stored.get("key") == key:
-                return stored["counts"]
-        except (OSError, ValueError, AttributeError):  # not counted yet, or a file cut short: count again
-            pass
+        stored = read_json(cache, dict)
+        if stored is not None and stored.get("key") == key and "counts" in stored:
+            return stored["counts"]
         counts = {}
         for split in SPLITS:
             labels = self._limited(self._raw(split, decode=False), split).map(lambda _, y: y)
@@ -342,12 +336,9 @@ class TfdsSource:
             counts[split] = {n: int(tally.get(i, 0)) for i, n in enumerate(self.class_names)}
         if self.builder.is_prepared():
             # Counting reads the whole dataset once; a cache folder that cannot be written only costs speed.
-            # Written beside it and renamed: another session opening the same dataset never reads half of it.
             try:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.NamedTemporaryFile("w", dir=cache.parent, prefix=f".{cache.name}-", delete=False) as fh:
-                    json.dump({"key": key, "counts": counts}, fh)
-                os.replace(fh.name, cache)
+                write_json(cache, {"key": key, "counts": counts}, indent=None)
             except OSError:
                 logger.warning("Could not cache TFDS counts in %s", cache)
         return counts
@@ -464,16 +455,3 @@ def make_augmenter(seed: int):
 def steps_per_epoch(source, split: str, batch_size: int) -> int:
     return max(1, math.ceil(source.info.split_size(split) / batch_size))
 
-
-__all__ = [
-    "TRAIN",
-    "VALIDATION",
-    "DatasetInfo",
-    "FolderSource",
-    "TfdsSource",
-    "make_pipeline",
-    "open_source",
-    "preprocess",
-    "steps_per_epoch",
-    "without_autotune",
-]

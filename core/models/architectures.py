@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from core.settings.config import ModelKind, is_mobilenet_v2_handle
-from core.settings.errors import LabError, ModelFileError
+from core.settings.errors import LabError, ModelFileError, error_line
 from core.settings.specs import spec
 
 
@@ -94,7 +94,7 @@ def build_transfer(num_classes: int, image_size: int, handle: str, trainable: bo
     except Exception as exc:
         raise ModelFileError(
             f"The hub module '{handle}' could not be used with {image_size}x{image_size} RGB input "
-            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}). The article's MobileNetV2 module "
+            f"({error_line(exc)}). The article's MobileNetV2 module "
             "takes 224x224 images and returns a feature vector."
         ) from None
     if len(model.output_shape) != 2:

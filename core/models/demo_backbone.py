@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.models.hub import is_local
 from core.settings.config import plain_label
+from core.settings.files import read_json
+from core.settings.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +74,6 @@ def _network(num_classes: int):
     return tf_keras.Model(inputs, features, name="demo_backbone"), tf_keras.Model(inputs, logits)
 
 
-def _epoch_reporter(progress: Progress, epochs: int):
-    import tf_keras
-
-    class Reporter(tf_keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            acc = (logs or {}).get("val_accuracy", float("nan"))
-            progress(0.1 + 0.85 * (epoch + 1) / epochs,
-                     f"Pretraining the demo backbone: epoch {epoch + 1}/{epochs}, source-task accuracy {acc:.0%}")
-
-    return Reporter()
-
-
 def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEED) -> PretrainReport:
     """Train the backbone on the source shapes and save it to path (a new or empty folder)."""
     import numpy as np
@@ -102,9 +93,11 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
     classifier.compile(optimizer=tf_keras.optimizers.Adam(SOURCE_LEARNING_RATE),
                        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     progress(0.1, "Pretraining the demo backbone ...")
+    epoch_ended = tf_keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress(
+        0.1 + 0.85 * (epoch + 1) / SOURCE_EPOCHS, f"Pretraining the demo backbone: epoch {epoch + 1}/{SOURCE_EPOCHS}, "
+        f"source-task accuracy {(logs or {}).get('val_accuracy', float('nan')):.0%}"))
     history = classifier.fit(x[held_out:], labels[held_out:], batch_size=SOURCE_BATCH, epochs=SOURCE_EPOCHS,
-                             validation_data=(x[:held_out], labels[:held_out]), verbose=0,
-                             callbacks=[_epoch_reporter(progress, SOURCE_EPOCHS)])
+                             validation_data=(x[:held_out], labels[:held_out]), verbose=0, callbacks=[epoch_ended])
     progress(0.96, "Saving the demo backbone ...")
 
     seconds = time.perf_counter() - start
@@ -126,13 +119,9 @@ def backbone_dir(root: Path | None = None) -> Path:
 
 
 def ensure_backbone(root: Path | None = None, progress: Progress | None = None) -> tuple[Path, PretrainReport | None]:
-    """The pretrained backbone's folder, pretraining it first if this version is not cached yet.
-
-    Returns (folder, report of the pretraining, or None when the cached one was reused, or pretrained
-    meanwhile by another session or process, whose progress this one followed). Pretrained once however
-    many ask at the same moment, in a temporary folder renamed into place (core.data.demo.prepare_once),
-    so a killed pretraining never leaves a folder that looks complete.
-    """
+    """(The pretrained backbone's folder, the report of its pretraining), pretrained first if this version is not
+    cached yet, once however many ask at the same moment (core.data.demo.prepare_once). The report is None
+    when the cached one was reused, or pretrained meanwhile by another session or process."""
     from core.data.demo import prepare_once
 
     final = backbone_dir(root)
@@ -148,12 +137,9 @@ def ensure_backbone(root: Path | None = None, progress: Progress | None = None) 
 
 def backbone_name(handle: str) -> str | None:
     """The name a local backbone folder gives itself in its INFO_FILE; None for any other handle."""
-    info = Path(handle) / INFO_FILE if handle and not handle.startswith(("http://", "https://", "gs://")) else None
-    try:
-        name = json.loads(info.read_text()).get("name") if info and info.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    return plain_label(name)
+    info = Path(handle) / INFO_FILE if handle and is_local(handle) else None
+    data = read_json(info, dict) if info and info.is_file() else None
+    return plain_label(data.get("name")) if data else None
 
 
 @dataclass(frozen=True)
@@ -188,4 +174,4 @@ def prepare_demo(data_root: Path | None = None, per_class: int | None = None,
     # Drawn once however many sessions ask at the same moment; another size's folder is replaced.
     prepare_once(folder, ready, draw, progress)
     backbone, report = ensure_backbone(progress=progress)
-    return DemoAssets(f"folder:{folder}", backbone, report)
+    return DemoAssets(str(Source.folder(folder)), backbone, report)

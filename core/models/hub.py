@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 
-from core.settings.errors import ModelFileError, OfflineError
+from core.settings.errors import ModelFileError, OfflineError, error_line
 
 KAGGLE_PREFIX = "https://www.kaggle.com/models/"
 # owner/model/framework/variation[/version], as Kaggle Models writes it
@@ -18,12 +17,12 @@ def normalise_handle(handle: str) -> str:
     handle = (handle or "").strip()
     if not handle:
         raise ModelFileError("The hub handle is empty: give a TF Hub URL, a Kaggle handle or a SavedModel folder.")
-    if handle.startswith(("http://", "https://", "gs://")):
+    if not is_local(handle):
         return handle
     path = Path(handle).expanduser()
     if path.exists():
         return str(path.resolve())
-    if _KAGGLE_HANDLE.match(handle) and not handle.startswith((".", "/", "~")):
+    if _is_kaggle(handle):
         return KAGGLE_PREFIX + handle
     raise ModelFileError(
         f"Hub handle '{handle}' is neither a URL nor an existing folder. Give a TF Hub URL "
@@ -53,6 +52,16 @@ def resolve_relative(handle: str, base: str | Path) -> str:
 
 def is_local(handle: str) -> bool:
     return not handle.startswith(("http://", "https://", "gs://"))
+
+
+def _is_kaggle(handle: str) -> bool:
+    return bool(_KAGGLE_HANDLE.match(handle)) and not handle.startswith((".", "/", "~"))
+
+
+def _lab_folders() -> tuple[Path, Path]:
+    from core.settings.paths import cache_dir, runs_dir
+
+    return cache_dir(), runs_dir()
 
 
 def cached_module_dir(handle: str) -> Path:
@@ -112,8 +121,7 @@ def fetch(handle: str) -> str:
     except urllib.error.HTTPError as exc:
         raise ModelFileError(f"{handle} answered HTTP {exc.code}. {next_step}") from None
     except (urllib.error.URLError, OSError, EOFError, tarfile.TarError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ModelFileError(f"Downloading the hub module {handle} failed ({exc.__class__.__name__}: {first}). "
+        raise ModelFileError(f"Downloading the hub module {handle} failed ({error_line(exc)}). "
                              f"{next_step}") from None
     return handle
 
@@ -127,32 +135,15 @@ def web_upload_handle_allowed(handle: str) -> bool:
     A hosted dashboard must not let a stranger's file make the server load an arbitrary SavedModel from its
     disk (or fetch one from an arbitrary host): only TF Hub / Kaggle URLs and folders the Lab itself owns.
     """
-    from core.settings.paths import cache_dir, runs_dir
+    from core.settings.paths import resolves_inside
 
     if handle.startswith(TRUSTED_HUB_PREFIXES):
         return ".." not in handle
-    if not is_local(handle):
-        return False
-    try:
-        path = Path(handle).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return False
-    return any(path.is_relative_to(root.expanduser().resolve()) for root in (cache_dir(), runs_dir()))
+    return is_local(handle) and resolves_inside(handle, _lab_folders())
 
 
 WEB_HANDLE_REFUSED = ("This server only uses TF Hub / Kaggle URLs or folders inside its cache or runs folder as "
                       "the hub handle.")
-
-
-def _written_inside_lab_folders(handle: str) -> bool:
-    """Whether a local handle, read as text only (no folder is looked up or resolved), names a place inside the
-    cache or runs folder."""
-    from core.settings.paths import cache_dir, runs_dir
-
-    path = Path(os.path.abspath(os.path.expanduser(handle)))
-    roots = {form for root in (cache_dir(), runs_dir())
-             for form in (Path(os.path.abspath(root.expanduser())), root.expanduser().resolve())}
-    return any(path.is_relative_to(root) for root in roots)
 
 
 def check_web_handle(handle: str) -> str:
@@ -167,12 +158,14 @@ def check_web_handle(handle: str) -> str:
     cannot be used to learn which folders the server has. For the same reason a Kaggle-shaped handle is
     always Kaggle's here, never a folder that happens to exist beside the server.
     """
+    from core.settings.paths import written_inside
+
     text = (handle or "").strip()
-    if not text or text.startswith(("http://", "https://", "gs://")):
+    if not text or not is_local(text):
         normalised = normalise_handle(text)  # the empty handle's message, or the URL itself
-    elif _KAGGLE_HANDLE.match(text) and not text.startswith((".", "/", "~")):
+    elif _is_kaggle(text):
         normalised = KAGGLE_PREFIX + text
-    elif not _written_inside_lab_folders(text):
+    elif not written_inside(text, _lab_folders()):
         raise ModelFileError(WEB_HANDLE_REFUSED)
     else:
         normalised = normalise_handle(text)  # inside the Lab's own folders, whether it exists may be said

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 
-from core.settings.text import duration, percent
+from core.settings.text import duration, is_number, percent
 
 
 def run_time(record) -> str:
     finished = record.metrics.get("finished_at")
-    if isinstance(finished, (int, float)) and not isinstance(finished, bool) and 0 < finished < 4e9:
+    if is_number(finished) and 0 < finished < 4e9:
         return time.strftime("%d %b %H:%M", time.localtime(finished))
     return record.run_id
 

@@ -7,7 +7,7 @@ from core.runs.folders import file_size_mb
 from core.runs.reload_check import RELOAD_CHECK_KEY
 from core.settings.config import MOBILENET_V2_HANDLE, ModelKind, model_label
 from core.settings.reference import article_history, article_params, article_trainable_params
-from core.settings.text import duration, megabytes, percent
+from core.settings.text import duration, is_number, megabytes, percent
 
 MAX_LAYER_ROWS = 500  # a layers.json longer than this was not written by the Lab; its first rows are shown
 
@@ -86,10 +86,6 @@ def format_report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def describe_reload_check(metrics: dict) -> str:
     """The run's reload check in the article's terms, one sentence; says so when the run has none."""
     check = metrics.get(RELOAD_CHECK_KEY)
@@ -98,7 +94,7 @@ def describe_reload_check(metrics: dict) -> str:
     if isinstance(check.get("error"), str):
         return f"The reload check could not run: {check['error']}"
     diff, images, seconds = check.get("max_abs_diff"), check.get("images"), check.get("reload_seconds")
-    if not (_number(diff) and _number(images) and _number(seconds)):
+    if not (is_number(diff) and is_number(images) and is_number(seconds)):
         return "The recorded reload check is damaged (its figures are not numbers)."
     verdict = ("exactly 0.0: the saved file reproduces the trained model, as in the article" if diff == 0
                else f"{diff:.2e}" + (": float rounding, the same predictions" if diff < 1e-5

@@ -6,11 +6,13 @@ import enum
 import re
 from dataclasses import dataclass
 
+from core.settings.source import Source
 from core.settings.specs import MOBILENET_V2_LABEL, SPECS, ModelKind, spec
 
 # The article's feature-vector module: MobileNetV2 trained on ImageNet, 1280 features, 224x224 input.
 MOBILENET_V2_HANDLE = "https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4"
-DEFAULT_SOURCE = "tfds:cats_vs_dogs"
+ARTICLE_DATASET = "cats_vs_dogs"
+DEFAULT_SOURCE = str(Source.tfds(ARTICLE_DATASET))
 # The most classes a dataset may have: a run's config.json lists every class name and the pages draw one
 # bar, row and column per class, so the run schema refuses more, and the data sources refuse a dataset
 # with more before anything is trained on it (ImageNet's 1,000 still fit).

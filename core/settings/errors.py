@@ -1,6 +1,12 @@
 """The project's own error type: a failure the user can fix, with a message that says how."""
 
 
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """'TypeName: the first line of its message', cut to limit: the cause inside a one-line message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
+
+
 class LabError(Exception):
     """An error caused by input or environment; its message is shown to the user as-is."""
 

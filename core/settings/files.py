@@ -167,6 +167,15 @@ def locked(lock_path: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
+def try_lock(handle) -> bool:
+    """Take an exclusive lock on the open file handle without waiting; False while someone else holds it."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def lock_path_of(path: str | Path) -> Path:
     """The lock file that guards updates of path: `.NAME.lock` beside it."""
     path = Path(path)
@@ -186,6 +195,15 @@ def update_json(path: str | Path, change: Callable, kind: type = dict, *, max_by
         updated = change(kind() if current is None else current)
         write_json(path, updated, indent=indent)
     return updated
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder tree if it is there; what cannot be removed is left."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def is_disk_full(exc: BaseException) -> bool:

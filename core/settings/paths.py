@@ -6,6 +6,7 @@ online re-resolves its hub handle offline later. Both folders are configurable t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -41,3 +42,26 @@ def configure_caches() -> None:
     hub.mkdir(parents=True, exist_ok=True)
     os.environ["TFHUB_CACHE_DIR"] = str(hub)
     tfds_dir().mkdir(parents=True, exist_ok=True)
+
+
+def written_inside(path: str, roots: Iterable[Path]) -> bool:
+    """Whether path, read as text only (nothing it names is looked up), lies inside one of roots.
+
+    For a stranger's input: refused before the disk is asked, the answer never says whether it exists.
+    """
+    try:
+        written = Path(os.path.abspath(os.path.expanduser(path)))
+        forms = {form for root in roots for form in (Path(os.path.abspath(root.expanduser())),
+                                                     root.expanduser().resolve())}
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(written.is_relative_to(form) for form in forms)
+
+
+def resolves_inside(path: str, roots: Iterable[Path]) -> bool:
+    """Whether path, its links followed, lies inside one of roots (a link inside them may lead out)."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(resolved.is_relative_to(root.expanduser().resolve()) for root in roots)

@@ -3,14 +3,9 @@
 `LAB_PRESET=cloud` (chosen automatically on Streamlit Community Cloud, whose apps run from /mount/src)
 keeps a training run's memory under that host's 2.7 GB and stops strangers from pointing the server at
 its own files. All of a Streamlit server's sessions share one process, so the cloud preset also trains one
-run at a time (core.training.jobs enforces max_concurrent_jobs).
-
-The cloud preset's caps come from peak memory measured with `python -m benchmarks.preset_memory`
-(figures in benchmarks/README.md). A run's peak grows with the resized images the input pipeline keeps
-within core.data.sources's 512 MB budget and with one batch's activations, so batches of at most 16 at 224
-pixels keep the worst case ("Run both") under the host's memory with room for the sessions and Predict's
-cached models. Data efficiency holds every training image it uses as a float32 array beside the validation
-split's cache, so it has caps of its own: at most 128x128 and 1,000 training images.
+run at a time (core.training.jobs enforces max_concurrent_jobs). Its caps keep the worst case ("Run both")
+under the host's memory beside the sessions and Predict's cached models, as measured with
+`python -m benchmarks.preset_memory` (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -64,9 +59,6 @@ CLOUD_MAX_EPOCHS = 20
 # By the page's own estimate: a visitor behind one job waits at most this long for it, and the Quick demo
 # (a 3-minute budget by default) and the article's transfer run fit well inside it.
 CLOUD_MAX_JOB_MINUTES = 10
-# Data efficiency holds its training images in memory as float32 arrays (core.training.efficiency), in a worker
-# process like a training: these caps keep that worker within the host's memory beside the server
-# (benchmarks/README.md has the figures).
 CLOUD_EFFICIENCY_IMAGE_SIZE = 128
 CLOUD_EFFICIENCY_IMAGES = 1000
 
@@ -124,31 +116,17 @@ def capped_batch_size(batch_size: int, preset: Preset | None = None) -> int:
     return batch_size if cap is None else min(batch_size, cap)
 
 
-def _inside_lab_folders(folder: str) -> bool:
-    """Dataset folders the web page may name under a preset without local paths: uploads and the demo.
-
-    Judged first from the text alone (a folder outside the cache is refused before anything on the disk is
-    looked at, so the answer never says whether it exists), then resolved (a link inside leading out).
-    """
-    from core.settings.paths import cache_dir
-
-    cache = cache_dir().expanduser()
-    try:
-        written = Path(os.path.abspath(os.path.expanduser(folder)))
-        if not any(written.is_relative_to(root) for root in (Path(os.path.abspath(cache)), cache.resolve())):
-            return False
-        path = Path(folder).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
-    return path.is_relative_to(cache.resolve())
-
-
 def check_source(source: str, preset: Preset | None = None) -> None:
     """Raise LabError if the preset may not open this data source: a visitor's own choice, or one that a
-    run imported from elsewhere names (evaluating it reopens its source)."""
+    run imported from elsewhere names (evaluating it reopens its source). Without local paths only the
+    cache folder's (uploads, the demo) may be named."""
+    from core.settings.paths import cache_dir, resolves_inside, written_inside
+
     preset = preset or active_preset()
     parsed = Source.parse(source)
-    if not preset.allow_local_paths and parsed.is_folder and not _inside_lab_folders(parsed.value):
+    lab = [cache_dir()]
+    if not preset.allow_local_paths and parsed.is_folder and not (
+            written_inside(parsed.value, lab) and resolves_inside(parsed.value, lab)):
         raise LabError(f"The {preset.name} preset does not read folders on the server; upload a zip of class "
                        "folders on the Dataset page, or use the generated demo or a TFDS dataset.")
 
@@ -174,10 +152,9 @@ def apply_preset(data: DataConfig, train: TrainConfig | None = None, preset: Pre
     check_source(data.source, preset)
     if train is not None:
         check_epochs(train.resolved_epochs, preset)
-    if train is not None and train.fine_tune_epochs and not preset.allow_fine_tuning:
-        raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
-                       "memory than this host has. Set fine-tuning epochs to 0.")
-    if train is not None:
+        if train.fine_tune_epochs and not preset.allow_fine_tuning:
+            raise LabError(f"The {preset.name} preset does not fine-tune: training the whole backbone needs more "
+                           "memory than this host has. Set fine-tuning epochs to 0.")
         check_epochs(train.fine_tune_epochs, preset, "fine-tuning epochs")
     return data
 

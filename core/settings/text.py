@@ -12,13 +12,14 @@ FROZEN_PHASE = "frozen"
 FINE_TUNE_PHASE = "fine-tune"
 
 
-def _missing(value) -> bool:
-    return not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+def is_number(value) -> bool:
+    """A finite int or float, not a bool: what a figure read from a file must be to be shown or compared."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def megabytes(n_bytes: float) -> str:
     """'105 MB', '2.5 MB', '0.012 MB': whole numbers for big files, a tiny head on a small backbone still non-zero."""
-    if _missing(n_bytes):
+    if not is_number(n_bytes):
         return "-"
     mb = n_bytes / 1e6
     if mb >= 10:
@@ -28,12 +29,12 @@ def megabytes(n_bytes: float) -> str:
 
 def percent(value, digits: int = 1) -> str:
     """A fraction in [0, 1] as '87.5%'; '-' when there is no number."""
-    return "-" if _missing(value) else f"{value:.{digits}%}"
+    return "-" if not is_number(value) else f"{value:.{digits}%}"
 
 
 def duration(seconds: float) -> str:
     """'45 s', '3 min 20 s', '2 h 31 min': how long, at a glance."""
-    if _missing(seconds):
+    if not is_number(seconds):
         return "-"
     if 0 < seconds < 0.5:
         return "under 1 s"
