@@ -24,14 +24,21 @@ from core.settings.errors import LabError, StopRequested
 from core.settings.source import Source
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
+def _checked(convert, what: str, ok, bounds: str):
+    """An argparse type: convert the text, then refuse a value that is not ok, saying the bounds."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {bounds} (got {value})")
+        return value
+    return parse
+
+
+_positive_int = _checked(int, "a whole number", lambda v: v >= 1, "at least 1")
+_learning_rate = _checked(float, "a number", lambda v: 0 < v < 1, "between 0 and 1")
 
 
 def _version() -> str:
@@ -47,16 +54,6 @@ def _version() -> str:
 
     return (f"Transfer Learning Lab {__version__} (tensorflow {installed('tensorflow')}, tf-keras "
             f"{installed('tf-keras')}, tensorflow-hub {installed('tensorflow-hub')}, Python {sys.version.split()[0]})")
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {value})")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,7 +365,6 @@ def cmd_demo(args) -> int:
 
 def cmd_efficiency(args) -> int:
     from core.present.tables import format_table
-    from core.settings.config import DataConfig, ModelKind
     from core.training.efficiency import data_efficiency
 
     data = DataConfig(source=args.data, image_size=args.image_size, seed=args.seed)
@@ -427,9 +423,9 @@ def cmd_import_run(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict, "compare": cmd_compare, "runs": cmd_runs, "demo": cmd_demo,
-            "efficiency": cmd_efficiency,
-            "evaluate": cmd_evaluate, "export": cmd_export, "import-run": cmd_import_run}
+COMMANDS = {"train": cmd_train, "download": cmd_download, "predict": cmd_predict, "compare": cmd_compare,
+            "runs": cmd_runs, "demo": cmd_demo, "efficiency": cmd_efficiency, "evaluate": cmd_evaluate,
+            "export": cmd_export, "import-run": cmd_import_run}
 
 
 def _start_tensorflow_quietly(peer_timeout: float | None = None) -> None:

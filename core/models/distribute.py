@@ -12,7 +12,6 @@ cross-replica context in an in-replica context"), so the backbone's features are
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import threading
@@ -24,15 +23,7 @@ from core.settings.errors import LabError
 logger = logging.getLogger(__name__)
 
 
-class StrategyKind(str, enum.Enum):
-    AUTO = "auto"
-    DEFAULT = "default"
-    MIRRORED = "mirrored"
-    TPU = "tpu"
-    MULTIWORKER = "multiworker"
-
-
-STRATEGY_NAMES = tuple(k.value for k in StrategyKind)
+AUTO, DEFAULT, MIRRORED, TPU, MULTIWORKER = STRATEGY_NAMES = ("auto", "default", "mirrored", "tpu", "multiworker")
 # Environment variables through which Cloud TPU set-ups name their TPU (read by TPUClusterResolver).
 TPU_ENV_VARIABLES = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS", "TPU_CONFIG")
 MIXED_POLICY = "mixed_float16"
@@ -41,7 +32,7 @@ MIXED_POLICY = "mixed_float16"
 @dataclass(frozen=True)
 class StrategyChoice:
     strategy: object
-    kind: str  # what is actually used: default, mirrored, tpu or multiworker
+    kind: str  # what is actually used: DEFAULT, MIRRORED, TPU or MULTIWORKER
     replicas: int  # across every worker
     devices: tuple[str, ...]  # this process's
     workers: tuple[str, ...] = ()  # multiworker: every training task's host:port, the chief first
@@ -100,13 +91,12 @@ def _tpu_choice() -> StrategyChoice:
         raise LabError(f"The TPU could not be connected ({exc.__class__.__name__}: {str(exc)[:200]}). Check "
                        "TPU_NAME, or use --strategy auto to train on the GPUs or CPU here.") from None
     devices = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
-    return StrategyChoice(strategy, "tpu", strategy.num_replicas_in_sync, devices)
+    return StrategyChoice(strategy, TPU, strategy.num_replicas_in_sync, devices)
 
 
 def _mirrored(devices: tuple[str, ...]):
     """One MirroredStrategy per device set and process: a second one starts its collective instance keys
-    where the first one did, and its all-reduces then fail with "Shape mismatch in the collective
-    instance" (measured: the baseline after a transfer run, each under its own MirroredStrategy)."""
+    where the first one did, and its all-reduces then fail with "Shape mismatch in the collective instance"."""
     import tensorflow as tf
 
     with _mirrored_lock:
@@ -119,7 +109,7 @@ def _mirrored(devices: tuple[str, ...]):
         return _mirrored_strategies[devices]
 
 
-def choose_strategy(kind: StrategyKind | str = StrategyKind.AUTO) -> StrategyChoice:
+def choose_strategy(kind: str = AUTO) -> StrategyChoice:
     """The strategy to train under.
 
     auto: a TPU if this machine names one, MirroredStrategy over the GPUs when there are more than one,
@@ -130,30 +120,28 @@ def choose_strategy(kind: StrategyKind | str = StrategyKind.AUTO) -> StrategyCho
     """
     import tensorflow as tf
 
-    try:
-        kind = StrategyKind(kind)
-    except ValueError:
-        raise LabError(f"Unknown strategy '{kind}'; use one of {', '.join(STRATEGY_NAMES)}.") from None
-    if kind is StrategyKind.TPU:
+    if kind not in STRATEGY_NAMES:
+        raise LabError(f"Unknown strategy '{kind}'; use one of {', '.join(STRATEGY_NAMES)}.")
+    if kind == TPU:
         return _tpu_choice()
-    if kind is StrategyKind.MULTIWORKER:
+    if kind == MULTIWORKER:
         from core.models.cluster import join
 
         strategy = join().strategy
-        return StrategyChoice(strategy, "multiworker", strategy.num_replicas_in_sync,
+        return StrategyChoice(strategy, MULTIWORKER, strategy.num_replicas_in_sync,
                               tuple(strategy.extended.worker_devices), join().cluster.addresses)
-    if kind is StrategyKind.AUTO and _tpu_hinted():
+    if kind == AUTO and _tpu_hinted():
         try:
             return _tpu_choice()
         except LabError as exc:
             logger.warning("%s Falling back to the GPUs or CPU.", exc)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if kind is StrategyKind.MIRRORED or (kind is StrategyKind.AUTO and len(gpus) > 1):
+    if kind == MIRRORED or (kind == AUTO and len(gpus) > 1):
         devices = gpus or cpus
         strategy = _mirrored(tuple(devices))
-        return StrategyChoice(strategy, "mirrored", strategy.num_replicas_in_sync, tuple(devices))
-    return StrategyChoice(tf.distribute.get_strategy(), "default", 1, tuple(gpus[:1] or cpus[:1]))
+        return StrategyChoice(strategy, MIRRORED, strategy.num_replicas_in_sync, tuple(devices))
+    return StrategyChoice(tf.distribute.get_strategy(), DEFAULT, 1, tuple(gpus[:1] or cpus[:1]))
 
 
 def split_cpu(n: int) -> None:
