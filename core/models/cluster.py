@@ -1,9 +1,6 @@
 """Training on several machines: MultiWorkerMirroredStrategy, configured by the TF_CONFIG environment variable.
 
-Every machine runs the same `python -m core train --strategy multiworker ...` with its own TF_CONFIG, e.g.
-
-    {"cluster": {"worker": ["10.0.0.1:12345", "10.0.0.2:12345"]}, "task": {"type": "worker", "index": 0}}
-
+Every machine runs the same `python -m core train --strategy multiworker ...` with its own TF_CONFIG (EXAMPLE).
 Each worker keeps a full copy of the model, reads the same data pipeline and keeps its share of every global
 batch (tf.data DATA sharding), and the gradients are all-reduced between the workers after every step. The
 chief (the "chief" task, or worker 0 when there is none) writes the run folder; the others do the same work
@@ -14,13 +11,11 @@ TensorFlow only accepts the collective set-up before it has run anything, so `jo
 the process. What can go wrong ends with a one-line message instead of a hang:
 - TF_CONFIG absent or malformed: a LabError before TensorFlow starts (`read_tf_config`);
 - a peer that never starts: the workers first meet on their ports in plain Python, with a deadline (`meet`).
-  TensorFlow's own wait for its peers has none (it waited past 10 minutes here), holds the interpreter lock
-  (no thread of the process runs) and ignores SIGTERM, so a peer lost in the instant between meeting and
-  joining is caught by a guard process that prints why and kills the waiting one;
-- a peer that dies or freezes during training: TensorFlow's coordination service stops getting its
-  heartbeats and aborts the collective steps on every survivor (measured here on loopback: 0.1-3 s after
-  the chief was killed, 7-12 s after another worker was, 21 s after one was frozen with SIGSTOP);
-  `peer_failures` turns that error into a LabError. A step that waits longer than the peer timeout fails too.
+  TensorFlow's own wait for its peers has none, holds the interpreter lock and ignores SIGTERM, so a peer
+  lost between meeting and joining is caught by a guard process that prints why and kills the waiting one;
+- a peer that dies or freezes during training: TensorFlow's coordination service aborts the collective
+  steps on every survivor (docs/several-machines.md has the delays), and `peer_failures` turns that error
+  into a LabError. A step that waits longer than the peer timeout fails too.
 """
 from __future__ import annotations
 
@@ -202,7 +197,7 @@ def writes_runs() -> bool:
 
 
 # A separate process, because TensorFlow holds the interpreter lock while it waits for the peers to join:
-# no thread of this process runs meanwhile, and SIGTERM is caught and ignored (both measured).
+# no thread of this process runs meanwhile, and SIGTERM is caught and ignored.
 _GUARD = """
 import os, select, signal, sys
 parent, timeout, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]

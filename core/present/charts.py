@@ -36,8 +36,6 @@ class CurveSeries:
     shade: int = 0  # 0 for the first run of a model; later runs of the same model get other shades
 
 
-
-
 def fine_tune_start(history: list[dict]) -> int | None:
     """The 1-based epoch where fine-tuning begins, from the history rows' "phase"; None without one."""
     return next((i for i, row in enumerate(history, 1) if row.get("phase") == FINE_TUNE_PHASE), None)
@@ -52,7 +50,7 @@ def model_kind(value) -> ModelKind | None:
 
 def model_colour(model: ModelKind | str | None, shade: int = 0) -> str:
     """The model's colour; shade 1, 2, ... give lighter and darker variants for further runs."""
-    kind = model if isinstance(model, ModelKind) else model_kind(model) if model else None
+    kind = model_kind(model)
     base = spec(kind).colour if kind else NEUTRAL_COLOUR
     if not shade:
         return base
