@@ -106,8 +106,10 @@ def _stop(job_id: str) -> None:
 def _job_card(view, mine: bool) -> None:
     snap = view.snapshot
     stopping = view.job_id in st.session_state.get(keys.EXP_STOPPING, []) and not snap.finished
+    stoppable = may_stop(view) and not snap.finished
     with st.container(border=True):
-        head, stop = st.columns([5, 1], vertical_alignment="center")
+        # Columns only for a Stop button: a room's pages redraw every card they show every few seconds.
+        head, stop = st.columns([5, 1], vertical_alignment="center") if stoppable else (st, None)
         who = "yours" if view.owner == session_token() else ("from the command line" if view.origin == "cli"
                                                               else "another visitor's")
         names = view.title.split(", then ")
@@ -115,7 +117,7 @@ def _job_card(view, mine: bool) -> None:
         head.markdown(f"**{model}**" + (f" ({snap.index + 1} of {snap.total})" if snap.total > 1 and snap.model
                                         else "") + f" · {who}")
         head.caption(f"{view.title} on {describe_source(view.source)}")
-        if may_stop(view) and not snap.finished:
+        if stoppable:
             stop.button("Cancel" if view.queued else "Stop", key=keys.STOP_BUTTON.key(view.job_id), icon=":material/stop_circle:",
                         on_click=_stop, args=(view.job_id,), disabled=stopping, width="stretch",
                         help="Stops after the current batch; finished epochs are saved as a run.")

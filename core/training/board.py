@@ -153,6 +153,22 @@ def read_spec(job_dir: Path) -> dict | None:
     return spec
 
 
+_derived: dict[tuple[Path, str], tuple[dict, object]] = {}
+
+
+def _from_spec(job_dir: Path, spec: dict, what: str, make: Callable[[], object]):
+    """What a job's spec gives (its title, its estimates, its snapshot before it starts), made once per spec
+    read_spec keeps: a room's queue is read every second, and each of these builds the job's configs."""
+    kept = _derived.get((job_dir, what))
+    if kept is not None and kept[0] is spec:
+        return kept[1]
+    value = make()
+    if len(_derived) >= 4 * MAX_SPECS_KEPT:
+        _derived.clear()
+    _derived[(job_dir, what)] = (spec, value)
+    return value
+
+
 JOINERS = "joiners.json"
 MAX_JOINERS = 100  # a workshop room pressing the same Quick demo, and room to spare
 
@@ -323,8 +339,10 @@ def _snapshot(status: dict) -> Snapshot | None:
 
 def _estimates(job_dir: Path) -> list[float | None] | None:
     """Each experiment's estimated seconds from the job's spec; None when the spec no longer reads."""
+    spec = read_spec(job_dir)
     try:
-        return [e.estimated_seconds for e in _experiments_from_spec(read_spec(job_dir))]
+        return _from_spec(job_dir, spec, "estimates",
+                          lambda: [e.estimated_seconds for e in _experiments_from_spec(spec)])
     except (KeyError, TypeError, ValueError, AttributeError, LabError):
         return None
 
@@ -428,7 +446,8 @@ class Board:
         status = read_json(path / STATUS, dict, max_bytes=STATUS_MAX_BYTES)
         snapshot = _snapshot(status) if status is not None else None
         if snapshot is None:
-            snapshot = Job(_experiments_from_spec(spec), self.runs_dir).snapshot()
+            snapshot = _from_spec(path, spec, "snapshot",
+                                  lambda: Job(_experiments_from_spec(spec), self.runs_dir).snapshot())
             if _exists(path / LAUNCH):
                 snapshot = _with(snapshot, phase=PREPARING, message="Starting the training process ...")
         elif snapshot.eta_seconds is not None and not snapshot.finished:
@@ -439,7 +458,7 @@ class Board:
                              elapsed_seconds=snapshot.elapsed_seconds + age)
         return JobView(job_id=path.name, path=path, created=float(spec.get("created", 0)),
                        origin=str(spec.get("origin", "dashboard")), owner=str(spec.get("owner", "")),
-                       title=_title(spec), source=str(spec["experiments"][0]["data"].get("source", "?")),
+                       title=_from_spec(path, spec, "title", lambda: _title(spec)), source=str(spec["experiments"][0]["data"].get("source", "?")),
                        fingerprints=tuple(str(f) for f in spec.get("fingerprints", ())), snapshot=snapshot,
                        task=_task(spec)["kind"], joiners=read_joiners(path) if snapshot.run_dirs else ())
 

@@ -189,6 +189,26 @@ def test_an_ended_job_is_read_from_its_files_once_and_its_late_joiners_are_seen(
     assert done.job_id in opened
 
 
+def test_a_jobs_title_estimates_and_place_are_made_from_its_spec_once(tmp_path, workers, monkeypatch):
+    import core.training.board as board_module
+
+    made = []
+    real = board_module._experiments_from_spec
+    monkeypatch.setattr(board_module, "_experiments_from_spec", lambda spec: made.append(1) or real(spec))
+    titles = []
+    real_title = board_module._title
+    monkeypatch.setattr(board_module, "_title", lambda spec: titles.append(1) or real_title(spec))
+    board = Board(tmp_path, max_concurrent=1, launcher=workers)
+    jobs = [board.submit([experiment()], [name], owner=name).job_id for name in "abc"]
+    made.clear()
+    titles.clear()
+    for _ in range(5):  # a queue polled by a room: the two waiting jobs' places and waits as ever
+        views = {v.job_id: v for v in board.views()}
+        assert [views[j].queue_position for j in jobs] == [None, 1, 2]
+        assert [views[j].title for j in jobs] == ["Baseline CNN"] * 3
+    assert len(titles) == 0 and len(made) == 0  # all made when the jobs were submitted
+
+
 def test_a_cancelled_queued_job_leaves_the_queue_and_never_starts(tmp_path, workers):
     board = Board(tmp_path, max_concurrent=1, launcher=workers)
     first = board.submit([experiment()], ["a"], owner="alice")
