@@ -153,7 +153,7 @@ def import_run_zip(data: bytes | io.BufferedIOBase, runs_dir: str | Path,
         files = vetted_files(archive, rules)
         root = _run_root([path for _, path in files])
         inside = [(member, PurePosixPath(*path.parts[len(root.parts):])) for member, path in files
-                  if path.parts[:len(root.parts)] == root.parts]
+                  if path.parts[:len(root.parts)] == root.parts and len(path.parts) > len(root.parts)]
         members = [(member, relative) for member, relative in inside if _wanted(relative)]
         skipped = len(files) - len(members)
         missing = [f for f in REQUIRED_FILES if f not in {str(rel) for _, rel in members}]

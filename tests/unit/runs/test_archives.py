@@ -93,6 +93,14 @@ def test_a_zip_of_the_files_themselves_gets_a_run_id_and_foreign_files_are_left_
     assert not (imported.path / "exports").exists() and not (imported.path / "notes.docx").exists()
 
 
+def test_a_file_named_like_the_run_folder_is_left_out(transfer_zip, tmp_path):
+    entries = entries_of(transfer_zip)
+    root = next(iter(entries)).split("/")[0]
+    imported = import_run_zip(make_zip({root: b"not a folder", **entries}), tmp_path)
+    assert imported.path.name == root and imported.skipped == 1
+    assert open_run(imported.path).model_path.is_file()
+
+
 def test_a_run_zipped_from_the_project_folder_is_found_one_level_down(transfer_zip, tmp_path):
     nested = {f"runs/{name}": data for name, data in entries_of(transfer_zip).items()}
     imported = import_run_zip(make_zip(nested), tmp_path)
