@@ -272,16 +272,16 @@ def cmd_download(args) -> int:
         data, handle = DEFAULT_SOURCE, MOBILENET_V2_HANDLE
     if data is not None:
         source = Source.parse(data)
-        name = source.value
-        if not source.is_tfds or not name.strip():
+        name = source.value.strip()
+        if not source.is_tfds or not name:
             raise LabError(f"--data must be tfds:NAME (got '{data}'); folders need no download.")
         lines = DownloadLines()
         try:
-            for status in preparation(name.strip()):
+            for status in preparation(name):
                 lines.show(status)
         except KeyboardInterrupt:
             lines.close()
-            cancel(name.strip(), tfds_dir())
+            cancel(name, tfds_dir())
             print("Cancelled; the partial download was removed.", file=sys.stderr)
             return 130
         lines.close()

@@ -162,7 +162,6 @@ def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
     variance 1) the random layers shrink every feature to about 1e-12 and a head on them learns nothing,
     so a benchmark's accuracy would be chance whatever it trained on.
     """
-    import numpy as np
     import tf_keras
 
     net = tf_keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",

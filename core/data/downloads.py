@@ -13,6 +13,7 @@ folder (DATA_DIR/downloads/manual/kagglecatsanddogs_5340.zip), which TFDS checks
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -110,16 +111,9 @@ _STATUS_TYPES = {"dataset": str, "phase": str, "done": int, "total": (int, type(
                  "rate": (int, float, type(None)), "url": str, "pid": int, "error": str, "updated": (int, float)}
 
 
-def _lock_path(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / f"{name}.lab-download.lock"
-
-
-def _status_path(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / f"{name}.lab-download.json"
-
-
-def _log_path(data_dir: Path, name: str) -> Path:
-    return Path(data_dir) / f"{name}.lab-download.log"
+def _worker_file(data_dir: Path, name: str, suffix: str) -> Path:
+    """The worker's lock, status ("json") or log file of the dataset."""
+    return Path(data_dir) / f"{name}.lab-download.{suffix}"
 
 
 def manual_dir(data_dir: Path) -> Path:
@@ -129,7 +123,7 @@ def manual_dir(data_dir: Path) -> Path:
 
 def read_status(data_dir: Path, name: str) -> DownloadStatus | None:
     """The worker's last status of the dataset; None when there is none, or none that reads as one."""
-    raw = read_json(_status_path(data_dir, name), dict, max_bytes=STATUS_MAX_BYTES)
+    raw = read_json(_worker_file(data_dir, name, "json"), dict, max_bytes=STATUS_MAX_BYTES)
     if raw is None:
         return None
     values = {k: raw[k] for k in DownloadStatus.__dataclass_fields__ if k in raw}
@@ -140,12 +134,13 @@ def read_status(data_dir: Path, name: str) -> DownloadStatus | None:
 
 
 def _write_status(data_dir: Path, status: DownloadStatus) -> None:
-    write_json(_status_path(data_dir, status.dataset), asdict(replace(status, updated=time.time())), indent=None)
+    write_json(_worker_file(data_dir, status.dataset, "json"), asdict(replace(status, updated=time.time())),
+               indent=None)
 
 
 def is_running(data_dir: Path, name: str) -> bool:
     """True while a worker holds the dataset's download lock (a dead worker holds nothing)."""
-    path = _lock_path(data_dir, name)
+    path = _worker_file(data_dir, name, "lock")
     if not path.is_file():
         return False
     with open(path, "a+") as handle:
@@ -326,7 +321,7 @@ def _failure_message(exc: BaseException, name: str, url: str, data_dir: Path, do
 def _work(name: str, data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     # Open for the worker's whole life: closing it would drop the lock.
-    lock = open(_lock_path(data_dir, name), "a+")  # noqa: SIM115
+    lock = open(_worker_file(data_dir, name, "lock"), "a+")  # noqa: SIM115
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while not try_lock(lock):
         if time.monotonic() > deadline:
@@ -488,7 +483,7 @@ def follow_download(name: str, data_dir: Path, is_prepared: Callable[[], bool], 
                 yield status
             return
         if followed:
-            log = _log_path(data_dir, name)
+            log = _worker_file(data_dir, name, "log")
             raise DataError(f"The download of TFDS '{name}' stopped before it finished (its worker process ended; "
                             f"its output is in {log}). Load again to start over.")
         if hosts and not is_online(hosts):
@@ -501,8 +496,9 @@ def follow_download(name: str, data_dir: Path, is_prepared: Callable[[], bool], 
             if key not in _workers:  # another session of this process may have started one meanwhile
                 data_dir.mkdir(parents=True, exist_ok=True)
                 # A session of its own: a page's rerun or a closed tab does not stop the download; `cancel` does.
-                _workers[key] = launch_module("core.data.downloads", [name, data_dir], _log_path(data_dir, name),
-                                              append_log=False, env_defaults={"TF_CPP_MIN_LOG_LEVEL": "2"})
+                _workers[key] = launch_module("core.data.downloads", [name, data_dir],
+                                              _worker_file(data_dir, name, "log"), append_log=False,
+                                              env_defaults={"TF_CPP_MIN_LOG_LEVEL": "2"})
         followed = True
 
 
@@ -520,10 +516,8 @@ def cancel(name: str, data_dir: Path, wait: float = 10.0) -> bool:
         time.sleep(0.1)
     if is_running(data_dir, name):
         # Stuck where the signal handler cannot run: kill it; the next worker removes what it left.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(status.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     with _workers_lock:
         proc = _workers.pop((str(Path(data_dir)), name), None)
     if proc is not None:
@@ -531,10 +525,5 @@ def cancel(name: str, data_dir: Path, wait: float = 10.0) -> bool:
     return True
 
 
-def main(argv: list[str]) -> int:
-    name, data_dir = argv
-    return _work(name, Path(data_dir))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":  # the worker: python -m core.data.downloads NAME DATA_DIR
+    sys.exit(_work(sys.argv[1], Path(sys.argv[2])))

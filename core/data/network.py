@@ -53,11 +53,8 @@ def hosts_of(urls: Iterable[str]) -> tuple[tuple[str, int], ...]:
 def is_online(hosts: Iterable[str | tuple[str, int]] = DOWNLOAD_HOSTS, timeout: float = 3.0) -> bool:
     """True as soon as any host answers; False once all have failed or timeout + 0.5 s have passed.
 
-    A host is a name (asked on port 443) or a (name, port) pair from `hosts_of`, so a mirror or a
-    stand-in server on another port counts once it answers.
-
-    The hosts are tried at the same time: one after another, a dead network would cost each host's full
-    timeout in turn (10.5 s for three), and the first answer would wait behind hosts that never reply.
+    A host is a name (asked on port 443) or a (name, port) pair from `hosts_of`. The hosts are tried at the
+    same time: one after another, a dead network would cost each host's full timeout in turn.
     """
     targets = [(h, 443) if isinstance(h, str) else (h[0], int(h[1])) for h in hosts]
     if not targets:

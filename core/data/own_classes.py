@@ -59,7 +59,6 @@ SET_GRACE_SECONDS = 3600  # a training queued on a frozen copy has long finished
 OWN_EPOCHS = 10
 OWN_LEARNING_RATE = 0.01
 OWN_BATCH_SIZE = 16  # the cloud preset's cap; a class of 30 images is two batches
-BASELINE_EPOCHS = 15  # the article's, for the optional comparison with a CNN trained from scratch
 
 CLASSES_DIR, THUMBS_DIR, SETS_DIR = "classes", "thumbs", "sets"
 SET_NAME = "own-classes"  # a frozen set's folder: the dataset's name wherever the Lab names one
@@ -359,7 +358,7 @@ def training_configs(source: str, handle: str, train_images: int, with_baseline:
     CNN from scratch if asked; LabError (core.settings.presets.apply_preset) for what the preset refuses.
 
     A batch is never larger than the training images (training refuses that): 5 images a class train on 8."""
-    from core.settings.config import ARTICLE_IMAGE_SIZE, DataConfig, ModelKind, TrainConfig
+    from core.settings.config import ARTICLE_EPOCHS, ARTICLE_IMAGE_SIZE, DataConfig, ModelKind, TrainConfig
     from core.settings.presets import active_preset, apply_preset, capped_batch_size
 
     preset = active_preset()
@@ -368,7 +367,8 @@ def training_configs(source: str, handle: str, train_images: int, with_baseline:
     trains = [TrainConfig(model=ModelKind.TRANSFER, epochs=OWN_EPOCHS, learning_rate=OWN_LEARNING_RATE,
                           handle=handle, cache_features=True)]
     if with_baseline:
-        trains.append(TrainConfig(model=ModelKind.BASELINE, epochs=BASELINE_EPOCHS, handle=handle))
+        # The article's baseline epochs, for the optional comparison with a CNN trained from scratch.
+        trains.append(TrainConfig(model=ModelKind.BASELINE, epochs=ARTICLE_EPOCHS[ModelKind.BASELINE], handle=handle))
     return [(apply_preset(data, train, preset), train) for train in trains]
 
 

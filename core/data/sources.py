@@ -7,6 +7,7 @@ batched and prefetched. Decoded images are only kept in memory when the whole sp
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -316,10 +317,7 @@ class TfdsSource:
             return ds
         per_class = _quotas({c: limit for c in range(len(self.class_names))}, limit)
         parts = [ds.filter(lambda _, y, c=c: tf.equal(y, c)).take(q) for c, q in per_class.items() if q]
-        out = parts[0]
-        for part in parts[1:]:
-            out = out.concatenate(part)
-        return out
+        return functools.reduce(lambda joined, part: joined.concatenate(part), parts)
 
     def _counts(self) -> dict[str, dict[str, int]]:
         cache = self.data_dir / f"{self.name}.lab-counts.json"

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
+from core.settings.config import KAGGLE_PREFIX, is_kaggle_handle
 from core.settings.errors import ModelFileError, OfflineError, error_line
-
-KAGGLE_PREFIX = "https://www.kaggle.com/models/"
-# owner/model/framework/variation[/version], as Kaggle Models writes it
-_KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(/\d+)?$")
 
 
 def normalise_handle(handle: str) -> str:
@@ -22,7 +18,7 @@ def normalise_handle(handle: str) -> str:
     path = Path(handle).expanduser()
     if path.exists():
         return str(path.resolve())
-    if _is_kaggle(handle):
+    if is_kaggle_handle(handle):
         return KAGGLE_PREFIX + handle
     raise ModelFileError(
         f"Hub handle '{handle}' is neither a URL nor an existing folder. Give a TF Hub URL "
@@ -52,10 +48,6 @@ def resolve_relative(handle: str, base: str | Path) -> str:
 
 def is_local(handle: str) -> bool:
     return not handle.startswith(("http://", "https://", "gs://"))
-
-
-def _is_kaggle(handle: str) -> bool:
-    return bool(_KAGGLE_HANDLE.match(handle)) and not handle.startswith((".", "/", "~"))
 
 
 def _lab_folders() -> tuple[Path, Path]:
@@ -163,7 +155,7 @@ def check_web_handle(handle: str) -> str:
     text = (handle or "").strip()
     if not text or not is_local(text):
         normalised = normalise_handle(text)  # the empty handle's message, or the URL itself
-    elif _is_kaggle(text):
+    elif is_kaggle_handle(text):
         normalised = KAGGLE_PREFIX + text
     elif not written_inside(text, _lab_folders()):
         raise ModelFileError(WEB_HANDLE_REFUSED)

@@ -34,13 +34,21 @@ CLASS_WEIGHT_CHOICES = ("balanced",)
 # Where Google publishes MobileNetV2 feature vectors: TF Hub and its successor, Kaggle Models.
 _MOBILENET_V2_PUBLISHERS = ("https://tfhub.dev/google/", "https://www.kaggle.com/models/google/",
                             "https://kaggle.com/models/google/")
+KAGGLE_PREFIX = "https://www.kaggle.com/models/"
+# owner/model/framework/variation[/version], as Kaggle Models writes it
+_KAGGLE_HANDLE = re.compile(r"^[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(/\d+)?$")
+
+
+def is_kaggle_handle(handle: str) -> bool:
+    """Whether handle is a bare Kaggle Models handle, which core.models.hub prefixes with KAGGLE_PREFIX."""
+    return bool(_KAGGLE_HANDLE.match(handle)) and not handle.startswith((".", "/", "~"))
 
 
 def is_mobilenet_v2_handle(handle: str | None) -> bool:
     """Whether a hub handle names Google's MobileNetV2 module (the article's, or another of its variants)."""
     h = (handle or "").strip().lower()
-    if not h.startswith(("http://", "https://")) and h.count("/") >= 3 and not h.startswith((".", "/", "~")):
-        h = "https://www.kaggle.com/models/" + h  # a bare Kaggle handle, as core.models.hub normalises it
+    if is_kaggle_handle(h):
+        h = KAGGLE_PREFIX + h
     return h.startswith(_MOBILENET_V2_PUBLISHERS) and ("mobilenet_v2" in h or "mobilenet-v2" in h)
 
 

@@ -1,4 +1,4 @@
-"""Where the Lab keeps its caches and runs.
+"""Where the Lab keeps its caches and runs, and whether a path a stranger gives lies inside them.
 
 One persistent cache folder holds the TF Hub module cache and the TFDS data_dir, so a model saved while
 online re-resolves its hub handle offline later. Both folders are configurable through the environment.
