@@ -128,15 +128,27 @@ def pick_runs() -> list:
                   key=lambda r: (ORDER.get(r.model_kind, len(ORDER)), r.metrics.get("finished_at", 0)))
 
 
+# A finished run never changes: the curves of a selection are built once and shared, as the same figure objects,
+# by every session showing it (a room's sessions following one job show the same runs the moment it ends, and
+# each figure takes tens of milliseconds of the server's interpreter). Nothing mutates them.
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _result_curves(key: tuple, _items: list, show_article: bool, show_reference: bool):
+    series = curve_series(_items)
+    return (training_curves(series, "accuracy", show_article, show_reference),
+            training_curves(series, "loss", show_article, show_reference))
+
+
 def show_curves(records) -> None:
     multiple = {k: sum(1 for r in records if r.model_kind == k) > 1 for k in {r.model_kind for r in records}}
     items = [(run_title(r) if multiple[r.model_kind] else r.model_name, model_kind(r.model_kind), r.history)
              for r in records]
-    show_article = st.session_state.get(keys.EXP_SHOW_ARTICLE, True)
-    show_reference = st.session_state.get(keys.EXP_SHOW_REFERENCE, True)
+    key = tuple((label, str(kind), str(r.path), r.metrics.get("finished_at"), len(r.history))
+                for (label, kind, _), r in zip(items, records))
+    accuracy, loss = _result_curves(key, items, st.session_state.get(keys.EXP_SHOW_ARTICLE, True),
+                                    st.session_state.get(keys.EXP_SHOW_REFERENCE, True))
     left, right = st.columns(2, gap="medium")
-    left.plotly_chart(training_curves(curve_series(items), "accuracy", show_article, show_reference), key=keys.RESULTS_ACC_CHART)
-    right.plotly_chart(training_curves(curve_series(items), "loss", show_article, show_reference), key=keys.RESULTS_LOSS_CHART)
+    left.plotly_chart(accuracy, key=keys.RESULTS_ACC_CHART)
+    right.plotly_chart(loss, key=keys.RESULTS_LOSS_CHART)
 
 
 def show_comparison(records, include_article: bool) -> None:

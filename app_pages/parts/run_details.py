@@ -90,11 +90,30 @@ def _gallery(evaluation, record) -> None:
                            f"({item.confidence:.0%})")
 
 
+# Built once per evaluation file and shared by every session showing the run (as the results' curves are).
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _confusion_figure(path: str, version: tuple, _evaluation):
+    from core.present.evaluation_charts import confusion_matrix_figure
+
+    return confusion_matrix_figure(_evaluation)
+
+
+def _evaluation_version(record) -> tuple | None:
+    from core.runs.evaluate import EVALUATION_FILE
+
+    try:
+        stat = (record.path / EVALUATION_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def show_evaluation(record) -> None:
     """A run's confusion matrix, per-class figures and worst mistakes; an Evaluate button if it has none."""
     from core.present.evaluation_charts import confusion_matrix_figure
     from core.runs.evaluate import load_evaluation
 
+    version = _evaluation_version(record)  # before reading: a file replaced meanwhile is drawn again next time
     try:
         evaluation = load_evaluation(record.path)
     except LabError as exc:
@@ -106,7 +125,7 @@ def show_evaluation(record) -> None:
         if not st.button("Evaluate", key=keys.EVALUATE_BUTTON.key(record.run_id), icon=":material/fact_check:",
                          help="Reloads the model and classifies every validation image once."):
             return
-        evaluation = _run_evaluation(record)
+        evaluation, version = _run_evaluation(record), None
         if evaluation is None:
             return
     st.caption(f"**{evaluation.accuracy:.1%}** of {evaluation.images:,} validation images right, "
@@ -114,7 +133,9 @@ def show_evaluation(record) -> None:
                                                    if evaluation.skipped else "") + ".")
     for note in evaluation.notes:
         st.caption(f":material/info: {note}")
-    st.plotly_chart(confusion_matrix_figure(evaluation), key=keys.CONFUSION_CHART.key(record.run_id))
+    figure = (_confusion_figure(str(record.path), version, evaluation) if version is not None
+              else confusion_matrix_figure(evaluation))
+    st.plotly_chart(figure, key=keys.CONFUSION_CHART.key(record.run_id))
     _per_class_table(evaluation)
     _gallery(evaluation, record)
 

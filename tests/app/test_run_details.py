@@ -339,3 +339,34 @@ def test_int8_says_what_it_costs_up_front_and_a_refusal_offers_float16(open_page
     assert at.button(key=f"refused_tflite-int8_{run.name}").disabled
     assert any("one of 256 levels" in w.value for w in at.warning)
     assert any(c.value == "TFLite float16 is ready above." for c in at.caption)
+
+
+
+def test_sessions_showing_the_same_finished_runs_share_their_figures(trained_runs, monkeypatch):
+    import streamlit as st
+
+    from app_pages.parts import results, run_details
+    from core.runs.evaluate import load_evaluation
+    from core.runs.folders import open_run
+
+    drawn = []
+
+    class Column:
+        def plotly_chart(self, figure, **_):
+            drawn.append(figure)
+
+    monkeypatch.setattr(st, "columns", lambda spec, **_: [Column() for _ in range(spec)])
+    records = [open_run(trained_runs["baseline"]), open_run(trained_runs["mobilenet_v2"])]
+    for _ in range(2):  # two sessions (or one session's reruns) showing the same runs
+        results.show_curves(records)
+    assert len(drawn) == 4 and drawn[0] is drawn[2] and drawn[1] is drawn[3]
+    assert {records[0].model_name, records[1].model_name} <= {t.name for t in drawn[0].data}
+    drawn.clear()
+    results.show_curves(records[:1])  # another selection: figures of its own
+    assert len(drawn) == 2 and records[1].model_name not in {t.name for t in drawn[0].data}
+
+    version = run_details._evaluation_version(records[1])
+    evaluation = load_evaluation(records[1].path)
+    assert version is not None and evaluation is not None
+    first = run_details._confusion_figure(str(records[1].path), version, evaluation)
+    assert run_details._confusion_figure(str(records[1].path), version, evaluation) is first
