@@ -1,5 +1,6 @@
 """Experiments: both models configured side by side, estimated, trained in worker processes, compared."""
 import logging
+import time
 
 import streamlit as st
 
@@ -43,6 +44,14 @@ logger = logging.getLogger(__name__)
 
 KINDS = (ModelKind.BASELINE, ModelKind.TRANSFER)  # the article's order, left to right
 QUICK_DEMO_WAIT_SECONDS = 90.0  # how long the Quick demo button waits for both models' timings
+# A button's notice stays this long: the page reruns by itself meanwhile (an estimate arriving, a training's end),
+# and a notice shown by one run only was gone before a busy browser drew it (a Quick demo's settings).
+NOTICE_SECONDS = 30.0
+
+
+def notify(level: str | None, text: str = "") -> None:
+    """Leave a notice (st.<level>) for the page's next runs; None removes the current one."""
+    st.session_state[keys.EXP_NOTICE] = (level, text, time.time()) if level else None
 TIMING_POLL_SECONDS = 2.0  # how often a page whose estimates are being timed looks for them
 # "Run both" trains the transfer model first: its result is on the charts in seconds, while the baseline's
 # minutes follow; the article's order stays in the columns and the comparison table.
@@ -92,7 +101,7 @@ def apply_article_settings() -> None:
         for name, value in article_settings(kind).items():
             st.session_state[setting(kind, name)] = value
     st.session_state[keys.EXP_IMAGE_SIZE] = ARTICLE_IMAGE_SIZE
-    st.session_state[keys.EXP_NOTICE] = ("info", ARTICLE_SETTINGS_NOTE)
+    notify("info", ARTICLE_SETTINGS_NOTE)
 
 
 def apply_quick_demo() -> None:
@@ -112,13 +121,13 @@ def apply_quick_demo() -> None:
     except Pending:
         text = ("Both models are still being timed on this server (others may be ahead in line); press Quick demo "
                 "again in a minute.")
-        st.session_state[keys.EXP_NOTICE] = ("warning", text)
+        notify("warning", text)
         return
     except Exception as exc:  # a callback's exception would replace the page with a traceback
         if not isinstance(exc, LabError):
             logger.exception("timing for the Quick demo preset failed")
         text = str(exc) if isinstance(exc, LabError) else f"timing failed ({exc.__class__.__name__})"
-        st.session_state[keys.EXP_NOTICE] = ("error", f"The Quick demo preset needs both models timed here: {text}")
+        notify("error", f"The Quick demo preset needs both models timed here: {text}")
         return
     for kind in ModelKind:
         st.session_state[setting(kind, "limit")] = preset.limit if preset.limit < n_train else 0
@@ -129,7 +138,7 @@ def apply_quick_demo() -> None:
             f"{estimate_source(*preset.estimates.values())}.")
     if not preset.fits:
         text += " Even the smallest setting is over budget on this machine: raise the budget or lower the image size."
-    st.session_state[keys.EXP_NOTICE] = ("success" if preset.fits else "warning", text)
+    notify("success" if preset.fits else "warning", text)
 
 
 def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
@@ -148,12 +157,12 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
                                           est.fine_tune_seconds if est else None))
         submission = submit(experiments, session_token())
     except LabError as exc:  # shown by the rerun that follows the click
-        st.session_state[keys.EXP_NOTICE] = ("error", str(exc))
+        notify("error", str(exc))
         return
     except Exception as exc:
         logger.exception("queueing a training failed")
         text = f"The training could not be queued ({exc.__class__.__name__}); the server log has the details."
-        st.session_state[keys.EXP_NOTICE] = ("error", text)
+        notify("error", text)
         return
     reused = [open_run(path) for path in submission.reused.values()]
     st.session_state[keys.EXP_REUSED] = [r.run_id for r in reused]
@@ -164,7 +173,7 @@ def start(kinds: tuple[ModelKind, ...], estimates: dict) -> None:
     if submission.job_id and submission.attached:
         notes.append("The same training was already queued or running for another session: following it, "
                      "so it trains once.")
-    st.session_state[keys.EXP_NOTICE] = ("info", " ".join(notes)) if notes else None
+    notify("info" if notes else None, " ".join(notes))
 
 
 def estimate_waited(kind: ModelKind, data: DataConfig, train: TrainConfig) -> Estimate | None:
@@ -277,8 +286,8 @@ with st.container(border=True):
     seed.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=keys.EXP_SEED,
                       help="Fixes the split, the shuffle order and the initial weights. The same data, settings "
                            "and seed give the same run, so it is trained only once.")
-    notice = st.session_state.pop(keys.EXP_NOTICE, None)
-    if notice:
+    notice = st.session_state.get(keys.EXP_NOTICE)
+    if notice and time.time() - notice[2] < NOTICE_SECONDS:
         getattr(st, notice[0])(notice[1])
 
 data_ok = True

@@ -108,7 +108,7 @@ EXP_T_HANDLE = _key("exp_t_handle", True, "the Experiments page's hub handle fie
 EXP_T_CACHE = _key("exp_t_cache", True, "whether the frozen backbone's features are computed once")
 EXP_SHOW_ARTICLE = _key("exp_show_article", True, "whether the charts show the article's curves")
 EXP_SHOW_REFERENCE = _key("exp_show_reference", True, "whether the charts show the article's reported accuracy")
-EXP_NOTICE = _key("exp_notice", False, "(level, text) left by a button's callback for the next run to show")
+EXP_NOTICE = _key("exp_notice", False, "(level, text, when) left by a button's callback, shown for 30 s")
 RUN_BUTTON = _family("run_", "|".join([*(k.value for k in ModelKind), "both"]), False,
                      "the Run buttons: run_<model kind> and run_both")
 

@@ -183,6 +183,8 @@ def test_quick_demo_and_article_presets_fill_the_settings(open_page, tiny_state)
     assert not at.exception
     notice = (at.success or at.warning)[0].value
     assert notice.startswith("Quick demo:")
+    at.run()  # the page reruns by itself (an estimate arrives, a training ends): the notice stays
+    assert [e.value for e in at.success or at.warning] == [notice]
     s = at.session_state
     assert s["exp_b_limit"] == s["exp_t_limit"]
     assert 1 <= s["exp_b_epochs"] <= 15 and 1 <= s["exp_t_epochs"] <= 3
