@@ -133,13 +133,20 @@ _specs_lock = threading.Lock()
 MAX_SPECS_KEPT = 512
 
 
-def read_spec(job_dir: Path) -> dict | None:
-    path = job_dir / SPEC
+def _version(path: Path) -> tuple | None:
+    """(modification time, size) of a file, None when it is not there: whether a kept read still holds."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    version = (stat.st_mtime_ns, stat.st_size)
+    return stat.st_mtime_ns, stat.st_size
+
+
+def read_spec(job_dir: Path) -> dict | None:
+    path = job_dir / SPEC
+    version = _version(path)
+    if version is None:
+        return None
     with _specs_lock:
         kept = _specs.get(path)
     if kept is not None and kept[0] == version:
@@ -359,14 +366,6 @@ _reading: dict[tuple[Path, bool], threading.Lock] = {}
 _final_views: dict[Path, tuple[tuple | None, JobView]] = {}
 _final_views_lock = threading.Lock()
 MAX_FINAL_VIEWS = 2 * KEPT_FINISHED
-
-
-def _version(path: Path) -> tuple | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
 
 
 def _forget_reads(root: Path) -> None:
