@@ -13,7 +13,7 @@ from core.data.images import decode_image
 from core.data.sources import preprocess
 from core.models.architectures import MAX_SHARED_BACKBONES, shared_backbone_layer
 from core.safety.model_files import backbone_digest, check_hub_module, inspect_model_file, load_model, read_hub_head
-from core.settings.errors import ImageError, LabError, ModelFileError
+from core.settings.errors import ImageError, LabError, ModelFileError, error_line
 from core.settings.paths import configure_caches
 
 MAX_INPUT_SIDE = 1024  # the largest image size training accepts (core.settings.config.validate)
@@ -136,8 +136,7 @@ def shared_backbone(handle: str, size: int, label: str) -> SharedBackbone:
         try:
             backbone = SharedBackbone(handle, size)
         except Exception as exc:
-            raise ModelFileError(f"'{label}' could not be loaded ({exc.__class__.__name__}: "
-                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}).") from None
+            raise ModelFileError(f"'{label}' could not be loaded ({error_line(exc)}).") from None
         _backbones[key] = backbone
         while len(_backbones) > MAX_SHARED_BACKBONES:  # as many as the layers' own cache keeps
             _backbones.popitem(last=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import threading
 import time
 import unicodedata
@@ -26,7 +25,7 @@ from core.runs.folders import RunRecord
 from core.runs.schema import RunSchemaError, check_config, check_metrics, load_json
 from core.settings.config import ModelKind
 from core.settings.files import read_json, update_json
-from core.settings.text import dataset_name
+from core.settings.text import dataset_name, is_number
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +76,18 @@ def _valid_run_id(run_id) -> bool:
             and "/" not in run_id and "\\" not in run_id)
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _entries_of(ledger: dict) -> list[dict]:
     """The well-formed entries of a ledger read from disk (a hand-edited one may hold anything)."""
     entries = ledger.get("entries")
     if not isinstance(entries, list):
         return []
     return [e for e in entries if isinstance(e, dict) and isinstance(e.get("owner"), str)
-            and len(e["owner"]) == KEY_CHARS and _valid_run_id(e.get("run")) and _number(e.get("at"))]
+            and len(e["owner"]) == KEY_CHARS and _valid_run_id(e.get("run")) and is_number(e.get("at"))]
 
 
 def _cleared_at(ledger: dict) -> float:
     value = ledger.get("cleared_at")
-    return float(value) if _number(value) else 0.0
+    return float(value) if is_number(value) else 0.0
 
 
 def _bounded(entries: list[dict]) -> list[dict]:
@@ -174,7 +169,7 @@ def set_name(runs_dir: str | Path, token: str, name) -> str:
     key, shown = owner_key(token), clean_name(name)
 
     def change(names: dict) -> dict:
-        names = {k: v for k, v in names.items() if isinstance(v, dict) and _number(v.get("at"))}
+        names = {k: v for k, v in names.items() if isinstance(v, dict) and is_number(v.get("at"))}
         names.pop(key, None)
         if shown:
             names[key] = {"name": shown, "at": time.time()}
@@ -317,7 +312,7 @@ def _images_per_class(config: dict) -> tuple[int, int] | None:
 def _room_run(record: RunRecord) -> RoomRun:
     # Its epochs and, for a transfer run on cached features, computing those features once.
     parts = [record.metrics.get(k) for k in ("train_seconds", "feature_seconds")]
-    seconds = sum(p for p in parts if _number(p) and p >= 0) if _number(parts[0]) else None
+    seconds = sum(p for p in parts if is_number(p) and p >= 0) if is_number(parts[0]) else None
     return RoomRun(run_id=record.run_id, kind=str(record.model_kind), model=record.model_name,
                    val_accuracy=record.val_accuracy, seconds=seconds, finished_at=record.finished_at)
 

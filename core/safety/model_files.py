@@ -22,7 +22,7 @@ from core.models.hub import check_available, is_local, resolve_relative, web_upl
 from core.safety.hdf5_layout import AttributeReader, WeightRead, check_unstored, keras_reads, walk
 from core.safety.savedmodel_ops import check_savedmodel
 from core.settings.config import MAX_CLASSES  # what a dataset may have, so what a model may name
-from core.settings.errors import LabError, ModelFileError
+from core.settings.errors import LabError, ModelFileError, error_line
 from core.settings.files import free_space
 from core.settings.paths import configure_caches, uploads_dir
 from core.settings.text import megabytes
@@ -511,7 +511,7 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
         raise
     except Exception as exc:
         raise ModelFileError(
-            f"'{label}' could not be loaded ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})."
+            f"'{label}' could not be loaded ({error_line(exc)})."
         ) from None
     if not info.class_names and info.num_outputs:
         info = dataclasses.replace(info, class_names=[f"class {i}" for i in range(info.num_outputs)])

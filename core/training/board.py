@@ -47,7 +47,7 @@ from core.settings.config import data_from_dict, to_dict, train_from_dict
 from core.settings.errors import LabError
 from core.settings.files import free_space, is_disk_full, is_read_only, locked, read_json, write_json
 from core.settings.processes import launch_module, pid_alive
-from core.settings.text import megabytes
+from core.settings.text import is_number, megabytes
 from core.training.jobs import FAILED, PREPARING, QUEUED, STOPPED, Experiment, Job, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def worker_start_seconds(runs_dir: str | Path) -> float:
     """Seconds a worker process needs before it trains (interpreter, TensorFlow), as last measured here."""
     recorded = read_small(jobs_root(runs_dir) / WORKER_START)
     value = recorded.get("seconds") if recorded is not None else None
-    if _number(value) and 0 < value < 600:
+    if is_number(value) and 0 < value < 600:
         return float(value)
     return DEFAULT_WORKER_START_SECONDS
 
@@ -311,7 +311,7 @@ def _title(spec: dict) -> str:
     if task["kind"] != TRAIN_TASK:
         counts = task.get("counts")
         return "Data efficiency" + (f" ({', '.join(map(str, counts))} images per class)"
-                                    if isinstance(counts, list) and all(_number(c) for c in counts) else "")
+                                    if isinstance(counts, list) and all(is_number(c) for c in counts) else "")
 
     names = []
     for e in spec.get("experiments", []):
@@ -320,10 +320,6 @@ def _title(spec: dict) -> str:
         except (KeyError, ValueError, TypeError, LabError):
             names.append("an unknown model")
     return ", then ".join(names)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # The types a published status must have for pages to draw it (Snapshot.from_dict takes what it is given).
@@ -337,8 +333,8 @@ def _snapshot(status: dict) -> Snapshot | None:
     except (KeyError, TypeError, ValueError):
         return None
     well_formed = (isinstance(snapshot.phase, str) and isinstance(snapshot.message, str)
-                   and all(_number(getattr(snapshot, name)) for name in _SNAPSHOT_NUMBERS)
-                   and (snapshot.eta_seconds is None or _number(snapshot.eta_seconds))
+                   and all(is_number(getattr(snapshot, name)) for name in _SNAPSHOT_NUMBERS)
+                   and (snapshot.eta_seconds is None or is_number(snapshot.eta_seconds))
                    and (snapshot.error is None or isinstance(snapshot.error, str))
                    and all(isinstance(row, dict) for _, rows in snapshot.histories for row in rows))
     return snapshot if well_formed else None
@@ -452,7 +448,7 @@ class Board:
         elif snapshot.eta_seconds is not None and not snapshot.finished:
             # The status is as old as its last write; the time since then has passed for the ETA too.
             written = status.get("written_at")
-            age = max(0.0, time.time() - written) if _number(written) else 0.0
+            age = max(0.0, time.time() - written) if is_number(written) else 0.0
             snapshot = _with(snapshot, eta_seconds=max(0.0, snapshot.eta_seconds - age),
                              elapsed_seconds=snapshot.elapsed_seconds + age)
         return JobView(job_id=path.name, path=path, created=float(spec.get("created", 0)),
@@ -715,7 +711,7 @@ class Board:
                 if launch is None:
                     continue  # waiting in the queue
                 pid, at = launch.get("pid"), launch.get("at")
-                at = at if _number(at) else 0.0
+                at = at if is_number(at) else 0.0
                 if pid is None and time.time() - at < LAUNCH_GRACE_SECONDS:
                     continue  # being started right now
             if pid_alive(pid):

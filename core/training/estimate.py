@@ -25,6 +25,7 @@ from pathlib import Path
 from core.data.sources import DEFAULT_CACHE_BUDGET_BYTES, validation_limit
 from core.settings.files import read_json, update_json
 from core.settings.specs import ModelKind, spec
+from core.settings.text import is_number
 
 # Opening the data, writing model.h5 and the run's JSON files: seconds no warm-up batch sees.
 OVERHEAD_SECONDS = 3.0
@@ -278,7 +279,7 @@ def observed_timing(folder: str | Path, data, train) -> Observed | None:
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e6
+    return is_number(value) and 0 <= value < 1e6
 
 
 def _well_formed(entry) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig, total_epochs
-from core.settings.errors import LabError, StopRequested
+from core.settings.errors import LabError, StopRequested, error_line
 from core.settings.specs import spec
 from core.settings.text import FINE_TUNE_PHASE, FROZEN_PHASE, TRAIN_PHASE
 from core.training.experiment import BatchReport, Callbacks, EpochReport
@@ -294,9 +294,8 @@ class Job:
             except Exception as exc:  # a bug must end the job visibly, not kill the thread silently
                 self.exception = exc
                 logger.exception("training job failed")
-                first_line = (str(exc).splitlines() or [""])[0][:300]
                 final_phase = FAILED
-                final_message = (f"Training failed unexpectedly ({exc.__class__.__name__}: {first_line}). "
+                final_message = (f"Training failed unexpectedly ({error_line(exc, 300)}). "
                                  "The server log has the details.")
                 break
             if run_dir is None:
