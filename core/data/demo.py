@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.settings.files import TEMP_MARK, read_json, remove_path, try_lock, write_json
+from core.settings.files import TEMP_MARK, read_json, remove_path, replace_path, try_lock, write_json
 
 # Each class: a shape of a characteristic colour on a noisy background, at a random place and size.
 DEMO_CLASSES = {
@@ -211,7 +211,7 @@ def prepare_once(final: Path, ready: Callable[[Path], bool], build: Callable[[Pa
             try:
                 same_permissions(tmp, final.parent)
                 result = build(tmp, _reporting(status, progress))
-                _publish(tmp, final)
+                replace_path(tmp, final)  # an outdated final is another version's, or size's
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -256,15 +256,3 @@ def same_permissions(folder: Path, like: Path) -> None:
     published in), as a folder made with mkdir would have; bits such as an inherited set-group-id stay."""
     own = stat.S_IMODE(folder.stat().st_mode)
     os.chmod(folder, (own & ~0o777) | (stat.S_IMODE(like.stat().st_mode) & 0o777))
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename tmp to final; an outdated final (another version's, or size's) is moved aside first, since a
-    rename cannot replace a folder that has files in it."""
-    if final.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        os.rename(final, aside)  # onto the empty folder mkdtemp made
-        os.rename(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(tmp, final)

@@ -23,8 +23,8 @@ import numpy as np
 
 from core.runs.folders import RunRecord, open_run
 from core.safety.model_files import load_model
-from core.settings.errors import LabError
-from core.settings.files import read_json, write_json
+from core.settings.errors import LabError, error_line
+from core.settings.files import read_json, replace_path, write_json
 from core.settings.text import duration
 
 logger = logging.getLogger(__name__)
@@ -213,8 +213,7 @@ def _tflite_bytes(savedmodel: Path, fmt: ExportFormat) -> bytes:
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises its own and MLIR error types for unsupported graphs
-        raise LabError(f"TFLite could not convert this model ({exc.__class__.__name__}: "
-                       f"{str(exc).splitlines()[0][:200]}).") from None
+        raise LabError(f"TFLite could not convert this model ({error_line(exc)}).") from None
 
 
 def labels_path(tflite: Path) -> Path:
@@ -271,10 +270,7 @@ def export_run(run_dir: str | Path, fmt: str | ExportFormat, out: str | Path | N
                     _refusal_path(run_dir, fmt).unlink(missing_ok=True)
                 shutil.copyfile(savedmodel / "assets" / LABELS_FILE, tmp / LABELS_FILE)
                 os.replace(tmp / LABELS_FILE, labels_path(out))
-        if out.is_dir():
-            # os.replace cannot overwrite a folder: move the old export into the folder that is deleted.
-            out.rename(tmp / "previous")
-        os.replace(staged, out)
+        replace_path(staged, out)
     logger.info("Exported %s as %s to %s", run_dir.name, fmt.value, out)
     return ExportResult(fmt, out, _size(out), round(time.perf_counter() - start, 3), check)
 

@@ -206,6 +206,18 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
+def replace_path(staged: Path, final: Path) -> None:
+    """Rename staged (a file or a folder) to final, whole; a folder already at final, which a rename cannot
+    replace, is first moved aside under a temporary name and then deleted."""
+    if final.is_dir() and not final.is_symlink():
+        aside = final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(6)}")
+        os.rename(final, aside)
+        os.replace(staged, final)
+        remove_path(aside)
+    else:
+        os.replace(staged, final)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether exc is a write refused for lack of space (a full disk, a quota, a file size limit)."""
     return isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS

@@ -195,3 +195,21 @@ def test_a_worker_module_starts_from_the_repository_in_a_session_of_its_own(tmp_
     process = launch_module("lab_probe_module", [], log, append_log=False)
     assert process.wait(60) == 0
     assert len(log.read_text().splitlines()) == 1  # a download's log starts afresh with each worker
+
+
+def test_replace_path_puts_a_file_or_a_folder_in_place_of_either(tmp_path):
+    old_folder = tmp_path / "export"
+    (old_folder / "variables").mkdir(parents=True)
+    (old_folder / "variables" / "old.bin").write_bytes(b"old")
+    new_folder = tmp_path / "staged"
+    new_folder.mkdir()
+    (new_folder / "saved_model.pb").write_bytes(b"new")
+    files.replace_path(new_folder, old_folder)  # a plain rename cannot replace a folder that has files in it
+    assert sorted(p.name for p in old_folder.iterdir()) == ["saved_model.pb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the old folder, moved aside, is gone
+
+    staged_file = tmp_path / "model.h5.part"
+    staged_file.write_bytes(b"h5")
+    (tmp_path / "model.h5").write_bytes(b"older")
+    files.replace_path(staged_file, tmp_path / "model.h5")
+    assert (tmp_path / "model.h5").read_bytes() == b"h5" and not staged_file.exists()
