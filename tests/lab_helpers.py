@@ -93,3 +93,41 @@ def run_picker(at):
     except KeyError:  # the page has not set its runs yet
         generation = 0
     return at.multiselect(key=f"runs_picker_{generation}")
+
+
+def keras_probabilities(model, softmax_output: bool, images):
+    """What the Keras model itself says, the reference every export is compared with."""
+    import numpy as np
+    import tensorflow as tf
+
+    out = model(np.asarray(images, dtype=np.float32), training=False)
+    return (out if softmax_output else tf.nn.softmax(out)).numpy()
+
+
+def predict_with_export(path: str, fmt: str, images):
+    """Probabilities from an export (a SavedModel folder or its zip, or a file) for preprocessed images:
+    float32 (n, size, size, 3) in [0, 1]."""
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from core.runs.export import ExportFormat, _savedmodel_probabilities, _tflite_probabilities, parse_format
+    from core.safety.model_files import load_model
+
+    fmt = parse_format(fmt)
+    path = Path(path)
+    images = np.asarray(images, dtype=np.float32)
+    if fmt is ExportFormat.H5:
+        model, info = load_model(path)
+        return keras_probabilities(model, info.softmax_output, images)
+    if fmt is ExportFormat.SAVEDMODEL:
+        if path.suffix == ".zip":
+            with tempfile.TemporaryDirectory() as tmp:
+                with zipfile.ZipFile(path) as zf:
+                    zf.extractall(tmp)
+                folder = next(p.parent for p in Path(tmp).rglob("saved_model.pb"))
+                return predict_with_export(folder, fmt, images)
+        return _savedmodel_probabilities(path, images)
+    return _tflite_probabilities(path, images)[0]

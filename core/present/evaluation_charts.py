@@ -11,7 +11,6 @@ from core.present.charts import FONT
 from core.runs.evaluate import Evaluation
 from core.runs.explain import OVERLAY_ALPHA, Explanation, plotly_colorscale, resize_map
 
-METRIC_COLOURS = {"precision": "#1F6FB2", "recall": "#E8731A", "accuracy": "#3A9A5B"}
 # Above this many classes the cells are too small for their numbers; hovering still shows them.
 MAX_ANNOTATED_CLASSES = 15
 # Browsers slow down on heatmaps of millions of cells; the figure shows a downscaled copy.
@@ -42,27 +41,6 @@ def confusion_matrix_figure(evaluation: Evaluation) -> go.Figure:
     side = min(900, 260 + 48 * len(names))
     return _layout(fig, f"Confusion matrix: {evaluation.images} validation images, "
                         f"accuracy {evaluation.accuracy:.1%}", side)
-
-
-def per_class_figure(evaluation: Evaluation) -> go.Figure:
-    """Precision, recall and (one-vs-rest) accuracy per class as grouped bars; a missing bar is a ratio
-    with nothing to divide by, e.g. the precision of a class the model never predicted."""
-    names = [m.name for m in evaluation.per_class]
-    support = [[m.support, m.predicted] for m in evaluation.per_class]
-    fig = go.Figure()
-    for metric, colour in METRIC_COLOURS.items():
-        values = [getattr(m, metric) for m in evaluation.per_class]
-        fig.add_bar(
-            name=metric, x=names, y=[None if v is None else 100 * v for v in values], marker_color=colour,
-            customdata=support,
-            hovertemplate=f"%{{x}}<br>{metric} %{{y:.1f}}%<br>%{{customdata[0]}} images, "
-                          "%{customdata[1]} predicted<extra></extra>",
-        )
-    fig.update_layout(barmode="group", legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1,
-                                               "xanchor": "right"})
-    fig.update_yaxes(title="%", range=[0, 100])
-    fig.update_xaxes(type="category")
-    return _layout(fig, "Per-class metrics on the validation split", 420)
 
 
 def _downscaled(image: np.ndarray, heatmap: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -338,34 +338,6 @@ def export_download(run_dir: str | Path, fmt: str | ExportFormat) -> Download:
     return Download(info.filename, path.read_bytes(), info.mime)
 
 
-def keras_probabilities(model, softmax_output: bool, images: np.ndarray) -> np.ndarray:
-    """What the Keras model itself says, the reference every export is compared with."""
-    import tensorflow as tf
-
-    out = model(np.asarray(images, dtype=np.float32), training=False)
-    return (out if softmax_output else tf.nn.softmax(out)).numpy()
-
-
-def predict_with_export(path: str | Path, fmt: str | ExportFormat, images: np.ndarray) -> np.ndarray:
-    """Probabilities from an export (a SavedModel folder or its zip, or a file) for preprocessed images:
-    float32 (n, size, size, 3) in [0, 1]."""
-    fmt = parse_format(fmt)
-    path = Path(path)
-    images = np.asarray(images, dtype=np.float32)
-    if fmt is ExportFormat.H5:
-        model, info = load_model(path)
-        return keras_probabilities(model, info.softmax_output, images)
-    if fmt is ExportFormat.SAVEDMODEL:
-        if path.suffix == ".zip":
-            with tempfile.TemporaryDirectory() as tmp:
-                with zipfile.ZipFile(path) as zf:
-                    zf.extractall(tmp)
-                folder = next(p.parent for p in Path(tmp).rglob("saved_model.pb"))
-                return predict_with_export(folder, fmt, images)
-        return _savedmodel_probabilities(path, images)
-    return _tflite_probabilities(path, images)[0]
-
-
 def _savedmodel_probabilities(folder: Path, images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 

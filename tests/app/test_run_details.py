@@ -171,8 +171,8 @@ def downloads(monkeypatch) -> dict:
 
 
 def test_export_downloads_are_made_on_request_and_load(open_page, runs_copy, folder_state, downloads, tmp_path):
-    from core.runs.export import keras_probabilities, predict_with_export
     from core.safety.model_files import load_model
+    from tests.lab_helpers import keras_probabilities, predict_with_export
 
     run = runs_copy["baseline"]
     at = open_page("experiments", runs_dir=runs_copy["dir"], state=folder_state)

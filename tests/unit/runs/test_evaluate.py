@@ -337,7 +337,7 @@ def test_cli_evaluate_of_a_folder_that_is_not_a_run_fails_cleanly(tmp_path, caps
 
 
 def test_confusion_matrix_figure_shows_counts_and_row_shares(mislabelled_run):
-    from core.present.evaluation_charts import confusion_matrix_figure, per_class_figure
+    from core.present.evaluation_charts import confusion_matrix_figure
 
     run, _ = mislabelled_run
     evaluation = load_evaluation(run) or evaluate_run(run)
@@ -349,14 +349,9 @@ def test_confusion_matrix_figure_shows_counts_and_row_shares(mislabelled_run):
     assert heat.text[circles][circles] == f"{row[circles]}<br>{100 * row[circles] / sum(row):.1f}%"
     assert heat.z[circles][circles] == pytest.approx(100 * row[circles] / sum(row), abs=1e-3)
 
-    bars = per_class_figure(evaluation)
-    assert [trace.name for trace in bars.data] == ["precision", "recall", "accuracy"]
-    recall = {name: value for name, value in zip(bars.data[1].x, bars.data[1].y)}
-    assert recall["circles"] == pytest.approx(100 * row[circles] / sum(row))
-
 
 def test_figures_handle_classes_without_images():
-    from core.present.evaluation_charts import confusion_matrix_figure, per_class_figure
+    from core.present.evaluation_charts import confusion_matrix_figure
     from core.runs.evaluate import Evaluation
 
     matrix = confusion_matrix([0, 0, 1], [0, 1, 1], 3)
@@ -364,7 +359,6 @@ def test_figures_handle_classes_without_images():
     evaluation = Evaluation(Path("."), NAMES, matrix.tolist(), pct, per_class_metrics(matrix, NAMES),
                             overall_accuracy(matrix), 3, 0, [], 0.0, 0.0)
     assert confusion_matrix_figure(evaluation).data[0].text[2][0] == "0<br>-"
-    assert per_class_figure(evaluation).data[0].y[2] is None
 
 
 def test_a_stored_evaluation_naming_a_thumbnail_outside_the_run_is_damaged(run_copies, tmp_path):

@@ -15,13 +15,12 @@ from core.runs.export import (
     ExportFormat,
     export_download,
     export_run,
-    keras_probabilities,
     labels_path,
     parse_format,
-    predict_with_export,
 )
 from core.settings.errors import LabError
 from tests.conftest import TEST_IMAGE_SIZE
+from tests.lab_helpers import keras_probabilities, predict_with_export
 
 KINDS = ["baseline", "mobilenet_v2"]
 
