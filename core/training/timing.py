@@ -96,8 +96,14 @@ def measure_setting(kind: ModelKind, image_size: int, batch_size: int, handle: s
                     source: str | None = None, fine_tune: bool = False, lock_folder: str | Path | None = None):
     """A Speed for one setting, all of it from one child process (TensorFlow's import is paid once):
     the model's own steps, decoding the source's images when named, the unfrozen backbone when asked."""
+    from core.models.hub import check_available
+    from core.settings.specs import spec
     from core.training.estimate import Speed
 
+    if spec(kind).has_backbone:
+        # A module that is neither cached nor reachable is known here in a moment, without starting a
+        # TensorFlow process that would only find the same.
+        check_available(handle)
     values = measure_apart("setting", lock_folder, kind=kind.value, image_size=image_size, batch_size=batch_size,
                            handle=handle, num_classes=num_classes, source=source, fine_tune=fine_tune)
     return Speed(**{f.name: float(values[f.name]) for f in dataclasses.fields(Speed) if f.name in values})

@@ -35,6 +35,14 @@ def test_the_labs_own_errors_come_back_as_themselves(demo_backbone, tmp_path):
                                lock_folder=tmp_path)
 
 
+def test_an_unreachable_hub_module_is_told_without_starting_a_process(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(timing.subprocess, "run", lambda *a, **k: started.append(a))
+    with pytest.raises(OfflineError, match="hub module"):
+        timing.measure_setting(ModelKind.TRANSFER, 64, 8, MOBILENET_V2_HANDLE, 2, lock_folder=tmp_path)
+    assert started == []
+
+
 def test_anything_else_is_one_line_and_never_a_traceback(tmp_path):
     with pytest.raises(LabError) as caught:
         timing.measure_apart("no such measurement", tmp_path)
