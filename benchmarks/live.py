@@ -277,6 +277,10 @@ def _niced_chromium(work: Path, niceness: int = BROWSER_NICENESS) -> Path:
     return launcher
 
 
+# A switch Chromium ignores, marking a browser that browsers_kept_niced leaves at its own priority.
+SPARED_SWITCH = "--lab-benchmark-own-device"
+
+
 @contextlib.contextmanager
 def browsers_kept_niced(niceness: int):
     """While the block runs, every Chromium process under this one stays at this niceness: Chromium raises
@@ -286,12 +290,23 @@ def browsers_kept_niced(niceness: int):
 
     stop = threading.Event()
 
+    def spared(procs) -> set[int]:
+        """A browser launched with SPARED_SWITCH (a visitor's own device) and everything it forked."""
+        found: set[int] = set()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                if SPARED_SWITCH in proc.cmdline():
+                    found |= {proc.pid} | {child.pid for child in proc.children(recursive=True)}
+        return found
+
     def keep() -> None:
         me = psutil.Process()
         while not stop.is_set():
-            for proc in me.children(recursive=True):
+            procs = me.children(recursive=True)
+            skip = spared(procs)
+            for proc in procs:
                 with contextlib.suppress(psutil.Error):
-                    if "chrom" in proc.name() and proc.nice() < niceness:
+                    if proc.pid not in skip and "chrom" in proc.name() and proc.nice() < niceness:
                         proc.nice(niceness)
             stop.wait(0.5)
 

