@@ -5,6 +5,7 @@ never in the server that shows them: a crash or an out-of-memory kill then ends 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -30,6 +31,23 @@ def launch_module(module: str, args: Iterable[str | os.PathLike], log_path: str 
         return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=REPO_ROOT, env=env,
                                 stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def yield_cpu(niceness: int) -> None:
+    """Lower this process's priority so that the server it works for is served first.
+
+    Where the kernel groups processes by session for scheduling (Linux's autogroup, on by default on most
+    distributions), a process in a session of its own, as launch_module starts a worker, is weighed against
+    the server's whole session, and its own nice value counts only inside its group. So a session leader
+    also sets its group's nice value. Any other process leaves the group alone: it is the server's.
+    """
+    os.nice(niceness)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError):  # no autogroup here (another kernel, or /proc read-only)
+            AUTOGROUP.write_text(str(niceness))
 
 
 def pid_alive(pid) -> bool:

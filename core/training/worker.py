@@ -20,6 +20,7 @@ from pathlib import Path
 
 from core.runs.room import record_job
 from core.settings.files import is_disk_full
+from core.settings.processes import yield_cpu
 from core.training import efficiency
 from core.training.board import (
     EXIT_DISK_FULL,
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(f"usage: python -m core.training.worker JOB_DIR | {STANDBY}", file=sys.stderr)
         return 2
-    os.nice(WORKER_NICENESS)
+    yield_cpu(WORKER_NICENESS)
     if argv[0] == STANDBY:
         _import_tensorflow()
         logger.info(READY)

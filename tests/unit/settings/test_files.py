@@ -213,3 +213,24 @@ def test_replace_path_puts_a_file_or_a_folder_in_place_of_either(tmp_path):
     (tmp_path / "model.h5").write_bytes(b"older")
     files.replace_path(staged_file, tmp_path / "model.h5")
     assert (tmp_path / "model.h5").read_bytes() == b"h5" and not staged_file.exists()
+
+
+_YIELD = ("import os; from core.settings.processes import yield_cpu; yield_cpu(10); "
+          "print(os.nice(0), open('/proc/self/autogroup').read().split()[-1])")
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="this kernel has no autogroup scheduling")
+def test_a_worker_in_a_session_of_its_own_yields_as_a_group_and_leaves_the_servers_alone():
+    import subprocess
+
+    ours = Path("/proc/self/autogroup").read_text()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # A worker (a session of its own, as launch_module starts it): its group is weighed against the server's
+    # session as a whole, so the group's nice value is what lets the server go first.
+    leader = subprocess.run([sys.executable, "-c", _YIELD], env=env, capture_output=True, text=True, check=True,
+                            start_new_session=True)
+    assert leader.stdout.split() == ["10", "10"]
+    # A child in the server's session (the timing process) lowers only itself: the group is the server's.
+    child = subprocess.run([sys.executable, "-c", _YIELD], env=env, capture_output=True, text=True, check=True)
+    assert child.stdout.split()[0] == "10"
+    assert Path("/proc/self/autogroup").read_text() == ours
