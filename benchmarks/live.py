@@ -305,9 +305,15 @@ def browsers_kept_niced(niceness: int):
             procs = me.children(recursive=True)
             skip = spared(procs)
             for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    if proc.pid not in skip and "chrom" in proc.name() and proc.nice() < niceness:
-                        proc.nice(niceness)
+                with contextlib.suppress(psutil.Error, OSError):
+                    if proc.pid not in skip and "chrom" in proc.name():
+                        if proc.nice() < niceness:
+                            proc.nice(niceness)
+                        if proc.pid == os.getsid(proc.pid):
+                            # Playwright starts the browser in a session of its own: under the kernel's
+                            # autogroup scheduling its processes' nice values count only among themselves,
+                            # and the group as a whole would take as much of the cores as the server's.
+                            Path(f"/proc/{proc.pid}/autogroup").write_text(str(niceness))
             stop.wait(0.5)
 
     thread = threading.Thread(target=keep, name="browsers-niced", daemon=True)
