@@ -30,7 +30,7 @@ from pathlib import Path
 from core.settings.config import ARTICLE_DATASET
 from core.settings.errors import DataError, OfflineError, error_line
 from core.settings.files import is_disk_full, read_json, remove_path, try_lock, write_json
-from core.settings.processes import launch_module
+from core.settings.processes import launch_module, yield_cpu
 from core.settings.text import duration, megabytes, percent
 
 ARTICLE_ARCHIVE = "kagglecatsanddogs_5340.zip"
@@ -45,6 +45,7 @@ POLL_SECONDS = 0.5
 SHUFFLE_BUFFER_BYTES = 64 * 1024**2
 LOCK_WAIT_SECONDS = 3.0  # a new worker's patience with a lock that a status check holds for a moment
 EXIT_BUSY = 3  # the worker found another one holding the lock
+DOWNLOAD_NICENESS = 10  # as the training workers (core.training.worker)
 STATUS_MAX_BYTES = 64 * 1024  # a status is a few hundred bytes; anything larger was not written by a worker
 
 STARTING, DOWNLOADING, PREPARING, DONE, FAILED, CANCELLED = (
@@ -319,6 +320,8 @@ def _failure_message(exc: BaseException, name: str, url: str, data_dir: Path, do
 
 
 def _work(name: str, data_dir: Path) -> int:
+    # Preparing a dataset decodes and re-encodes every image: the pages of the server it works for go first.
+    yield_cpu(DOWNLOAD_NICENESS)
     data_dir.mkdir(parents=True, exist_ok=True)
     # Open for the worker's whole life: closing it would drop the lock.
     lock = open(_worker_file(data_dir, name, "lock"), "a+")  # noqa: SIM115
