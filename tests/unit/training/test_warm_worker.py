@@ -117,7 +117,9 @@ def test_a_worker_takes_the_next_queued_job_itself_and_the_slot_stays_one(tmp_pa
     assert json.loads((board.view(second.job_id).path / STATUS).read_text())["pid"] == worker
     # Its start counted from the claim: TensorFlow was running already.
     assert worker_start_seconds(tmp_path) < 1.0
-    assert f"job {second.job_id} ended" in (board.view(second.job_id).path / "worker.log").read_text()
+    # The worker logs the job's end after publishing it (and after recording it for the Room): wait for the line.
+    log = board.view(second.job_id).path / "worker.log"
+    wait_until(lambda: f"job {second.job_id} ended" in log.read_text(), seconds=30)
 
 
 def test_a_worker_killed_in_the_job_it_took_next_fails_that_job_with_the_signal(tmp_path, demo_folder):
