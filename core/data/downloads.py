@@ -45,7 +45,6 @@ POLL_SECONDS = 0.5
 SHUFFLE_BUFFER_BYTES = 64 * 1024**2
 LOCK_WAIT_SECONDS = 3.0  # a new worker's patience with a lock that a status check holds for a moment
 EXIT_BUSY = 3  # the worker found another one holding the lock
-DOWNLOAD_NICENESS = 10  # as the training workers (core.training.worker)
 STATUS_MAX_BYTES = 64 * 1024  # a status is a few hundred bytes; anything larger was not written by a worker
 
 STARTING, DOWNLOADING, PREPARING, DONE, FAILED, CANCELLED = (
@@ -321,7 +320,7 @@ def _failure_message(exc: BaseException, name: str, url: str, data_dir: Path, do
 
 def _work(name: str, data_dir: Path) -> int:
     # Preparing a dataset decodes and re-encodes every image: the pages of the server it works for go first.
-    yield_cpu(DOWNLOAD_NICENESS)
+    yield_cpu()
     data_dir.mkdir(parents=True, exist_ok=True)
     # Open for the worker's whole life: closing it would drop the lock.
     lock = open(_worker_file(data_dir, name, "lock"), "a+")  # noqa: SIM115

@@ -34,9 +34,13 @@ def launch_module(module: str, args: Iterable[str | os.PathLike], log_path: str 
 
 
 AUTOGROUP = Path("/proc/self/autogroup")
+# Trainings, timings and dataset preparation yield the CPU to the server: a click, a page or a prediction is
+# served at once, while a worker alone on the machine runs at full speed (niceness only matters when both
+# want the same core).
+WORKER_NICENESS = 10
 
 
-def yield_cpu(niceness: int) -> None:
+def yield_cpu(niceness: int = WORKER_NICENESS) -> None:
     """Lower this process's priority so that the server it works for is served first.
 
     Where the kernel groups processes by session for scheduling (Linux's autogroup, on by default on most

@@ -22,7 +22,6 @@ from core.settings.config import DataConfig, ModelKind
 from core.settings.errors import LabError
 from core.settings.processes import yield_cpu
 
-TIMING_NICENESS = 10  # as the training workers: a visitor's click is served first
 TIMEOUT_SECONDS = 600  # a timing that takes longer than this is stuck, not slow
 MAX_REPLY_BYTES = 64_000
 
@@ -114,7 +113,7 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    yield_cpu(TIMING_NICENESS)
+    yield_cpu()
     try:
         request = json.loads(sys.stdin.read(MAX_REPLY_BYTES))
         reply = {"result": _measure(request["what"], request["args"])}

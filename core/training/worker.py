@@ -40,9 +40,6 @@ from core.training.jobs import DONE, FAILED, STOPPED, Job
 
 logger = logging.getLogger("core.training.worker")
 
-# Trainings yield the CPU to the server: a click, a page or a prediction is served at once, while a training
-# alone on the machine runs at full speed (niceness only matters when both want the same core).
-WORKER_NICENESS = 10
 STANDBY = "--standby"
 # A worker takes the next queued job itself after its own, up to this many jobs and while it stays under
 # this size (TensorFlow's memory is not all given back between jobs; a fresh process starts from nothing).
@@ -56,7 +53,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(f"usage: python -m core.training.worker JOB_DIR | {STANDBY}", file=sys.stderr)
         return 2
-    yield_cpu(WORKER_NICENESS)
+    yield_cpu()
     if argv[0] == STANDBY:
         _import_tensorflow()
         logger.info(READY)

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from core.settings.config import DataConfig, ModelKind, TrainConfig
+from core.settings.processes import WORKER_NICENESS
 from core.training.board import (
     EXIT,
     LAUNCH,
@@ -32,7 +33,6 @@ from core.training.board import (
 )
 from core.training.estimate import TIMINGS_FILE
 from core.training.jobs import DONE, FAILED, STOPPED, Experiment
-from core.training.worker import WORKER_NICENESS
 
 DATA = DataConfig(source="folder:unused", image_size=32, batch_size=4)
 
@@ -592,7 +592,7 @@ def test_a_worker_ends_with_the_disk_full_code_when_it_cannot_publish(tmp_path, 
     board = Board(tmp_path, max_concurrent=1, launcher=lambda job_dir: None)
     with board._locked():
         job_dir = board.root / board._create([experiment()], ["a"], "alice", "dashboard")
-    monkeypatch.setattr(worker, "yield_cpu", lambda niceness: None)  # the test's own process keeps its priority
+    monkeypatch.setattr(worker, "yield_cpu", lambda: None)  # the test's own process keeps its priority
     monkeypatch.setattr(worker, "follow_training", raiser_of(OSError(errno.ENOSPC, "No space left on device")))
     disk = FilledDisk(monkeypatch)
     disk.full = True
