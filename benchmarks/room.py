@@ -326,9 +326,13 @@ def table_rows(results: dict) -> list[list[str]]:
             continue
         rows.append([name, f"{r['results_seen']} / {r['sessions']} ({r['charted']})", str(r.get("jobs", "")),
                      _seconds(r["last_result_s"]), _seconds(r["median_wait_s"]),
-                     f"{_seconds(r.get('health_worst_setup_s'))} / {_seconds(r.get('health_worst_waiting_s'))}",
+                     f"{_health(r.get('health_worst_setup_s'))} / {_health(r.get('health_worst_waiting_s'))}",
                      _seconds(r["home_s"]), memory_cell(r), str(len(r["errors"]))])
     return rows
+
+
+def _health(value) -> str:
+    return "-" if value is None else f"{value:.2f} s"  # goals of 1 s: tenths would show 0.04 s as 0.0 s
 
 
 def _seconds(value) -> str:
