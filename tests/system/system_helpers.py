@@ -1,13 +1,32 @@
-"""What the browser tests share: a `streamlit run` on a free port, waiting for a script run, screenshots."""
+"""What the browser tests share: a `streamlit run` on a free port (hosted or not), waiting for a script run, screenshots."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from pathlib import Path
 
-from benchmarks.server import ARTIFACTS, start_server  # noqa: F401  (start_server: shared with the benchmark)
+from benchmarks.server import ARTIFACTS, start_server
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 120_000  # first paints import TensorFlow and time a few batches on a 2-core machine
+
+
+@contextlib.contextmanager
+def hosted_server(runs: Path, demo_folder: Path, demo_backbone: Path, name: str):
+    """A cloud-preset server with the demo data and backbone inside the Lab's cache, as uploads would be.
+
+    Yields what a test needs to set a visitor up: the address, the runs folder, the source and the hub handle.
+    """
+    cache = Path(os.environ["LAB_CACHE_DIR"])
+    data, handle = cache / "uploads" / f"{name}-shapes", cache / f"{name}-backbone"
+    if not data.exists():
+        shutil.copytree(demo_folder, data)
+    if not handle.exists():
+        shutil.copytree(demo_backbone, handle)
+    with start_server(runs, {"LAB_PRESET": "cloud"}, name) as url:
+        yield {"url": url, "runs": runs, "source": f"folder:{data}", "handle": str(handle)}
 
 
 def settle(tab) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from system_helpers import SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
+from system_helpers import SCREENSHOTS, TIMEOUT_MS, hosted_server, settle, shoot
 
 from core.settings.choices import new_token, save_choices
 
@@ -27,15 +26,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory, demo_folder, demo_backbone, _isolated_cache):
     """A cloud-preset server with the demo data and backbone inside the Lab's cache, as uploads would be."""
-    cache = Path(os.environ["LAB_CACHE_DIR"])
-    data, handle = cache / "uploads" / "live-shapes", cache / "live-backbone"
-    if not data.exists():
-        shutil.copytree(demo_folder, data)
-    if not handle.exists():
-        shutil.copytree(demo_backbone, handle)
-    runs = tmp_path_factory.mktemp("live-runs")
-    with start_server(runs, {"LAB_PRESET": "cloud"}, "live") as url:
-        yield {"url": url, "runs": runs, "source": f"folder:{data}", "handle": str(handle)}
+    with hosted_server(tmp_path_factory.mktemp("live-runs"), demo_folder, demo_backbone, "live") as server:
+        yield server
 
 
 def visitor(browser, hosted, **settings):

@@ -5,14 +5,11 @@ server keeps answering its health check; identical experiments train once.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from system_helpers import SCREENSHOTS, TIMEOUT_MS, settle, shoot, start_server
+from system_helpers import SCREENSHOTS, TIMEOUT_MS, hosted_server, settle, shoot
 
 from benchmarks.room import Sampler
 from core.settings.choices import new_token, save_choices
@@ -25,15 +22,8 @@ HEALTH_LIMIT_S = 3.0
 
 @pytest.fixture(scope="module")
 def room_server(tmp_path_factory, demo_folder, demo_backbone, _isolated_cache):
-    cache = Path(os.environ["LAB_CACHE_DIR"])
-    data, handle = cache / "uploads" / "room-shapes", cache / "room-backbone"
-    if not data.exists():
-        shutil.copytree(demo_folder, data)
-    if not handle.exists():
-        shutil.copytree(demo_backbone, handle)
-    runs = tmp_path_factory.mktemp("room-runs")
-    with start_server(runs, {"LAB_PRESET": "cloud"}, "room") as url:
-        yield {"url": url, "runs": runs, "source": f"folder:{data}", "handle": str(handle)}
+    with hosted_server(tmp_path_factory.mktemp("room-runs"), demo_folder, demo_backbone, "room") as server:
+        yield server
 
 
 def test_a_room_of_eight_each_sees_its_result_while_the_server_answers(browser, room_server):
