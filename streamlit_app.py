@@ -8,7 +8,9 @@ import streamlit as st
 
 from app_pages.parts.common import sidebar, skip_keras_clear_session, tidy_runs_folder
 from app_pages.parts.session import keep_widget_state, restore_session, save_session
+from core.settings.processes import show_lab_messages
 
+show_lab_messages()  # what the pages and the library log reaches the server's log
 skip_keras_clear_session()
 # An emoji favicon is drawn by the browser; a Material icon one is fetched from a font CDN (fails offline).
 st.set_page_config(page_title="Transfer Learning Lab", page_icon="🧪", layout="wide",

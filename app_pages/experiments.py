@@ -40,7 +40,7 @@ from core.settings.presets import (
 from core.settings.text import duration
 from core.training.estimate import Estimate, quick_demo
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app_pages.experiments")  # a page runs as __main__
 
 KINDS = (ModelKind.BASELINE, ModelKind.TRANSFER)  # the article's order, left to right
 QUICK_DEMO_WAIT_SECONDS = 90.0  # how long the Quick demo button waits for both models' timings

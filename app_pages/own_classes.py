@@ -13,7 +13,7 @@ from core.settings.errors import LabError
 from core.settings.source import Source
 from core.settings.text import markdown_literal, megabytes, percent
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app_pages.own_classes")  # a page runs as __main__
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 SHOWN_ERRORS = 3

@@ -1,4 +1,5 @@
 """Predict: reload a saved model from its .h5 file, as the article does, and classify images with it."""
+import logging
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
 PER_ROW = 2
 MODEL_UPLOAD_KEY = "up_model_stored"  # (upload id, stored path) of this session's uploaded model
+logger = logging.getLogger("app_pages.predict")  # a page runs as __main__
+# The server's part of a prediction, for its log: a person's wait also holds the upload and the browser's drawing.
+page_began = time.monotonic()
 MODEL_SOURCES = {"run": "A saved run", "upload": "Upload an .h5 file", "path": "An .h5 file on this machine"}
 
 
@@ -295,7 +299,9 @@ if not files:
     st.stop()
 
 with st.spinner(f"Classifying {len(files)} image(s) ..."):
+    classify_began = time.monotonic()
     results = predict_bytes(loaded, files)
+    classify_s = time.monotonic() - classify_began
 failed = [r for r in results if isinstance(r, PredictionError)]
 for r in failed:
     st.error(r.message, icon=":material/broken_image:")
@@ -316,3 +322,5 @@ for start in range(0, len(good), PER_ROW):
             verdict.plotly_chart(probability_bar(result.probabilities, colour), key=f"prob_{index}",
                                  config={"displayModeBar": False})
             explain_controls(index, loaded, result.name, data, (str(model_path), mtime))
+logger.info("Predict: %d image(s) classified in %.2f s, the page drawn in %.2f s",
+            len(good), classify_s, time.monotonic() - page_began)

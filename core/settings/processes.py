@@ -6,6 +6,7 @@ never in the server that shows them: a crash or an out-of-memory kill then ends 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LAB_PACKAGES = ("core", "app_pages")
+
+
+def show_lab_messages(level: int = logging.INFO) -> None:
+    """Write the Lab's own log messages from `level` up to this process's standard error (the server's log).
+
+    Without it they reach only Python's last-resort handler, which drops everything below WARNING, so what the
+    server did (a run folder tidied, a model exported) never showed. Other libraries' loggers keep the root's
+    level (WARNING). Calling it again (every script run does) changes nothing.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    for name in LAB_PACKAGES:
+        logging.getLogger(name).setLevel(level)
 
 
 def launch_module(module: str, args: Iterable[str | os.PathLike], log_path: str | Path, *, append_log: bool = True,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.runs.room import record_job
 from core.settings.files import is_disk_full
-from core.settings.processes import yield_cpu
+from core.settings.processes import LOG_FORMAT, yield_cpu
 from core.training import efficiency
 from core.training.board import (
     EXIT_DISK_FULL,
@@ -49,7 +49,7 @@ READY = "warm worker ready: waiting for a job"
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if len(argv) != 1:
         print(f"usage: python -m core.training.worker JOB_DIR | {STANDBY}", file=sys.stderr)
         return 2

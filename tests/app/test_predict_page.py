@@ -32,7 +32,7 @@ def test_without_runs_the_page_says_where_models_come_from(open_page):
     assert "No finished runs yet" in at.info[0].value
 
 
-def test_the_best_transfer_run_classifies_an_upload(open_page, trained_runs, circle):
+def test_the_best_transfer_run_classifies_an_upload(open_page, trained_runs, circle, caplog):
     at = open_page("predict", runs_dir=trained_runs["dir"])
     assert not at.exception and not at.error
     assert at.selectbox[0].value == trained_runs["mobilenet_v2"].name
@@ -44,6 +44,8 @@ def test_the_best_transfer_run_classifies_an_upload(open_page, trained_runs, cir
     assert any(c.value == f"{expected.confidence:.1%} confident" for c in at.caption)
     assert len(at.get("plotly_chart")) == 1
     assert any("Reused from the shared cache" in m.value for m in at.markdown)  # loaded once, then reused
+    # The server's part of the wait, in its log (a room's benchmark reads it).
+    assert any(r.name == "app_pages.predict" and "1 image(s) classified in" in r.getMessage() for r in caplog.records)
 
 
 def test_bad_files_get_one_error_each_and_the_rest_are_still_classified(open_page, trained_runs, circle):

@@ -238,3 +238,17 @@ def test_a_worker_in_a_session_of_its_own_yields_as_a_group_and_leaves_the_serve
     nice, *group = child.stdout.splitlines()
     assert nice == "10" and "\n".join(group) == ours.strip()
     assert Path("/proc/self/autogroup").read_text() == ours
+
+
+_LOG = ("import logging; from core.settings.processes import show_lab_messages; show_lab_messages(); "
+        "show_lab_messages(); logging.getLogger('core.runs.export').info('Exported a run'); "
+        "logging.getLogger('app_pages.predict').debug('a detail'); logging.getLogger('absl').info('chatter')")
+
+
+def test_the_servers_log_shows_the_labs_own_messages_once_and_not_other_libraries_chatter():
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    shown = subprocess.run([sys.executable, "-c", _LOG], env=env, capture_output=True, text=True, check=True).stderr
+    assert shown.count("INFO core.runs.export: Exported a run") == 1, shown  # called twice, still one line
+    assert "a detail" not in shown and "chatter" not in shown
