@@ -103,11 +103,14 @@ async def participant(browser, url: str, token: str, index: int, record: dict, r
         await page.get_by_role("heading", name="Predict").wait_for()
         await _settle(page)
         # The first photo loads the model (once per model and server); the second is what every later one costs.
-        for key, name in (("first_predict_s", "new-a.jpg"), ("predict_s", "new-b.jpg")):
+        for shown, (key, name) in enumerate((("first_predict_s", "new-a.jpg"), ("predict_s", "new-b.jpg"))):
             new_photo = {**photos(index + 500 + len(key), 0, 1)[0], "name": f"p{index}-{name}"}
             began = time.monotonic()
             await page.get_by_test_id("stFileUploaderDropzoneInput").last.set_input_files([new_photo])
-            await page.get_by_text(new_photo["name"], exact=True).first.wait_for()
+            # The verdict's card: the photo's caption, then its confidence under the class (the uploader's
+            # own list shows the name as soon as the upload ends, before any verdict).
+            await page.get_by_test_id("stImageCaption").get_by_text(new_photo["name"], exact=True).wait_for()
+            await page.get_by_text(re.compile(r"% confident$")).nth(shown).wait_for()
             record[key] = time.monotonic() - began
             await _settle(page)
         body = await page.inner_text("body")
