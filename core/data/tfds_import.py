@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import threading
 
 _local = threading.local()
@@ -46,10 +47,24 @@ def _install() -> None:
     epy.lazy_imports = lazy_imports
 
 
+class _NotDownloadedYet(logging.Filter):
+    """TFDS warns "Variant folder ... has no dataset_info.json" on every `is_prepared()` of a dataset that is not
+    downloaded yet, which is an answer, not a problem: the Lab asks it on each page run and about every second
+    while a download runs, so the server's log filled with it. A folder with other files missing still warns."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "Variant folder %s has no %s" and record.args
+                    and record.args[-1] == "dataset_info.json")
+
+
+_QUIET = _NotDownloadedYet()
+
+
 def tfds():
     """The tensorflow_datasets module, imported (once) so that concurrent imports stay intact."""
     with _lock:
         _install()
         import tensorflow_datasets
 
+        logging.getLogger("absl").addFilter(_QUIET)  # adding the same filter again changes nothing
     return tensorflow_datasets

@@ -68,6 +68,19 @@ def test_tfds_not_prepared_offline_fails_fast_with_alternatives(network_down, no
     assert network_down and all(timeout <= 5 for _, timeout in network_down)
 
 
+def test_asking_whether_a_dataset_is_downloaded_leaves_the_log_alone(tmp_path, caplog):
+    """TFDS warns on every is_prepared() of a dataset not downloaded yet; a download's follower asks every second."""
+    import logging
+
+    from core.data.downloads import open_builder
+
+    builder = open_builder("cats_vs_dogs", tmp_path)
+    with caplog.at_level(logging.INFO):
+        assert not builder.is_prepared() and not builder.is_prepared()
+        logging.getLogger("absl").warning("Variant folder %s has no %s", tmp_path, "features.json")
+    assert [r.getMessage() for r in caplog.records] == [f"Variant folder {tmp_path} has no features.json"]
+
+
 def test_hub_url_not_cached_offline_fails_fast_with_alternatives(network_down, no_slow_downloads):
     from core.models.architectures import build_transfer
     from core.settings.paths import hub_cache_dir
