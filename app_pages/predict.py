@@ -19,14 +19,15 @@ from core.data.images import MAX_BYTES
 from core.present.charts import model_colour, model_kind, probability_bar
 from core.runs.explain import GRAD_CAM, OCCLUSION
 from core.runs.folders import list_runs, matches_dataset, preferred_run_index
-from core.runs.predict import PredictionError, predict_bytes
-from core.safety.model_files import MAX_UPLOAD_BYTES
+from core.runs.predict import PredictionError, predict_bytes, typed_class_names
+from core.safety.model_files import MAX_UPLOAD_BYTES, numbered_classes
 from core.settings.presets import active_preset
 from core.settings.text import class_list, dataset_name, markdown_literal
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
 PER_ROW = 2
+NAMES_KEY = "pred_class_names"
 MODEL_UPLOAD_KEY = "up_model_stored"  # (upload id, stored path) of this session's uploaded model
 logger = logging.getLogger("app_pages.predict")  # a page runs as __main__
 # The server's part of a prediction, for its log: a person's wait also holds the upload and the browser's drawing.
@@ -260,6 +261,16 @@ except Exception as exc:
     st.stop()
 
 from_cache = loaded_at < started
+# A file without class names (the article's notebook saves none) has numbered classes; the visitor may name
+# them in a field under the model's card, read here so that the card already shows them.
+count = len(loaded.class_names)
+unnamed = loaded.class_names == numbered_classes(count)
+class_names, names_problem = None, None
+if unnamed and str(st.session_state.get(NAMES_KEY) or "").strip():
+    try:
+        class_names = typed_class_names(st.session_state[NAMES_KEY], count)
+    except ValueError as exc:
+        names_problem = str(exc)
 with st.container(border=True):
     info, timing = st.columns([3, 2])
     label = ""
@@ -271,8 +282,9 @@ with st.container(border=True):
     else:
         label = f"**{markdown_literal(shown_name or model_path.name)}** · "
     trained_on = f"trained on {markdown_literal(dataset_name(record.source))} · " if record and record.source else ""
-    info.markdown(f"{label}{trained_on}classes: {markdown_literal(', '.join(loaded.class_names))} · input "
-                  f"{loaded.image_size}x{loaded.image_size}")
+    named = " (named here)" if class_names else ""
+    info.markdown(f"{label}{trained_on}classes: {markdown_literal(', '.join(class_names or loaded.class_names))}"
+                  f"{named} · input {loaded.image_size}x{loaded.image_size}")
     timing.markdown(
         f":material/bolt: Reused from the shared cache (the first load took {loaded.load_seconds:.2f} s)" if from_cache
         else f":material/hard_drive: Loaded from disk in {loaded.load_seconds:.2f} s")
@@ -280,7 +292,17 @@ with st.container(border=True):
         timing.caption("Its frozen backbone is the hub module's own, so it runs on the server's one copy of "
                        "that module; its Dense layer is read from the file. Same outputs as the whole model.")
 
-mismatch = dataset_mismatch(loaded.class_names, record, dataset_classes)
+if unnamed:
+    st.text_input(
+        "Names of its classes, in the model's output order", key=NAMES_KEY,
+        placeholder=", ".join(dataset_classes) if dataset_classes and len(dataset_classes) == count else
+        "cat, dog" if count == 2 else ", ".join(f"name {i}" for i in range(min(count, 4))),
+        help="This file stores no class names, so its classes are numbered. The article's cats_vs_dogs model "
+             "outputs cat, then dog (TFDS's label order). Names typed here are used on this page only.")
+    if names_problem:
+        st.warning(names_problem, icon=":material/edit:")
+
+mismatch = dataset_mismatch(class_names or loaded.class_names, record, dataset_classes)
 if mismatch:
     st.warning(mismatch, icon=":material/warning:")
 
@@ -300,7 +322,7 @@ if not files:
 
 with st.spinner(f"Classifying {len(files)} image(s) ..."):
     classify_began = time.monotonic()
-    results = predict_bytes(loaded, files)
+    results = predict_bytes(loaded, files, class_names)
     classify_s = time.monotonic() - classify_began
 failed = [r for r in results if isinstance(r, PredictionError)]
 for r in failed:

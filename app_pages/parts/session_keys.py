@@ -180,6 +180,7 @@ PRED_MODEL_SOURCE = _key("pred_model_source", True, "where the model comes from:
 PRED_RUN = _key("pred_run", True, "the saved run to predict with")
 PRED_H5_PATH = _key("pred_h5_path", True, "the .h5 file path field")
 PRED_CAMERA = _key("pred_camera", True, "whether the camera is on")
+PRED_CLASS_NAMES = _key("pred_class_names", True, "names typed for a model that stores none, comma-separated")
 PRED_METHOD = _family("pred_method_", _INDEX, True, "an image's explanation method: pred_method_<image's place>")
 UP_MODEL = _key("up_model", False, "the .h5 model uploader")
 UP_MODEL_STORED = _key("up_model_stored", False, "(upload id, stored path) of this session's uploaded model")

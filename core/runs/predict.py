@@ -12,7 +12,15 @@ import numpy as np
 from core.data.images import decode_image
 from core.data.sources import preprocess
 from core.models.architectures import MAX_SHARED_BACKBONES, shared_backbone_layer
-from core.safety.model_files import backbone_digest, check_hub_module, inspect_model_file, load_model, read_hub_head
+from core.safety.model_files import (
+    MAX_CLASS_NAME,
+    backbone_digest,
+    check_hub_module,
+    inspect_model_file,
+    load_model,
+    numbered_classes,
+    read_hub_head,
+)
 from core.settings.errors import ImageError, LabError, ModelFileError, error_line
 from core.settings.paths import configure_caches
 
@@ -155,7 +163,20 @@ def _check_shape(label: str, shape, out) -> None:
 
 
 def _class_names(info, classes: int) -> list[str]:
-    return info.class_names if len(info.class_names) == classes else [f"class {i}" for i in range(classes)]
+    return info.class_names if len(info.class_names) == classes else numbered_classes(classes)
+
+
+def typed_class_names(text: str, count: int) -> list[str]:
+    """Names a person gives the classes of a model that stores none: comma-separated, in the model's output
+    order (for the article's cats_vs_dogs model: cat, dog). ValueError says what is wrong with them."""
+    names = [" ".join(n.split()) for n in str(text).split(",")]
+    if len(names) != count or not all(names):
+        raise ValueError(f"This model has {count} classes: give {count} names separated by commas.")
+    if any(len(n) > MAX_CLASS_NAME for n in names):
+        raise ValueError(f"A class name has at most {MAX_CLASS_NAME} characters.")
+    if len(set(names)) != count:
+        raise ValueError("Give each class a different name.")
+    return names
 
 
 def load_with_shared_backbone(path: str | Path, allowed_handle=None, name: str | None = None) -> LoadedModel | None:
@@ -204,8 +225,13 @@ def load_for_prediction(path: str | Path, allowed_handle=None, name: str | None 
                        info.softmax_output, path, time.perf_counter() - start)
 
 
-def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> list[Prediction | PredictionError]:
-    """Classify named image files; a bad file becomes a PredictionError and the others still run."""
+def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]],
+                  class_names: list[str] | None = None) -> list[Prediction | PredictionError]:
+    """Classify named image files; a bad file becomes a PredictionError and the others still run.
+
+    class_names, one per output, replaces the model's own (typed_class_names; the loaded model is shared).
+    """
+    names = class_names or loaded.class_names
     decoded: list[tuple[int, np.ndarray]] = []
     results: list[Prediction | PredictionError | None] = [None] * len(files)
     for i, (name, data) in enumerate(files):
@@ -217,6 +243,5 @@ def predict_bytes(loaded: LoadedModel, files: list[tuple[str, bytes]]) -> list[P
         probs = loaded.probabilities([img for _, img in decoded])
         for (i, _), p in zip(decoded, probs):
             k = int(np.argmax(p))
-            results[i] = Prediction(files[i][0], loaded.class_names[k], float(p[k]),
-                                    {n: float(v) for n, v in zip(loaded.class_names, p)})
+            results[i] = Prediction(files[i][0], names[k], float(p[k]), {n: float(v) for n, v in zip(names, p)})
     return results  # type: ignore[return-value]

@@ -433,6 +433,11 @@ def _inputs_and_outputs(layers: list[dict]) -> tuple[int | None, int | None, boo
         return input_size, num_outputs, False
 
 
+def numbered_classes(count: int) -> list[str]:
+    """What a model that stores no class names (the article's notebook saves none) calls its classes."""
+    return [f"class {i}" for i in range(count)]
+
+
 def _class_names(names_raw, label: str) -> list[str]:
     if names_raw is None:
         return []
@@ -514,7 +519,7 @@ def load_model(path: str | Path, allowed_handle=None, name: str | None = None):
             f"'{label}' could not be loaded ({error_line(exc)})."
         ) from None
     if not info.class_names and info.num_outputs:
-        info = dataclasses.replace(info, class_names=[f"class {i}" for i in range(info.num_outputs)])
+        info = dataclasses.replace(info, class_names=numbered_classes(info.num_outputs))
     return model, info
 
 

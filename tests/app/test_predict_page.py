@@ -8,6 +8,8 @@ import shutil
 import pytest
 from PIL import Image
 
+from core.settings.text import markdown_literal
+
 
 @pytest.fixture(scope="module")
 def circle(demo_folder) -> tuple[str, bytes]:
@@ -104,6 +106,35 @@ def test_h5_paths_load_or_say_what_is_wrong(open_page, trained_runs, tmp_path):
     at.text_input(key="pred_h5_path").set_value(str(trained_runs["mobilenet_v2"] / "model.h5")).run()
     assert not at.exception and not at.error
     assert any("classes: circles, squares" in m.value for m in at.markdown)
+
+
+def test_a_model_without_class_names_gets_the_names_its_visitor_types(open_page, trained_runs, tmp_path, circle):
+    """The article's notebook saves no class names: its classes show as numbers until someone names them."""
+    import h5py
+
+    model = tmp_path / "article.h5"
+    shutil.copy(trained_runs["mobilenet_v2"] / "model.h5", model)
+    with h5py.File(model, "a") as f:
+        del f.attrs["lab_class_names"]
+    at = open_page("predict", runs_dir=trained_runs["dir"])
+    at.radio(key="pred_model_source").set_value("path").run()
+    at.text_input(key="pred_h5_path").set_value(str(model)).run()
+    assert not at.exception and not at.error
+    assert any("classes: class 0, class 1" in m.value for m in at.markdown)
+    at.file_uploader[0].set_value([(circle[0], circle[1], "image/jpeg")]).run()
+    expected = expected_prediction(trained_runs["mobilenet_v2"], *circle)  # named by the original file
+    numbered = f"class {['circles', 'squares'].index(expected.label)}"
+    assert headings(at) == [numbered]
+
+    at.text_input(key="pred_class_names").set_value("round").run()
+    assert at.warning[0].value == "This model has 2 classes: give 2 names separated by commas."
+    assert headings(at) == [numbered]
+    at.text_input(key="pred_class_names").set_value("<b>round</b>,  boxy ").run()
+    assert not at.exception and not at.warning
+    named = {"circles": "<b>round</b>", "squares": "boxy"}[expected.label]
+    assert headings(at) == [markdown_literal(named)]  # the visitor's own text, shown as text
+    assert any(f"classes: {markdown_literal('<b>round</b>, boxy')} (named here)" in m.value for m in at.markdown)
+    assert not any(w for w in at.warning)
 
 
 def retrain_on_paper(run_dir, source: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 from lab_helpers import TEST_IMAGE_SIZE
 from PIL import Image
 
-from core.runs.predict import Prediction, PredictionError, load_for_prediction, predict_bytes
+from core.runs.predict import Prediction, PredictionError, load_for_prediction, predict_bytes, typed_class_names
 from core.settings.errors import LabError
 
 
@@ -164,3 +164,12 @@ def test_a_softmax_head_on_the_shared_backbone_is_not_softmaxed_twice(demo_backb
     assert shared.backbone is not None and shared.softmax_output
     images = [decode_image(data, name) for name, _, data in fresh_images[:4]]
     np.testing.assert_allclose(shared.probabilities(images), whole.probabilities(images), atol=1e-5)
+
+
+def test_typed_class_names_are_one_distinct_bounded_name_per_class():
+    assert typed_class_names(" cat ,dog", 2) == ["cat", "dog"]
+    assert typed_class_names("tabby  cat, dog", 2) == ["tabby cat", "dog"]  # inner runs of spaces made one
+    for wrong, why in (("cat", "give 2 names"), ("cat,,dog", "give 2 names"), ("cat, dog, fox", "give 2 names"),
+                       ("cat, cat", "different name"), ("c" * 201 + ", dog", "at most 200 characters")):
+        with pytest.raises(ValueError, match=why):
+            typed_class_names(wrong, 2)
