@@ -57,8 +57,10 @@ def demo_source() -> str:
     from core.models.demo_backbone import TRAINING_SIZE, prepare_demo
 
     bar = st.progress(0.0, text="Preparing the generated demo ...")
+    # The pretraining runs in a process of its own: the server only follows it.
     demo = prepare_demo(progress=lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)),
-                                                                        text=public_text(message)))
+                                                                        text=public_text(message)),
+                        separate_process=True)
     bar.empty()
     if demo.pretrain:
         st.toast(f"Demo backbone pretrained on {demo.pretrain.source_images:,} images of "

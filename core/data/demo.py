@@ -210,7 +210,7 @@ def prepare_once(final: Path, ready: Callable[[Path], bool], build: Callable[[Pa
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
             try:
                 same_permissions(tmp, final.parent)
-                result = build(tmp, _reporting(status, progress))
+                result = build(tmp, reporting(status, progress))
                 replace_path(tmp, final)  # an outdated final is another version's, or size's
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -228,18 +228,23 @@ def _wait_for(lock, status: Path, progress: Progress | None) -> None:
         return
     shown = None
     while not try_lock(lock):
-        try:
-            fraction, message = read_json(status, list, max_bytes=64 * 1024)
-            news = (float(fraction), str(message))
-        except (ValueError, TypeError):  # not written yet
-            news = None
+        news = read_progress(status)
         if news is not None and news != shown:
             shown = news
             progress(*news)
         time.sleep(WAIT_POLL_SECONDS)
 
 
-def _reporting(status: Path, progress: Progress | None) -> Progress:
+def read_progress(status: Path) -> tuple[float, str] | None:
+    """(fraction, message) from a status file that reporting() writes; None until it is written."""
+    try:
+        fraction, message = read_json(status, list, max_bytes=64 * 1024)
+        return float(fraction), str(message)
+    except (ValueError, TypeError):
+        return None
+
+
+def reporting(status: Path, progress: Progress | None = None) -> Progress:
     """progress, also written to the status file (atomically) for the callers waiting for the lock."""
     def report(fraction: float, message: str) -> None:
         # Best effort: a status that cannot be written only leaves the waiting callers without news.

@@ -11,8 +11,10 @@ source task or the network makes a new folder instead of reusing one built the o
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +22,9 @@ from pathlib import Path
 
 from core.models.hub import is_local
 from core.settings.config import plain_label
+from core.settings.errors import LabError
 from core.settings.files import read_json
+from core.settings.processes import launch_module, yield_cpu
 from core.settings.source import Source
 
 logger = logging.getLogger(__name__)
@@ -111,6 +115,55 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
     return report
 
 
+FOLLOW_SECONDS = 0.25  # how often the caller of pretrain_in_child passes the child's progress on
+
+
+def pretrain_in_child(path: str | Path, progress: Progress | None = None, module: str = __name__) -> PretrainReport:
+    """pretrain(path) in a process of its own that yields the CPU, the caller only passing its progress on.
+
+    For the dashboard's server: two minutes of Keras training in a script thread would hold its interpreter
+    and its cores from every other visitor, and leave the training's memory in the server. Whatever stops
+    the caller (a page's rerun raising in progress) stops the child too. module is the child's (tests).
+    """
+    from core.data.demo import read_progress
+
+    path = Path(path)
+    status, log = path.parent / f".{path.name}.progress.json", path.parent / f".{path.name}.log"
+    child, shown = launch_module(module, [path, status], log, append_log=False), None
+    try:
+        while child.poll() is None:
+            news = read_progress(status)
+            if progress and news is not None and news != shown:
+                shown = news
+                progress(*news)
+            time.sleep(FOLLOW_SECONDS)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        status.unlink(missing_ok=True)
+    info = read_json(path / INFO_FILE, dict) if child.returncode == 0 else None
+    if not info:
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise LabError(f"Pretraining the demo backbone failed ({last[0][:200] if last else 'no output'}); "
+                       f"its log is {log}.")
+    log.unlink(missing_ok=True)
+    return PretrainReport(**{f.name: info[f.name] for f in dataclasses.fields(PretrainReport)})
+
+
+def main(argv: list[str]) -> int:
+    """`python -m core.models.demo_backbone FOLDER STATUS`: pretrain into FOLDER, progress written to STATUS."""
+    from core.data.demo import reporting
+
+    if len(argv) != 2:
+        print("usage: python -m core.models.demo_backbone FOLDER STATUS", file=sys.stderr)
+        return 2
+    yield_cpu()
+    pretrain(argv[0], reporting(Path(argv[1])))
+    return 0
+
+
 def backbone_dir(root: Path | None = None) -> Path:
     """Where the pretrained demo backbone is kept: the cache folder, under this version's name."""
     from core.settings.paths import cache_dir
@@ -118,15 +171,18 @@ def backbone_dir(root: Path | None = None) -> Path:
     return (root or cache_dir() / "demo") / f"backbone-v{BACKBONE_VERSION}"
 
 
-def ensure_backbone(root: Path | None = None, progress: Progress | None = None) -> tuple[Path, PretrainReport | None]:
+def ensure_backbone(root: Path | None = None, progress: Progress | None = None,
+                    separate_process: bool = False) -> tuple[Path, PretrainReport | None]:
     """(The pretrained backbone's folder, the report of its pretraining), pretrained first if this version is not
     cached yet, once however many ask at the same moment (core.data.demo.prepare_once). The report is None
-    when the cached one was reused, or pretrained meanwhile by another session or process."""
+    when the cached one was reused, or pretrained meanwhile by another session or process. A server passes
+    separate_process (pretrain_in_child)."""
     from core.data.demo import prepare_once
 
     final = backbone_dir(root)
     report = prepare_once(final, lambda folder: (folder / INFO_FILE).is_file(),
-                          lambda folder, report_to: pretrain(folder, report_to), progress)
+                          lambda folder, report_to: (pretrain_in_child if separate_process else pretrain)(
+                              folder, report_to), progress)
     if report is None:
         if progress:
             progress(1.0, "Demo backbone already pretrained (cached).")
@@ -150,9 +206,10 @@ class DemoAssets:
 
 
 def prepare_demo(data_root: Path | None = None, per_class: int | None = None,
-                 progress: Progress | None = None) -> DemoAssets:
+                 progress: Progress | None = None, separate_process: bool = False) -> DemoAssets:
     """Write the demo dataset (once per version and size) into data_root, default the cache folder's
-    demo/, and pretrain the backbone into the cache folder unless it is there already."""
+    demo/, and pretrain the backbone into the cache folder unless it is there already (in a process of its
+    own with separate_process, as the dashboard does)."""
     from core.data.demo import DEMO_PER_CLASS, make_scenes_folder, prepare_once
     from core.settings.paths import cache_dir
 
@@ -173,5 +230,9 @@ def prepare_demo(data_root: Path | None = None, per_class: int | None = None,
 
     # Drawn once however many sessions ask at the same moment; another size's folder is replaced.
     prepare_once(folder, ready, draw, progress)
-    backbone, report = ensure_backbone(progress=progress)
+    backbone, report = ensure_backbone(progress=progress, separate_process=separate_process)
     return DemoAssets(str(Source.folder(folder)), backbone, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

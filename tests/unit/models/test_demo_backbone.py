@@ -1,12 +1,25 @@
 """The offline demo: a backbone really pretrained on other shapes, and a target task with the article's shape."""
 import json
+import os
+import textwrap
+import time
 
 import numpy as np
+import pytest
 from lab_helpers import saved_functions
 
 from core.data.scenes import SOURCE_SHAPES, TARGET_SHAPES
-from core.models.demo_backbone import BACKBONE_NAME, INFO_FILE, backbone_name, ensure_backbone
+from core.models.demo_backbone import (
+    BACKBONE_NAME,
+    INFO_FILE,
+    PretrainReport,
+    backbone_name,
+    ensure_backbone,
+    pretrain_in_child,
+)
 from core.settings.config import ModelKind, TrainConfig
+from core.settings.errors import LabError
+from core.settings.processes import pid_alive
 from core.training.experiment import run_model_label
 from core.training.lesson import compare_models, median_gap
 
@@ -55,3 +68,64 @@ def test_transfer_beats_the_baseline_by_ten_points_on_three_seeds(pretrained_dem
         assert r.transfer >= 0.9, r
         assert r.gap >= 0.10, r
     assert median_gap(results) >= 0.10
+
+
+# The child pretrain_in_child starts, standing in for the two minutes of pretraining: it reports, then
+# finishes, fails or hangs as STAND_IN asks.
+STAND_IN_CHILD = textwrap.dedent("""
+    import json, os, sys, time
+    from pathlib import Path
+    from core.data.demo import reporting
+    from core.models.demo_backbone import INFO_FILE
+    folder, status = Path(sys.argv[1]), Path(sys.argv[2])
+    (folder.parent / "child.pid").write_text(str(os.getpid()))
+    reporting(status)(0.5, "Stand-in pretraining: halfway")
+    if os.environ["STAND_IN"] == "fail":
+        sys.exit("ValueError: the stand-in broke")
+    time.sleep(60 if os.environ["STAND_IN"] == "hang" else 0.8)
+    folder.mkdir(exist_ok=True)
+    (folder / INFO_FILE).write_text(json.dumps({"name": "stand-in", "seconds": 1.5, "cpu_seconds": 0.5,
+        "source_classes": 20, "source_images": 40, "source_accuracy": 0.9, "features": 8}))
+""")
+
+
+@pytest.fixture
+def stand_in_child(tmp_path, monkeypatch):
+    (tmp_path / "stand_in_child.py").write_text(STAND_IN_CHILD)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # beside the repository, which launch_module puts first
+    (tmp_path / "cache").mkdir()
+    return tmp_path / "cache" / ".backbone-v1.tmp-x"
+
+
+def test_pretraining_in_a_process_of_its_own_passes_its_progress_on_and_tidies_up(stand_in_child, monkeypatch):
+    monkeypatch.setenv("STAND_IN", "finish")
+    seen = []
+    report = pretrain_in_child(stand_in_child, lambda *news: seen.append(news), module="stand_in_child")
+    assert report == PretrainReport(1.5, 0.5, 20, 40, 0.9, 8)
+    assert seen == [(0.5, "Stand-in pretraining: halfway")]
+    assert sorted(p.name for p in stand_in_child.parent.iterdir()) == [".backbone-v1.tmp-x", "child.pid"]
+
+
+def test_a_failed_pretraining_process_says_why_in_one_line(stand_in_child, monkeypatch):
+    monkeypatch.setenv("STAND_IN", "fail")
+    with pytest.raises(LabError, match=r"Pretraining the demo backbone failed \(ValueError: the stand-in broke\)"):
+        pretrain_in_child(stand_in_child, module="stand_in_child")
+
+
+class Rerun(Exception):
+    """What Streamlit raises in a page's thread when its visitor reruns or leaves."""
+
+
+def test_a_caller_stopped_while_it_follows_stops_the_pretraining_process(stand_in_child, monkeypatch):
+    monkeypatch.setenv("STAND_IN", "hang")
+
+    def progress(fraction, message):
+        raise Rerun
+
+    began = time.monotonic()
+    with pytest.raises(Rerun):
+        pretrain_in_child(stand_in_child, progress, module="stand_in_child")
+    assert time.monotonic() - began < 30  # not the child's 60 s
+    pid = int((stand_in_child.parent / "child.pid").read_text())
+    assert not pid_alive(pid)
+    assert not os.path.exists(stand_in_child.parent / f".{stand_in_child.name}.progress.json")
