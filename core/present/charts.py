@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 
 from core.settings.reference import article_headline_label, article_history, article_label
 from core.settings.specs import ModelKind, spec
-from core.settings.text import FINE_TUNE_PHASE
+from core.settings.text import FINE_TUNE_PHASE, chart_text
 
 NEUTRAL_COLOUR = "#7F7F7F"
 SPLIT_COLOURS = {"train": "#4C5B7A", "validation": "#A7B4CC"}
@@ -100,15 +100,15 @@ def training_curves(series: list[CurveSeries], metric: str = "accuracy", show_ar
     for s in series:
         epochs = list(range(1, len(s.history) + 1))
         max_epoch = max(max_epoch, len(epochs))
-        colour = model_colour(s.model, s.shade)
+        colour, label = model_colour(s.model, s.shade), chart_text(s.label)
         for key, dash, name in ((train_key, "dash", "training"), (val_key, "solid", "validation")):
             values = _scaled([row.get(key) for row in s.history], metric)
             # One legend entry per run: clicking it hides both of the run's curves.
             fig.add_trace(go.Scatter(
-                x=epochs, y=values, name=s.label, legendgroup=s.label, showlegend=dash == "solid",
+                x=epochs, y=values, name=label, legendgroup=label, showlegend=dash == "solid",
                 mode="lines+markers", line={"color": colour, "dash": dash, "width": 3 if dash == "solid" else 2},
                 marker={"size": 7 if dash == "solid" else 5},
-                hovertemplate=f"{name}: %{{y:.2f}}{unit}<extra>{s.label}</extra>",
+                hovertemplate=f"{name}: %{{y:.2f}}{unit}<extra>{label}</extra>",
             ))
     kinds = [k for k in ModelKind if any(s.model is k for s in series)]
     if show_article:
@@ -158,7 +158,8 @@ def class_counts_bar(counts: dict[str, dict[str, int]]) -> go.Figure:
     fig = go.Figure()
     for split, per_class in counts.items():
         fig.add_trace(go.Bar(
-            x=list(per_class), y=list(per_class.values()), name=SPLIT_NAMES.get(split, split.capitalize()),
+            x=[chart_text(n) for n in per_class], y=list(per_class.values()),
+            name=SPLIT_NAMES.get(split, split.capitalize()),
             marker_color=SPLIT_COLOURS.get(split, NEUTRAL_COLOUR), text=list(per_class.values()),
             textposition="outside", cliponaxis=False, hovertemplate="%{x}: %{y} images",
         ))
@@ -188,8 +189,8 @@ def image_size_scatter(sizes: list[tuple[int, int]], sampled: bool = False) -> g
 
 def probability_bar(probabilities: dict[str, float], colour: str | None = None) -> go.Figure:
     """Horizontal bars of class probabilities in %, the predicted class highlighted."""
-    names = list(probabilities)
-    values = [probabilities[n] * 100 for n in names]
+    values = [p * 100 for p in probabilities.values()]
+    names = [chart_text(n) for n in probabilities]
     top = max(range(len(values)), key=values.__getitem__) if values else -1
     highlight = colour or spec(ModelKind.TRANSFER).colour
     fig = go.Figure(go.Bar(
@@ -212,13 +213,13 @@ def data_efficiency_chart(result) -> go.Figure:
         points = result.accuracies(kind)
         if not points:
             continue
-        label = result.labels.get(kind, kind.value)
+        label = chart_text(result.labels.get(kind, kind.value))
         fig.add_trace(go.Scatter(
             x=[n for n, _ in points], y=[acc * 100 for _, acc in points], name=label, mode="lines+markers",
             line={"color": model_colour(kind), "width": 3}, marker={"size": 9},
             hovertemplate=f"%{{x}} images per class: %{{y:.1f}}%<extra>{label}</extra>",
         ))
-    epochs = " · ".join(f"{result.labels.get(k, k.value)}: {n} epochs" for k, n in result.epochs.items())
+    epochs = " · ".join(f"{chart_text(result.labels.get(k, k.value))}: {n} epochs" for k, n in result.epochs.items())
     _style(fig, "Validation accuracy by training images per class", "Training images per class (log scale)",
            "Validation accuracy (%)", height=440, subtitle=f"{result.val_images} validation images · {epochs}")
     counts = sorted({n for k in ModelKind for n, _ in result.accuracies(k)})

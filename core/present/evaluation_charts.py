@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from core.present.charts import FONT
 from core.runs.evaluate import Evaluation
 from core.runs.explain import OVERLAY_ALPHA, Explanation, plotly_colorscale, resize_map
+from core.settings.text import chart_text
 
 # Above this many classes the cells are too small for their numbers; hovering still shows them.
 MAX_ANNOTATED_CLASSES = 15
@@ -25,7 +26,7 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
 
 def confusion_matrix_figure(evaluation: Evaluation) -> go.Figure:
     """True classes down, predicted classes across; colour is the share of the row, text the count too."""
-    names = evaluation.class_names
+    names = [chart_text(n) for n in evaluation.class_names]
     pct = [[np.nan if v is None else v for v in row] for row in evaluation.row_percentages]
     text = [[f"{count}<br>{'-' if p is None else f'{p:.1f}%'}" for count, p in zip(counts, pcts)]
             for counts, pcts in zip(evaluation.matrix, evaluation.row_percentages)]

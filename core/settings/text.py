@@ -2,6 +2,7 @@
 
 Sizes are decimal megabytes (1 MB = 1,000,000 bytes) everywhere the Lab shows one.
 """
+import html
 import math
 
 from core.settings.source import Source
@@ -70,6 +71,12 @@ def markdown_literal(text) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def chart_text(text) -> str:
+    """A name as a Plotly chart should draw it: literally. Plotly reads a few HTML tags in its labels, legends
+    and hover boxes (<b>, <br>, styled spans, links) and its entities, so <, > and & become entities."""
+    return html.escape(str(text), quote=False)
 
 
 def dataset_name(source: str) -> str:

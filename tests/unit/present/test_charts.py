@@ -113,3 +113,14 @@ def test_the_start_of_fine_tuning_is_a_labelled_dashed_line_between_epochs():
     assert [line.x0 for line in lines] == [2.5] and lines[0].line.dash == "dash"
     assert [a.text for a in fig.layout.annotations] == ["fine-tuning starts"]
     assert not training_curves(series(), "loss", show_article=False).layout.shapes
+
+
+def test_names_from_files_are_drawn_literally_not_as_plotly_markup():
+    """Plotly reads <b>, <br>, styled spans and links in labels, legends and hovers; a stranger's class or run
+    name is drawn as the text it is (entities, which Plotly shows as the characters)."""
+    hostile = '<span style="font-size:90px">big</span> & <a href="https://x">link</a>'
+    shown = '&lt;span style="font-size:90px"&gt;big&lt;/span&gt; &amp; &lt;a href="https://x"&gt;link&lt;/a&gt;'
+    assert probability_bar({hostile: 0.7, "dog": 0.3}).data[0].y == (shown, "dog")
+    assert class_counts_bar({"train": {hostile: 3}}).data[0].x == (shown,)
+    curves = training_curves([CurveSeries(hostile, ModelKind.BASELINE, [{"accuracy": 0.5, "val_accuracy": 0.5}])])
+    assert {t.name for t in curves.data if t.legendgroup == shown} == {shown}
