@@ -140,7 +140,7 @@ try:
     else:
         st.caption("Hearts, crescents and arrows (200 images each) and a small CNN pretrained here, once, on 20 "
                    "other shapes, to use as the hub handle: a miniature of the article's experiment that works "
-                   "offline. The first load pretrains it (about 2 minutes on 2 cores).")
+                   "offline. The first load pretrains it (1-2 minutes on 2 cores).")
         candidate = "demo"
 except Exception as exc:
     show_error(exc)
