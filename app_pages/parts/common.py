@@ -57,7 +57,7 @@ def current_classes() -> list[str] | None:
     try:
         return list(open_source_cached(source).info.class_names)
     except Exception:  # the Dataset page shows what is wrong with it; here it only means "not known"
-        logger.info("the current dataset %s could not be reopened", source)
+        logger.debug("the current dataset %s could not be reopened", source)  # asked on every run of a page
         return None
 
 
