@@ -180,7 +180,7 @@ def make_mobilenet_backbone(path: str | Path, image_size: int = 224) -> Path:
 # (fraction done in [0, 1], message): how a page or the CLI follows a preparation.
 Progress = Callable[[float, str], None]
 T = TypeVar("T")
-WAIT_POLL_SECONDS = 0.25  # how often a caller waiting for another's preparation looks at its progress
+WAIT_POLL_SECONDS = 0.25  # how often a caller following a preparation (another's, or a child's) looks at it
 
 
 def prepare_once(final: Path, ready: Callable[[Path], bool], build: Callable[[Path, Progress | None], T],
@@ -226,10 +226,15 @@ def _wait_for(lock, status: Path, progress: Progress | None) -> None:
     if progress is None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return
+    follow_progress(status, progress, lambda: try_lock(lock))
+
+
+def follow_progress(status: Path, progress: Progress | None, done: Callable[[], bool]) -> None:
+    """Until done() is true, pass the status file's (fraction, message) on to progress each time it changes."""
     shown = None
-    while not try_lock(lock):
+    while not done():
         news = read_progress(status)
-        if news is not None and news != shown:
+        if progress and news is not None and news != shown:
             shown = news
             progress(*news)
         time.sleep(WAIT_POLL_SECONDS)

@@ -115,9 +115,6 @@ def pretrain(path: str | Path, progress: Progress | None = None, seed: int = SEE
     return report
 
 
-FOLLOW_SECONDS = 0.25  # how often the caller of pretrain_in_child passes the child's progress on
-
-
 def pretrain_in_child(path: str | Path, progress: Progress | None = None, module: str = __name__) -> PretrainReport:
     """pretrain(path) in a process of its own that yields the CPU, the caller only passing its progress on.
 
@@ -125,18 +122,13 @@ def pretrain_in_child(path: str | Path, progress: Progress | None = None, module
     and its cores from every other visitor, and leave the training's memory in the server. Whatever stops
     the caller (a page's rerun raising in progress) stops the child too. module is the child's (tests).
     """
-    from core.data.demo import read_progress
+    from core.data.demo import follow_progress
 
     path = Path(path)
     status, log = path.parent / f".{path.name}.progress.json", path.parent / f".{path.name}.log"
-    child, shown = launch_module(module, [path, status], log, append_log=False), None
+    child = launch_module(module, [path, status], log, append_log=False)
     try:
-        while child.poll() is None:
-            news = read_progress(status)
-            if progress and news is not None and news != shown:
-                shown = news
-                progress(*news)
-            time.sleep(FOLLOW_SECONDS)
+        follow_progress(status, progress, lambda: child.poll() is not None)
     except BaseException:
         child.kill()
         child.wait()
