@@ -5,6 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages.parts import session_keys as keys
 from app_pages.parts.common import (
     SOURCE_KEY,
     chip,
@@ -27,8 +28,6 @@ from core.settings.text import class_list, dataset_name, markdown_literal
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
 DISPLAY_SIDE = 320
 PER_ROW = 2
-NAMES_KEY = "pred_class_names"
-MODEL_UPLOAD_KEY = "up_model_stored"  # (upload id, stored path) of this session's uploaded model
 logger = logging.getLogger("app_pages.predict")  # a page runs as __main__
 # The server's part of a prediction, for its log: a person's wait also holds the upload and the browser's drawing.
 page_began = time.monotonic()
@@ -62,12 +61,12 @@ def stored_upload(upload) -> Path:
     """Where this session's uploaded model was kept; checked and written once per upload, not per rerun."""
     from core.safety.model_files import store_uploaded_model
 
-    kept = st.session_state.get(MODEL_UPLOAD_KEY)
+    kept = st.session_state.get(keys.UP_MODEL_STORED)
     if kept and kept[0] == upload.file_id and kept[1].is_file():
         return kept[1]
     with st.spinner(f"Checking {markdown_literal(upload.name)} ..."):
         path = store_uploaded_model(upload, upload.name)
-    st.session_state[MODEL_UPLOAD_KEY] = (upload.file_id, path)
+    st.session_state[keys.UP_MODEL_STORED] = (upload.file_id, path)
     return path
 
 
@@ -266,9 +265,9 @@ from_cache = loaded_at < started
 count = len(loaded.class_names)
 unnamed = loaded.class_names == numbered_classes(count)
 class_names, names_problem = None, None
-if unnamed and str(st.session_state.get(NAMES_KEY) or "").strip():
+if unnamed and str(st.session_state.get(keys.PRED_CLASS_NAMES) or "").strip():
     try:
-        class_names = typed_class_names(st.session_state[NAMES_KEY], count)
+        class_names = typed_class_names(st.session_state[keys.PRED_CLASS_NAMES], count)
     except ValueError as exc:
         names_problem = str(exc)
 with st.container(border=True):
@@ -294,7 +293,7 @@ with st.container(border=True):
 
 if unnamed:
     st.text_input(
-        "Names of its classes, in the model's output order", key=NAMES_KEY,
+        "Names of its classes, in the model's output order", key=keys.PRED_CLASS_NAMES,
         placeholder=", ".join(dataset_classes) if dataset_classes and len(dataset_classes) == count else
         "cat, dog" if count == 2 else ", ".join(f"name {i}" for i in range(min(count, 4))),
         help="This file stores no class names, so its classes are numbered. The article's cats_vs_dogs model "
